@@ -1,0 +1,19 @@
+//! Compiles the .proto files with protox (pure Rust), so building Rampart never
+//! needs a system `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = [
+        "proto/rampart/ca/v1/ca.proto",
+        "proto/rampart/admin/v1/admin.proto",
+        "proto/spiffe/workload.proto",
+    ];
+    let descriptors = protox::compile(protos, ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    Ok(())
+}
