@@ -4,9 +4,13 @@
 //! * [`ca`]: the CertificateService workloads use to get and renew SVIDs.
 //! * [`admin`]: the AdminService `meshctl` uses.
 //! * [`workload`]: the standard SPIFFE Workload API the proxy serves.
+//! * [`connect`]: a gRPC channel over a SPIFFE-verifying rustls config.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
+
+mod channel;
+pub use channel::connect;
 
 /// The CA service (`rampart.ca.v1`).
 pub mod ca {

@@ -50,6 +50,22 @@ impl TrustBundle {
         Ok(Self::new(trust_domain, roots))
     }
 
+    /// Reads roots from PEM text, taking the trust domain from the first
+    /// root's SPIFFE ID (`spiffe://<td>` URI SAN, as Rampart's CAs carry).
+    pub fn from_pem_detect(pem: &[u8]) -> Result<Self, BundleError> {
+        let roots = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| BundleError::Pem(e.to_string()))?;
+        let first = roots.first().ok_or(BundleError::Empty)?;
+        let td = trust_domain_of_ca(first).ok_or_else(|| {
+            BundleError::Root(
+                "the root has no spiffe://<trust-domain> URI SAN; give the trust domain explicitly"
+                    .into(),
+            )
+        })?;
+        Ok(Self::new(td, roots))
+    }
+
     /// Adds a root unless it is already present.
     pub fn add_root(&mut self, root: CertificateDer<'static>) {
         if !self.roots.contains(&root) {
@@ -89,15 +105,34 @@ impl TrustBundle {
     }
 }
 
+/// The trust domain named by a CA certificate's `spiffe://<td>` URI SAN.
+pub fn trust_domain_of_ca(der: &[u8]) -> Option<TrustDomain> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|name| match name {
+        GeneralName::URI(uri) => TrustDomain::new(uri).ok(),
+        _ => None,
+    })
+}
+
 /// PEM-encodes one DER certificate.
 pub fn der_to_pem(der: &[u8]) -> String {
+    pem_encode("CERTIFICATE", der)
+}
+
+/// PEM-encodes a PKCS#8 private key. Write it only to owner-only files.
+pub fn key_to_pem(key: &rustls_pki_types::PrivatePkcs8KeyDer<'_>) -> String {
+    pem_encode("PRIVATE KEY", key.secret_pkcs8_der())
+}
+
+fn pem_encode(label: &str, der: &[u8]) -> String {
     use base64::Engine;
     let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    let mut out = format!("-----BEGIN {label}-----\n");
     for line in body.as_bytes().chunks(64) {
         out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
         out.push('\n');
     }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
+    out + &format!("-----END {label}-----\n")
 }

@@ -12,8 +12,9 @@ pub mod csr;
 mod spiffe_id;
 mod svid;
 pub mod tls;
+pub mod well_known;
 
-pub use bundle::{BundleError, TrustBundle, der_to_pem};
+pub use bundle::{BundleError, TrustBundle, der_to_pem, key_to_pem};
 pub use ca::{CaError, CertificateAuthority, IssuedSvid, SvidLifetimes};
 pub use csr::{CsrError, VerifiedCsr};
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};

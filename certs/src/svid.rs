@@ -114,6 +114,17 @@ impl Svid {
         })
     }
 
+    /// Reads an SVID from PEM: the chain (leaf first) and a PKCS#8 key.
+    pub fn from_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<Self, SvidError> {
+        use rustls_pki_types::pem::PemObject;
+        let chain = CertificateDer::pem_slice_iter(chain_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| SvidError::Parse(e.to_string()))?;
+        let key = PrivatePkcs8KeyDer::from_pem_slice(key_pem)
+            .map_err(|e| SvidError::Key(format!("expected a PKCS#8 PEM key: {e}")))?;
+        Self::new(chain, key)
+    }
+
     /// The identity.
     pub fn spiffe_id(&self) -> &SpiffeId {
         &self.spiffe_id

@@ -1,1 +1,164 @@
+//! rampart-control-plane: the CA that issues SPIFFE identities, the admin API
+//! for meshctl, metrics and health; xDS and admission come next. One process
+//! with the embedded sled store runs a whole standalone mesh.
 
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod admin;
+pub mod ca;
+mod files;
+mod grpc;
+mod identity;
+pub mod metrics;
+pub mod names;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use rampart_api::admin::admin_service_server::AdminServiceServer;
+use rampart_api::ca::certificate_service_server::CertificateServiceServer;
+use rampart_certs::tls::{ClientAuth, PeerPolicy, server_config};
+use rampart_certs::{SvidLifetimes, TrustDomain};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+pub use ca::CaSource;
+
+/// Everything `rampart-control` is told on its command line.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub trust_domain: TrustDomain,
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub ca_source: CaSource,
+    pub lifetimes: SvidLifetimes,
+}
+
+/// Written to `<data-dir>/control-plane.json` once the listeners are bound,
+/// so meshctl (and tests) find the control plane without being told.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Discovery {
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub trust_domain: String,
+    pub pid: u32,
+}
+
+/// File name of [`Discovery`] in the data directory.
+pub const DISCOVERY_FILE: &str = "control-plane.json";
+
+/// Runs the control plane until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    files::private_dir(&config.data_dir)?;
+    let store = store::Store::open(&config.data_dir.join("store"))
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let tokens = store.join_tokens()?;
+    let ca = Arc::new(ca::load_or_create(
+        &config.data_dir,
+        &config.trust_domain,
+        &config.ca_source,
+        config.lifetimes,
+    )?);
+    admin::write_admin_credential(&config.data_dir, &ca)?;
+
+    let metrics = metrics::Metrics::new();
+    metrics.ca_expiry.set(ca.chain_not_after().unix_timestamp());
+    metrics
+        .root_expiry
+        .set(ca.root_not_after().unix_timestamp());
+
+    let identity = identity::serving_identity(ca.clone())?;
+    let tls = server_config(
+        identity,
+        ca.bundle(),
+        ClientAuth::Optional(PeerPolicy::TrustDomain(config.trust_domain.clone())),
+    )?;
+
+    let grpc_listener = TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("binding the gRPC address {}", config.grpc_addr))?;
+    let http_listener = TcpListener::bind(config.metrics_addr)
+        .await
+        .with_context(|| format!("binding the metrics address {}", config.metrics_addr))?;
+    let discovery = Discovery {
+        grpc_addr: grpc_listener.local_addr()?,
+        metrics_addr: http_listener.local_addr()?,
+        trust_domain: config.trust_domain.to_string(),
+        pid: std::process::id(),
+    };
+    files::write_private(
+        &config.data_dir.join(DISCOVERY_FILE),
+        &serde_json::to_vec_pretty(&discovery)?,
+    )?;
+
+    spawn_token_purge(tokens.clone());
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let http = tokio::spawn(admin::serve_http(
+        http_listener,
+        metrics.clone(),
+        ready.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let grpc = tonic::transport::Server::builder()
+        .add_service(CertificateServiceServer::new(ca::CaService::new(
+            ca.clone(),
+            tokens.clone(),
+            metrics.clone(),
+        )))
+        .add_service(AdminServiceServer::new(admin::AdminService::new(
+            ca.clone(),
+            tokens,
+            metrics,
+        )))
+        .serve_with_incoming_shutdown(
+            grpc::tls_incoming(grpc_listener, Arc::new(tls)),
+            stopped(stop_rx),
+        );
+    let grpc = tokio::spawn(grpc);
+    ready.store(true, Ordering::Release);
+    tracing::info!(
+        grpc = %discovery.grpc_addr,
+        metrics = %discovery.metrics_addr,
+        trust_domain = %config.trust_domain,
+        data_dir = %config.data_dir.display(),
+        "rampart-control ready"
+    );
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    ready.store(false, Ordering::Release);
+    let _ = stop_tx.send(true);
+    grpc.await??;
+    http.await??;
+    store.flush().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn spawn_token_purge(tokens: store::JoinTokens) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            match tokens.purge_expired(Duration::from_secs(24 * 3600)) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "removed expired join tokens"),
+                Err(e) => tracing::warn!(error = %e, "purging expired join tokens failed"),
+            }
+        }
+    });
+}

@@ -1,1 +1,99 @@
-fn main() {}
+//! `rampart-control`: the Rampart control plane.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use rampart_certs::{SvidLifetimes, TrustDomain};
+use rampart_control_plane::{CaSource, Config, run};
+
+/// The Rampart control plane: CA (SPIFFE X.509-SVIDs) and admin API, on the
+/// embedded sled store in DATA_DIR.
+#[derive(Parser, Debug)]
+#[command(name = "rampart-control", version)]
+struct Args {
+    /// Directory for the store, the CA keys and the admin credential (created 0700).
+    #[arg(long, env = "RAMPART_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Trust domain of every identity this control plane issues.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: TrustDomain,
+    /// gRPC over TLS: CA service, admin API (and xDS later).
+    #[arg(long, default_value = "127.0.0.1:15012")]
+    grpc_addr: SocketAddr,
+    /// HTTP: /metrics, /healthz, /readyz.
+    #[arg(long, default_value = "127.0.0.1:15014")]
+    metrics_addr: SocketAddr,
+    /// Sign SVIDs with an intermediate CA generated at start (the root stays offline in memory use).
+    #[arg(long)]
+    intermediate_ca: bool,
+    /// Plug-in CA directory: ca-cert.pem, ca-key.pem, root-cert.pem, optional cert-chain.pem.
+    #[arg(long, conflicts_with = "intermediate_ca")]
+    plugin_ca_dir: Option<PathBuf>,
+    /// Lifetime of an SVID when the workload asks for none (e.g. 24h, 90m, 3600s).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    default_svid_ttl: Duration,
+    /// Longest SVID lifetime granted; longer requests are cut to this.
+    #[arg(long, default_value = "2160h", value_parser = parse_duration)]
+    max_svid_ttl: Duration,
+}
+
+/// Parses `90s`, `10m`, `24h` or `7d`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 10m, 24h or 7d"))?;
+    let seconds = match unit {
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use s, m, h or d")),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    if args.default_svid_ttl.is_zero() || args.default_svid_ttl > args.max_svid_ttl {
+        anyhow::bail!("--default-svid-ttl must be positive and at most --max-svid-ttl");
+    }
+    let config = Config {
+        data_dir: args.data_dir,
+        trust_domain: args.trust_domain,
+        grpc_addr: args.grpc_addr,
+        metrics_addr: args.metrics_addr,
+        ca_source: match args.plugin_ca_dir {
+            Some(dir) => CaSource::PlugIn(dir),
+            None => CaSource::SelfSigned {
+                intermediate: args.intermediate_ca,
+            },
+        },
+        lifetimes: SvidLifetimes {
+            default_ttl: args.default_svid_ttl,
+            max_ttl: args.max_svid_ttl,
+        },
+    };
+    run(config, shutdown_signal())
+        .await
+        .context("rampart-control failed")
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

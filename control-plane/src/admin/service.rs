@@ -1,0 +1,154 @@
+//! `rampart.admin.v1.AdminService`: every call must come over mTLS with the
+//! admin SVID; anyone else gets PermissionDenied (or Unauthenticated with no
+//! certificate at all) and learns nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rampart_api::admin::admin_service_server::AdminService as AdminApi;
+use rampart_api::admin::*;
+use rampart_certs::{CertificateAuthority, SpiffeId, VerifiedCsr};
+use tonic::{Request, Response, Status};
+
+use crate::ca;
+use crate::metrics::Metrics;
+use crate::names::{check_namespace, check_service_account};
+use crate::store::JoinTokens;
+
+/// Default and maximum join-token lifetimes.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(600);
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Serves the admin API.
+pub struct AdminService {
+    ca: Arc<CertificateAuthority>,
+    tokens: JoinTokens,
+    metrics: Arc<Metrics>,
+    admin: SpiffeId,
+}
+
+impl AdminService {
+    pub fn new(ca: Arc<CertificateAuthority>, tokens: JoinTokens, metrics: Arc<Metrics>) -> Self {
+        let admin = rampart_certs::well_known::admin_id(ca.trust_domain());
+        Self {
+            ca,
+            tokens,
+            metrics,
+            admin,
+        }
+    }
+
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        match ca::proof::caller_spiffe_id(request) {
+            Some(id) if id == self.admin => Ok(()),
+            Some(id) => {
+                tracing::warn!(caller = %id, "admin call refused: not the admin identity");
+                Err(Status::permission_denied(format!("{id} is not an admin")))
+            }
+            None => Err(Status::unauthenticated(
+                "admin calls need the admin credential (meshctl --data-dir or --credentials)",
+            )),
+        }
+    }
+}
+
+fn check_identity(namespace: &str, service_account: &str) -> Result<(), Status> {
+    check_namespace(namespace).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    check_service_account(service_account).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl AdminApi for AdminService {
+    async fn create_join_token(
+        &self,
+        request: Request<CreateJoinTokenRequest>,
+    ) -> Result<Response<CreateJoinTokenResponse>, Status> {
+        self.authorize(&request)?;
+        let req = request.into_inner();
+        check_identity(&req.namespace, &req.service_account)?;
+        let ttl = match req.ttl_seconds {
+            0 => DEFAULT_TOKEN_TTL,
+            s if s > 0 && s as u64 <= MAX_TOKEN_TTL.as_secs() => Duration::from_secs(s as u64),
+            s => {
+                return Err(Status::invalid_argument(format!(
+                    "ttl_seconds {s} is out of range: 1..={} (0 = default 600)",
+                    MAX_TOKEN_TTL.as_secs()
+                )));
+            }
+        };
+        let spiffe_id = self
+            .ca
+            .trust_domain()
+            .workload_id(&req.namespace, &req.service_account)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (token, record) = self
+            .tokens
+            .create(&req.namespace, &req.service_account, ttl)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        self.metrics.join_tokens_created.inc();
+        tracing::info!(%spiffe_id, ttl_seconds = ttl.as_secs(), "join token created");
+        Ok(Response::new(CreateJoinTokenResponse {
+            token,
+            spiffe_id: spiffe_id.to_string(),
+            expires_at_unix: record.expires_at_unix,
+        }))
+    }
+
+    async fn get_trust_bundle(
+        &self,
+        request: Request<GetTrustBundleRequest>,
+    ) -> Result<Response<GetTrustBundleResponse>, Status> {
+        self.authorize(&request)?;
+        Ok(Response::new(GetTrustBundleResponse {
+            trust_domain: self.ca.trust_domain().to_string(),
+            roots_der: self
+                .ca
+                .bundle()
+                .roots()
+                .iter()
+                .map(|r| r.to_vec())
+                .collect(),
+        }))
+    }
+
+    async fn issue_certificate(
+        &self,
+        request: Request<IssueCertificateRequest>,
+    ) -> Result<Response<IssueCertificateResponse>, Status> {
+        self.authorize(&request)?;
+        let req = request.into_inner();
+        check_identity(&req.namespace, &req.service_account)?;
+        let id = self
+            .ca
+            .trust_domain()
+            .workload_id(&req.namespace, &req.service_account)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let ttl = ca::service::requested_ttl(req.ttl_seconds)?;
+        let result = VerifiedCsr::from_der(&req.csr_der)
+            .map_err(ca::service::csr_status)
+            .and_then(|csr| ca::service::sign(&self.ca, &csr, &id, ttl));
+        let issued = match result {
+            Ok(issued) => issued,
+            Err(status) => {
+                self.metrics
+                    .count_sign("admin", ca::service::result_label(&status));
+                return Err(status);
+            }
+        };
+        self.metrics.count_sign("admin", "issued");
+        tracing::info!(spiffe_id = %id, "issued SVID by admin request");
+        Ok(Response::new(IssueCertificateResponse {
+            spiffe_id: id.to_string(),
+            cert_chain_der: issued.chain.iter().map(|c| c.to_vec()).collect(),
+            trust_bundle_der: self
+                .ca
+                .bundle()
+                .roots()
+                .iter()
+                .map(|c| c.to_vec())
+                .collect(),
+            expires_at_unix: issued.not_after.unix_timestamp(),
+        }))
+    }
+}

@@ -1,0 +1,41 @@
+//! The control plane's own serving SVID
+//! (`spiffe://<td>/ns/rampart-system/sa/rampart-control`), signed by its CA in
+//! process and renewed at half-life without restarting the listener.
+
+use std::sync::Arc;
+
+use rampart_certs::tls::CurrentSvid;
+use rampart_certs::{CertificateAuthority, KeyAndCsr, Svid, VerifiedCsr, until};
+
+use rampart_certs::well_known::control_plane_id;
+
+fn issue(ca: &CertificateAuthority) -> anyhow::Result<Svid> {
+    let request = KeyAndCsr::generate()?;
+    let csr = VerifiedCsr::from_der(&request.csr_der)?;
+    let issued = ca.sign(&csr, &control_plane_id(ca.trust_domain()), None)?;
+    Ok(Svid::new(issued.chain, request.key)?)
+}
+
+/// Issues the serving SVID and keeps renewing it in the background.
+pub fn serving_identity(ca: Arc<CertificateAuthority>) -> anyhow::Result<Arc<CurrentSvid>> {
+    let svid = issue(&ca)?;
+    let current = CurrentSvid::new(&svid)?;
+    let handle = current.clone();
+    tokio::spawn(async move {
+        let mut deadline = svid.renewal_deadline();
+        loop {
+            tokio::time::sleep(until(deadline)).await;
+            match issue(&ca).and_then(|svid| Ok((handle.update(&svid)?, svid))) {
+                Ok(((), svid)) => {
+                    tracing::info!(not_after = %svid.not_after(), "renewed the control plane's serving SVID");
+                    deadline = svid.renewal_deadline();
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "renewing the serving SVID failed; retrying in 30s");
+                    deadline = time::OffsetDateTime::now_utc() + std::time::Duration::from_secs(30);
+                }
+            }
+        }
+    });
+    Ok(current)
+}

@@ -1,0 +1,99 @@
+//! The control plane's Prometheus metrics. Names are stable and documented in
+//! docs/metrics.md; dashboards and alerts depend on them.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of a signing outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignLabels {
+    /// `join_token`, `svid`, `admin`, or `none`.
+    pub proof: &'static str,
+    /// `issued`, `invalid_csr`, `unauthenticated`, `permission_denied`, `error`.
+    pub result: &'static str,
+}
+
+/// All control-plane metrics.
+pub struct Metrics {
+    registry: Registry,
+    pub certificates: Family<SignLabels, Counter>,
+    pub signing_seconds: Histogram,
+    pub join_tokens_created: Counter,
+    pub ca_expiry: Gauge,
+    pub root_expiry: Gauge,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::default();
+        let certificates = Family::<SignLabels, Counter>::default();
+        registry.register(
+            "rampart_ca_certificates",
+            "Certificate signing requests handled by the CA, by proof and result",
+            certificates.clone(),
+        );
+        // 100 us .. ~3 s
+        let signing_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register(
+            "rampart_ca_signing_duration_seconds",
+            "Time to verify a CSR and sign the SVID, successful requests only",
+            signing_seconds.clone(),
+        );
+        let join_tokens_created = Counter::default();
+        registry.register(
+            "rampart_join_tokens_created",
+            "Join tokens created",
+            join_tokens_created.clone(),
+        );
+        let ca_expiry = Gauge::default();
+        registry.register(
+            "rampart_ca_expiry_timestamp_seconds",
+            "When the CA's signing chain (root included) expires, Unix seconds",
+            ca_expiry.clone(),
+        );
+        let root_expiry = Gauge::default();
+        registry.register(
+            "rampart_ca_root_expiry_timestamp_seconds",
+            "When the earliest trusted root expires, Unix seconds",
+            root_expiry.clone(),
+        );
+        // Export the common series at zero from the start, so rates and alerts
+        // work before the first request.
+        for proof in ["join_token", "svid", "admin"] {
+            let _ = certificates.get_or_create(&SignLabels {
+                proof,
+                result: "issued",
+            });
+        }
+        Arc::new(Self {
+            registry,
+            certificates,
+            signing_seconds,
+            join_tokens_created,
+            ca_expiry,
+            root_expiry,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Counts one signing outcome.
+    pub fn count_sign(&self, proof: &'static str, result: &'static str) {
+        self.certificates
+            .get_or_create(&SignLabels { proof, result })
+            .inc();
+    }
+}
