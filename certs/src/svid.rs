@@ -82,6 +82,10 @@ pub struct Svid {
     key: Arc<PrivatePkcs8KeyDer<'static>>,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
+    /// When this process got the SVID. Renewal counts from here, not from
+    /// notBefore, which the CA backdates for clock skew: otherwise a short
+    /// SVID would look half-spent the moment it arrives.
+    obtained_at: OffsetDateTime,
 }
 
 impl std::fmt::Debug for Svid {
@@ -109,6 +113,7 @@ impl Svid {
             spiffe_id,
             not_before: validity.not_before.to_datetime(),
             not_after: validity.not_after.to_datetime(),
+            obtained_at: OffsetDateTime::now_utc(),
             chain,
             key: Arc::new(key),
         })
@@ -157,11 +162,12 @@ impl Svid {
         self.not_after
     }
 
-    /// When to renew: at half-life, moved by up to ±5% of the lifetime so a
-    /// fleet started together does not renew together.
+    /// When to renew: at half of the remaining life (counted from when it was
+    /// obtained), moved by up to ±5% so a fleet started together does not
+    /// renew together.
     pub fn renewal_deadline(&self) -> OffsetDateTime {
         let jitter = rand::random_range(-0.05..=0.05);
-        renewal_deadline(self.not_before, self.not_after, jitter)
+        renewal_deadline(self.obtained_at.max(self.not_before), self.not_after, jitter)
     }
 
     /// The chain and key as a rustls signing identity.

@@ -1,1 +1,111 @@
-fn main() {}
+//! `rampart-proxy`: Rampart's sidecar. For now it gets and keeps the
+//! workload's SPIFFE identity and serves the SPIFFE Workload API; traffic
+//! handling comes next.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+mod identity;
+mod workload_api;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use rampart_api::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+use rampart_certs::TrustBundle;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use identity::{BootstrapError, CaClient};
+
+/// The Rampart sidecar proxy.
+#[derive(Parser, Debug)]
+#[command(name = "rampart-proxy", version)]
+struct Args {
+    /// Control plane gRPC address (host:port).
+    #[arg(long, default_value = "127.0.0.1:15012")]
+    control_plane: String,
+    /// PEM roots that authenticate the control plane (`meshctl ca bundle`).
+    #[arg(long)]
+    trust_anchor: PathBuf,
+    /// One-time join token (`meshctl token create`). Prefer the environment
+    /// variable: command lines are visible to other users.
+    #[arg(long, env = "RAMPART_JOIN_TOKEN", hide_env_values = true)]
+    join_token: String,
+    /// Serve the SPIFFE Workload API on this unix socket.
+    #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET_PATH")]
+    workload_api_socket: PathBuf,
+    /// Ask for SVIDs valid this many seconds (default: the CA's default, 24h).
+    #[arg(long)]
+    svid_ttl_seconds: Option<u64>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match run(Args::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rampart-proxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let anchor_pem = std::fs::read(&args.trust_anchor)
+        .with_context(|| format!("reading the trust anchor {}", args.trust_anchor.display()))?;
+    let trust_anchor = TrustBundle::from_pem_detect(&anchor_pem)
+        .with_context(|| format!("loading the trust anchor {}", args.trust_anchor.display()))?;
+    let client = CaClient {
+        control_plane: args.control_plane,
+        trust_anchor,
+        svid_ttl: args.svid_ttl_seconds.map(Duration::from_secs),
+    };
+
+    let identity = match client.bootstrap(&args.join_token).await {
+        Ok(identity) => identity,
+        Err(BootstrapError::Refused(reason)) => anyhow::bail!("join token refused: {reason}"),
+        Err(BootstrapError::Other(e)) => return Err(e.context("getting the first SVID")),
+    };
+    tracing::info!(
+        spiffe_id = %identity.svid.spiffe_id(),
+        serial = %identity.svid.serial_hex(),
+        not_after = %identity.svid.not_after(),
+        "obtained SVID"
+    );
+    let (updates, current) = tokio::sync::watch::channel(Arc::new(identity));
+    tokio::spawn(identity::keep_renewed(client, updates));
+
+    let socket = &args.workload_api_socket;
+    if socket.exists() {
+        std::fs::remove_file(socket).with_context(|| format!("removing the stale socket {}", socket.display()))?;
+    }
+    let listener = UnixListener::bind(socket)
+        .with_context(|| format!("binding the Workload API socket {}", socket.display()))?;
+    tracing::info!(socket = %socket.display(), "serving the SPIFFE Workload API");
+    tonic::transport::Server::builder()
+        .add_service(SpiffeWorkloadApiServer::new(workload_api::WorkloadApi::new(current)))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
+        .await
+        .context("Workload API server")?;
+    let _ = std::fs::remove_file(socket);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

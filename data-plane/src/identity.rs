@@ -1,0 +1,144 @@
+//! The workload's identity: a key made here and kept in memory, an SVID
+//! obtained with a join token, then renewed at half-life over mTLS with the
+//! current SVID. Every change is published on a watch channel that the
+//! Workload API (and, later, the listeners) follow.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rampart_api::ca::certificate_service_client::CertificateServiceClient;
+use rampart_api::ca::{SignRequest, SignResponse};
+use rampart_certs::tls::{CurrentSvid, PeerPolicy, client_config};
+use rampart_certs::well_known::control_plane_id;
+use rampart_certs::{KeyAndCsr, Svid, TrustBundle, until};
+use rustls_pki_types::CertificateDer;
+use tokio::sync::watch;
+
+/// What the workload currently holds.
+#[derive(Debug)]
+pub struct Identity {
+    pub svid: Svid,
+    pub bundle: TrustBundle,
+}
+
+/// Where and how to get certificates.
+#[derive(Clone)]
+pub struct CaClient {
+    pub control_plane: String,
+    /// Roots used to authenticate the control plane.
+    pub trust_anchor: TrustBundle,
+    /// Requested SVID lifetime; `None` for the CA default.
+    pub svid_ttl: Option<Duration>,
+}
+
+/// Why bootstrapping failed; `Refused` is final (the token is bad).
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("the control plane refused the join token: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl CaClient {
+    async fn sign(
+        &self,
+        identity: Option<&Svid>,
+        token: Option<&str>,
+    ) -> Result<(Svid, TrustBundle), tonic::Status> {
+        let request = KeyAndCsr::generate().map_err(|e| tonic::Status::internal(e.to_string()))?;
+        let client_svid = match identity {
+            Some(svid) => Some(CurrentSvid::new(svid).map_err(|e| tonic::Status::internal(e.to_string()))?),
+            None => None,
+        };
+        let server = PeerPolicy::exactly(control_plane_id(self.trust_anchor.trust_domain()));
+        let tls = client_config(client_svid, &self.trust_anchor, server)
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        let channel = rampart_api::connect(&self.control_plane, tls)
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("connecting to {}: {e}", self.control_plane)))?;
+        let mut sign = tonic::Request::new(SignRequest {
+            csr_der: request.csr_der,
+            ttl_seconds: self.svid_ttl.map_or(0, |d| d.as_secs() as i64),
+        });
+        if let Some(token) = token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| tonic::Status::invalid_argument("the join token has characters not allowed in metadata"))?;
+            sign.metadata_mut().insert("authorization", value);
+        }
+        let response = CertificateServiceClient::new(channel).sign(sign).await?.into_inner();
+        into_identity(response, request.key, &self.trust_anchor)
+            .map_err(|e| tonic::Status::internal(format!("the CA's answer is unusable: {e:#}")))
+    }
+
+    /// Gets the first SVID with a join token.
+    pub async fn bootstrap(&self, join_token: &str) -> Result<Identity, BootstrapError> {
+        match self.sign(None, Some(join_token)).await {
+            Ok((svid, bundle)) => Ok(Identity { svid, bundle }),
+            Err(s) if matches!(s.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied | tonic::Code::InvalidArgument) => {
+                Err(BootstrapError::Refused(format!("{:?}: {}", s.code(), s.message())))
+            }
+            Err(s) => Err(anyhow::anyhow!("{:?}: {}", s.code(), s.message()).into()),
+        }
+    }
+
+    /// Renews an SVID, proving identity with it.
+    pub async fn renew(&self, current: &Svid) -> Result<Identity, tonic::Status> {
+        let (svid, bundle) = self.sign(Some(current), None).await?;
+        if svid.spiffe_id() != current.spiffe_id() {
+            return Err(tonic::Status::internal(format!(
+                "renewal returned {} instead of {}",
+                svid.spiffe_id(),
+                current.spiffe_id()
+            )));
+        }
+        Ok(Identity { svid, bundle })
+    }
+}
+
+fn into_identity(
+    response: SignResponse,
+    key: rustls_pki_types::PrivatePkcs8KeyDer<'static>,
+    anchor: &TrustBundle,
+) -> anyhow::Result<(Svid, TrustBundle)> {
+    let chain = response.cert_chain_der.into_iter().map(CertificateDer::from).collect();
+    let svid = Svid::new(chain, key).context("the issued certificate is not a valid SVID")?;
+    let roots: Vec<_> = response.trust_bundle_der.into_iter().map(CertificateDer::from).collect();
+    let bundle = if roots.is_empty() {
+        anchor.clone()
+    } else {
+        TrustBundle::new(anchor.trust_domain().clone(), roots)
+    };
+    Ok((svid, bundle))
+}
+
+/// Renews forever: at each deadline, then with backoff on failure.
+pub async fn keep_renewed(client: CaClient, updates: watch::Sender<Arc<Identity>>) {
+    let mut backoff = Duration::from_secs(1);
+    let mut deadline = updates.borrow().svid.renewal_deadline();
+    loop {
+        tokio::time::sleep(until(deadline)).await;
+        let current = updates.borrow().clone();
+        match client.renew(&current.svid).await {
+            Ok(identity) => {
+                tracing::info!(
+                    spiffe_id = %identity.svid.spiffe_id(),
+                    serial = %identity.svid.serial_hex(),
+                    not_after = %identity.svid.not_after(),
+                    "renewed SVID"
+                );
+                deadline = identity.svid.renewal_deadline();
+                backoff = Duration::from_secs(1);
+                updates.send_replace(Arc::new(identity));
+            }
+            Err(status) => {
+                let left = until(current.svid.not_after());
+                tracing::warn!(code = ?status.code(), reason = status.message(), expires_in_s = left.as_secs(), "SVID renewal failed; retrying");
+                deadline = time::OffsetDateTime::now_utc() + backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
