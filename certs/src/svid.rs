@@ -167,7 +167,11 @@ impl Svid {
     /// renew together.
     pub fn renewal_deadline(&self) -> OffsetDateTime {
         let jitter = rand::random_range(-0.05..=0.05);
-        renewal_deadline(self.obtained_at.max(self.not_before), self.not_after, jitter)
+        renewal_deadline(
+            self.obtained_at.max(self.not_before),
+            self.not_after,
+            jitter,
+        )
     }
 
     /// The chain and key as a rustls signing identity.
@@ -195,6 +199,13 @@ pub fn renewal_deadline(
 pub struct KeyAndCsr {
     pub key: PrivatePkcs8KeyDer<'static>,
     pub csr_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for KeyAndCsr {
+    // Never print the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyAndCsr").finish_non_exhaustive()
+    }
 }
 
 impl KeyAndCsr {

@@ -49,7 +49,9 @@ impl CaClient {
     ) -> Result<(Svid, TrustBundle), tonic::Status> {
         let request = KeyAndCsr::generate().map_err(|e| tonic::Status::internal(e.to_string()))?;
         let client_svid = match identity {
-            Some(svid) => Some(CurrentSvid::new(svid).map_err(|e| tonic::Status::internal(e.to_string()))?),
+            Some(svid) => {
+                Some(CurrentSvid::new(svid).map_err(|e| tonic::Status::internal(e.to_string()))?)
+            }
             None => None,
         };
         let server = PeerPolicy::exactly(control_plane_id(self.trust_anchor.trust_domain()));
@@ -57,18 +59,25 @@ impl CaClient {
             .map_err(|e| tonic::Status::internal(e.to_string()))?;
         let channel = rampart_api::connect(&self.control_plane, tls)
             .await
-            .map_err(|e| tonic::Status::unavailable(format!("connecting to {}: {e}", self.control_plane)))?;
+            .map_err(|e| {
+                tonic::Status::unavailable(format!("connecting to {}: {e}", self.control_plane))
+            })?;
         let mut sign = tonic::Request::new(SignRequest {
             csr_der: request.csr_der,
             ttl_seconds: self.svid_ttl.map_or(0, |d| d.as_secs() as i64),
         });
         if let Some(token) = token {
-            let value = format!("Bearer {token}")
-                .parse()
-                .map_err(|_| tonic::Status::invalid_argument("the join token has characters not allowed in metadata"))?;
+            let value = format!("Bearer {token}").parse().map_err(|_| {
+                tonic::Status::invalid_argument(
+                    "the join token has characters not allowed in metadata",
+                )
+            })?;
             sign.metadata_mut().insert("authorization", value);
         }
-        let response = CertificateServiceClient::new(channel).sign(sign).await?.into_inner();
+        let response = CertificateServiceClient::new(channel)
+            .sign(sign)
+            .await?
+            .into_inner();
         into_identity(response, request.key, &self.trust_anchor)
             .map_err(|e| tonic::Status::internal(format!("the CA's answer is unusable: {e:#}")))
     }
@@ -77,8 +86,19 @@ impl CaClient {
     pub async fn bootstrap(&self, join_token: &str) -> Result<Identity, BootstrapError> {
         match self.sign(None, Some(join_token)).await {
             Ok((svid, bundle)) => Ok(Identity { svid, bundle }),
-            Err(s) if matches!(s.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied | tonic::Code::InvalidArgument) => {
-                Err(BootstrapError::Refused(format!("{:?}: {}", s.code(), s.message())))
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unauthenticated
+                        | tonic::Code::PermissionDenied
+                        | tonic::Code::InvalidArgument
+                ) =>
+            {
+                Err(BootstrapError::Refused(format!(
+                    "{:?}: {}",
+                    s.code(),
+                    s.message()
+                )))
             }
             Err(s) => Err(anyhow::anyhow!("{:?}: {}", s.code(), s.message()).into()),
         }
@@ -103,9 +123,17 @@ fn into_identity(
     key: rustls_pki_types::PrivatePkcs8KeyDer<'static>,
     anchor: &TrustBundle,
 ) -> anyhow::Result<(Svid, TrustBundle)> {
-    let chain = response.cert_chain_der.into_iter().map(CertificateDer::from).collect();
+    let chain = response
+        .cert_chain_der
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
     let svid = Svid::new(chain, key).context("the issued certificate is not a valid SVID")?;
-    let roots: Vec<_> = response.trust_bundle_der.into_iter().map(CertificateDer::from).collect();
+    let roots: Vec<_> = response
+        .trust_bundle_der
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
     let bundle = if roots.is_empty() {
         anchor.clone()
     } else {

@@ -87,13 +87,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let socket = &args.workload_api_socket;
     if socket.exists() {
-        std::fs::remove_file(socket).with_context(|| format!("removing the stale socket {}", socket.display()))?;
+        std::fs::remove_file(socket)
+            .with_context(|| format!("removing the stale socket {}", socket.display()))?;
     }
     let listener = UnixListener::bind(socket)
         .with_context(|| format!("binding the Workload API socket {}", socket.display()))?;
     tracing::info!(socket = %socket.display(), "serving the SPIFFE Workload API");
     tonic::transport::Server::builder()
-        .add_service(SpiffeWorkloadApiServer::new(workload_api::WorkloadApi::new(current)))
+        .add_service(SpiffeWorkloadApiServer::new(
+            workload_api::WorkloadApi::new(current),
+        ))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
         .await
         .context("Workload API server")?;

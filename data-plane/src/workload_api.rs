@@ -34,7 +34,11 @@ impl WorkloadApi {
 
 /// The spec's anti-SSRF rule: every call carries `workload.spiffe.io: true`.
 fn check_header<T>(request: &Request<T>) -> Result<(), Status> {
-    match request.metadata().get(WORKLOAD_API_HEADER).map(|v| v.to_str()) {
+    match request
+        .metadata()
+        .get(WORKLOAD_API_HEADER)
+        .map(|v| v.to_str())
+    {
         Some(Ok("true")) => Ok(()),
         _ => Err(Status::invalid_argument(format!(
             "security header missing from request: {WORKLOAD_API_HEADER}: true"
@@ -43,7 +47,12 @@ fn check_header<T>(request: &Request<T>) -> Result<(), Status> {
 }
 
 fn x509_svid_response(identity: &Identity) -> X509svidResponse {
-    let chain: Vec<u8> = identity.svid.chain().iter().flat_map(|c| c.iter().copied()).collect();
+    let chain: Vec<u8> = identity
+        .svid
+        .chain()
+        .iter()
+        .flat_map(|c| c.iter().copied())
+        .collect();
     X509svidResponse {
         svids: vec![X509svid {
             spiffe_id: identity.svid.spiffe_id().to_string(),
@@ -111,6 +120,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
         check_header(&request)?;
-        Err(Status::unimplemented("JWT-SVID validation is not available yet"))
+        Err(Status::unimplemented(
+            "JWT-SVID validation is not available yet",
+        ))
     }
 }

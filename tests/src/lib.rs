@@ -1,1 +1,287 @@
+//! Harness for whole-mesh tests: real `rampart-control`, `rampart-proxy` and
+//! `meshctl` binaries on loopback, so each test reads like the scenario it
+//! checks. Binaries come from the same target directory as the test (the test
+//! script builds them first).
 
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rampart_api::admin::admin_service_client::AdminServiceClient;
+use rampart_api::ca::certificate_service_client::CertificateServiceClient;
+use rampart_api::ca::{SignRequest, SignResponse};
+use rampart_certs::tls::{CurrentSvid, PeerPolicy, client_config};
+use rampart_certs::well_known::control_plane_id;
+use rampart_certs::{KeyAndCsr, Svid, TrustBundle};
+use tonic::transport::Channel;
+
+/// Path of a workspace binary, next to the running test's directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --workspace` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// Collects a child's stderr so tests can search the logs.
+#[derive(Clone, Default)]
+pub struct Logs(Arc<Mutex<String>>);
+
+impl Logs {
+    fn capture(&self, stream: impl std::io::Read + Send + 'static) {
+        let logs = self.0.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stream)
+                .lines()
+                .map_while(Result::ok)
+            {
+                logs.lock().unwrap().push_str(&line);
+                logs.lock().unwrap().push('\n');
+            }
+        });
+    }
+
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// A running `rampart-control` on ephemeral loopback ports.
+pub struct ControlPlane {
+    pub child: Child,
+    pub data_dir: PathBuf,
+    pub grpc_addr: String,
+    pub metrics_addr: String,
+    pub logs: Logs,
+}
+
+impl ControlPlane {
+    /// Starts a control plane on `data_dir` with extra flags and waits until ready.
+    pub async fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(bin("rampart-control"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args([
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting rampart-control");
+        let logs = Logs::default();
+        logs.capture(child.stderr.take().unwrap());
+        let discovery = data_dir.join("control-plane.json");
+        for _ in 0..200 {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("rampart-control exited with {status}:\n{}", logs.text());
+            }
+            if let Ok(text) = std::fs::read_to_string(&discovery) {
+                let d: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                if d["pid"].as_u64() == Some(u64::from(child.id())) {
+                    let cp = Self {
+                        grpc_addr: d["grpc_addr"].as_str().unwrap().to_owned(),
+                        metrics_addr: d["metrics_addr"].as_str().unwrap().to_owned(),
+                        data_dir: data_dir.to_owned(),
+                        child,
+                        logs,
+                    };
+                    if cp
+                        .http_get("/readyz")
+                        .await
+                        .is_ok_and(|(code, _)| code == 200)
+                    {
+                        return cp;
+                    }
+                    return cp.wait_ready().await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("rampart-control did not become ready:\n{}", logs.text());
+    }
+
+    async fn wait_ready(self) -> Self {
+        for _ in 0..100 {
+            if self
+                .http_get("/readyz")
+                .await
+                .is_ok_and(|(code, _)| code == 200)
+            {
+                return self;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("/readyz never answered 200");
+    }
+
+    /// A plain HTTP/1.1 GET on the metrics port: (status, body).
+    pub async fn http_get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        http_get(&self.metrics_addr, path).await
+    }
+
+    /// The trust bundle the control plane wrote for its admin.
+    pub fn bundle(&self) -> TrustBundle {
+        let pem = std::fs::read(self.data_dir.join("admin/bundle.pem")).unwrap();
+        TrustBundle::from_pem_detect(&pem).unwrap()
+    }
+
+    /// The admin credential.
+    pub fn admin_svid(&self) -> Svid {
+        let dir = self.data_dir.join("admin");
+        Svid::from_pem(
+            &std::fs::read(dir.join("cert-chain.pem")).unwrap(),
+            &std::fs::read(dir.join("key.pem")).unwrap(),
+        )
+        .unwrap()
+    }
+
+    /// A gRPC channel, presenting `identity` if given.
+    pub async fn channel(&self, identity: Option<&Svid>) -> Channel {
+        let bundle = self.bundle();
+        let server = PeerPolicy::exactly(control_plane_id(bundle.trust_domain()));
+        let client = identity.map(|svid| CurrentSvid::new(svid).unwrap());
+        let tls = client_config(client, &bundle, server).unwrap();
+        rampart_api::connect(&self.grpc_addr, tls)
+            .await
+            .expect("connecting to the control plane")
+    }
+
+    /// The admin API as the admin.
+    pub async fn admin(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel(Some(&self.admin_svid())).await)
+    }
+
+    /// Creates a join token through the admin API.
+    pub async fn join_token(&self, namespace: &str, sa: &str, ttl_seconds: i64) -> String {
+        self.admin()
+            .await
+            .create_join_token(rampart_api::admin::CreateJoinTokenRequest {
+                namespace: namespace.into(),
+                service_account: sa.into(),
+                ttl_seconds,
+            })
+            .await
+            .expect("creating a join token")
+            .into_inner()
+            .token
+    }
+
+    /// Runs meshctl against this control plane's data directory.
+    pub fn meshctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("meshctl"))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(args)
+            .output()
+            .expect("running meshctl")
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Signs a fresh CSR with the given proof; returns the response and the key.
+pub async fn sign(
+    channel: Channel,
+    join_token: Option<&str>,
+    csr_der: Option<Vec<u8>>,
+    ttl_seconds: i64,
+) -> Result<(SignResponse, KeyAndCsr), tonic::Status> {
+    let request = KeyAndCsr::generate().unwrap();
+    let mut sign = tonic::Request::new(SignRequest {
+        csr_der: csr_der.unwrap_or_else(|| request.csr_der.clone()),
+        ttl_seconds,
+    });
+    if let Some(token) = join_token {
+        sign.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    let response = CertificateServiceClient::new(channel)
+        .sign(sign)
+        .await?
+        .into_inner();
+    Ok((response, request))
+}
+
+/// The SVID from a successful sign.
+pub fn svid_of(response: &SignResponse, request: &KeyAndCsr) -> Svid {
+    let chain = response
+        .cert_chain_der
+        .iter()
+        .map(|c| rustls_pki_types::CertificateDer::from(c.clone()))
+        .collect();
+    Svid::new(chain, request.key.clone_key()).unwrap()
+}
+
+/// Minimal HTTP/1.1 GET (tests only; avoids a client dependency).
+pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await?;
+    let code = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+/// The Python interpreter with PyPI `spiffe` installed (set by scripts/test.sh).
+pub fn python() -> PathBuf {
+    let path = std::env::var_os("RAMPART_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
+    assert!(
+        path.exists(),
+        "{} missing: run scripts/test.sh (it creates .venv with PyPI spiffe)",
+        path.display()
+    );
+    path
+}
