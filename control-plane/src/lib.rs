@@ -51,6 +51,9 @@ pub struct Discovery {
     pub pid: u32,
 }
 
+/// How long SIGTERM waits for in-flight calls before the process exits.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// File name of [`Discovery`] in the data directory.
 pub const DISCOVERY_FILE: &str = "control-plane.json";
 
@@ -142,8 +145,18 @@ pub async fn run(
     tracing::info!("shutting down");
     ready.store(false, Ordering::Release);
     let _ = stop_tx.send(true);
-    grpc.await??;
-    http.await??;
+    // In-flight calls get a deadline to finish; idle clients that keep their
+    // connection open must not hold the process forever.
+    match tokio::time::timeout(SHUTDOWN_GRACE, async { (grpc.await, http.await) }).await {
+        Ok((grpc, http)) => {
+            grpc??;
+            http??;
+        }
+        Err(_) => tracing::warn!(
+            grace_seconds = SHUTDOWN_GRACE.as_secs(),
+            "connections still open after the grace period; closing them"
+        ),
+    }
     store.flush().await?;
     tracing::info!("stopped");
     Ok(())

@@ -53,6 +53,11 @@ impl Logs {
         });
     }
 
+    /// Collects `stream` line by line into these logs.
+    pub fn capture_public(&self, stream: impl std::io::Read + Send + 'static) {
+        self.capture(stream);
+    }
+
     /// Everything logged so far.
     pub fn text(&self) -> String {
         self.0.lock().unwrap().clone()

@@ -1,0 +1,104 @@
+//! rampart-proxy gets its SVID with a join token, renews it at half-life and
+//! serves the SPIFFE Workload API; an independent client (PyPI `spiffe`)
+//! checks what it serves.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rampart_tests::{ControlPlane, Logs, bin, python};
+
+/// SVID lifetime asked for by the proxy: renewal comes at about half of it.
+const SHORT_TTL_SECONDS: u64 = 16;
+
+fn proxy(cp: &ControlPlane, token: &str, socket: &std::path::Path, ttl: Option<u64>) -> Command {
+    let mut cmd = Command::new(bin("rampart-proxy"));
+    cmd.args(["--control-plane", &cp.grpc_addr])
+        .arg("--trust-anchor")
+        .arg(cp.data_dir.join("admin/bundle.pem"))
+        .arg("--workload-api-socket")
+        .arg(socket)
+        .env("RAMPART_JOIN_TOKEN", token);
+    if let Some(ttl) = ttl {
+        cmd.args(["--svid-ttl-seconds", &ttl.to_string()]);
+    }
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_spiffe_fetches_the_svid_and_sees_it_renewed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path(), &[]).await;
+    let token = cp.join_token("default", "web", 0).await;
+    let socket = dir.path().join("workload.sock");
+    let mut child = proxy(&cp, &token, &socket, Some(SHORT_TTL_SECONDS))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let logs = Logs::default();
+    logs.capture_public(child.stderr.take().unwrap());
+    for _ in 0..100 {
+        if socket.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        socket.exists(),
+        "the proxy never served the socket:\n{}",
+        logs.text()
+    );
+
+    // Wait a bit longer than half the TTL plus jitter, so one renewal happens.
+    let wait = SHORT_TTL_SECONDS as f64 * 0.5 + 3.0;
+    let out = Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/python/workload_api_client.py"
+        ))
+        .arg(&socket)
+        .arg("spiffe://cluster.local/ns/default/sa/web")
+        .arg(wait.to_string())
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "py-spiffe checks failed:\n{stdout}\n{}\nproxy log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        logs.text()
+    );
+    assert!(stdout.contains("all checks passed"));
+    assert!(logs.text().contains("renewed SVID"));
+    assert!(
+        !logs.text().contains(&token),
+        "the token must never be logged"
+    );
+    assert!(
+        !cp.logs.text().contains(&token),
+        "the token must never be logged"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_token_stops_the_proxy_with_a_one_line_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path(), &[]).await;
+    let token = cp.join_token("default", "web", 0).await;
+    rampart_tests::sign(cp.channel(None).await, Some(&token), None, 0)
+        .await
+        .unwrap();
+
+    let out = proxy(&cp, &token, &dir.path().join("s.sock"), None)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("join token refused") && last.contains("already used"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&token));
+}
