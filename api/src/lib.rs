@@ -10,6 +10,7 @@
 #![deny(rust_2018_idioms)]
 
 mod channel;
+pub mod duration;
 pub use channel::connect;
 
 /// The CA service (`rampart.ca.v1`).

@@ -33,28 +33,11 @@ struct Args {
     #[arg(long, conflicts_with = "intermediate_ca")]
     plugin_ca_dir: Option<PathBuf>,
     /// Lifetime of an SVID when the workload asks for none (e.g. 24h, 90m, 3600s).
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, default_value = "24h", value_parser = rampart_api::duration::parse)]
     default_svid_ttl: Duration,
     /// Longest SVID lifetime granted; longer requests are cut to this.
-    #[arg(long, default_value = "2160h", value_parser = parse_duration)]
+    #[arg(long, default_value = "2160h", value_parser = rampart_api::duration::parse)]
     max_svid_ttl: Duration,
-}
-
-/// Parses `90s`, `10m`, `24h` or `7d`.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 90s, 10m, 24h or 7d"))?;
-    let seconds = match unit {
-        "s" | "" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use s, m, h or d")),
-    };
-    Ok(Duration::from_secs(seconds))
 }
 
 #[tokio::main]

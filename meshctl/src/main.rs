@@ -7,7 +7,6 @@ use clap::{Args, Parser, Subcommand};
 
 mod client;
 mod commands;
-mod duration;
 
 /// Operate a Rampart mesh.
 #[derive(Parser, Debug)]
@@ -67,7 +66,7 @@ struct IdentityArgs {
     #[arg(long)]
     service_account: String,
     /// Lifetime, e.g. 10m, 1h, 7d (join tokens: default 10m; certificates: the CA default).
-    #[arg(long, value_parser = duration::parse)]
+    #[arg(long, value_parser = rampart_api::duration::parse)]
     ttl: Option<std::time::Duration>,
 }
 

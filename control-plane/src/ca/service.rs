@@ -66,6 +66,19 @@ pub fn sign(
     })
 }
 
+/// An issued SVID as the wire carries it: ID, DER chain, DER roots, expiry.
+pub fn wire_parts(
+    issued: &IssuedSvid,
+    ca: &CertificateAuthority,
+) -> (String, Vec<Vec<u8>>, Vec<Vec<u8>>, i64) {
+    (
+        issued.spiffe_id.to_string(),
+        issued.chain.iter().map(|c| c.to_vec()).collect(),
+        ca.bundle().roots().iter().map(|c| c.to_vec()).collect(),
+        issued.not_after.unix_timestamp(),
+    )
+}
+
 /// The status for a refused CSR.
 pub fn csr_status(e: CsrError) -> Status {
     match e {

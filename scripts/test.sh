@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs everything the tests need, then runs the whole suite:
+# format and lint checks, unit tests, and the real-process tests
+# (control plane, proxy, meshctl over TLS on loopback, openssl as an
+# independent certificate checker, PyPI `spiffe` as an independent
+# Workload API client). Nothing is skipped: a missing tool fails the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+echo "==> system packages"
+missing=()
+command -v openssl >/dev/null || missing+=(openssl)
+command -v python3 >/dev/null || missing+=(python3 python3-venv)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+echo "==> Python test clients (.venv)"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+export RAMPART_PYTHON="$PWD/.venv/bin/python"
+
+echo "==> format and lint"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "==> build (the tests start these binaries)"
+cargo build --workspace --all-targets --locked
+
+echo "==> tests"
+cargo test --workspace --locked
