@@ -1,0 +1,273 @@
+//! CSR-to-SVID signing throughput and latency through the real gRPC service,
+//! next to the raw ECDSA P-256 sign and verify rates measured in the same run
+//! with the same crypto library (ring). Turning a CSR into an SVID costs one
+//! verification (the CSR) and one signature (the certificate), so the
+//! physical ceiling per core is 1 / (1/sign + 1/verify).
+//!
+//! Run: `cargo bench -p rampart-control-plane --bench ca_signing`
+//! The control plane is pinned to one core with `taskset` when available.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rampart_api::ca::SignRequest;
+use rampart_api::ca::certificate_service_client::CertificateServiceClient;
+use rampart_certs::tls::{CurrentSvid, PeerPolicy, client_config};
+use rampart_certs::well_known::control_plane_id;
+use rampart_certs::{KeyAndCsr, Svid, TrustBundle, VerifiedCsr};
+use ring::rand::SystemRandom;
+use ring::signature::{self, EcdsaKeyPair, KeyPair};
+
+const MEASURE: Duration = Duration::from_secs(3);
+const CONCURRENCY: usize = 64;
+const CONNECTIONS: usize = 4;
+
+fn rate(mut op: impl FnMut()) -> f64 {
+    for _ in 0..200 {
+        op();
+    }
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < MEASURE {
+        for _ in 0..100 {
+            op();
+        }
+        n += 100;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn raw_rates() -> (f64, f64) {
+    let rng = SystemRandom::new();
+    let alg = &signature::ECDSA_P256_SHA256_ASN1_SIGNING;
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap();
+    let key = EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).unwrap();
+    let message = [7u8; 400]; // about the size of a certificate's TBS
+    let sign = rate(|| {
+        std::hint::black_box(key.sign(&rng, &message).unwrap());
+    });
+    let sig = key.sign(&rng, &message).unwrap();
+    let public = signature::UnparsedPublicKey::new(
+        &signature::ECDSA_P256_SHA256_ASN1,
+        key.public_key().as_ref().to_vec(),
+    );
+    let verify = rate(|| {
+        public.verify(&message, sig.as_ref()).unwrap();
+    });
+    (sign, verify)
+}
+
+fn in_process_rate() -> f64 {
+    let td = rampart_certs::TrustDomain::new("bench.local").unwrap();
+    let root = rampart_certs::CertificateAuthority::generate_root(&td).unwrap();
+    let ca = rampart_certs::CertificateAuthority::from_root_pem(
+        td.clone(),
+        &root.cert_pem,
+        &root.key_pem,
+        Default::default(),
+    )
+    .unwrap();
+    let id = td.workload_id("bench", "client").unwrap();
+    let csr = KeyAndCsr::generate().unwrap().csr_der;
+    rate(|| {
+        let verified = VerifiedCsr::from_der(&csr).unwrap();
+        std::hint::black_box(ca.sign(&verified, &id, None).unwrap());
+    })
+}
+
+struct Service {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    grpc_addr: String,
+    bundle: TrustBundle,
+    admin: Svid,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_service() -> (Service, bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = env!("CARGO_BIN_EXE_rampart-control");
+    let pinned = Command::new("taskset").arg("-V").output().is_ok();
+    let mut cmd = if pinned {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0", exe]);
+        c
+    } else {
+        Command::new(exe)
+    };
+    let child = cmd
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let discovery = dir.path().join("control-plane.json");
+    for _ in 0..200 {
+        if let Ok(text) = std::fs::read_to_string(&discovery) {
+            let start = text.find("\"grpc_addr\": \"").unwrap() + 14;
+            let grpc_addr = text[start..].split('"').next().unwrap().to_owned();
+            let admin_dir = dir.path().join("admin");
+            let bundle =
+                TrustBundle::from_pem_detect(&std::fs::read(admin_dir.join("bundle.pem")).unwrap())
+                    .unwrap();
+            let admin = Svid::from_pem(
+                &std::fs::read(admin_dir.join("cert-chain.pem")).unwrap(),
+                &std::fs::read(admin_dir.join("key.pem")).unwrap(),
+            )
+            .unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            return (
+                Service {
+                    child,
+                    _dir: dir,
+                    grpc_addr,
+                    bundle,
+                    admin,
+                },
+                pinned,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("rampart-control did not start");
+}
+
+async fn service_rate(service: &Service) -> (f64, Duration, Duration) {
+    // Renewal proof: an SVID over mTLS (the admin's will do; the CA signs a
+    // new certificate per request either way).
+    let server = PeerPolicy::exactly(control_plane_id(service.bundle.trust_domain()));
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let tls = client_config(
+            Some(CurrentSvid::new(&service.admin).unwrap()),
+            &service.bundle,
+            server.clone(),
+        )
+        .unwrap();
+        let channel = rampart_api::connect(&service.grpc_addr, tls).await.unwrap();
+        clients.push(CertificateServiceClient::new(channel));
+    }
+    // Keys and CSRs are made before the clock starts: they are the client's cost.
+    let csrs: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..512)
+            .map(|_| KeyAndCsr::generate().unwrap().csr_der)
+            .collect(),
+    );
+    let run = |duration: Duration| {
+        let mut tasks = Vec::new();
+        for i in 0..CONCURRENCY {
+            let mut client = clients[i % CONNECTIONS].clone();
+            let csrs = csrs.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let start = Instant::now();
+                let mut n = i;
+                while start.elapsed() < duration {
+                    let request = SignRequest {
+                        csr_der: csrs[n % csrs.len()].clone(),
+                        ttl_seconds: 0,
+                    };
+                    let t = Instant::now();
+                    client.sign(request).await.expect("signing failed");
+                    latencies.push(t.elapsed());
+                    n += CONCURRENCY;
+                }
+                latencies
+            }));
+        }
+        tasks
+    };
+    for task in run(Duration::from_millis(500)) {
+        task.await.unwrap(); // warm-up
+    }
+    let start = Instant::now();
+    let mut latencies = Vec::new();
+    for task in run(MEASURE) {
+        latencies.extend(task.await.unwrap());
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    (latencies.len() as f64 / elapsed, pct(0.50), pct(0.99))
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test --benches` asks for a listing
+    }
+    // The load generator runs on the other core, so the two do not compete.
+    if std::env::var_os("RAMPART_BENCH_PINNED").is_none()
+        && Command::new("taskset").arg("-V").output().is_ok()
+    {
+        let status = Command::new("taskset")
+            .args(["-c", "1"])
+            .arg(std::env::current_exe().unwrap())
+            .args(std::env::args().skip(1))
+            .env("RAMPART_BENCH_PINNED", "1")
+            .status()
+            .unwrap();
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    // Raw rates on core 0, where the control plane will run.
+    let _ = Command::new("taskset")
+        .args(["-p", "-c", "0", &std::process::id().to_string()])
+        .output();
+    let (sign, verify) = raw_rates();
+    let in_process = in_process_rate();
+    let _ = Command::new("taskset")
+        .args(["-p", "-c", "1", &std::process::id().to_string()])
+        .output();
+    let ceiling = 1.0 / (1.0 / sign + 1.0 / verify);
+    let (service, pinned) = start_service();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (throughput, p50, p99) = runtime.block_on(service_rate(&service));
+
+    println!(
+        "CA signing, one core ({}):",
+        if pinned {
+            "control plane pinned with taskset -c 0"
+        } else {
+            "not pinned: taskset missing"
+        }
+    );
+    println!("  {:<46} {:>10.0} /s", "raw ECDSA P-256 sign (ring)", sign);
+    println!(
+        "  {:<46} {:>10.0} /s",
+        "raw ECDSA P-256 verify (ring)", verify
+    );
+    println!(
+        "  {:<46} {:>10.0} /s",
+        "ceiling: 1 verify + 1 sign per SVID", ceiling
+    );
+    println!(
+        "  {:<46} {:>10.0} /s  ({:.2} of ceiling)",
+        "CA in process (parse+verify CSR, build, sign)",
+        in_process,
+        in_process / ceiling
+    );
+    println!(
+        "  {:<46} {:>10.0} /s  ({:.2} of ceiling)  p50 {:.2} ms  p99 {:.2} ms  ({CONCURRENCY} in flight, {CONNECTIONS} mTLS connections)",
+        "gRPC CertificateService.Sign (real process)",
+        throughput,
+        throughput / ceiling,
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3
+    );
+}
