@@ -102,7 +102,7 @@ fn start_service() -> (Service, bool) {
     } else {
         Command::new(exe)
     };
-    let child = cmd
+    let mut child = cmd
         .arg("--data-dir")
         .arg(dir.path())
         .args([
@@ -143,6 +143,8 @@ fn start_service() -> (Service, bool) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("rampart-control did not start");
 }
 
