@@ -6,6 +6,7 @@
 #![deny(rust_2018_idioms)]
 
 mod identity;
+mod uds_authority;
 mod workload_api;
 
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use clap::Parser;
 use rampart_api::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use rampart_certs::TrustBundle;
 use tokio::net::UnixListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use identity::{BootstrapError, CaClient};
@@ -98,7 +100,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .add_service(SpiffeWorkloadApiServer::new(
             workload_api::WorkloadApi::new(current),
         ))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener).map(|conn| conn.map(uds_authority::shim)),
+            shutdown_signal(),
+        )
         .await
         .context("Workload API server")?;
     let _ = std::fs::remove_file(socket);

@@ -2,6 +2,10 @@
 
 Usage: workload_api_client.py SOCKET_PATH EXPECTED_SPIFFE_ID ROTATION_WAIT_SECONDS
 
+The client is used exactly as an application would use it: grpc-core sends the
+percent-encoded socket path as :authority (grpc/grpc#38142) and the proxy must
+cope with that.
+
 Checks, printing one line per check and exiting non-zero on the first failure:
   1. fetch_x509_svid returns the expected SPIFFE ID, with a key matching the leaf;
   2. the leaf chains to the bundle from fetch_x509_bundles for its trust domain;
@@ -21,22 +25,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from spiffe import WorkloadApiClient, X509Source
 from spiffe._proto import workload_pb2, workload_pb2_grpc
-
-
-# grpc-core >= 1.57 sends the percent-encoded socket path as the HTTP/2
-# :authority of unix-socket calls (grpc/grpc#38142); hyperium/h2, under tonic,
-# rejects that as malformed. Until rampart-proxy works around it, clients must
-# set the authority, as grpc-go and grpcurl do: this is a known gap (see
-# docs/workload-api.md), stated here rather than hidden.
-_insecure_channel = grpc.insecure_channel
-
-
-def _channel_with_authority(target, options=None, *args, **kwargs):
-    options = list(options or []) + [("grpc.default_authority", "localhost")]
-    return _insecure_channel(target, options, *args, **kwargs)
-
-
-grpc.insecure_channel = _channel_with_authority
 
 
 def fail(message):
