@@ -74,11 +74,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         svid_ttl: args.svid_ttl_seconds.map(Duration::from_secs),
     };
 
-    let identity = match client.bootstrap(&args.join_token).await {
-        Ok(identity) => identity,
-        Err(BootstrapError::Refused(reason)) => anyhow::bail!("join token refused: {reason}"),
-        Err(BootstrapError::Other(e)) => return Err(e.context("getting the first SVID")),
-    };
+    let identity = bootstrap(&client, &args.join_token).await?;
     tracing::info!(
         spiffe_id = %identity.svid.spiffe_id(),
         serial = %identity.svid.serial_hex(),
@@ -108,6 +104,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .context("Workload API server")?;
     let _ = std::fs::remove_file(socket);
     Ok(())
+}
+
+/// Gets the first SVID, waiting out an unreachable control plane (it may
+/// start after the proxy); a refused token ends the process at once.
+async fn bootstrap(client: &CaClient, join_token: &str) -> anyhow::Result<identity::Identity> {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match client.bootstrap(join_token).await {
+            Ok(identity) => return Ok(identity),
+            Err(BootstrapError::Refused(reason)) => anyhow::bail!("join token refused: {reason}"),
+            Err(BootstrapError::Other(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "cannot get the first SVID yet");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

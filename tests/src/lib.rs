@@ -79,12 +79,12 @@ impl ControlPlane {
         let mut child = Command::new(bin("rampart-control"))
             .arg("--data-dir")
             .arg(data_dir)
-            .args([
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--metrics-addr",
-                "127.0.0.1:0",
-            ])
+            .args(if extra.contains(&"--grpc-addr") {
+                &[][..]
+            } else {
+                &["--grpc-addr", "127.0.0.1:0"][..]
+            })
+            .args(["--metrics-addr", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

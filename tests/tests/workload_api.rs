@@ -102,3 +102,49 @@ async fn a_refused_token_stops_the_proxy_with_a_one_line_reason() {
     );
     assert!(!stderr.contains(&token));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_waits_for_a_control_plane_that_starts_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // A fixed port, so the restarted control plane is where the proxy looks.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut cp = ControlPlane::start(dir.path(), &["--grpc-addr", &addr]).await;
+    let token = cp.join_token("default", "late", 0).await;
+    assert!(cp.terminate().success());
+
+    let socket = dir.path().join("late.sock");
+    let mut child = proxy(&cp, &token, &socket, None)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let logs = Logs::default();
+    logs.capture_public(child.stderr.take().unwrap());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the proxy gave up:\n{}",
+        logs.text()
+    );
+    assert!(logs.text().contains("cannot get the first SVID yet"));
+
+    let _cp = ControlPlane::start(dir.path(), &["--grpc-addr", &addr]).await;
+    for _ in 0..200 {
+        if socket.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        socket.exists(),
+        "no SVID after the control plane came up:\n{}",
+        logs.text()
+    );
+    assert!(logs.text().contains("obtained SVID"));
+}
