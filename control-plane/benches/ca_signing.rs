@@ -226,7 +226,8 @@ async fn service_rounds(service: &Service, rounds: usize) -> Vec<Round> {
         let elapsed = start.elapsed().as_secs_f64();
         let cpu = cpu_seconds(pid) - cpu_start;
         latencies.sort();
-        let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+        let pct =
+            |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
         results.push(Round {
             throughput: latencies.len() as f64 / elapsed,
             p50: pct(0.50),
@@ -258,27 +259,56 @@ fn main() {
     // Raw rates on core 0, where the control plane will run; measured before
     // and after the service so that drift of a noisy machine averages out.
     let pin_self = |cpu: &str| {
-        let _ = Command::new("taskset").args(["-p", "-c", cpu, &std::process::id().to_string()]).output();
+        let _ = Command::new("taskset")
+            .args(["-p", "-c", cpu, &std::process::id().to_string()])
+            .output();
     };
     pin_self("0");
     let (sign_before, verify_before) = raw_rates();
     let in_process = in_process_rate();
     pin_self("1");
     let (service, pinned) = start_service();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let rounds = runtime.block_on(service_rounds(&service, 3));
     drop(service);
     pin_self("0");
     let (sign_after, verify_after) = raw_rates();
-    let (sign, verify) = ((sign_before + sign_after) / 2.0, (verify_before + verify_after) / 2.0);
+    let (sign, verify) = (
+        (sign_before + sign_after) / 2.0,
+        (verify_before + verify_after) / 2.0,
+    );
     let ceiling = 1.0 / (1.0 / sign + 1.0 / verify);
     let median = &rounds[rounds.len() / 2];
 
-    println!("CA signing, one core ({}):", if pinned { "control plane pinned with taskset -c 0, load on core 1" } else { "not pinned: taskset missing" });
-    println!("  {:<46} {:>10.0} /s  (before {sign_before:.0}, after {sign_after:.0})", "raw ECDSA P-256 sign (ring)", sign);
-    println!("  {:<46} {:>10.0} /s  (before {verify_before:.0}, after {verify_after:.0})", "raw ECDSA P-256 verify (ring)", verify);
-    println!("  {:<46} {:>10.0} /s", "ceiling: 1 verify + 1 sign per SVID", ceiling);
-    println!("  {:<46} {:>10.0} /s  ({:.2} of ceiling)", "CA in process (parse+verify CSR, build, sign)", in_process, in_process / ceiling);
+    println!(
+        "CA signing, one core ({}):",
+        if pinned {
+            "control plane pinned with taskset -c 0, load on core 1"
+        } else {
+            "not pinned: taskset missing"
+        }
+    );
+    println!(
+        "  {:<46} {:>10.0} /s  (before {sign_before:.0}, after {sign_after:.0})",
+        "raw ECDSA P-256 sign (ring)", sign
+    );
+    println!(
+        "  {:<46} {:>10.0} /s  (before {verify_before:.0}, after {verify_after:.0})",
+        "raw ECDSA P-256 verify (ring)", verify
+    );
+    println!(
+        "  {:<46} {:>10.0} /s",
+        "ceiling: 1 verify + 1 sign per SVID", ceiling
+    );
+    println!(
+        "  {:<46} {:>10.0} /s  ({:.2} of ceiling)",
+        "CA in process (parse+verify CSR, build, sign)",
+        in_process,
+        in_process / ceiling
+    );
     println!(
         "  {:<46} {:>10.0} /s  ({:.2} of ceiling)  p50 {:.2} ms  p99 {:.2} ms  ({CONCURRENCY} in flight, {CONNECTIONS} mTLS connections; median of {})",
         "gRPC CertificateService.Sign (real process)",
@@ -295,6 +325,9 @@ fn main() {
         1e6 / ceiling,
         (1.0 / ceiling) / median.cpu_per_svid
     );
-    let all: Vec<String> = rounds.iter().map(|r| format!("{:.0}", r.throughput)).collect();
+    let all: Vec<String> = rounds
+        .iter()
+        .map(|r| format!("{:.0}", r.throughput))
+        .collect();
     println!("  rounds (SVIDs/s): {}", all.join(", "));
 }

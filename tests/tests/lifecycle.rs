@@ -13,6 +13,21 @@ async fn sigterm_stops_cleanly_and_state_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut cp = ControlPlane::start(dir.path(), &[]).await;
     let bundle_before = cp.bundle();
+    // Secrets are owner-only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &str| {
+        std::fs::metadata(dir.path().join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    for secret in ["ca/root-key.pem", "admin/key.pem", "admin/cert-chain.pem"] {
+        assert_eq!(mode(secret), 0o600, "{secret}");
+    }
+    for private_dir in ["ca", "admin"] {
+        assert_eq!(mode(private_dir), 0o700, "{private_dir}");
+    }
     let token = cp.join_token("keep", "me", 3600).await;
     let status = cp.terminate();
     assert!(status.success(), "SIGTERM must exit 0, got {status}");
