@@ -1,5 +1,5 @@
-//! Durations as every Rampart command line writes them: `90s`, `10m`, `24h`,
-//! `7d`. One parser, so the binaries agree on the syntax and the errors.
+//! Durations as every Rampart command line and resource writes them:
+//! `500ms`, `90s`, `10m`, `24h`, `7d`. One parser, so the binaries agree on the syntax and the errors.
 
 use std::time::Duration;
 
@@ -10,17 +10,21 @@ pub fn parse(s: &str) -> Result<Duration, String> {
     let n: u64 = number
         .parse()
         .map_err(|_| format!("{s:?} is not a duration like 90s, 10m, 24h or 7d"))?;
-    let seconds = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => return Err(format!("{s:?} needs a unit: s, m, h or d (e.g. 10m)")),
+    let unit_millis: u64 = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{s:?} needs a unit: ms, s, m, h or d (e.g. 10m)")),
     };
-    if seconds == 0 {
+    let millis = n
+        .checked_mul(unit_millis)
+        .ok_or_else(|| format!("{s:?} is too long"))?;
+    if millis == 0 {
         return Err("duration must be positive".into());
     }
-    Ok(Duration::from_secs(seconds))
+    Ok(Duration::from_millis(millis))
 }
 
 #[cfg(test)]
@@ -33,6 +37,7 @@ mod tests {
         assert_eq!(parse("10m").unwrap().as_secs(), 600);
         assert_eq!(parse("24h").unwrap().as_secs(), 86400);
         assert_eq!(parse("7d").unwrap().as_secs(), 604800);
+        assert_eq!(parse("250ms").unwrap().as_millis(), 250);
         assert!(parse("10").unwrap_err().contains("unit"));
         assert!(parse("5y").unwrap_err().contains("unit"));
         assert!(parse("ten").unwrap_err().contains("duration"));

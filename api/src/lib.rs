@@ -5,12 +5,14 @@
 //! * [`admin`]: the AdminService `meshctl` uses.
 //! * [`workload`]: the standard SPIFFE Workload API the proxy serves.
 //! * [`connect`]: a gRPC channel over a SPIFFE-verifying rustls config.
+//! * [`mesh`]: the mesh model (Service, WorkloadEntry, TrafficPolicy, ...) and its YAML parser.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 mod channel;
 pub mod duration;
+pub mod mesh;
 pub use channel::connect;
 
 /// The CA service (`rampart.ca.v1`).
