@@ -103,7 +103,7 @@ pub enum Resource {
     MeshConfig(Object<MeshConfigSpec>),
     Service(Object<ServiceSpec>),
     WorkloadEntry(Object<WorkloadEntrySpec>),
-    TrafficPolicy(Object<TrafficPolicySpec>),
+    TrafficPolicy(Box<Object<TrafficPolicySpec>>),
     AuthorizationPolicy(Object<AuthorizationPolicySpec>),
 }
 

@@ -162,7 +162,7 @@ fn parse_one(mut document: Value) -> Result<Resource, Failure> {
         Kind::MeshConfig => typed(document, label).map(Resource::MeshConfig),
         Kind::Service => typed(document, label).map(Resource::Service),
         Kind::WorkloadEntry => typed(document, label).map(Resource::WorkloadEntry),
-        Kind::TrafficPolicy => typed(document, label).map(Resource::TrafficPolicy),
+        Kind::TrafficPolicy => typed(document, label).map(|o| Resource::TrafficPolicy(Box::new(o))),
         Kind::AuthorizationPolicy => typed(document, label).map(Resource::AuthorizationPolicy),
     }
 }
