@@ -66,6 +66,7 @@ pub async fn run(
     let store = store::Store::open(&config.data_dir.join("store"))
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let tokens = store.join_tokens()?;
+    let mesh = store.mesh()?;
     let ca = Arc::new(ca::load_or_create(
         &config.data_dir,
         &config.trust_domain,
@@ -125,6 +126,7 @@ pub async fn run(
         .add_service(AdminServiceServer::new(admin::AdminService::new(
             ca.clone(),
             tokens,
+            mesh,
             metrics,
         )))
         .serve_with_incoming_shutdown(

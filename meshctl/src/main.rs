@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod client;
 mod commands;
+mod mesh;
 
 /// Operate a Rampart mesh.
 #[derive(Parser, Debug)]
@@ -29,6 +30,41 @@ enum Command {
     /// Certificates for workloads that cannot run the proxy (VMs, tools).
     #[command(subcommand)]
     Certificate(CertificateCommand),
+    /// Create or update mesh resources from YAML/JSON files (all or nothing).
+    Apply {
+        /// File, directory (every .yaml/.yml/.json in it) or - for stdin; repeatable.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Validate and show what would change; store nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show mesh resources.
+    Get {
+        /// Kind: service (svc), workloadentry (we), trafficpolicy (tp), authorizationpolicy (ap), meshconfig, or all.
+        kind: String,
+        /// Only this name.
+        name: Option<String>,
+        /// Only this namespace (default: every namespace).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: mesh::Output,
+    },
+    /// Delete mesh resources by kind and name, or those named in files.
+    Delete {
+        /// Kind of the resources to delete.
+        kind: Option<String>,
+        /// Names to delete.
+        names: Vec<String>,
+        /// Namespace (default: default).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Delete the resources described in these files instead.
+        #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "names"])]
+        files: Vec<PathBuf>,
+    },
     /// Print the meshctl version.
     Version,
 }
@@ -82,6 +118,38 @@ async fn main() -> ExitCode {
             commands::token_create(&cli.target, &id.namespace, &id.service_account, id.ttl).await
         }
         Command::Ca(CaCommand::Bundle) => commands::ca_bundle(&cli.target).await,
+        Command::Apply { files, dry_run } => mesh::apply(&cli.target, &files, dry_run).await,
+        Command::Get {
+            kind,
+            name,
+            namespace,
+            output,
+        } => {
+            let kind = if kind == "all" { "" } else { kind.as_str() };
+            mesh::get(
+                &cli.target,
+                kind,
+                name.as_deref(),
+                namespace.as_deref(),
+                output,
+            )
+            .await
+        }
+        Command::Delete {
+            kind,
+            names,
+            namespace,
+            files,
+        } => {
+            mesh::delete(
+                &cli.target,
+                kind.as_deref(),
+                &names,
+                namespace.as_deref(),
+                &files,
+            )
+            .await
+        }
         Command::Certificate(CertificateCommand::Issue { identity, out }) => {
             commands::certificate_issue(
                 &cli.target,

@@ -3,6 +3,7 @@
 
 mod credential;
 mod http;
+mod mesh;
 mod service;
 
 pub use credential::{AdminFiles, write_admin_credential};

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::ca;
 use crate::metrics::Metrics;
 use crate::names::{check_namespace, check_service_account};
-use crate::store::JoinTokens;
+use crate::store::{JoinTokens, SledMeshStore};
 
 /// Default and maximum join-token lifetimes.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(600);
@@ -24,16 +24,23 @@ pub struct AdminService {
     ca: Arc<CertificateAuthority>,
     tokens: JoinTokens,
     metrics: Arc<Metrics>,
+    mesh: SledMeshStore,
     admin: SpiffeId,
 }
 
 impl AdminService {
-    pub fn new(ca: Arc<CertificateAuthority>, tokens: JoinTokens, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        ca: Arc<CertificateAuthority>,
+        tokens: JoinTokens,
+        mesh: SledMeshStore,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let admin = rampart_certs::well_known::admin_id(ca.trust_domain());
         Self {
             ca,
             tokens,
             metrics,
+            mesh,
             admin,
         }
     }
@@ -150,5 +157,43 @@ impl AdminApi for AdminService {
                 .collect(),
             expires_at_unix: issued.not_after.unix_timestamp(),
         }))
+    }
+
+    async fn apply_resources(
+        &self,
+        request: Request<ApplyResourcesRequest>,
+    ) -> Result<Response<ApplyResourcesResponse>, Status> {
+        self.authorize(&request)?;
+        let response =
+            super::mesh::apply(&self.mesh, self.ca.trust_domain(), request.into_inner()).await?;
+        for result in &response.results {
+            if let Some(r) = &result.r#ref {
+                tracing::info!(kind = %r.kind, namespace = %r.namespace, name = %r.name, outcome = %result.outcome, "applied");
+            }
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn get_resources(
+        &self,
+        request: Request<GetResourcesRequest>,
+    ) -> Result<Response<GetResourcesResponse>, Status> {
+        self.authorize(&request)?;
+        Ok(Response::new(super::mesh::get(
+            &self.mesh,
+            request.into_inner(),
+        )?))
+    }
+
+    async fn delete_resources(
+        &self,
+        request: Request<DeleteResourcesRequest>,
+    ) -> Result<Response<DeleteResourcesResponse>, Status> {
+        self.authorize(&request)?;
+        let response = super::mesh::delete(&self.mesh, request.into_inner()).await?;
+        for r in &response.deleted {
+            tracing::info!(kind = %r.kind, namespace = %r.namespace, name = %r.name, "deleted");
+        }
+        Ok(Response::new(response))
     }
 }

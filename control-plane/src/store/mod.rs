@@ -4,6 +4,9 @@
 //! crash never loses an acknowledged change.
 
 mod join_tokens;
+mod mesh;
+
+pub use mesh::{ApplyOutcome, MeshStore, SledMeshStore};
 
 pub use join_tokens::{JoinTokenError, JoinTokenRecord, JoinTokens, TOKEN_PREFIX};
 
@@ -34,6 +37,11 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(dir).open()?;
         Ok(Self { db })
+    }
+
+    /// The mesh model (open once: the handle carries the change revision).
+    pub fn mesh(&self) -> Result<SledMeshStore, StoreError> {
+        Ok(SledMeshStore::new(self.db.open_tree("mesh")?))
     }
 
     /// The join-token table.
