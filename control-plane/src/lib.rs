@@ -13,6 +13,7 @@ mod identity;
 pub mod metrics;
 pub mod names;
 pub mod store;
+pub mod xds;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use rampart_api::admin::admin_service_server::AdminServiceServer;
 use rampart_api::ca::certificate_service_server::CertificateServiceServer;
 use rampart_certs::tls::{ClientAuth, PeerPolicy, server_config};
@@ -39,6 +41,8 @@ pub struct Config {
     pub metrics_addr: SocketAddr,
     pub ca_source: CaSource,
     pub lifetimes: SvidLifetimes,
+    /// Quiet time after a model change before proxies are updated.
+    pub xds_debounce: Duration,
 }
 
 /// Written to `<data-dir>/control-plane.json` once the listeners are bound,
@@ -67,6 +71,7 @@ pub async fn run(
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let tokens = store.join_tokens()?;
     let mesh = store.mesh()?;
+    let snapshots = xds::spawn_snapshot_builder(mesh.clone(), config.xds_debounce);
     let ca = Arc::new(ca::load_or_create(
         &config.data_dir,
         &config.trust_domain,
@@ -121,6 +126,10 @@ pub async fn run(
         .add_service(CertificateServiceServer::new(ca::CaService::new(
             ca.clone(),
             tokens.clone(),
+            metrics.clone(),
+        )))
+        .add_service(AggregatedDiscoveryServiceServer::new(xds::AdsServer::new(
+            snapshots,
             metrics.clone(),
         )))
         .add_service(AdminServiceServer::new(admin::AdminService::new(

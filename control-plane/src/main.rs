@@ -38,6 +38,9 @@ struct Args {
     /// Longest SVID lifetime granted; longer requests are cut to this.
     #[arg(long, default_value = "2160h", value_parser = rampart_api::duration::parse)]
     max_svid_ttl: Duration,
+    /// Quiet time after a model change before proxies are updated (bounded at 2s).
+    #[arg(long, default_value = "100ms", value_parser = rampart_api::duration::parse)]
+    xds_debounce: Duration,
 }
 
 #[tokio::main]
@@ -67,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
             default_ttl: args.default_svid_ttl,
             max_ttl: args.max_svid_ttl,
         },
+        xds_debounce: args.xds_debounce,
     };
     run(config, shutdown_signal())
         .await

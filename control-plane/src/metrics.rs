@@ -19,6 +19,13 @@ pub struct SignLabels {
     pub result: &'static str,
 }
 
+/// Labels of xDS counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct XdsLabels {
+    /// The resource type URL.
+    pub type_url: String,
+}
+
 /// All control-plane metrics.
 pub struct Metrics {
     registry: Registry,
@@ -27,6 +34,9 @@ pub struct Metrics {
     pub join_tokens_created: Counter,
     pub ca_expiry: Gauge,
     pub root_expiry: Gauge,
+    pub xds_connected: Gauge,
+    pub xds_pushes: Family<XdsLabels, Counter>,
+    pub xds_nacks: Family<XdsLabels, Counter>,
 }
 
 impl Metrics {
@@ -64,6 +74,24 @@ impl Metrics {
             "When the earliest trusted root expires, Unix seconds",
             root_expiry.clone(),
         );
+        let xds_connected = Gauge::default();
+        registry.register(
+            "rampart_xds_connected_streams",
+            "ADS streams currently open",
+            xds_connected.clone(),
+        );
+        let xds_pushes = Family::<XdsLabels, Counter>::default();
+        registry.register(
+            "rampart_xds_pushes",
+            "xDS responses sent, by resource type",
+            xds_pushes.clone(),
+        );
+        let xds_nacks = Family::<XdsLabels, Counter>::default();
+        registry.register(
+            "rampart_xds_nacks",
+            "xDS responses rejected by clients (NACK), by resource type",
+            xds_nacks.clone(),
+        );
         // Export the common series at zero from the start, so rates and alerts
         // work before the first request.
         for proof in ["join_token", "svid", "admin"] {
@@ -79,6 +107,9 @@ impl Metrics {
             join_tokens_created,
             ca_expiry,
             root_expiry,
+            xds_connected,
+            xds_pushes,
+            xds_nacks,
         })
     }
 
@@ -88,6 +119,24 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+
+    /// Counts one xDS response sent.
+    pub fn count_push(&self, type_url: &str) {
+        self.xds_pushes
+            .get_or_create(&XdsLabels {
+                type_url: type_url.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one NACK.
+    pub fn count_nack(&self, type_url: &str) {
+        self.xds_nacks
+            .get_or_create(&XdsLabels {
+                type_url: type_url.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts one signing outcome.

@@ -1,0 +1,14 @@
+//! xDS: turning the mesh model into Envoy v3 resources (`translate`), the
+//! resource sets with content versions (`snapshot`), and the ADS protocol
+//! server (`server`). The server knows nothing of mesh semantics and the
+//! translator never touches a stream, so each is tested alone.
+
+pub mod server;
+pub mod snapshot;
+mod sotw;
+pub mod translate;
+mod watch;
+
+pub use server::AdsServer;
+pub use snapshot::{Snapshot, TypeUrl};
+pub use watch::spawn_snapshot_builder;

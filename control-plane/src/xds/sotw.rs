@@ -1,0 +1,363 @@
+//! The state-of-the-world protocol for one ADS stream, as a pure state
+//! machine: requests and snapshots in, responses out. Per type: what the
+//! client subscribed to, what was last sent (version, nonce, names), what it
+//! ACKed and what it NACKed.
+//!
+//! Rules (xDS protocol, "ACK/NACK and resource type instance version"):
+//! * a request whose nonce is not the latest sent is stale: its
+//!   subscription is recorded (envoy#10363) but it gets no reply;
+//! * `error_detail` makes a request a NACK of the version last sent; that
+//!   version is not sent again, the client keeps its last good config;
+//! * the first request of a type on a stream always gets a reply;
+//! * otherwise a reply goes out only when its content (version) or the set
+//!   of names changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+
+use super::snapshot::{Snapshot, TypeUrl, version_of};
+
+/// What a client asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Subscription {
+    Wildcard,
+    Names(BTreeSet<String>),
+}
+
+/// The last response of a type.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub version: String,
+    pub nonce: String,
+    pub names: BTreeSet<String>,
+}
+
+/// A rejected version and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nack {
+    pub version: String,
+    pub message: String,
+}
+
+/// Per-type protocol state.
+#[derive(Debug, Clone)]
+pub struct TypeState {
+    subscription: Subscription,
+    ever_named: bool,
+    pub sent: Option<Sent>,
+    pub acked_version: Option<String>,
+    pub nack: Option<Nack>,
+}
+
+/// What the stream learned from a request, for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Ack {
+        type_url: TypeUrl,
+        version: String,
+    },
+    Nack {
+        type_url: TypeUrl,
+        version: String,
+        message: String,
+    },
+    Stale {
+        type_url: TypeUrl,
+    },
+    UnknownType(String),
+}
+
+/// One stream's state.
+#[derive(Debug, Default)]
+pub struct SotwStream {
+    pub node: Option<Node>,
+    pub types: BTreeMap<TypeUrl, TypeState>,
+    nonces: u64,
+}
+
+impl SotwStream {
+    /// Handles a request; returns what happened and the reply, if any.
+    pub fn on_request(
+        &mut self,
+        request: DiscoveryRequest,
+        snapshot: &Snapshot,
+    ) -> (Option<Event>, Option<DiscoveryResponse>) {
+        if self.node.is_none() {
+            self.node = request.node.clone();
+        }
+        let Some(type_url) = TypeUrl::parse(&request.type_url) else {
+            return (Some(Event::UnknownType(request.type_url)), None);
+        };
+        let state = self.types.entry(type_url).or_insert_with(|| TypeState {
+            subscription: Subscription::Wildcard,
+            ever_named: false,
+            sent: None,
+            acked_version: None,
+            nack: None,
+        });
+        // Legacy wildcard rule: an empty list is "everything" until the client
+        // names something; "*" is always everything.
+        let names: BTreeSet<String> = request.resource_names.iter().cloned().collect();
+        state.subscription = if names.contains("*")
+            || (names.is_empty() && !state.ever_named && type_url.supports_wildcard())
+        {
+            Subscription::Wildcard
+        } else {
+            state.ever_named = true;
+            Subscription::Names(names)
+        };
+
+        let first = request.response_nonce.is_empty();
+        let sent = state.sent.as_ref();
+        if !first && sent.is_none_or(|s| s.nonce != request.response_nonce) {
+            return (Some(Event::Stale { type_url }), None);
+        }
+        let event = match (first, sent, request.error_detail) {
+            (true, _, _) | (_, None, _) => None,
+            (false, Some(sent), Some(error)) => {
+                let nack = Nack {
+                    version: sent.version.clone(),
+                    message: error.message,
+                };
+                state.nack = Some(nack.clone());
+                Some(Event::Nack {
+                    type_url,
+                    version: nack.version,
+                    message: nack.message,
+                })
+            }
+            (false, Some(sent), None) => {
+                state.acked_version = Some(sent.version.clone());
+                state.nack = None;
+                Some(Event::Ack {
+                    type_url,
+                    version: sent.version.clone(),
+                })
+            }
+        };
+        let response = self.respond(type_url, snapshot, first);
+        (event, response)
+    }
+
+    /// Replies made necessary by a new snapshot, in make-before-break order.
+    pub fn on_snapshot(&mut self, snapshot: &Snapshot) -> Vec<DiscoveryResponse> {
+        let requested: Vec<TypeUrl> = TypeUrl::ORDER
+            .into_iter()
+            .filter(|t| self.types.get(t).is_some_and(|s| s.sent.is_some()))
+            .collect();
+        requested
+            .into_iter()
+            .filter_map(|t| self.respond(t, snapshot, false))
+            .collect()
+    }
+
+    fn respond(
+        &mut self,
+        type_url: TypeUrl,
+        snapshot: &Snapshot,
+        force: bool,
+    ) -> Option<DiscoveryResponse> {
+        let state = self.types.get_mut(&type_url)?;
+        let entries: Vec<_> = match &state.subscription {
+            Subscription::Wildcard => snapshot.of(type_url).collect(),
+            Subscription::Names(names) => names
+                .iter()
+                .filter_map(|n| snapshot.get(type_url, n).map(|e| (n, e)))
+                .collect(),
+        };
+        let version = version_of(entries.iter().copied());
+        let names: BTreeSet<String> = match &state.subscription {
+            Subscription::Wildcard => entries.iter().map(|(n, _)| (*n).clone()).collect(),
+            Subscription::Names(names) => names.clone(),
+        };
+        if !force {
+            let unchanged = state
+                .sent
+                .as_ref()
+                .is_some_and(|s| s.version == version && s.names == names);
+            let rejected = state.nack.as_ref().is_some_and(|n| n.version == version);
+            if unchanged || rejected {
+                return None;
+            }
+        }
+        self.nonces += 1;
+        let nonce = self.nonces.to_string();
+        let response = DiscoveryResponse {
+            version_info: version.clone(),
+            resources: entries.iter().map(|(_, e)| e.any.clone()).collect(),
+            type_url: type_url.as_str().to_owned(),
+            nonce: nonce.clone(),
+            ..Default::default()
+        };
+        state.sent = Some(Sent {
+            version,
+            nonce,
+            names,
+        });
+        Some(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xds::translate::{Model, translate};
+    use envoy_types::pb::google::rpc::Status as RpcStatus;
+
+    const MODEL: &str = include_str!("../../../docs/examples/echo.yaml");
+    const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+    const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+
+    fn snapshot(yaml: &str) -> Snapshot {
+        translate(&Model::new(
+            rampart_api::mesh::parse_documents("t", yaml).unwrap(),
+        ))
+    }
+
+    fn request(type_url: &str, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: type_url.into(),
+            resource_names: names.iter().map(|s| s.to_string()).collect(),
+            version_info: version.into(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn named_subscription_ack_and_no_resend_of_the_same_content() {
+        let snap = snapshot(MODEL);
+        let mut s = SotwStream::default();
+        let (event, reply) = s.on_request(request(LDS, &["echo.default:50051"], "", ""), &snap);
+        assert_eq!(event, None);
+        let reply = reply.expect("first request gets a reply");
+        assert_eq!(reply.resources.len(), 1);
+        let (event, again) = s.on_request(
+            request(
+                LDS,
+                &["echo.default:50051"],
+                &reply.version_info,
+                &reply.nonce,
+            ),
+            &snap,
+        );
+        assert_eq!(
+            event,
+            Some(Event::Ack {
+                type_url: TypeUrl::Listener,
+                version: reply.version_info.clone()
+            })
+        );
+        assert!(again.is_none(), "an ACK of unchanged content gets no reply");
+        assert!(
+            s.on_snapshot(&snap).is_empty(),
+            "the same snapshot pushes nothing"
+        );
+    }
+
+    #[test]
+    fn a_nacked_version_is_not_sent_again_but_a_new_one_is() {
+        let snap = snapshot(MODEL);
+        let mut s = SotwStream::default();
+        let (_, reply) = s.on_request(request(CDS, &[], "", ""), &snap);
+        let reply = reply.unwrap();
+        assert_eq!(reply.resources.len(), 6, "empty names on CDS = wildcard");
+        let mut nack = request(CDS, &[], "", &reply.nonce);
+        nack.error_detail = Some(RpcStatus {
+            code: 3,
+            message: "bad cluster".into(),
+            details: vec![],
+        });
+        let (event, again) = s.on_request(nack, &snap);
+        assert!(matches!(event, Some(Event::Nack { ref message, .. }) if message == "bad cluster"));
+        assert!(again.is_none());
+        assert!(
+            s.on_snapshot(&snap).is_empty(),
+            "the rejected version stays unsent"
+        );
+        assert_eq!(
+            s.types[&TypeUrl::Cluster].nack.as_ref().unwrap().version,
+            reply.version_info
+        );
+        let changed =
+            snapshot(&MODEL.replace("timeout: 2s", "timeout: 2s\n  loadBalancer: RING_HASH"));
+        let pushed = s.on_snapshot(&changed);
+        assert_eq!(pushed.len(), 1);
+        assert_ne!(pushed[0].version_info, reply.version_info);
+    }
+
+    #[test]
+    fn stale_nonces_get_no_reply_but_their_subscription_counts() {
+        let snap = snapshot(MODEL);
+        let mut s = SotwStream::default();
+        let (_, first) = s.on_request(request(LDS, &["echo.default:50051"], "", ""), &snap);
+        let first = first.unwrap();
+        let (event, reply) = s.on_request(request(LDS, &["echo.default:8080"], "", "999"), &snap);
+        assert_eq!(
+            event,
+            Some(Event::Stale {
+                type_url: TypeUrl::Listener
+            })
+        );
+        assert!(reply.is_none());
+        // The next valid request (ACK of the first) sees the recorded change.
+        let (_, reply) = s.on_request(
+            request(
+                LDS,
+                &["echo.default:8080", "echo.default:50051"],
+                &first.version_info,
+                &first.nonce,
+            ),
+            &snap,
+        );
+        assert_eq!(
+            reply.unwrap().resources.len(),
+            2,
+            "a grown subscription is answered"
+        );
+    }
+
+    #[test]
+    fn pushes_follow_make_before_break_order() {
+        let snap = snapshot(MODEL);
+        let mut s = SotwStream::default();
+        for t in [LDS, CDS] {
+            let (_, reply) = s.on_request(request(t, &[], "", ""), &snap);
+            let reply = reply.unwrap();
+            s.on_request(request(t, &[], &reply.version_info, &reply.nonce), &snap);
+        }
+        let changed = snapshot(
+            &MODEL
+                .replace("weight: 80", "weight: 70")
+                .replace("weight: 20", "weight: 30")
+                .replace(
+                    "echo-v2, namespace: default, labels: {app: echo, version: v2}",
+                    "echo-v2, namespace: default, labels: {app: echo, version: v2, extra: x}",
+                ),
+        );
+        let order: Vec<String> = s
+            .on_snapshot(&changed)
+            .into_iter()
+            .map(|r| r.type_url)
+            .collect();
+        // Weights live in RDS (not subscribed here), so nothing moves for
+        // LDS/CDS; labels do not change clusters either.
+        assert!(order.is_empty(), "{order:?}");
+        let with_new_port = snapshot(&MODEL.replace(
+            "{name: http, port: 8080, protocol: http}",
+            "{name: http, port: 8080, protocol: http}, {name: admin, port: 9090, protocol: http}",
+        ));
+        let order: Vec<String> = s
+            .on_snapshot(&with_new_port)
+            .into_iter()
+            .map(|r| r.type_url)
+            .collect();
+        assert_eq!(
+            order,
+            vec![CDS.to_string(), LDS.to_string()],
+            "clusters before listeners"
+        );
+    }
+}
