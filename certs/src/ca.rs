@@ -226,6 +226,21 @@ impl CertificateAuthority {
         identity: &SpiffeId,
         requested_ttl: Option<Duration>,
     ) -> Result<IssuedSvid, CaError> {
+        self.sign_with_hosts(csr, identity, requested_ttl, &[], &[])
+    }
+
+    /// Like [`sign`](Self::sign), adding DNS and IP SANs beside the SPIFFE ID
+    /// (the X509-SVID spec allows them). Only for servers that clients reach
+    /// with hostname verification, such as the control plane for gRPC's
+    /// xDS channel credentials; never for workloads.
+    pub fn sign_with_hosts(
+        &self,
+        csr: &VerifiedCsr,
+        identity: &SpiffeId,
+        requested_ttl: Option<Duration>,
+        dns_names: &[String],
+        ips: &[std::net::IpAddr],
+    ) -> Result<IssuedSvid, CaError> {
         csr.check_identity(identity)?;
         if identity.trust_domain() != &self.trust_domain {
             return Err(CsrError::IdentityMismatch {
@@ -248,6 +263,14 @@ impl CertificateAuthority {
         // RFC 5280 4.1.2.6 and the X509-SVID spec require.
         params.distinguished_name = DistinguishedName::new();
         params.subject_alt_names = vec![SanType::URI(identity.to_string().try_into()?)];
+        for name in dns_names {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName(name.as_str().try_into()?));
+        }
+        params
+            .subject_alt_names
+            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         if csr.key_kind() == KeyKind::Rsa {

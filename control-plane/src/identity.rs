@@ -2,6 +2,7 @@
 //! (`spiffe://<td>/ns/rampart-system/sa/rampart-control`), signed by its CA in
 //! process and renewed at half-life without restarting the listener.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use rampart_certs::tls::CurrentSvid;
@@ -9,23 +10,36 @@ use rampart_certs::{CertificateAuthority, KeyAndCsr, Svid, VerifiedCsr, until};
 
 use rampart_certs::well_known::control_plane_id;
 
-fn issue(ca: &CertificateAuthority) -> anyhow::Result<Svid> {
+/// Host names the serving certificate also carries, for clients that check
+/// hostnames (gRPC's xDS `tls` channel credentials): `localhost`, loopback,
+/// the bound address, and any `--serving-host` given.
+#[derive(Debug, Clone, Default)]
+pub struct ServingHosts {
+    pub dns_names: Vec<String>,
+    pub ips: Vec<IpAddr>,
+}
+
+fn issue(ca: &CertificateAuthority, hosts: &ServingHosts) -> anyhow::Result<Svid> {
     let request = KeyAndCsr::generate()?;
     let csr = VerifiedCsr::from_der(&request.csr_der)?;
-    let issued = ca.sign(&csr, &control_plane_id(ca.trust_domain()), None)?;
+    let id = control_plane_id(ca.trust_domain());
+    let issued = ca.sign_with_hosts(&csr, &id, None, &hosts.dns_names, &hosts.ips)?;
     Ok(Svid::new(issued.chain, request.key)?)
 }
 
 /// Issues the serving SVID and keeps renewing it in the background.
-pub fn serving_identity(ca: Arc<CertificateAuthority>) -> anyhow::Result<Arc<CurrentSvid>> {
-    let svid = issue(&ca)?;
+pub fn serving_identity(
+    ca: Arc<CertificateAuthority>,
+    hosts: ServingHosts,
+) -> anyhow::Result<Arc<CurrentSvid>> {
+    let svid = issue(&ca, &hosts)?;
     let current = CurrentSvid::new(&svid)?;
     let handle = current.clone();
     tokio::spawn(async move {
         let mut deadline = svid.renewal_deadline();
         loop {
             tokio::time::sleep(until(deadline)).await;
-            match issue(&ca).and_then(|svid| Ok((handle.update(&svid)?, svid))) {
+            match issue(&ca, &hosts).and_then(|svid| Ok((handle.update(&svid)?, svid))) {
                 Ok(((), svid)) => {
                     tracing::info!(not_after = %svid.not_after(), "renewed the control plane's serving SVID");
                     deadline = svid.renewal_deadline();

@@ -15,7 +15,7 @@ pub mod names;
 pub mod store;
 pub mod xds;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,6 +43,8 @@ pub struct Config {
     pub lifetimes: SvidLifetimes,
     /// Quiet time after a model change before proxies are updated.
     pub xds_debounce: Duration,
+    /// Extra DNS names or IPs for the serving certificate.
+    pub serving_hosts: Vec<String>,
 }
 
 /// Written to `<data-dir>/control-plane.json` once the listeners are bound,
@@ -86,7 +88,23 @@ pub async fn run(
         .root_expiry
         .set(ca.root_not_after().unix_timestamp());
 
-    let identity = identity::serving_identity(ca.clone())?;
+    let mut hosts = identity::ServingHosts {
+        dns_names: vec!["localhost".to_owned()],
+        ips: vec![
+            IpAddr::from([127, 0, 0, 1]),
+            IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ],
+    };
+    if !config.grpc_addr.ip().is_unspecified() && !config.grpc_addr.ip().is_loopback() {
+        hosts.ips.push(config.grpc_addr.ip());
+    }
+    for host in &config.serving_hosts {
+        match host.parse::<IpAddr>() {
+            Ok(ip) => hosts.ips.push(ip),
+            Err(_) => hosts.dns_names.push(host.clone()),
+        }
+    }
+    let identity = identity::serving_identity(ca.clone(), hosts)?;
     let tls = server_config(
         identity,
         ca.bundle(),

@@ -41,6 +41,10 @@ struct Args {
     /// Quiet time after a model change before proxies are updated (bounded at 2s).
     #[arg(long, default_value = "100ms", value_parser = rampart_api::duration::parse)]
     xds_debounce: Duration,
+    /// Extra DNS name or IP in the serving certificate, for clients that
+    /// check hostnames (repeatable; localhost and loopback are always there).
+    #[arg(long = "serving-host")]
+    serving_hosts: Vec<String>,
 }
 
 #[tokio::main]
@@ -71,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
             max_ttl: args.max_svid_ttl,
         },
         xds_debounce: args.xds_debounce,
+        serving_hosts: args.serving_hosts,
     };
     run(config, shutdown_signal())
         .await
