@@ -74,6 +74,7 @@ pub async fn run(
     let tokens = store.join_tokens()?;
     let mesh = store.mesh()?;
     let snapshots = xds::spawn_snapshot_builder(mesh.clone(), config.xds_debounce);
+    let streams = xds::StreamRegistry::default();
     let ca = Arc::new(ca::load_or_create(
         &config.data_dir,
         &config.trust_domain,
@@ -149,11 +150,13 @@ pub async fn run(
         .add_service(AggregatedDiscoveryServiceServer::new(xds::AdsServer::new(
             snapshots,
             metrics.clone(),
+            streams.clone(),
         )))
         .add_service(AdminServiceServer::new(admin::AdminService::new(
             ca.clone(),
             tokens,
             mesh,
+            streams,
             metrics,
         )))
         .serve_with_incoming_shutdown(

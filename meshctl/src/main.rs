@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 mod client;
 mod commands;
 mod mesh;
+mod proxy_status;
 
 /// Operate a Rampart mesh.
 #[derive(Parser, Debug)]
@@ -65,6 +66,12 @@ enum Command {
         #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "names"])]
         files: Vec<PathBuf>,
     },
+    /// xDS sync state of every connected proxy: SYNCED, STALE or NACKED per type.
+    ProxyStatus {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: mesh::Output,
+    },
     /// Print the meshctl version.
     Version,
 }
@@ -118,6 +125,7 @@ async fn main() -> ExitCode {
             commands::token_create(&cli.target, &id.namespace, &id.service_account, id.ttl).await
         }
         Command::Ca(CaCommand::Bundle) => commands::ca_bundle(&cli.target).await,
+        Command::ProxyStatus { output } => proxy_status::proxy_status(&cli.target, output).await,
         Command::Apply { files, dry_run } => mesh::apply(&cli.target, &files, dry_run).await,
         Command::Get {
             kind,

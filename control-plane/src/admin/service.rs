@@ -14,6 +14,7 @@ use crate::ca;
 use crate::metrics::Metrics;
 use crate::names::{check_namespace, check_service_account};
 use crate::store::{JoinTokens, SledMeshStore};
+use crate::xds::StreamRegistry;
 
 /// Default and maximum join-token lifetimes.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(600);
@@ -25,6 +26,7 @@ pub struct AdminService {
     tokens: JoinTokens,
     metrics: Arc<Metrics>,
     mesh: SledMeshStore,
+    streams: StreamRegistry,
     admin: SpiffeId,
 }
 
@@ -33,6 +35,7 @@ impl AdminService {
         ca: Arc<CertificateAuthority>,
         tokens: JoinTokens,
         mesh: SledMeshStore,
+        streams: StreamRegistry,
         metrics: Arc<Metrics>,
     ) -> Self {
         let admin = rampart_certs::well_known::admin_id(ca.trust_domain());
@@ -41,6 +44,7 @@ impl AdminService {
             tokens,
             metrics,
             mesh,
+            streams,
             admin,
         }
     }
@@ -195,5 +199,15 @@ impl AdminApi for AdminService {
             tracing::info!(kind = %r.kind, namespace = %r.namespace, name = %r.name, "deleted");
         }
         Ok(Response::new(response))
+    }
+
+    async fn proxy_status(
+        &self,
+        request: Request<ProxyStatusRequest>,
+    ) -> Result<Response<ProxyStatusResponse>, Status> {
+        self.authorize(&request)?;
+        Ok(Response::new(ProxyStatusResponse {
+            proxies: self.streams.list(),
+        }))
     }
 }

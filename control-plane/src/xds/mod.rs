@@ -6,9 +6,11 @@
 pub mod server;
 pub mod snapshot;
 mod sotw;
+mod status;
 pub mod translate;
 mod watch;
 
 pub use server::AdsServer;
 pub use snapshot::{Snapshot, TypeUrl};
+pub use status::StreamRegistry;
 pub use watch::spawn_snapshot_builder;

@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::snapshot::Snapshot;
 use super::sotw::{Event, SotwStream};
+use super::status::StreamRegistry;
 use crate::ca::proof::caller_spiffe_id;
 use crate::metrics::Metrics;
 
@@ -28,11 +29,20 @@ const STREAM_BUFFER: usize = 4;
 pub struct AdsServer {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     metrics: Arc<Metrics>,
+    registry: StreamRegistry,
 }
 
 impl AdsServer {
-    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, metrics: Arc<Metrics>) -> Self {
-        Self { snapshots, metrics }
+    pub fn new(
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        metrics: Arc<Metrics>,
+        registry: StreamRegistry,
+    ) -> Self {
+        Self {
+            snapshots,
+            metrics,
+            registry,
+        }
     }
 }
 
@@ -54,12 +64,23 @@ impl AggregatedDiscoveryService for AdsServer {
         let incoming = request.into_inner();
         let snapshots = self.snapshots.clone();
         let metrics = self.metrics.clone();
+        let registry = self.registry.clone();
         tokio::spawn(async move {
             metrics.xds_connected.inc();
-            tracing::info!(peer = %peer, "xDS stream opened");
-            let reason = run_sotw(incoming, tx, snapshots, &metrics, &peer.to_string()).await;
+            let id = registry.open(peer.to_string());
+            tracing::info!(peer = %peer, stream = id, "xDS stream opened");
+            let reason = run_sotw(
+                incoming,
+                tx,
+                snapshots,
+                &metrics,
+                (&registry, id),
+                &peer.to_string(),
+            )
+            .await;
+            registry.close(id);
             metrics.xds_connected.dec();
-            tracing::info!(peer = %peer, reason, "xDS stream closed");
+            tracing::info!(peer = %peer, stream = id, reason, "xDS stream closed");
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -79,6 +100,7 @@ async fn run_sotw(
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     metrics: &Metrics,
+    (registry, id): (&StreamRegistry, u64),
     peer: &str,
 ) -> &'static str {
     let mut stream = SotwStream::default();
@@ -102,6 +124,7 @@ async fn run_sotw(
                 stream.on_snapshot(&snapshot)
             }
         };
+        registry.update(id, &stream);
         for response in responses {
             metrics.count_push(&response.type_url);
             if tx.send(Ok(response)).await.is_err() {

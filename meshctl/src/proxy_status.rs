@@ -1,0 +1,108 @@
+//! `meshctl proxy-status`: per connected proxy or xDS client, whether each
+//! resource type is SYNCED, STALE (sent, not ACKed yet) or NACKED (rejected,
+//! with the client's reason).
+
+use rampart_api::admin::{ProxyStatus, ProxyStatusRequest};
+
+use crate::client::Target;
+use crate::mesh::Output;
+
+/// Prints the status of every open ADS stream.
+pub async fn proxy_status(target: &Target, output: Output) -> anyhow::Result<()> {
+    let proxies = target
+        .admin()
+        .await?
+        .proxy_status(ProxyStatusRequest {})
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message()))?
+        .into_inner()
+        .proxies;
+    match output {
+        Output::Json | Output::Yaml => {
+            let value: Vec<serde_json::Value> = proxies.iter().map(to_json).collect();
+            if matches!(output, Output::Json) {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                print!("{}", serde_saphyr::to_string(&value)?);
+            }
+        }
+        Output::Table => print_table(&proxies),
+    }
+    if proxies.is_empty() {
+        eprintln!("no proxies connected");
+    }
+    Ok(())
+}
+
+fn to_json(p: &ProxyStatus) -> serde_json::Value {
+    serde_json::json!({
+        "streamId": p.stream_id,
+        "spiffeId": p.spiffe_id,
+        "nodeId": p.node_id,
+        "userAgent": p.user_agent,
+        "connectedAtUnix": p.connected_at_unix,
+        "types": p.types.iter().map(|t| serde_json::json!({
+            "type": t.r#type,
+            "state": t.state,
+            "sentVersion": t.sent_version,
+            "ackedVersion": t.acked_version,
+            "nackMessage": t.nack_message,
+            "resources": t.resources,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_table(proxies: &[ProxyStatus]) {
+    let header = ["NODE", "SPIFFE ID", "CDS", "EDS", "LDS", "RDS"].map(String::from);
+    let rows: Vec<[String; 6]> = proxies
+        .iter()
+        .map(|p| {
+            let state = |short: &str| {
+                p.types
+                    .iter()
+                    .find(|t| t.r#type == short)
+                    .map(|t| {
+                        format!(
+                            "{} ({})",
+                            t.state,
+                            &t.sent_version[..t.sent_version.len().min(8)]
+                        )
+                    })
+                    .unwrap_or_else(|| "NOT SENT".into())
+            };
+            [
+                p.node_id.clone(),
+                p.spiffe_id.clone(),
+                state("cds"),
+                state("eds"),
+                state("lds"),
+                state("rds"),
+            ]
+        })
+        .collect();
+    let widths: Vec<usize> = (0..6)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in std::iter::once(&header).chain(rows.iter()) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+    for p in proxies {
+        for t in p.types.iter().filter(|t| t.state == "NACKED") {
+            println!(
+                "\n{} {} NACKED version {}: {}",
+                p.node_id, t.r#type, t.sent_version, t.nack_message
+            );
+        }
+    }
+}
