@@ -9,6 +9,7 @@ mod client;
 mod commands;
 mod mesh;
 mod proxy_status;
+mod table;
 
 /// Operate a Rampart mesh.
 #[derive(Parser, Debug)]

@@ -151,41 +151,15 @@ pub async fn get(
 }
 
 fn print_table(resources_json: &[String]) {
-    let rows: Vec<[String; 4]> = resources_json
+    let rows: Vec<Vec<String>> = resources_json
         .iter()
         .filter_map(|json| Resource::from_json(json).ok())
         .map(|r| {
             let key = r.key();
-            [key.kind.to_string(), key.namespace, key.name, summary(&r)]
+            vec![key.kind.to_string(), key.namespace, key.name, summary(&r)]
         })
         .collect();
-    let header = [
-        "KIND".to_owned(),
-        "NAMESPACE".into(),
-        "NAME".into(),
-        "DETAILS".into(),
-    ];
-    let widths: Vec<usize> = (0..3)
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].len())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for row in std::iter::once(&header).chain(rows.iter()) {
-        println!(
-            "{:w0$}  {:w1$}  {:w2$}  {}",
-            row[0],
-            row[1],
-            row[2],
-            row[3],
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2]
-        );
-    }
+    crate::table::print(&["KIND", "NAMESPACE", "NAME", "DETAILS"], &rows);
 }
 
 fn summary(resource: &Resource) -> String {

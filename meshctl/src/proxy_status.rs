@@ -53,8 +53,7 @@ fn to_json(p: &ProxyStatus) -> serde_json::Value {
 }
 
 fn print_table(proxies: &[ProxyStatus]) {
-    let header = ["NODE", "SPIFFE ID", "CDS", "EDS", "LDS", "RDS"].map(String::from);
-    let rows: Vec<[String; 6]> = proxies
+    let rows: Vec<Vec<String>> = proxies
         .iter()
         .map(|p| {
             let state = |short: &str| {
@@ -70,7 +69,7 @@ fn print_table(proxies: &[ProxyStatus]) {
                     })
                     .unwrap_or_else(|| "NOT SENT".into())
             };
-            [
+            vec![
                 p.node_id.clone(),
                 p.spiffe_id.clone(),
                 state("cds"),
@@ -80,23 +79,7 @@ fn print_table(proxies: &[ProxyStatus]) {
             ]
         })
         .collect();
-    let widths: Vec<usize> = (0..6)
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].len())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for row in std::iter::once(&header).chain(rows.iter()) {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:w$}"))
-            .collect();
-        println!("{}", line.join("  ").trim_end());
-    }
+    crate::table::print(&["NODE", "SPIFFE ID", "CDS", "EDS", "LDS", "RDS"], &rows);
     for p in proxies {
         for t in p.types.iter().filter(|t| t.state == "NACKED") {
             println!(
