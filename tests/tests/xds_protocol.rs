@@ -184,3 +184,98 @@ async fn xds_needs_a_client_svid() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_sends_only_changes_and_resumes_with_initial_versions() {
+    use envoy_types::pb::envoy::service::discovery::v3::{
+        DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path(), &["--xds-debounce", "50ms"]).await;
+    apply(&cp, MODEL).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // let the snapshot catch up
+    let token = cp.join_token("default", "delta", 0).await;
+    let (response, key) = sign(cp.channel(None).await, Some(&token), None, 0)
+        .await
+        .unwrap();
+    let svid = svid_of(&response, &key);
+    let delta_request =
+        |nonce: &str, initial: std::collections::HashMap<String, String>| DeltaDiscoveryRequest {
+            node: Some(Node {
+                id: "delta-test".into(),
+                ..Default::default()
+            }),
+            type_url: CDS.into(),
+            response_nonce: nonce.into(),
+            initial_resource_versions: initial,
+            ..Default::default()
+        };
+    async fn next_delta(
+        r: &mut tonic::Streaming<DeltaDiscoveryResponse>,
+    ) -> DeltaDiscoveryResponse {
+        tokio::time::timeout(Duration::from_secs(5), r.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    }
+
+    let mut client = AggregatedDiscoveryServiceClient::new(cp.channel(Some(&svid)).await);
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(delta_request("", Default::default()))
+        .await
+        .unwrap();
+    let mut responses = client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next_delta(&mut responses).await;
+    assert_eq!(first.resources.len(), 6);
+    let held: std::collections::HashMap<String, String> = first
+        .resources
+        .iter()
+        .map(|r| (r.name.clone(), r.version.clone()))
+        .collect();
+    tx.send(delta_request(&first.nonce, Default::default()))
+        .await
+        .unwrap();
+    let status: serde_json::Value =
+        serde_json::from_slice(&cp.meshctl(&["proxy-status", "-o", "json"]).stdout).unwrap();
+    assert_eq!(status[0]["nodeId"], "delta-test");
+    drop(tx);
+    drop(responses);
+
+    // Reconnect holding everything: nothing is re-sent until something changes.
+    let mut client = AggregatedDiscoveryServiceClient::new(cp.channel(Some(&svid)).await);
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(delta_request("", held)).await.unwrap();
+    let mut responses = client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), responses.message())
+            .await
+            .is_err(),
+        "nothing unchanged is re-sent"
+    );
+    apply(
+        &cp,
+        &MODEL.replace(", {name: http, port: 8080, protocol: http}", ""),
+    )
+    .await;
+    let removed = next_delta(&mut responses).await;
+    assert!(removed.resources.is_empty());
+    let mut names = removed.removed_resources.clone();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            "outbound|8080|version=v1|echo.default",
+            "outbound|8080|version=v2|echo.default",
+            "outbound|8080||echo.default"
+        ]
+    );
+}

@@ -1,29 +1,123 @@
-//! The Aggregated Discovery Service over gRPC. Each stream runs the
-//! [`SotwStream`] state machine in its own task; replies go out through a
-//! small bounded channel, and snapshots arrive through a watch channel that
-//! keeps only the newest, so a slow client never builds a queue: when it
-//! catches up it gets the current state, not a backlog.
+//! The Aggregated Discovery Service over gRPC, state-of-the-world and delta.
+//! Each stream runs its protocol state machine ([`SotwStream`] or
+//! [`DeltaStream`]) in its own task; replies go out through a small bounded
+//! channel, and snapshots arrive through a watch channel that keeps only the
+//! newest, so a slow client never builds a queue: when it catches up it gets
+//! the current state, not a backlog.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use tokio::sync::{mpsc, watch};
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::snapshot::Snapshot;
-use super::sotw::{Event, SotwStream};
+use super::delta::DeltaStream;
+use super::snapshot::{Snapshot, TypeUrl};
+use super::sotw::{Event, Nack, Sent, SotwStream};
 use super::status::StreamRegistry;
 use crate::ca::proof::caller_spiffe_id;
 use crate::metrics::Metrics;
 
 /// Replies waiting to be written per stream; more waits for the client.
 const STREAM_BUFFER: usize = 4;
+
+/// Per type: last sent, last ACKed version, last NACK.
+pub type TypeSummary<'a> = (
+    TypeUrl,
+    Option<&'a Sent>,
+    Option<&'a String>,
+    Option<&'a Nack>,
+);
+
+/// What the stream loop needs from a protocol variant.
+pub trait Protocol: Default + Send {
+    type Request: prost::Message + Default + Send + 'static;
+    type Response: Send + 'static;
+    fn handle(
+        &mut self,
+        request: Self::Request,
+        snapshot: &Snapshot,
+    ) -> (Option<Event>, Vec<Self::Response>);
+    fn push(&mut self, snapshot: &Snapshot) -> Vec<Self::Response>;
+    fn type_url(response: &Self::Response) -> &str;
+    fn node(&self) -> Option<&Node>;
+    fn summary(&self) -> Vec<TypeSummary<'_>>;
+}
+
+impl Protocol for SotwStream {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    fn handle(
+        &mut self,
+        request: DiscoveryRequest,
+        snapshot: &Snapshot,
+    ) -> (Option<Event>, Vec<DiscoveryResponse>) {
+        let (event, response) = self.on_request(request, snapshot);
+        (event, response.into_iter().collect())
+    }
+    fn push(&mut self, snapshot: &Snapshot) -> Vec<DiscoveryResponse> {
+        self.on_snapshot(snapshot)
+    }
+    fn type_url(response: &DiscoveryResponse) -> &str {
+        &response.type_url
+    }
+    fn node(&self) -> Option<&Node> {
+        self.node.as_ref()
+    }
+    fn summary(&self) -> Vec<TypeSummary<'_>> {
+        self.types
+            .iter()
+            .map(|(t, s)| {
+                (
+                    *t,
+                    s.sent.as_ref(),
+                    s.acked_version.as_ref(),
+                    s.nack.as_ref(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Protocol for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    fn handle(
+        &mut self,
+        request: DeltaDiscoveryRequest,
+        snapshot: &Snapshot,
+    ) -> (Option<Event>, Vec<DeltaDiscoveryResponse>) {
+        let (event, response) = self.on_request(request, snapshot);
+        (event, response.into_iter().collect())
+    }
+    fn push(&mut self, snapshot: &Snapshot) -> Vec<DeltaDiscoveryResponse> {
+        self.on_snapshot(snapshot)
+    }
+    fn type_url(response: &DeltaDiscoveryResponse) -> &str {
+        &response.type_url
+    }
+    fn node(&self) -> Option<&Node> {
+        self.node.as_ref()
+    }
+    fn summary(&self) -> Vec<TypeSummary<'_>> {
+        self.types
+            .iter()
+            .map(|(t, s)| {
+                (
+                    *t,
+                    s.sent.as_ref(),
+                    s.acked_version.as_ref(),
+                    s.nack.as_ref(),
+                )
+            })
+            .collect()
+    }
+}
 
 /// Serves ADS from the current snapshot.
 pub struct AdsServer {
@@ -44,19 +138,12 @@ impl AdsServer {
             registry,
         }
     }
-}
 
-type DeltaStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-    type DeltaAggregatedResourcesStream = DeltaStream;
-
-    async fn stream_aggregated_resources(
+    fn serve<P: Protocol + 'static>(
         &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        request: Request<Streaming<P::Request>>,
+        variant: &'static str,
+    ) -> Result<Response<ReceiverStream<Result<P::Response, Status>>>, Status> {
         let Some(peer) = caller_spiffe_id(&request) else {
             return Err(Status::unauthenticated("xDS needs a client SVID (mTLS)"));
         };
@@ -67,9 +154,9 @@ impl AggregatedDiscoveryService for AdsServer {
         let registry = self.registry.clone();
         tokio::spawn(async move {
             metrics.xds_connected.inc();
-            let id = registry.open(peer.to_string());
-            tracing::info!(peer = %peer, stream = id, "xDS stream opened");
-            let reason = run_sotw(
+            let id = registry.open(peer.to_string(), variant);
+            tracing::info!(peer = %peer, stream = id, variant, "xDS stream opened");
+            let reason = run::<P>(
                 incoming,
                 tx,
                 snapshots,
@@ -84,34 +171,45 @@ impl AggregatedDiscoveryService for AdsServer {
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        self.serve::<SotwStream>(request, "sotw")
+    }
 
     async fn delta_aggregated_resources(
         &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented(
-            "delta ADS is not served yet; use state-of-the-world ADS",
-        ))
+        self.serve::<DeltaStream>(request, "delta")
     }
 }
 
-async fn run_sotw(
-    mut incoming: Streaming<DiscoveryRequest>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+async fn run<P: Protocol>(
+    mut incoming: Streaming<P::Request>,
+    tx: mpsc::Sender<Result<P::Response, Status>>,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     metrics: &Metrics,
     (registry, id): (&StreamRegistry, u64),
     peer: &str,
 ) -> &'static str {
-    let mut stream = SotwStream::default();
+    let mut stream = P::default();
     loop {
         let responses = tokio::select! {
             message = incoming.message() => match message {
                 Ok(Some(request)) => {
                     let snapshot = snapshots.borrow_and_update().clone();
-                    let (event, response) = stream.on_request(request, &snapshot);
-                    log_event(event, metrics, peer, &stream);
-                    response.into_iter().collect::<Vec<_>>()
+                    let (event, responses) = stream.handle(request, &snapshot);
+                    log_event(event, metrics, peer, stream.node());
+                    responses
                 }
                 Ok(None) => return "client closed the stream",
                 Err(_) => return "stream error",
@@ -121,12 +219,12 @@ async fn run_sotw(
                     return "control plane stopping";
                 }
                 let snapshot = snapshots.borrow_and_update().clone();
-                stream.on_snapshot(&snapshot)
+                stream.push(&snapshot)
             }
         };
-        registry.update(id, &stream);
+        registry.update(id, stream.node(), &stream.summary());
         for response in responses {
-            metrics.count_push(&response.type_url);
+            metrics.count_push(P::type_url(&response));
             if tx.send(Ok(response)).await.is_err() {
                 return "client went away";
             }
@@ -134,12 +232,8 @@ async fn run_sotw(
     }
 }
 
-fn log_event(event: Option<Event>, metrics: &Metrics, peer: &str, stream: &SotwStream) {
-    let node = stream
-        .node
-        .as_ref()
-        .map(|n| n.id.as_str())
-        .unwrap_or_default();
+fn log_event(event: Option<Event>, metrics: &Metrics, peer: &str, node: Option<&Node>) {
+    let node = node.map(|n| n.id.as_str()).unwrap_or_default();
     match event {
         Some(Event::Nack {
             type_url,
@@ -159,18 +253,22 @@ fn log_event(event: Option<Event>, metrics: &Metrics, peer: &str, stream: &SotwS
         Some(Event::Ack { type_url, version }) => {
             tracing::debug!(peer, node, r#type = type_url.short(), version, "xDS ACK");
         }
-        Some(Event::Stale { type_url }) => tracing::debug!(
-            peer,
-            node,
-            r#type = type_url.short(),
-            "stale nonce: subscription recorded, no reply"
-        ),
-        Some(Event::UnknownType(url)) => tracing::debug!(
-            peer,
-            node,
-            type_url = url,
-            "request for a type this server does not serve"
-        ),
+        Some(Event::Stale { type_url }) => {
+            tracing::debug!(
+                peer,
+                node,
+                r#type = type_url.short(),
+                "stale nonce: subscription recorded, no reply"
+            )
+        }
+        Some(Event::UnknownType(url)) => {
+            tracing::debug!(
+                peer,
+                node,
+                type_url = url,
+                "request for a type this server does not serve"
+            )
+        }
         None => {}
     }
 }

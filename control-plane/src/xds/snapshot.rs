@@ -108,6 +108,11 @@ impl Snapshot {
         self.resources.get(&type_url)?.get(name)
     }
 
+    /// One resource with its stored name.
+    pub fn get_key_value(&self, type_url: TypeUrl, name: &str) -> Option<(&String, &Entry)> {
+        self.resources.get(&type_url)?.get_key_value(name)
+    }
+
     /// Number of resources of a type.
     pub fn count(&self, type_url: TypeUrl) -> usize {
         self.resources.get(&type_url).map_or(0, |r| r.len())
@@ -120,6 +125,16 @@ pub fn version_of<'a>(entries: impl IntoIterator<Item = (&'a String, &'a Entry)>
     for (name, entry) in entries {
         name.hash(&mut hasher);
         entry.hash.hash(&mut hasher);
+    }
+    format!("{:016x}", hasher.finish())
+}
+
+/// A version naming a whole set of (name, version) pairs, for logs and status.
+pub fn version_of_map(versions: &BTreeMap<String, String>) -> String {
+    let mut hasher = std::hash::DefaultHasher::new();
+    for (name, version) in versions {
+        name.hash(&mut hasher);
+        version.hash(&mut hasher);
     }
     format!("{:016x}", hasher.finish())
 }

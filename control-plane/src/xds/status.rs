@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use rampart_api::admin::{ProxyStatus, TypeStatus};
 
-use super::snapshot::TypeUrl;
-use super::sotw::SotwStream;
+use super::server::TypeSummary;
+use envoy_types::pb::envoy::config::core::v3::Node;
 
 /// The registry of open streams.
 #[derive(Clone, Default)]
@@ -19,7 +19,7 @@ pub struct StreamRegistry {
 
 impl StreamRegistry {
     /// Registers a new stream; returns its id.
-    pub fn open(&self, spiffe_id: String) -> u64 {
+    pub fn open(&self, spiffe_id: String, variant: &str) -> u64 {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -27,6 +27,7 @@ impl StreamRegistry {
         let status = ProxyStatus {
             stream_id: id,
             spiffe_id,
+            variant: variant.to_owned(),
             connected_at_unix: time::OffsetDateTime::now_utc().unix_timestamp(),
             ..Default::default()
         };
@@ -35,24 +36,23 @@ impl StreamRegistry {
     }
 
     /// Records the stream's current protocol state.
-    pub fn update(&self, id: u64, stream: &SotwStream) {
+    pub fn update(&self, id: u64, node: Option<&Node>, types: &[TypeSummary<'_>]) {
         let mut streams = self.lock();
         let Some(status) = streams.get_mut(&id) else {
             return;
         };
-        if let Some(node) = &stream.node {
+        if let Some(node) = node {
             status.node_id = node.id.clone();
             status.user_agent = format!("{} {}", node.user_agent_name, version_of(node))
                 .trim()
                 .to_owned();
         }
-        status.types = TypeUrl::ORDER
-            .into_iter()
-            .filter_map(|t| {
-                let state = stream.types.get(&t)?;
-                let sent = state.sent.as_ref()?;
-                let acked = state.acked_version.clone().unwrap_or_default();
-                let nack = state.nack.as_ref().filter(|n| n.version == sent.version);
+        status.types = types
+            .iter()
+            .filter_map(|(t, sent, acked, nack)| {
+                let sent = (*sent)?;
+                let acked = acked.cloned().unwrap_or_default();
+                let nack = nack.filter(|n| n.version == sent.version);
                 let label = if nack.is_some() {
                     "NACKED"
                 } else if acked == sent.version {
@@ -87,7 +87,7 @@ impl StreamRegistry {
     }
 }
 
-fn version_of(node: &envoy_types::pb::envoy::config::core::v3::Node) -> String {
+fn version_of(node: &Node) -> String {
     use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
     match &node.user_agent_version_type {
         Some(UserAgentVersionType::UserAgentVersion(v)) => v.clone(),

@@ -1,0 +1,442 @@
+//! The incremental (delta) protocol for one ADS stream, as a pure state
+//! machine. Per type: the subscription, the version of each resource the
+//! client holds, and the responses awaiting an ACK.
+//!
+//! Rules (xDS protocol, "Incremental xDS"):
+//! * each resource has its own version; a response carries only what
+//!   changed, and `removed_resources` for what is gone or does not exist;
+//! * `initial_resource_versions` on the first request after a reconnect says
+//!   what the client already has, so nothing unchanged is re-sent;
+//! * subscription changes are honoured even when the nonce is stale, and a
+//!   name just subscribed is always answered (with the resource, or as
+//!   removed if it does not exist);
+//! * a NACKed response leaves the client's versions as they were, and the
+//!   rejected versions are not sent again.
+//! * make-before-break: updates go out clusters first, then endpoints,
+//!   listeners, routes; removals go out after all updates.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
+};
+
+use super::snapshot::{Entry, Snapshot, TypeUrl};
+use super::sotw::{Event, Nack, Sent};
+
+/// What one response changed, kept until the client answers it.
+#[derive(Debug, Clone)]
+struct Pending {
+    /// name -> version the client had before (None = did not have it).
+    previous: BTreeMap<String, Option<String>>,
+    /// name -> version sent (None = removed).
+    sent: BTreeMap<String, Option<String>>,
+}
+
+/// Per-type delta state.
+#[derive(Debug, Clone, Default)]
+pub struct DeltaTypeState {
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// What the client holds (optimistically including unanswered sends).
+    client: BTreeMap<String, String>,
+    /// Names subscribed since the last response: always answered.
+    fresh: BTreeSet<String>,
+    /// Versions the client rejected, never sent again.
+    rejected: BTreeSet<(String, String)>,
+    pending: BTreeMap<String, Pending>,
+    /// The last response (for proxy-status).
+    pub sent: Option<Sent>,
+    pub acked_version: Option<String>,
+    pub nack: Option<Nack>,
+    started: bool,
+}
+
+/// One delta stream.
+#[derive(Debug, Default)]
+pub struct DeltaStream {
+    pub node: Option<Node>,
+    pub types: BTreeMap<TypeUrl, DeltaTypeState>,
+    nonces: u64,
+}
+
+fn resource_version(entry: &Entry) -> String {
+    format!("{:016x}", entry.hash)
+}
+
+impl DeltaStream {
+    /// Handles a request; returns what happened and the reply, if any.
+    pub fn on_request(
+        &mut self,
+        request: DeltaDiscoveryRequest,
+        snapshot: &Snapshot,
+    ) -> (Option<Event>, Option<DeltaDiscoveryResponse>) {
+        if self.node.is_none() {
+            self.node = request.node.clone();
+        }
+        let Some(type_url) = TypeUrl::parse(&request.type_url) else {
+            return (Some(Event::UnknownType(request.type_url)), None);
+        };
+        let state = self.types.entry(type_url).or_default();
+        if !state.started {
+            state.started = true;
+            state.client = request
+                .initial_resource_versions
+                .clone()
+                .into_iter()
+                .collect();
+            // Legacy wildcard: a first request naming nothing means everything.
+            if request.resource_names_subscribe.is_empty() && type_url.supports_wildcard() {
+                state.wildcard = true;
+            }
+        }
+        for name in &request.resource_names_subscribe {
+            if name == "*" {
+                state.wildcard = true;
+            } else {
+                state.names.insert(name.clone());
+                state.fresh.insert(name.clone());
+            }
+        }
+        for name in &request.resource_names_unsubscribe {
+            if name == "*" {
+                state.wildcard = false;
+            } else {
+                state.names.remove(name);
+                state.fresh.remove(name);
+                if !state.wildcard {
+                    state.client.remove(name);
+                }
+            }
+        }
+
+        let mut event = None;
+        if !request.response_nonce.is_empty() {
+            match state.pending.remove(&request.response_nonce) {
+                None => event = Some(Event::Stale { type_url }),
+                Some(pending) => {
+                    let version = state
+                        .sent
+                        .as_ref()
+                        .map(|s| s.version.clone())
+                        .unwrap_or_default();
+                    if let Some(error) = request.error_detail {
+                        for (name, previous) in &pending.previous {
+                            match previous {
+                                Some(v) => state.client.insert(name.clone(), v.clone()),
+                                None => state.client.remove(name),
+                            };
+                        }
+                        for (name, sent) in pending.sent {
+                            if let Some(v) = sent {
+                                state.rejected.insert((name, v));
+                            }
+                        }
+                        state.nack = Some(Nack {
+                            version: version.clone(),
+                            message: error.message.clone(),
+                        });
+                        event = Some(Event::Nack {
+                            type_url,
+                            version,
+                            message: error.message,
+                        });
+                    } else {
+                        state.acked_version = Some(version.clone());
+                        state.nack = None;
+                        event = Some(Event::Ack { type_url, version });
+                    }
+                }
+            }
+        }
+        let updates = self.diff(type_url, snapshot, true);
+        (event, updates)
+    }
+
+    /// Replies made necessary by a new snapshot: updates in
+    /// make-before-break order, then removals.
+    pub fn on_snapshot(&mut self, snapshot: &Snapshot) -> Vec<DeltaDiscoveryResponse> {
+        let started: Vec<TypeUrl> = TypeUrl::ORDER
+            .into_iter()
+            .filter(|t| self.types.contains_key(t))
+            .collect();
+        let mut out: Vec<_> = started
+            .iter()
+            .filter_map(|t| self.diff(*t, snapshot, false))
+            .collect();
+        out.extend(started.iter().filter_map(|t| self.removals(*t, snapshot)));
+        out
+    }
+
+    fn desired<'a>(
+        state: &DeltaTypeState,
+        type_url: TypeUrl,
+        snapshot: &'a Snapshot,
+    ) -> BTreeMap<&'a String, &'a Entry> {
+        if state.wildcard {
+            snapshot.of(type_url).collect()
+        } else {
+            state
+                .names
+                .iter()
+                .filter_map(|n| snapshot.get_key_value(type_url, n))
+                .collect()
+        }
+    }
+
+    /// Updates (and, when `with_removals`, removals) for one type.
+    fn diff(
+        &mut self,
+        type_url: TypeUrl,
+        snapshot: &Snapshot,
+        with_removals: bool,
+    ) -> Option<DeltaDiscoveryResponse> {
+        let state = self.types.get_mut(&type_url)?;
+        let desired = Self::desired(state, type_url, snapshot);
+        let mut resources = Vec::new();
+        let mut sent = BTreeMap::new();
+        let mut previous = BTreeMap::new();
+        for (name, entry) in &desired {
+            let version = resource_version(entry);
+            let changed = state.client.get(*name) != Some(&version);
+            let rejected = state.rejected.contains(&((*name).clone(), version.clone()));
+            if (changed && !rejected) || state.fresh.contains(*name) {
+                resources.push(Resource {
+                    name: (*name).clone(),
+                    version: version.clone(),
+                    resource: Some(entry.any.clone()),
+                    ..Default::default()
+                });
+                previous.insert((*name).clone(), state.client.get(*name).cloned());
+                sent.insert((*name).clone(), Some(version));
+            }
+        }
+        let mut removed = Vec::new();
+        if with_removals {
+            removed = Self::removed_names(state, &desired);
+            for name in &removed {
+                previous.insert(name.clone(), state.client.get(name).cloned());
+                sent.insert(name.clone(), None);
+            }
+        }
+        state.fresh.clear();
+        if resources.is_empty() && removed.is_empty() {
+            return None;
+        }
+        Some(self.respond(type_url, resources, removed, previous, sent))
+    }
+
+    fn removals(
+        &mut self,
+        type_url: TypeUrl,
+        snapshot: &Snapshot,
+    ) -> Option<DeltaDiscoveryResponse> {
+        let state = self.types.get_mut(&type_url)?;
+        let desired = Self::desired(state, type_url, snapshot);
+        let removed = Self::removed_names(state, &desired);
+        if removed.is_empty() {
+            return None;
+        }
+        let previous = removed
+            .iter()
+            .map(|n| (n.clone(), state.client.get(n).cloned()))
+            .collect();
+        let sent = removed.iter().map(|n| (n.clone(), None)).collect();
+        Some(self.respond(type_url, Vec::new(), removed, previous, sent))
+    }
+
+    /// Names the client holds (or explicitly asked for) that are not desired.
+    fn removed_names(state: &DeltaTypeState, desired: &BTreeMap<&String, &Entry>) -> Vec<String> {
+        let held = state.client.keys();
+        let asked_missing = state
+            .names
+            .iter()
+            .filter(|n| !state.client.contains_key(*n) && state.fresh.contains(*n));
+        // A subscribed name that never existed is answered once as removed
+        // ("does not exist"), while it is fresh; not on every push.
+        let removed: BTreeSet<String> = held
+            .chain(asked_missing)
+            .filter(|n| !desired.contains_key(n))
+            .cloned()
+            .collect();
+        removed.into_iter().collect()
+    }
+
+    fn respond(
+        &mut self,
+        type_url: TypeUrl,
+        resources: Vec<Resource>,
+        removed: Vec<String>,
+        previous: BTreeMap<String, Option<String>>,
+        sent: BTreeMap<String, Option<String>>,
+    ) -> DeltaDiscoveryResponse {
+        self.nonces += 1;
+        let nonce = self.nonces.to_string();
+        let state = self.types.get_mut(&type_url).expect("type state exists");
+        for (name, version) in &sent {
+            match version {
+                Some(v) => state.client.insert(name.clone(), v.clone()),
+                None => state.client.remove(name),
+            };
+        }
+        let version = super::snapshot::version_of_map(&state.client);
+        state.sent = Some(Sent {
+            version: version.clone(),
+            nonce: nonce.clone(),
+            names: state.client.keys().cloned().collect(),
+        });
+        state
+            .pending
+            .insert(nonce.clone(), Pending { previous, sent });
+        DeltaDiscoveryResponse {
+            system_version_info: version,
+            resources,
+            type_url: type_url.as_str().to_owned(),
+            nonce,
+            removed_resources: removed,
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xds::translate::{Model, translate};
+    use envoy_types::pb::google::rpc::Status as RpcStatus;
+
+    const MODEL: &str = include_str!("../../../docs/examples/echo.yaml");
+    const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+    fn snapshot(yaml: &str) -> Snapshot {
+        translate(&Model::new(
+            rampart_api::mesh::parse_documents("t", yaml).unwrap(),
+        ))
+    }
+
+    fn request(
+        type_url: &str,
+        subscribe: &[&str],
+        unsubscribe: &[&str],
+        nonce: &str,
+    ) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            type_url: type_url.into(),
+            resource_names_subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
+            resource_names_unsubscribe: unsubscribe.iter().map(|s| s.to_string()).collect(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_changes_are_sent_and_removals_follow_updates() {
+        let snap = snapshot(MODEL);
+        let mut s = DeltaStream::default();
+        let (_, first) = s.on_request(request(CDS, &[], &[], ""), &snap);
+        let first = first.unwrap();
+        assert_eq!(first.resources.len(), 6, "wildcard: every cluster");
+        let (event, none) = s.on_request(request(CDS, &[], &[], &first.nonce), &snap);
+        assert!(matches!(event, Some(Event::Ack { .. })));
+        assert!(none.is_none());
+
+        // One cluster changes: only it is sent.
+        let ring = MODEL.replace(
+            "timeout: 2s",
+            "timeout: 2s\n  ports: [grpc]\n  loadBalancer: RING_HASH",
+        );
+        let pushed = s.on_snapshot(&snapshot(&ring));
+        let names: Vec<_> = pushed
+            .iter()
+            .flat_map(|r| r.resources.iter().map(|r| r.name.clone()))
+            .collect();
+        assert!(
+            names.iter().all(|n| n.starts_with("outbound|50051|")),
+            "{names:?}"
+        );
+        assert_eq!(names.len(), 3);
+        // The split now covers only the grpc port: the http subsets go, last.
+        let last = pushed.last().unwrap();
+        assert!(last.resources.is_empty());
+        assert_eq!(
+            last.removed_resources,
+            vec![
+                "outbound|8080|version=v1|echo.default",
+                "outbound|8080|version=v2|echo.default"
+            ]
+        );
+
+        // The http port disappears: its cluster is removed, after the updates.
+        let fewer = MODEL.replace(", {name: http, port: 8080, protocol: http}", "");
+        let pushed = s.on_snapshot(&snapshot(&fewer));
+        assert_eq!(pushed.len(), 2, "updates, then removals");
+        assert_eq!(pushed[0].resources.len(), 3);
+        assert_eq!(
+            pushed[1].removed_resources,
+            vec!["outbound|8080||echo.default"]
+        );
+    }
+
+    #[test]
+    fn reconnect_with_initial_versions_sends_nothing_unchanged() {
+        let snap = snapshot(MODEL);
+        let mut s = DeltaStream::default();
+        let (_, first) = s.on_request(request(CDS, &[], &[], ""), &snap);
+        let held: std::collections::HashMap<String, String> = first
+            .unwrap()
+            .resources
+            .into_iter()
+            .map(|r| (r.name, r.version))
+            .collect();
+        let mut again = DeltaStream::default();
+        let mut req = request(CDS, &[], &[], "");
+        req.initial_resource_versions = held;
+        let (_, reply) = again.on_request(req, &snap);
+        assert!(reply.is_none(), "nothing changed while disconnected");
+    }
+
+    #[test]
+    fn subscribing_a_missing_resource_answers_does_not_exist_once() {
+        let snap = snapshot(MODEL);
+        let mut s = DeltaStream::default();
+        let (_, reply) = s.on_request(request(EDS, &["outbound|1|x|nope.default"], &[], ""), &snap);
+        let reply = reply.unwrap();
+        assert_eq!(
+            reply.removed_resources,
+            vec!["outbound|1|x|nope.default".to_string()]
+        );
+        let (_, again) = s.on_request(request(EDS, &[], &[], &reply.nonce), &snap);
+        assert!(again.is_none());
+        assert!(
+            s.on_snapshot(&snapshot(&MODEL.replace("50062", "50063")))
+                .is_empty(),
+            "still nothing to say about it"
+        );
+    }
+
+    #[test]
+    fn a_nack_keeps_the_old_versions_and_the_rejected_one_is_not_resent() {
+        let snap = snapshot(MODEL);
+        let mut s = DeltaStream::default();
+        let name = "outbound|50051|version=v2|echo.default";
+        let (_, first) = s.on_request(request(EDS, &[name], &[], ""), &snap);
+        s.on_request(request(EDS, &[], &[], &first.unwrap().nonce), &snap);
+        let moved = snapshot(&MODEL.replace("50062", "50063"));
+        let pushed = s.on_snapshot(&moved);
+        assert_eq!(pushed.len(), 1);
+        let mut nack = request(EDS, &[], &[], &pushed[0].nonce);
+        nack.error_detail = Some(RpcStatus {
+            code: 3,
+            message: "no".into(),
+            details: vec![],
+        });
+        let (event, reply) = s.on_request(nack, &moved);
+        assert!(matches!(event, Some(Event::Nack { .. })));
+        assert!(reply.is_none(), "the rejected version is not sent again");
+        assert!(s.on_snapshot(&moved).is_empty());
+        let fixed = s.on_snapshot(&snapshot(&MODEL.replace("50062", "50064")));
+        assert_eq!(fixed.len(), 1, "a new version goes out");
+    }
+}
