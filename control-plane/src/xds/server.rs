@@ -49,75 +49,51 @@ pub trait Protocol: Default + Send {
     fn summary(&self) -> Vec<TypeSummary<'_>>;
 }
 
-impl Protocol for SotwStream {
-    type Request = DiscoveryRequest;
-    type Response = DiscoveryResponse;
-    fn handle(
-        &mut self,
-        request: DiscoveryRequest,
-        snapshot: &Snapshot,
-    ) -> (Option<Event>, Vec<DiscoveryResponse>) {
-        let (event, response) = self.on_request(request, snapshot);
-        (event, response.into_iter().collect())
-    }
-    fn push(&mut self, snapshot: &Snapshot) -> Vec<DiscoveryResponse> {
-        self.on_snapshot(snapshot)
-    }
-    fn type_url(response: &DiscoveryResponse) -> &str {
-        &response.type_url
-    }
-    fn node(&self) -> Option<&Node> {
-        self.node.as_ref()
-    }
-    fn summary(&self) -> Vec<TypeSummary<'_>> {
-        self.types
-            .iter()
-            .map(|(t, s)| {
-                (
-                    *t,
-                    s.sent.as_ref(),
-                    s.acked_version.as_ref(),
-                    s.nack.as_ref(),
-                )
-            })
-            .collect()
-    }
+/// Both state machines expose the same surface; one definition serves both.
+macro_rules! impl_protocol {
+    ($stream:ty, $request:ty, $response:ty) => {
+        impl Protocol for $stream {
+            type Request = $request;
+            type Response = $response;
+            fn handle(
+                &mut self,
+                request: $request,
+                snapshot: &Snapshot,
+            ) -> (Option<Event>, Vec<$response>) {
+                let (event, response) = self.on_request(request, snapshot);
+                (event, response.into_iter().collect())
+            }
+            fn push(&mut self, snapshot: &Snapshot) -> Vec<$response> {
+                self.on_snapshot(snapshot)
+            }
+            fn type_url(response: &$response) -> &str {
+                &response.type_url
+            }
+            fn node(&self) -> Option<&Node> {
+                self.node.as_ref()
+            }
+            fn summary(&self) -> Vec<TypeSummary<'_>> {
+                self.types
+                    .iter()
+                    .map(|(t, s)| {
+                        (
+                            *t,
+                            s.sent.as_ref(),
+                            s.acked_version.as_ref(),
+                            s.nack.as_ref(),
+                        )
+                    })
+                    .collect()
+            }
+        }
+    };
 }
 
-impl Protocol for DeltaStream {
-    type Request = DeltaDiscoveryRequest;
-    type Response = DeltaDiscoveryResponse;
-    fn handle(
-        &mut self,
-        request: DeltaDiscoveryRequest,
-        snapshot: &Snapshot,
-    ) -> (Option<Event>, Vec<DeltaDiscoveryResponse>) {
-        let (event, response) = self.on_request(request, snapshot);
-        (event, response.into_iter().collect())
-    }
-    fn push(&mut self, snapshot: &Snapshot) -> Vec<DeltaDiscoveryResponse> {
-        self.on_snapshot(snapshot)
-    }
-    fn type_url(response: &DeltaDiscoveryResponse) -> &str {
-        &response.type_url
-    }
-    fn node(&self) -> Option<&Node> {
-        self.node.as_ref()
-    }
-    fn summary(&self) -> Vec<TypeSummary<'_>> {
-        self.types
-            .iter()
-            .map(|(t, s)| {
-                (
-                    *t,
-                    s.sent.as_ref(),
-                    s.acked_version.as_ref(),
-                    s.nack.as_ref(),
-                )
-            })
-            .collect()
-    }
-}
+impl_protocol!(SotwStream, DiscoveryRequest, DiscoveryResponse);
+impl_protocol!(DeltaStream, DeltaDiscoveryRequest, DeltaDiscoveryResponse);
+
+/// The outgoing half of a stream.
+type Replies<R> = ReceiverStream<Result<R, Status>>;
 
 /// Serves ADS from the current snapshot.
 pub struct AdsServer {
@@ -143,7 +119,7 @@ impl AdsServer {
         &self,
         request: Request<Streaming<P::Request>>,
         variant: &'static str,
-    ) -> Result<Response<ReceiverStream<Result<P::Response, Status>>>, Status> {
+    ) -> Result<Response<Replies<P::Response>>, Status> {
         let Some(peer) = caller_spiffe_id(&request) else {
             return Err(Status::unauthenticated("xDS needs a client SVID (mTLS)"));
         };
@@ -175,8 +151,8 @@ impl AdsServer {
 
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+    type StreamAggregatedResourcesStream = Replies<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = Replies<DeltaDiscoveryResponse>;
 
     async fn stream_aggregated_resources(
         &self,
