@@ -2,7 +2,8 @@
 # Runs Rampart on the embedded default and shows identities being issued:
 # rampart-control on its sled store in .rampart/ (kept across runs), a join
 # token from meshctl, and a rampart-proxy that gets its SPIFFE identity with
-# it, renews it every ~30 s, and serves the SPIFFE Workload API. Ctrl-C stops
+# it, renews it every ~30 s, and serves the SPIFFE Workload API; the example
+# mesh model is applied and served over xDS. Ctrl-C stops
 # everything this script started. (Traffic between sidecars comes with the
 # data plane; this grows into `meshctl demo`.)
 set -euo pipefail
@@ -35,6 +36,12 @@ echo "rampart-control: gRPC (mTLS) $GRPC, metrics http://$METRICS/metrics, data 
 echo "meshctl token create --namespace demo --service-account frontend"
 TOKEN=$("$BIN/meshctl" --data-dir "$DATA" token create --namespace demo --service-account frontend --ttl 10m)
 echo "  -> ${TOKEN:0:8}... (one-time, stored only as a hash)"
+
+echo
+echo "meshctl apply -f docs/examples/echo.yaml   (the mesh model, stored in sled, served over xDS)"
+"$BIN/meshctl" --data-dir "$DATA" apply -f docs/examples/echo.yaml | sed 's/^/  /'
+"$BIN/meshctl" --data-dir "$DATA" get all | sed 's/^/  /'
+echo
 
 SOCKET="$DATA/frontend-workload.sock"
 RAMPART_JOIN_TOKEN="$TOKEN" "$BIN/rampart-proxy" --control-plane "$GRPC" \
