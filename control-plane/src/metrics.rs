@@ -37,6 +37,7 @@ pub struct Metrics {
     pub xds_connected: Gauge,
     pub xds_pushes: Family<XdsLabels, Counter>,
     pub xds_nacks: Family<XdsLabels, Counter>,
+    pub xds_convergence: Histogram,
 }
 
 impl Metrics {
@@ -92,6 +93,13 @@ impl Metrics {
             "xDS responses rejected by clients (NACK), by resource type",
             xds_nacks.clone(),
         );
+        // 1 ms .. ~65 s
+        let xds_convergence = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        registry.register(
+            "rampart_xds_convergence_seconds",
+            "From a model change being accepted to every affected xDS stream answering the push",
+            xds_convergence.clone(),
+        );
         // Export the common series at zero from the start, so rates and alerts
         // work before the first request.
         for proof in ["join_token", "svid", "admin"] {
@@ -110,6 +118,7 @@ impl Metrics {
             xds_connected,
             xds_pushes,
             xds_nacks,
+            xds_convergence,
         })
     }
 

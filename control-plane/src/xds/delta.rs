@@ -143,7 +143,11 @@ impl DeltaStream {
                             message: error.message,
                         });
                     } else {
-                        state.acked_version = Some(version.clone());
+                        // With several responses in flight, the type is only
+                        // synced once the last one is ACKed.
+                        if state.pending.is_empty() {
+                            state.acked_version = Some(version.clone());
+                        }
                         state.nack = None;
                         event = Some(Event::Ack { type_url, version });
                     }

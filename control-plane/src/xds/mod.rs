@@ -3,6 +3,7 @@
 //! server (`server`). The server knows nothing of mesh semantics and the
 //! translator never touches a stream, so each is tested alone.
 
+mod convergence;
 mod delta;
 pub mod server;
 pub mod snapshot;
@@ -11,7 +12,8 @@ mod status;
 pub mod translate;
 mod watch;
 
+pub use convergence::Convergence;
 pub use server::AdsServer;
 pub use snapshot::{Snapshot, TypeUrl};
 pub use status::StreamRegistry;
-pub use watch::spawn_snapshot_builder;
+pub use watch::{Published, spawn_snapshot_builder};

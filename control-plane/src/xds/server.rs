@@ -16,10 +16,12 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::convergence::Convergence;
 use super::delta::DeltaStream;
 use super::snapshot::{Snapshot, TypeUrl};
 use super::sotw::{Event, Nack, Sent, SotwStream};
 use super::status::StreamRegistry;
+use super::watch::Published;
 use crate::ca::proof::caller_spiffe_id;
 use crate::metrics::Metrics;
 
@@ -97,21 +99,24 @@ type Replies<R> = ReceiverStream<Result<R, Status>>;
 
 /// Serves ADS from the current snapshot.
 pub struct AdsServer {
-    snapshots: watch::Receiver<Arc<Snapshot>>,
+    snapshots: watch::Receiver<Arc<Published>>,
     metrics: Arc<Metrics>,
     registry: StreamRegistry,
+    convergence: Arc<Convergence>,
 }
 
 impl AdsServer {
     pub fn new(
-        snapshots: watch::Receiver<Arc<Snapshot>>,
+        snapshots: watch::Receiver<Arc<Published>>,
         metrics: Arc<Metrics>,
         registry: StreamRegistry,
     ) -> Self {
+        let convergence = Arc::new(Convergence::new(metrics.xds_convergence.clone()));
         Self {
             snapshots,
             metrics,
             registry,
+            convergence,
         }
     }
 
@@ -128,19 +133,20 @@ impl AdsServer {
         let snapshots = self.snapshots.clone();
         let metrics = self.metrics.clone();
         let registry = self.registry.clone();
+        let convergence = self.convergence.clone();
         tokio::spawn(async move {
             metrics.xds_connected.inc();
             let id = registry.open(peer.to_string(), variant);
             tracing::info!(peer = %peer, stream = id, variant, "xDS stream opened");
-            let reason = run::<P>(
-                incoming,
-                tx,
-                snapshots,
-                &metrics,
-                (&registry, id),
-                &peer.to_string(),
-            )
-            .await;
+            let context = StreamContext {
+                metrics: &metrics,
+                registry: &registry,
+                convergence: &convergence,
+                id,
+                peer: peer.to_string(),
+            };
+            let reason = run::<P>(incoming, tx, snapshots, &context).await;
+            convergence.closed(id);
             registry.close(id);
             metrics.xds_connected.dec();
             tracing::info!(peer = %peer, stream = id, reason, "xDS stream closed");
@@ -169,22 +175,42 @@ impl AggregatedDiscoveryService for AdsServer {
     }
 }
 
+/// What a stream loop reports to.
+struct StreamContext<'a> {
+    metrics: &'a Metrics,
+    registry: &'a StreamRegistry,
+    convergence: &'a Convergence,
+    id: u64,
+    peer: String,
+}
+
+/// Whether every response sent has been answered (ACKed or NACKed).
+fn all_answered(summary: &[TypeSummary<'_>]) -> bool {
+    summary.iter().all(|(_, sent, acked, nack)| match sent {
+        None => true,
+        Some(sent) => {
+            acked.is_some_and(|a| *a == sent.version)
+                || nack.is_some_and(|n| n.version == sent.version)
+        }
+    })
+}
+
 async fn run<P: Protocol>(
     mut incoming: Streaming<P::Request>,
     tx: mpsc::Sender<Result<P::Response, Status>>,
-    mut snapshots: watch::Receiver<Arc<Snapshot>>,
-    metrics: &Metrics,
-    (registry, id): (&StreamRegistry, u64),
-    peer: &str,
+    mut snapshots: watch::Receiver<Arc<Published>>,
+    cx: &StreamContext<'_>,
 ) -> &'static str {
     let mut stream = P::default();
+    // The newest generation pushed to this stream and not yet answered.
+    let mut awaiting: Option<u64> = None;
     loop {
         let responses = tokio::select! {
             message = incoming.message() => match message {
                 Ok(Some(request)) => {
-                    let snapshot = snapshots.borrow_and_update().clone();
-                    let (event, responses) = stream.handle(request, &snapshot);
-                    log_event(event, metrics, peer, stream.node());
+                    let published = snapshots.borrow_and_update().clone();
+                    let (event, responses) = stream.handle(request, &published.snapshot);
+                    log_event(event, cx.metrics, &cx.peer, stream.node());
                     responses
                 }
                 Ok(None) => return "client closed the stream",
@@ -194,13 +220,26 @@ async fn run<P: Protocol>(
                 if changed.is_err() {
                     return "control plane stopping";
                 }
-                let snapshot = snapshots.borrow_and_update().clone();
-                stream.push(&snapshot)
+                let published = snapshots.borrow_and_update().clone();
+                let responses = stream.push(&published.snapshot);
+                if let (false, Some(accepted_at)) = (responses.is_empty(), published.accepted_at) {
+                    cx.convergence.pushed(published.generation, accepted_at, cx.id);
+                    awaiting = Some(published.generation);
+                }
+                responses
             }
         };
-        registry.update(id, stream.node(), &stream.summary());
+        let summary = stream.summary();
+        cx.registry.update(cx.id, stream.node(), &summary);
+        if let Some(generation) = awaiting
+            && responses.is_empty()
+            && all_answered(&summary)
+        {
+            cx.convergence.answered(cx.id, generation);
+            awaiting = None;
+        }
         for response in responses {
-            metrics.count_push(P::type_url(&response));
+            cx.metrics.count_push(P::type_url(&response));
             if tx.send(Ok(response)).await.is_err() {
                 return "client went away";
             }

@@ -9,6 +9,15 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::snapshot::Snapshot;
+
+/// A snapshot as published to the streams: its generation and when the
+/// change that produced it was accepted (for convergence timing).
+#[derive(Debug, Default)]
+pub struct Published {
+    pub snapshot: Snapshot,
+    pub generation: u64,
+    pub accepted_at: Option<Instant>,
+}
 use super::translate::{Model, translate};
 use crate::store::MeshStore;
 
@@ -29,12 +38,19 @@ fn build(store: &impl MeshStore) -> Option<Snapshot> {
 pub fn spawn_snapshot_builder<S: MeshStore + 'static>(
     store: S,
     debounce: Duration,
-) -> watch::Receiver<Arc<Snapshot>> {
-    let (tx, rx) = watch::channel(Arc::new(build(&store).unwrap_or_default()));
+) -> watch::Receiver<Arc<Published>> {
+    let first = Published {
+        snapshot: build(&store).unwrap_or_default(),
+        generation: 0,
+        accepted_at: None,
+    };
+    let (tx, rx) = watch::channel(Arc::new(first));
     let mut revisions = store.revision();
     tokio::spawn(async move {
+        let mut generation = 0;
         while revisions.changed().await.is_ok() {
-            let deadline = Instant::now() + MAX_DEBOUNCE;
+            let accepted_at = Instant::now();
+            let deadline = accepted_at + MAX_DEBOUNCE;
             // Wait until the model has been quiet for `debounce` (or the bound).
             while let Ok(Ok(())) = tokio::time::timeout_at(
                 deadline.min(Instant::now() + debounce),
@@ -46,10 +62,15 @@ pub fn spawn_snapshot_builder<S: MeshStore + 'static>(
                 continue;
             };
             tx.send_if_modified(|current| {
-                if **current == snapshot {
+                if current.snapshot == snapshot {
                     false
                 } else {
-                    *current = Arc::new(snapshot);
+                    generation += 1;
+                    *current = Arc::new(Published {
+                        snapshot,
+                        generation,
+                        accepted_at: Some(accepted_at),
+                    });
                     true
                 }
             });
