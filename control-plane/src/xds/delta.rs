@@ -57,6 +57,8 @@ pub struct DeltaTypeState {
 #[derive(Debug, Default)]
 pub struct DeltaStream {
     pub node: Option<Node>,
+    /// Outbound listeners the node asked for in its metadata.
+    outbound: Option<Vec<super::node_listeners::Outbound>>,
     pub types: BTreeMap<TypeUrl, DeltaTypeState>,
     nonces: u64,
 }
@@ -74,7 +76,10 @@ impl DeltaStream {
     ) -> (Option<Event>, Option<DeltaDiscoveryResponse>) {
         if self.node.is_none() {
             self.node = request.node.clone();
+            self.outbound = super::node_listeners::from_node(self.node.as_ref());
         }
+        let view = super::node_listeners::view(self.outbound.as_deref(), snapshot);
+        let snapshot = view.as_ref();
         let Some(type_url) = TypeUrl::parse(&request.type_url) else {
             return (Some(Event::UnknownType(request.type_url)), None);
         };
@@ -161,6 +166,8 @@ impl DeltaStream {
     /// Replies made necessary by a new snapshot: updates in
     /// make-before-break order, then removals.
     pub fn on_snapshot(&mut self, snapshot: &Snapshot) -> Vec<DeltaDiscoveryResponse> {
+        let view = super::node_listeners::view(self.outbound.as_deref(), snapshot);
+        let snapshot = view.as_ref();
         let started: Vec<TypeUrl> = TypeUrl::ORDER
             .into_iter()
             .filter(|t| self.types.contains_key(t))

@@ -5,6 +5,7 @@
 
 mod convergence;
 mod delta;
+mod node_listeners;
 pub mod server;
 pub mod snapshot;
 mod sotw;

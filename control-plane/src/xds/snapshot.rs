@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
@@ -68,10 +69,11 @@ pub struct Entry {
     pub hash: u64,
 }
 
-/// All resources, by type then name.
+/// All resources, by type then name. Each type's map is shared, so a
+/// per-proxy view that swaps one type costs no copies of the others.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
-    resources: BTreeMap<TypeUrl, BTreeMap<String, Entry>>,
+    resources: BTreeMap<TypeUrl, Arc<BTreeMap<String, Entry>>>,
 }
 
 fn hash_bytes(bytes: &[u8]) -> u64 {
@@ -92,15 +94,24 @@ impl Snapshot {
         let any = envoy_types::util::pack_any(resource);
         debug_assert_eq!(any.type_url, type_url.as_str());
         let hash = hash_bytes(&any.value);
-        self.resources
-            .entry(type_url)
-            .or_default()
+        Arc::make_mut(self.resources.entry(type_url).or_default())
             .insert(name, Entry { any, hash });
+    }
+
+    /// The same snapshot with the listeners replaced (a proxy's own view).
+    pub fn with_listeners(&self, listeners: BTreeMap<String, Entry>) -> Snapshot {
+        let mut view = self.clone();
+        view.resources
+            .insert(TypeUrl::Listener, Arc::new(listeners));
+        view
     }
 
     /// The resources of one type.
     pub fn of(&self, type_url: TypeUrl) -> impl Iterator<Item = (&String, &Entry)> {
-        self.resources.get(&type_url).into_iter().flatten()
+        self.resources
+            .get(&type_url)
+            .into_iter()
+            .flat_map(|r| r.iter())
     }
 
     /// One resource.

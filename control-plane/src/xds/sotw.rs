@@ -73,6 +73,8 @@ pub enum Event {
 #[derive(Debug, Default)]
 pub struct SotwStream {
     pub node: Option<Node>,
+    /// Outbound listeners the node asked for in its metadata.
+    outbound: Option<Vec<super::node_listeners::Outbound>>,
     pub types: BTreeMap<TypeUrl, TypeState>,
     nonces: u64,
 }
@@ -86,7 +88,10 @@ impl SotwStream {
     ) -> (Option<Event>, Option<DiscoveryResponse>) {
         if self.node.is_none() {
             self.node = request.node.clone();
+            self.outbound = super::node_listeners::from_node(self.node.as_ref());
         }
+        let view = super::node_listeners::view(self.outbound.as_deref(), snapshot);
+        let snapshot = view.as_ref();
         let Some(type_url) = TypeUrl::parse(&request.type_url) else {
             return (Some(Event::UnknownType(request.type_url)), None);
         };
@@ -143,6 +148,8 @@ impl SotwStream {
 
     /// Replies made necessary by a new snapshot, in make-before-break order.
     pub fn on_snapshot(&mut self, snapshot: &Snapshot) -> Vec<DiscoveryResponse> {
+        let view = super::node_listeners::view(self.outbound.as_deref(), snapshot);
+        let snapshot = view.as_ref();
         let requested: Vec<TypeUrl> = TypeUrl::ORDER
             .into_iter()
             .filter(|t| self.types.get(t).is_some_and(|s| s.sent.is_some()))

@@ -136,7 +136,7 @@ pub fn translate(model: &Model) -> Snapshot {
     snapshot
 }
 
-fn ads() -> ConfigSource {
+pub(super) fn ads() -> ConfigSource {
     ConfigSource {
         resource_api_version: 2, // V3
         config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
@@ -287,7 +287,7 @@ fn load_assignment(cluster: &str, endpoints: Vec<(&str, &str, u16, u32)>) -> Clu
     }
 }
 
-fn socket(ip: &str, port: u16) -> Address {
+pub(super) fn socket(ip: &str, port: u16) -> Address {
     Address {
         address: Some(address::Address::SocketAddress(SocketAddress {
             address: ip.to_owned(),

