@@ -120,6 +120,7 @@ fn semantic_checks_say_what_is_wrong() {
         ("address: 127.0.0.1", "address: not-an-ip", "spec.address"),
         ("attempts: 2", "attempts: 20", "out of range 1-10"),
         ("timeout: 2s", "timeout: 2 seconds", "spec.timeout"),
+        ("timeout: 2s", "timeout: 99999999d", "longer than 365d"),
         (
             "connect-failure, 5xx",
             "connect-failure, sometimes",
@@ -176,4 +177,18 @@ fn kinds_parse_as_users_type_them() {
     assert_eq!(Kind::parse("WorkloadEntries"), Some(Kind::WorkloadEntry));
     assert_eq!(Kind::parse("trafficpolicy"), Some(Kind::TrafficPolicy));
     assert_eq!(Kind::parse("pods"), None);
+}
+
+#[test]
+fn oversized_inputs_are_refused_with_what_to_do() {
+    let one = EXAMPLE.split("---").next().unwrap();
+    let many: Vec<String> = (0..1100)
+        .map(|i| one.replace("name: echo,", &format!("name: echo-{i},")))
+        .collect();
+    let errs = errors(&many.join("\n---\n"));
+    assert!(
+        errs[0].contains("split it into several files"),
+        "{}",
+        errs[0]
+    );
 }

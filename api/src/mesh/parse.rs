@@ -70,8 +70,18 @@ pub fn parse_documents(source: &str, text: &str) -> Result<Vec<Resource>, ParseE
         field: field.to_owned(),
         message,
     };
-    let documents: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| ParseError {
-        errors: vec![fail(0, None, "", format!("not valid YAML: {e}"))],
+    let documents: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| {
+        let text = e.to_string();
+        // The parser's resource budget (e.g. at most 1,024 documents per
+        // input) protects the control plane; say what to do about it.
+        let message = if text.contains("budget breached") {
+            format!("input too large for one parse (at most 1024 documents per file): split it into several files ({text})")
+        } else {
+            format!("not valid YAML: {text}")
+        };
+        ParseError {
+            errors: vec![fail(0, None, "", message)],
+        }
     })?;
 
     let mut resources = Vec::new();

@@ -59,11 +59,16 @@ fn label(p: &mut Problems, field: &str, value: &str) {
     }
 }
 
+/// Longer durations are refused: they are typos, and Envoy rejects durations
+/// beyond protobuf's range anyway.
+const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
 fn duration_field(p: &mut Problems, field: &str, value: &Option<String>) {
-    if let Some(value) = value
-        && let Err(e) = duration::parse(value)
-    {
-        push(p, field, e);
+    let Some(value) = value else { return };
+    match duration::parse(value) {
+        Err(e) => push(p, field, e),
+        Ok(d) if d > MAX_DURATION => push(p, field, format!("{value:?} is longer than 365d")),
+        Ok(_) => {}
     }
 }
 

@@ -1,0 +1,409 @@
+//! xDS at scale: N ADS streams that behave like proxies (subscribe to every
+//! cluster and its endpoints, ACK every response) against the real
+//! rampart-control, over a model of 1,000 services x 3 endpoints.
+//!
+//! Reports, for SotW and delta: time until all N are synced, control-plane
+//! RSS per connected stream, time from one endpoint change to every stream
+//! having it (p50/p99/max, client side), and control-plane CPU seconds spent
+//! on that push.
+//!
+//! Run: `cargo bench -p rampart-control-plane --bench xds_scale -- [N ...]`
+//! (default 1000). The control plane is pinned to core 0, the load to core 1.
+//! Streams share HTTP/2 connections (100 streams per connection), so this
+//! measures the xDS work, not 10,000 TLS handshakes.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use rampart_api::admin::admin_service_client::AdminServiceClient;
+use rampart_api::admin::{ApplyResourcesRequest, SourceText};
+use rampart_certs::tls::{CurrentSvid, PeerPolicy, client_config};
+use rampart_certs::well_known::control_plane_id;
+use rampart_certs::{Svid, TrustBundle};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+const SERVICES: usize = 1000;
+const ENDPOINTS: usize = 3;
+const STREAMS_PER_CONNECTION: usize = 100;
+const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+/// The model as several texts: one parse takes at most 1,024 documents.
+fn model(changed_port: u16) -> Vec<String> {
+    let mut texts = Vec::new();
+    let mut yaml = String::new();
+    for s in 0..SERVICES {
+        if s > 0 && s % 200 == 0 {
+            texts.push(std::mem::take(&mut yaml));
+        }
+        yaml.push_str(&format!(
+            "apiVersion: rampart.dev/v1alpha1\nkind: Service\nmetadata: {{name: svc-{s}}}\nspec: {{ports: [{{name: http, port: 80, protocol: http}}]}}\n---\n"
+        ));
+        for e in 0..ENDPOINTS {
+            let port = if s == 0 && e == 0 {
+                changed_port
+            } else {
+                8000 + e as u16
+            };
+            yaml.push_str(&format!(
+                "apiVersion: rampart.dev/v1alpha1\nkind: WorkloadEntry\nmetadata: {{name: svc-{s}-{e}}}\nspec: {{service: svc-{s}, address: 10.0.{}.{}, ports: {{http: {port}}}}}\n---\n",
+                s / 250,
+                (s % 250) + 1
+            ));
+        }
+    }
+    texts.push(yaml);
+    texts
+}
+
+fn cluster(s: usize) -> String {
+    format!("outbound|80||svc-{s}.default")
+}
+
+struct ControlPlane {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    grpc_addr: String,
+    bundle: TrustBundle,
+    admin: Svid,
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start() -> ControlPlane {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = env!("CARGO_BIN_EXE_rampart-control");
+    let mut child = Command::new("taskset")
+        .args(["-c", "0", exe, "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("taskset and rampart-control");
+    for _ in 0..200 {
+        if let Ok(text) = std::fs::read_to_string(dir.path().join("control-plane.json")) {
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let admin = dir.path().join("admin");
+            let bundle =
+                TrustBundle::from_pem_detect(&std::fs::read(admin.join("bundle.pem")).unwrap())
+                    .unwrap();
+            let svid = Svid::from_pem(
+                &std::fs::read(admin.join("cert-chain.pem")).unwrap(),
+                &std::fs::read(admin.join("key.pem")).unwrap(),
+            )
+            .unwrap();
+            return ControlPlane {
+                grpc_addr: value["grpc_addr"].as_str().unwrap().to_owned(),
+                child,
+                _dir: dir,
+                bundle,
+                admin: svid,
+            };
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("rampart-control did not start");
+}
+
+impl ControlPlane {
+    async fn channel(&self) -> Channel {
+        let server = PeerPolicy::exactly(control_plane_id(self.bundle.trust_domain()));
+        let tls = client_config(
+            Some(CurrentSvid::new(&self.admin).unwrap()),
+            &self.bundle,
+            server,
+        )
+        .unwrap();
+        rampart_api::connect(&self.grpc_addr, tls).await.unwrap()
+    }
+
+    async fn apply(&self, texts: Vec<String>) {
+        let sources = texts
+            .into_iter()
+            .enumerate()
+            .map(|(i, text)| SourceText {
+                source: format!("scale-{i}"),
+                text,
+            })
+            .collect();
+        AdminServiceClient::new(self.channel().await)
+            .apply_resources(ApplyResourcesRequest {
+                sources,
+                dry_run: false,
+            })
+            .await
+            .unwrap();
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        ticks / 100.0
+    }
+}
+
+/// Shared progress of all simulated proxies.
+#[derive(Default)]
+struct Progress {
+    /// Streams that have received (and ACKed) endpoints, per round.
+    synced: AtomicUsize,
+    /// Client-side microseconds since `epoch` at which each stream got the change.
+    changed_at: std::sync::Mutex<Vec<u64>>,
+    round: AtomicU64,
+}
+
+async fn sotw_proxy(channel: Channel, id: usize, progress: Arc<Progress>, epoch: Instant) {
+    let (tx, rx) = mpsc::channel(8);
+    let node = Some(Node {
+        id: format!("proxy-{id}"),
+        ..Default::default()
+    });
+    tx.send(DiscoveryRequest {
+        node: node.clone(),
+        type_url: CDS.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut responses = AggregatedDiscoveryServiceClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<String> = (0..SERVICES).map(cluster).collect();
+    let mut eds_requested = false;
+    let mut eds_versions = 0;
+    while let Ok(Some(r)) = responses.message().await {
+        let ack = DiscoveryRequest {
+            type_url: r.type_url.clone(),
+            version_info: r.version_info.clone(),
+            response_nonce: r.nonce.clone(),
+            resource_names: if r.type_url == EDS {
+                names.clone()
+            } else {
+                Vec::new()
+            },
+            ..Default::default()
+        };
+        if r.type_url == EDS {
+            eds_versions += 1;
+            record(&progress, eds_versions, epoch);
+        }
+        if tx.send(ack).await.is_err() {
+            return;
+        }
+        if r.type_url == CDS && !eds_requested {
+            eds_requested = true;
+            let eds = DiscoveryRequest {
+                type_url: EDS.into(),
+                resource_names: names.clone(),
+                ..Default::default()
+            };
+            if tx.send(eds).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+async fn delta_proxy(channel: Channel, id: usize, progress: Arc<Progress>, epoch: Instant) {
+    let (tx, rx) = mpsc::channel(8);
+    let node = Some(Node {
+        id: format!("proxy-{id}"),
+        ..Default::default()
+    });
+    tx.send(DeltaDiscoveryRequest {
+        node,
+        type_url: CDS.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut responses = AggregatedDiscoveryServiceClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<String> = (0..SERVICES).map(cluster).collect();
+    let mut eds_requested = false;
+    let mut eds_versions = 0;
+    while let Ok(Some(r)) = responses.message().await {
+        if r.type_url == EDS {
+            eds_versions += 1;
+            record(&progress, eds_versions, epoch);
+        }
+        let ack = DeltaDiscoveryRequest {
+            type_url: r.type_url.clone(),
+            response_nonce: r.nonce.clone(),
+            ..Default::default()
+        };
+        if tx.send(ack).await.is_err() {
+            return;
+        }
+        if r.type_url == CDS && !eds_requested {
+            eds_requested = true;
+            let eds = DeltaDiscoveryRequest {
+                type_url: EDS.into(),
+                resource_names_subscribe: names.clone(),
+                ..Default::default()
+            };
+            if tx.send(eds).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Round 1 = initial endpoints; round 2 = the change.
+fn record(progress: &Progress, eds_versions: u64, epoch: Instant) {
+    if eds_versions == progress.round.load(Ordering::Acquire) {
+        if eds_versions == 2 {
+            progress
+                .changed_at
+                .lock()
+                .unwrap()
+                .push(epoch.elapsed().as_micros() as u64);
+        }
+        progress.synced.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+async fn wait_for(progress: &Progress, n: usize, limit: Duration) -> bool {
+    let start = Instant::now();
+    while progress.synced.load(Ordering::Acquire) < n {
+        if start.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
+async fn run(n: usize, delta: bool) {
+    let cp = start();
+    cp.apply(model(8000)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before = cp.rss_kib();
+    let progress = Arc::new(Progress::default());
+    progress.round.store(1, Ordering::Release);
+    let epoch = Instant::now();
+    let mut channels = Vec::new();
+    for _ in 0..n.div_ceil(STREAMS_PER_CONNECTION) {
+        channels.push(cp.channel().await);
+    }
+    for id in 0..n {
+        let channel = channels[id / STREAMS_PER_CONNECTION].clone();
+        let progress = progress.clone();
+        if delta {
+            tokio::spawn(delta_proxy(channel, id, progress, epoch));
+        } else {
+            tokio::spawn(sotw_proxy(channel, id, progress, epoch));
+        }
+    }
+    let synced = wait_for(&progress, n, Duration::from_secs(600)).await;
+    let initial = epoch.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_after = cp.rss_kib();
+
+    progress.synced.store(0, Ordering::Release);
+    progress.round.store(2, Ordering::Release);
+    let cpu_before = cp.cpu_seconds();
+    let change_start = epoch.elapsed().as_micros() as u64;
+    cp.apply(model(9000)).await;
+    let converged = wait_for(&progress, n, Duration::from_secs(600)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cpu = cp.cpu_seconds() - cpu_before;
+    let mut times: Vec<u64> = progress
+        .changed_at
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|t| t.saturating_sub(change_start))
+        .collect();
+    times.sort();
+    let pct = |p: f64| {
+        times
+            .get(((times.len() as f64 * p) as usize).min(times.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    println!(
+        "{:<5} N={n:<6} initial sync {:>7.2}s{}  RSS {:>7.1} MiB -> {:>7.1} MiB ({:>5.1} KiB/stream)  endpoint change -> all: p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms{}  CP CPU for the push {:.2}s",
+        if delta { "delta" } else { "sotw" },
+        initial.as_secs_f64(),
+        if synced { "" } else { " (INCOMPLETE)" },
+        rss_before as f64 / 1024.0,
+        rss_after as f64 / 1024.0,
+        (rss_after.saturating_sub(rss_before)) as f64 / n as f64,
+        pct(0.50),
+        pct(0.99),
+        times.last().copied().unwrap_or(0) as f64 / 1000.0,
+        if converged { "" } else { " (INCOMPLETE)" },
+        cpu,
+    );
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let sizes = if sizes.is_empty() { vec![1000] } else { sizes };
+    // The load runs on core 1; the control plane is pinned to core 0.
+    let _ = Command::new("taskset")
+        .args(["-p", "-c", "1", &std::process::id().to_string()])
+        .output();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "xDS scale: {SERVICES} services x {ENDPOINTS} endpoints; every stream subscribes to all clusters and endpoints"
+    );
+    for n in sizes {
+        for delta in [false, true] {
+            runtime.block_on(run(n, delta));
+        }
+    }
+}
