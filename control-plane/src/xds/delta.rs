@@ -72,14 +72,14 @@ impl DeltaStream {
     pub fn on_request(
         &mut self,
         request: DeltaDiscoveryRequest,
-        snapshot: &Snapshot,
+        snapshot: &std::sync::Arc<Snapshot>,
     ) -> (Option<Event>, Option<DeltaDiscoveryResponse>) {
         if self.node.is_none() {
             self.node = request.node.clone();
             self.outbound = super::node_listeners::from_node(self.node.as_ref());
         }
         let view = super::node_listeners::view(self.outbound.as_deref(), snapshot);
-        let snapshot = view.as_ref();
+        let snapshot = &view;
         let Some(type_url) = TypeUrl::parse(&request.type_url) else {
             return (Some(Event::UnknownType(request.type_url)), None);
         };
@@ -165,9 +165,12 @@ impl DeltaStream {
 
     /// Replies made necessary by a new snapshot: updates in
     /// make-before-break order, then removals.
-    pub fn on_snapshot(&mut self, snapshot: &Snapshot) -> Vec<DeltaDiscoveryResponse> {
+    pub fn on_snapshot(
+        &mut self,
+        snapshot: &std::sync::Arc<Snapshot>,
+    ) -> Vec<DeltaDiscoveryResponse> {
         let view = super::node_listeners::view(self.outbound.as_deref(), snapshot);
-        let snapshot = view.as_ref();
+        let snapshot = &view;
         let started: Vec<TypeUrl> = TypeUrl::ORDER
             .into_iter()
             .filter(|t| self.types.contains_key(t))
@@ -295,7 +298,8 @@ impl DeltaStream {
         state.sent = Some(Sent {
             version: version.clone(),
             nonce: nonce.clone(),
-            names: state.client.keys().cloned().collect(),
+            names_hash: 0,
+            resources: state.client.len(),
         });
         state
             .pending
@@ -321,10 +325,9 @@ mod tests {
     const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
     const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 
-    fn snapshot(yaml: &str) -> Snapshot {
-        translate(&Model::new(
-            rampart_api::mesh::parse_documents("t", yaml).unwrap(),
-        ))
+    fn snapshot(yaml: &str) -> std::sync::Arc<Snapshot> {
+        let model = Model::new(rampart_api::mesh::parse_documents("t", yaml).unwrap());
+        std::sync::Arc::new(translate(&model))
     }
 
     fn request(

@@ -143,14 +143,14 @@ pub fn listeners(requested: &[Outbound], snapshot: &Snapshot) -> BTreeMap<String
 
 /// What a stream serves: the snapshot, or for a proxy that named its
 /// outbound listeners, the snapshot with exactly those listeners.
-pub fn view<'a>(
+pub fn view(
     requested: Option<&[Outbound]>,
-    snapshot: &'a Snapshot,
-) -> std::borrow::Cow<'a, Snapshot> {
+    snapshot: &std::sync::Arc<Snapshot>,
+) -> std::sync::Arc<Snapshot> {
     match requested {
-        None => std::borrow::Cow::Borrowed(snapshot),
+        None => snapshot.clone(),
         Some(requested) => {
-            std::borrow::Cow::Owned(snapshot.with_listeners(listeners(requested, snapshot)))
+            std::sync::Arc::new(snapshot.with_listeners(listeners(requested, snapshot)))
         }
     }
 }

@@ -43,9 +43,9 @@ pub trait Protocol: Default + Send {
     fn handle(
         &mut self,
         request: Self::Request,
-        snapshot: &Snapshot,
+        snapshot: &Arc<Snapshot>,
     ) -> (Option<Event>, Vec<Self::Response>);
-    fn push(&mut self, snapshot: &Snapshot) -> Vec<Self::Response>;
+    fn push(&mut self, snapshot: &Arc<Snapshot>) -> Vec<Self::Response>;
     fn type_url(response: &Self::Response) -> &str;
     fn node(&self) -> Option<&Node>;
     fn summary(&self) -> Vec<TypeSummary<'_>>;
@@ -60,12 +60,12 @@ macro_rules! impl_protocol {
             fn handle(
                 &mut self,
                 request: $request,
-                snapshot: &Snapshot,
+                snapshot: &Arc<Snapshot>,
             ) -> (Option<Event>, Vec<$response>) {
                 let (event, response) = self.on_request(request, snapshot);
                 (event, response.into_iter().collect())
             }
-            fn push(&mut self, snapshot: &Snapshot) -> Vec<$response> {
+            fn push(&mut self, snapshot: &Arc<Snapshot>) -> Vec<$response> {
                 self.on_snapshot(snapshot)
             }
             fn type_url(response: &$response) -> &str {

@@ -31,7 +31,21 @@ enum Subscription {
 pub struct Sent {
     pub version: String,
     pub nonce: String,
-    pub names: BTreeSet<String>,
+    /// A hash of the subscribed names the response answered (only compared,
+    /// so a set of thousands of names is not kept per stream and type).
+    pub names_hash: u64,
+    /// How many resources the client holds after this response.
+    pub resources: usize,
+}
+
+/// Order-independent-enough hash of a sorted name sequence.
+pub fn hash_names<'a>(names: impl IntoIterator<Item = &'a String>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    for name in names {
+        name.hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// A rejected version and why.
@@ -46,6 +60,12 @@ pub struct Nack {
 pub struct TypeState {
     subscription: Subscription,
     ever_named: bool,
+    /// Names subscribed since the last response (always included).
+    added: BTreeSet<String>,
+    /// The snapshot the last response was computed from: EDS and RDS
+    /// responses then carry only what changed since (the protocol allows
+    /// any subset for them), instead of every subscribed resource.
+    sent_from: Option<std::sync::Arc<Snapshot>>,
     pub sent: Option<Sent>,
     pub acked_version: Option<String>,
     pub nack: Option<Nack>,
@@ -84,20 +104,22 @@ impl SotwStream {
     pub fn on_request(
         &mut self,
         request: DiscoveryRequest,
-        snapshot: &Snapshot,
+        snapshot: &std::sync::Arc<Snapshot>,
     ) -> (Option<Event>, Option<DiscoveryResponse>) {
         if self.node.is_none() {
             self.node = request.node.clone();
             self.outbound = super::node_listeners::from_node(self.node.as_ref());
         }
         let view = super::node_listeners::view(self.outbound.as_deref(), snapshot);
-        let snapshot = view.as_ref();
+        let snapshot = &view;
         let Some(type_url) = TypeUrl::parse(&request.type_url) else {
             return (Some(Event::UnknownType(request.type_url)), None);
         };
         let state = self.types.entry(type_url).or_insert_with(|| TypeState {
             subscription: Subscription::Wildcard,
             ever_named: false,
+            added: BTreeSet::new(),
+            sent_from: None,
             sent: None,
             acked_version: None,
             nack: None,
@@ -105,7 +127,7 @@ impl SotwStream {
         // Legacy wildcard rule: an empty list is "everything" until the client
         // names something; "*" is always everything.
         let names: BTreeSet<String> = request.resource_names.iter().cloned().collect();
-        state.subscription = if names.contains("*")
+        let subscription = if names.contains("*")
             || (names.is_empty() && !state.ever_named && type_url.supports_wildcard())
         {
             Subscription::Wildcard
@@ -113,6 +135,14 @@ impl SotwStream {
             state.ever_named = true;
             Subscription::Names(names)
         };
+        if let (Subscription::Names(old), Subscription::Names(new)) =
+            (&state.subscription, &subscription)
+        {
+            state.added.extend(new.difference(old).cloned());
+        } else if subscription != state.subscription {
+            state.sent_from = None; // a different kind of subscription: send it all
+        }
+        state.subscription = subscription;
 
         let first = request.response_nonce.is_empty();
         let sent = state.sent.as_ref();
@@ -147,9 +177,9 @@ impl SotwStream {
     }
 
     /// Replies made necessary by a new snapshot, in make-before-break order.
-    pub fn on_snapshot(&mut self, snapshot: &Snapshot) -> Vec<DiscoveryResponse> {
+    pub fn on_snapshot(&mut self, snapshot: &std::sync::Arc<Snapshot>) -> Vec<DiscoveryResponse> {
         let view = super::node_listeners::view(self.outbound.as_deref(), snapshot);
-        let snapshot = view.as_ref();
+        let snapshot = &view;
         let requested: Vec<TypeUrl> = TypeUrl::ORDER
             .into_iter()
             .filter(|t| self.types.get(t).is_some_and(|s| s.sent.is_some()))
@@ -163,7 +193,7 @@ impl SotwStream {
     fn respond(
         &mut self,
         type_url: TypeUrl,
-        snapshot: &Snapshot,
+        snapshot: &std::sync::Arc<Snapshot>,
         force: bool,
     ) -> Option<DiscoveryResponse> {
         let state = self.types.get_mut(&type_url)?;
@@ -175,33 +205,55 @@ impl SotwStream {
                 .collect(),
         };
         let version = version_of(entries.iter().copied());
-        let names: BTreeSet<String> = match &state.subscription {
-            Subscription::Wildcard => entries.iter().map(|(n, _)| (*n).clone()).collect(),
-            Subscription::Names(names) => names.clone(),
+        let names_hash = match &state.subscription {
+            Subscription::Wildcard => hash_names(entries.iter().map(|(n, _)| *n)),
+            Subscription::Names(names) => hash_names(names),
         };
         if !force {
             let unchanged = state
                 .sent
                 .as_ref()
-                .is_some_and(|s| s.version == version && s.names == names);
+                .is_some_and(|s| s.version == version && s.names_hash == names_hash);
             let rejected = state.nack.as_ref().is_some_and(|n| n.version == version);
             if unchanged || rejected {
                 return None;
             }
         }
+        // LDS and CDS responses must hold everything; EDS and RDS only what
+        // changed since the last response (or was just subscribed).
+        let partial_from = match (type_url, &state.sent_from, force) {
+            (TypeUrl::Endpoint | TypeUrl::Route, Some(from), false) => Some(from.clone()),
+            _ => None,
+        };
+        let resources = entries
+            .iter()
+            .filter(|(name, entry)| match &partial_from {
+                None => true,
+                Some(from) => {
+                    state.added.contains(*name)
+                        || from
+                            .get(type_url, name)
+                            .is_none_or(|old| old.hash != entry.hash)
+                }
+            })
+            .map(|(_, e)| e.any.clone())
+            .collect();
         self.nonces += 1;
         let nonce = self.nonces.to_string();
         let response = DiscoveryResponse {
             version_info: version.clone(),
-            resources: entries.iter().map(|(_, e)| e.any.clone()).collect(),
+            resources,
             type_url: type_url.as_str().to_owned(),
             nonce: nonce.clone(),
             ..Default::default()
         };
+        state.added.clear();
+        state.sent_from = Some(snapshot.clone());
         state.sent = Some(Sent {
             version,
             nonce,
-            names,
+            names_hash,
+            resources: entries.len(),
         });
         Some(response)
     }
@@ -217,10 +269,9 @@ mod tests {
     const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
     const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 
-    fn snapshot(yaml: &str) -> Snapshot {
-        translate(&Model::new(
-            rampart_api::mesh::parse_documents("t", yaml).unwrap(),
-        ))
+    fn snapshot(yaml: &str) -> std::sync::Arc<Snapshot> {
+        let model = Model::new(rampart_api::mesh::parse_documents("t", yaml).unwrap());
+        std::sync::Arc::new(translate(&model))
     }
 
     fn request(type_url: &str, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
@@ -366,5 +417,42 @@ mod tests {
             vec![CDS.to_string(), LDS.to_string()],
             "clusters before listeners"
         );
+    }
+
+    #[test]
+    fn eds_pushes_carry_only_what_changed() {
+        const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+        let names = [
+            "outbound|50051|version=v1|echo.default",
+            "outbound|50051|version=v2|echo.default",
+        ];
+        let snap = snapshot(MODEL);
+        let mut s = SotwStream::default();
+        let (_, first) = s.on_request(request(EDS, &names, "", ""), &snap);
+        let first = first.unwrap();
+        assert_eq!(first.resources.len(), 2);
+        s.on_request(
+            request(EDS, &names, &first.version_info, &first.nonce),
+            &snap,
+        );
+        let pushed = s.on_snapshot(&snapshot(&MODEL.replace("50062", "50063")));
+        assert_eq!(pushed.len(), 1);
+        assert_eq!(
+            pushed[0].resources.len(),
+            1,
+            "only the v2 assignment changed"
+        );
+        assert_ne!(pushed[0].version_info, first.version_info);
+        // A newly subscribed name is sent even though it did not change.
+        let all = [
+            "outbound|50051|version=v1|echo.default",
+            "outbound|50051|version=v2|echo.default",
+            "outbound|50051||echo.default",
+        ];
+        let (_, grown) = s.on_request(
+            request(EDS, &all, &pushed[0].version_info, &pushed[0].nonce),
+            &snapshot(&MODEL.replace("50062", "50063")),
+        );
+        assert_eq!(grown.unwrap().resources.len(), 1, "just the new one");
     }
 }

@@ -66,7 +66,7 @@ impl StreamRegistry {
                     sent_version: sent.version.clone(),
                     acked_version: acked,
                     nack_message: nack.map(|n| n.message.clone()).unwrap_or_default(),
-                    resources: sent.names.len() as u32,
+                    resources: sent.resources as u32,
                 })
             })
             .collect();

@@ -14,7 +14,7 @@ use super::snapshot::Snapshot;
 /// change that produced it was accepted (for convergence timing).
 #[derive(Debug, Default)]
 pub struct Published {
-    pub snapshot: Snapshot,
+    pub snapshot: Arc<Snapshot>,
     pub generation: u64,
     pub accepted_at: Option<Instant>,
 }
@@ -40,7 +40,7 @@ pub fn spawn_snapshot_builder<S: MeshStore + 'static>(
     debounce: Duration,
 ) -> watch::Receiver<Arc<Published>> {
     let first = Published {
-        snapshot: build(&store).unwrap_or_default(),
+        snapshot: Arc::new(build(&store).unwrap_or_default()),
         generation: 0,
         accepted_at: None,
     };
@@ -62,12 +62,12 @@ pub fn spawn_snapshot_builder<S: MeshStore + 'static>(
                 continue;
             };
             tx.send_if_modified(|current| {
-                if current.snapshot == snapshot {
+                if *current.snapshot == snapshot {
                     false
                 } else {
                     generation += 1;
                     *current = Arc::new(Published {
-                        snapshot,
+                        snapshot: Arc::new(snapshot),
                         generation,
                         accepted_at: Some(accepted_at),
                     });
