@@ -29,9 +29,9 @@ use super::sotw::{Event, Nack, Sent};
 #[derive(Debug, Clone)]
 struct Pending {
     /// name -> version the client had before (None = did not have it).
-    previous: BTreeMap<String, Option<String>>,
+    previous: BTreeMap<String, Option<u64>>,
     /// name -> version sent (None = removed).
-    sent: BTreeMap<String, Option<String>>,
+    sent: BTreeMap<String, Option<u64>>,
 }
 
 /// Per-type delta state.
@@ -39,12 +39,13 @@ struct Pending {
 pub struct DeltaTypeState {
     wildcard: bool,
     names: BTreeSet<String>,
-    /// What the client holds (optimistically including unanswered sends).
-    client: BTreeMap<String, String>,
+    /// What the client holds (optimistically including unanswered sends),
+    /// as content hashes: 8 bytes a version, compared without formatting.
+    client: BTreeMap<String, u64>,
     /// Names subscribed since the last response: always answered.
     fresh: BTreeSet<String>,
     /// Versions the client rejected, never sent again.
-    rejected: BTreeSet<(String, String)>,
+    rejected: BTreeSet<(String, u64)>,
     pending: BTreeMap<String, Pending>,
     /// The last response (for proxy-status).
     pub sent: Option<Sent>,
@@ -63,8 +64,17 @@ pub struct DeltaStream {
     nonces: u64,
 }
 
-fn resource_version(entry: &Entry) -> String {
-    format!("{:016x}", entry.hash)
+/// The wire form of a resource version.
+fn wire_version(hash: u64) -> String {
+    format!("{hash:016x}")
+}
+
+/// A version a client reports (`initial_resource_versions`); anything we did
+/// not write never matches, so the resource is sent.
+fn parse_version(version: &str) -> Option<u64> {
+    (version.len() == 16)
+        .then(|| u64::from_str_radix(version, 16).ok())
+        .flatten()
 }
 
 impl DeltaStream {
@@ -88,8 +98,8 @@ impl DeltaStream {
             state.started = true;
             state.client = request
                 .initial_resource_versions
-                .clone()
-                .into_iter()
+                .iter()
+                .filter_map(|(name, version)| Some((name.clone(), parse_version(version)?)))
                 .collect();
             // Legacy wildcard: a first request naming nothing means everything.
             if request.resource_names_subscribe.is_empty() && type_url.supports_wildcard() {
@@ -129,7 +139,7 @@ impl DeltaStream {
                     if let Some(error) = request.error_detail {
                         for (name, previous) in &pending.previous {
                             match previous {
-                                Some(v) => state.client.insert(name.clone(), v.clone()),
+                                Some(v) => state.client.insert(name.clone(), *v),
                                 None => state.client.remove(name),
                             };
                         }
@@ -212,25 +222,26 @@ impl DeltaStream {
         let mut sent = BTreeMap::new();
         let mut previous = BTreeMap::new();
         for (name, entry) in &desired {
-            let version = resource_version(entry);
-            let changed = state.client.get(*name) != Some(&version);
-            let rejected = state.rejected.contains(&((*name).clone(), version.clone()));
-            if (changed && !rejected) || state.fresh.contains(*name) {
+            let changed = state.client.get(*name) != Some(&entry.hash);
+            let fresh = state.fresh.contains(*name);
+            if (changed || fresh)
+                && (fresh || !state.rejected.contains(&((*name).clone(), entry.hash)))
+            {
                 resources.push(Resource {
                     name: (*name).clone(),
-                    version: version.clone(),
+                    version: wire_version(entry.hash),
                     resource: Some(entry.any.clone()),
                     ..Default::default()
                 });
-                previous.insert((*name).clone(), state.client.get(*name).cloned());
-                sent.insert((*name).clone(), Some(version));
+                previous.insert((*name).clone(), state.client.get(*name).copied());
+                sent.insert((*name).clone(), Some(entry.hash));
             }
         }
         let mut removed = Vec::new();
         if with_removals {
             removed = Self::removed_names(state, &desired);
             for name in &removed {
-                previous.insert(name.clone(), state.client.get(name).cloned());
+                previous.insert(name.clone(), state.client.get(name).copied());
                 sent.insert(name.clone(), None);
             }
         }
@@ -254,7 +265,7 @@ impl DeltaStream {
         }
         let previous = removed
             .iter()
-            .map(|n| (n.clone(), state.client.get(n).cloned()))
+            .map(|n| (n.clone(), state.client.get(n).copied()))
             .collect();
         let sent = removed.iter().map(|n| (n.clone(), None)).collect();
         Some(self.respond(type_url, Vec::new(), removed, previous, sent))
@@ -282,15 +293,15 @@ impl DeltaStream {
         type_url: TypeUrl,
         resources: Vec<Resource>,
         removed: Vec<String>,
-        previous: BTreeMap<String, Option<String>>,
-        sent: BTreeMap<String, Option<String>>,
+        previous: BTreeMap<String, Option<u64>>,
+        sent: BTreeMap<String, Option<u64>>,
     ) -> DeltaDiscoveryResponse {
         self.nonces += 1;
         let nonce = self.nonces.to_string();
         let state = self.types.get_mut(&type_url).expect("type state exists");
         for (name, version) in &sent {
             match version {
-                Some(v) => state.client.insert(name.clone(), v.clone()),
+                Some(v) => state.client.insert(name.clone(), *v),
                 None => state.client.remove(name),
             };
         }

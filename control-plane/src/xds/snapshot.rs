@@ -141,7 +141,7 @@ pub fn version_of<'a>(entries: impl IntoIterator<Item = (&'a String, &'a Entry)>
 }
 
 /// A version naming a whole set of (name, version) pairs, for logs and status.
-pub fn version_of_map(versions: &BTreeMap<String, String>) -> String {
+pub fn version_of_map(versions: &BTreeMap<String, u64>) -> String {
     let mut hasher = std::hash::DefaultHasher::new();
     for (name, version) in versions {
         name.hash(&mut hasher);
