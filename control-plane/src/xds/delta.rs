@@ -224,9 +224,7 @@ impl DeltaStream {
         for (name, entry) in &desired {
             let changed = state.client.get(*name) != Some(&entry.hash);
             let fresh = state.fresh.contains(*name);
-            if (changed || fresh)
-                && (fresh || !state.rejected.contains(&((*name).clone(), entry.hash)))
-            {
+            if fresh || (changed && !state.rejected.contains(&((*name).clone(), entry.hash))) {
                 resources.push(Resource {
                     name: (*name).clone(),
                     version: wire_version(entry.hash),
