@@ -63,6 +63,11 @@ fn model(changed_port: u16) -> Vec<String> {
     texts
 }
 
+/// svc-0's first endpoint on a new port.
+fn changed_entry() -> String {
+    "apiVersion: rampart.dev/v1alpha1\nkind: WorkloadEntry\nmetadata: {name: svc-0-0}\nspec: {service: svc-0, address: 10.0.0.1, ports: {http: 9000}}\n".to_owned()
+}
+
 fn cluster(s: usize) -> String {
     format!("outbound|80||svc-{s}.default")
 }
@@ -345,7 +350,8 @@ async fn run(n: usize, delta: bool) {
     progress.round.store(2, Ordering::Release);
     let cpu_before = cp.cpu_seconds();
     let change_start = epoch.elapsed().as_micros() as u64;
-    cp.apply(model(9000)).await;
+    // One endpoint moves: the change an operator or a VM restart makes.
+    cp.apply(vec![changed_entry()]).await;
     let converged = wait_for(&progress, n, Duration::from_secs(600)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let cpu = cp.cpu_seconds() - cpu_before;
