@@ -98,6 +98,30 @@ impl Snapshot {
             .insert(name, Entry { any, hash });
     }
 
+    /// Keeps `previous`'s shared map for every type whose resources did not
+    /// change, so streams can tell an untouched type in O(1) ([`Snapshot::shares`]).
+    pub fn reuse_unchanged(&mut self, previous: &Snapshot) {
+        for (type_url, map) in self.resources.iter_mut() {
+            if let Some(old) = previous.resources.get(type_url)
+                && old == map
+            {
+                *map = old.clone();
+            }
+        }
+    }
+
+    /// Whether both snapshots hold the very same map for `type_url`.
+    pub fn shares(&self, other: &Snapshot, type_url: TypeUrl) -> bool {
+        match (
+            self.resources.get(&type_url),
+            other.resources.get(&type_url),
+        ) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
     /// The same snapshot with the listeners replaced (a proxy's own view).
     pub fn with_listeners(&self, listeners: BTreeMap<String, Entry>) -> Snapshot {
         let mut view = self.clone();

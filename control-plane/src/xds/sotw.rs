@@ -184,7 +184,20 @@ impl SotwStream {
             .into_iter()
             .filter(|t| self.types.get(t).is_some_and(|s| s.sent.is_some()))
             .collect();
-        requested
+        // A type whose resources are the very map last sent from cannot have
+        // changed: skip it without looking inside.
+        let touched: Vec<TypeUrl> = requested
+            .into_iter()
+            .filter(|t| {
+                let state = &self.types[t];
+                !(state.added.is_empty()
+                    && state
+                        .sent_from
+                        .as_ref()
+                        .is_some_and(|from| from.shares(snapshot, *t)))
+            })
+            .collect();
+        touched
             .into_iter()
             .filter_map(|t| self.respond(t, snapshot, false))
             .collect()

@@ -58,10 +58,11 @@ pub fn spawn_snapshot_builder<S: MeshStore + 'static>(
             )
             .await
             {}
-            let Some(snapshot) = build(&store) else {
+            let Some(mut snapshot) = build(&store) else {
                 continue;
             };
             tx.send_if_modified(|current| {
+                snapshot.reuse_unchanged(&current.snapshot);
                 if *current.snapshot == snapshot {
                     false
                 } else {
