@@ -7,8 +7,8 @@
 //! having it (p50/p99/max, client side), and control-plane CPU seconds spent
 //! on that push.
 //!
-//! Run: `cargo bench -p rampart-control-plane --bench xds_scale -- [N ...]`
-//! (default 1000). The control plane is pinned to core 0, the load to core 1.
+//! Run: `cargo bench -p rampart-control-plane --bench xds_scale -- [N ...] [sotw|delta]`
+//! (default 1000, both variants). The control plane is pinned to core 0, the load to core 1.
 //! Streams share HTTP/2 connections (100 streams per connection), so this
 //! measures the xDS work, not 10,000 TLS handshakes.
 
@@ -395,6 +395,14 @@ fn main() {
         .filter_map(|a| a.parse().ok())
         .collect();
     let sizes = if sizes.is_empty() { vec![1000] } else { sizes };
+    // `sotw` or `delta` among the arguments runs only that variant.
+    let only: Vec<String> = std::env::args()
+        .filter(|a| a == "sotw" || a == "delta")
+        .collect();
+    let variants: Vec<bool> = [false, true]
+        .into_iter()
+        .filter(|delta| only.is_empty() || only.iter().any(|o| (o == "delta") == *delta))
+        .collect();
     // The load runs on core 1; the control plane is pinned to core 0.
     let _ = Command::new("taskset")
         .args(["-p", "-c", "1", &std::process::id().to_string()])
@@ -408,7 +416,7 @@ fn main() {
         "xDS scale: {SERVICES} services x {ENDPOINTS} endpoints; every stream subscribes to all clusters and endpoints"
     );
     for n in sizes {
-        for delta in [false, true] {
+        for &delta in &variants {
             runtime.block_on(run(n, delta));
         }
     }

@@ -135,6 +135,7 @@ impl SotwStream {
             state.ever_named = true;
             Subscription::Names(names)
         };
+        let same_subscription = subscription == state.subscription;
         if let (Subscription::Names(old), Subscription::Names(new)) =
             (&state.subscription, &subscription)
         {
@@ -172,6 +173,18 @@ impl SotwStream {
                 })
             }
         };
+        // The common case, an ACK with the same subscription for resources
+        // that have not changed since: nothing to send, found in O(1).
+        let settled = !first
+            && same_subscription
+            && state.added.is_empty()
+            && state
+                .sent_from
+                .as_ref()
+                .is_some_and(|from| from.shares(snapshot, type_url));
+        if settled {
+            return (event, None);
+        }
         let response = self.respond(type_url, snapshot, first);
         (event, response)
     }
