@@ -52,6 +52,9 @@ pub struct DeltaTypeState {
     pub acked_version: Option<String>,
     pub nack: Option<Nack>,
     started: bool,
+    /// The snapshot the last diff of this type was computed against: while
+    /// the type's map is still that very map, there is nothing to diff.
+    checked_against: Option<std::sync::Arc<Snapshot>>,
 }
 
 /// One delta stream.
@@ -169,8 +172,25 @@ impl DeltaStream {
                 }
             }
         }
+        // The common case, a plain ACK while nothing changed: O(1).
+        let plain_ack = !request.response_nonce.is_empty()
+            && request.resource_names_subscribe.is_empty()
+            && request.resource_names_unsubscribe.is_empty();
+        if plain_ack && self.unchanged_since_checked(type_url, snapshot) {
+            return (event, None);
+        }
         let updates = self.diff(type_url, snapshot, true);
         (event, updates)
+    }
+
+    fn unchanged_since_checked(&self, type_url: TypeUrl, snapshot: &Snapshot) -> bool {
+        self.types.get(&type_url).is_some_and(|state| {
+            state.fresh.is_empty()
+                && state
+                    .checked_against
+                    .as_ref()
+                    .is_some_and(|checked| checked.shares(snapshot, type_url))
+        })
     }
 
     /// Replies made necessary by a new snapshot: updates in
@@ -183,7 +203,7 @@ impl DeltaStream {
         let snapshot = &view;
         let started: Vec<TypeUrl> = TypeUrl::ORDER
             .into_iter()
-            .filter(|t| self.types.contains_key(t))
+            .filter(|t| self.types.contains_key(t) && !self.unchanged_since_checked(*t, snapshot))
             .collect();
         let mut out: Vec<_> = started
             .iter()
@@ -213,7 +233,7 @@ impl DeltaStream {
     fn diff(
         &mut self,
         type_url: TypeUrl,
-        snapshot: &Snapshot,
+        snapshot: &std::sync::Arc<Snapshot>,
         with_removals: bool,
     ) -> Option<DeltaDiscoveryResponse> {
         let state = self.types.get_mut(&type_url)?;
@@ -244,6 +264,8 @@ impl DeltaStream {
             }
         }
         state.fresh.clear();
+        // (on_snapshot runs the removals for this same snapshot right after.)
+        state.checked_against = Some(snapshot.clone());
         if resources.is_empty() && removed.is_empty() {
             return None;
         }
