@@ -290,3 +290,44 @@ pub fn python() -> PathBuf {
     );
     path
 }
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The echo service on one port (`name`, `port`, `protocol`) with two
+/// endpoints on loopback, v1 and v2, and a weighted split between them.
+pub fn split_model(port: (&str, u16, &str), v1: u16, v2: u16, weights: (u32, u32)) -> String {
+    let (name, number, protocol) = port;
+    format!(
+        r#"apiVersion: rampart.dev/v1alpha1
+kind: Service
+metadata: {{name: echo, namespace: default}}
+spec:
+  ports: [{{name: {name}, port: {number}, protocol: {protocol}}}]
+---
+apiVersion: rampart.dev/v1alpha1
+kind: WorkloadEntry
+metadata: {{name: echo-v1, namespace: default, labels: {{app: echo, version: v1}}}}
+spec: {{service: echo, address: 127.0.0.1, ports: {{{name}: {v1}}}, serviceAccount: echo}}
+---
+apiVersion: rampart.dev/v1alpha1
+kind: WorkloadEntry
+metadata: {{name: echo-v2, namespace: default, labels: {{app: echo, version: v2}}}}
+spec: {{service: echo, address: 127.0.0.1, ports: {{{name}: {v2}}}, serviceAccount: echo}}
+---
+apiVersion: rampart.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {{name: echo-split, namespace: default}}
+spec:
+  service: echo
+  split: [{{subset: {{version: v1}}, weight: {}}}, {{subset: {{version: v2}}, weight: {}}}]
+"#,
+        weights.0, weights.1
+    )
+}

@@ -4,44 +4,7 @@
 
 use std::process::Command;
 
-use rampart_tests::{ControlPlane, bin, python};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn model(v1: u16, v2: u16, weights: (u32, u32)) -> String {
-    format!(
-        r#"apiVersion: rampart.dev/v1alpha1
-kind: Service
-metadata: {{name: echo, namespace: default}}
-spec:
-  ports: [{{name: grpc, port: 50051, protocol: grpc}}]
----
-apiVersion: rampart.dev/v1alpha1
-kind: WorkloadEntry
-metadata: {{name: echo-v1, namespace: default, labels: {{app: echo, version: v1}}}}
-spec: {{service: echo, address: 127.0.0.1, ports: {{grpc: {v1}}}, serviceAccount: echo}}
----
-apiVersion: rampart.dev/v1alpha1
-kind: WorkloadEntry
-metadata: {{name: echo-v2, namespace: default, labels: {{app: echo, version: v2}}}}
-spec: {{service: echo, address: 127.0.0.1, ports: {{grpc: {v2}}}, serviceAccount: echo}}
----
-apiVersion: rampart.dev/v1alpha1
-kind: TrafficPolicy
-metadata: {{name: echo-split, namespace: default}}
-spec:
-  service: echo
-  split: [{{subset: {{version: v1}}, weight: {}}}, {{subset: {{version: v2}}, weight: {}}}]
-"#,
-        weights.0, weights.1
-    )
-}
+use rampart_tests::{ControlPlane, bin, free_port, python, split_model};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_follows_the_split_and_its_changes() {
@@ -50,8 +13,16 @@ async fn grpcio_follows_the_split_and_its_changes() {
     let (v1, v2) = (free_port(), free_port());
     let first = dir.path().join("split-80-20.yaml");
     let second = dir.path().join("split-0-100.yaml");
-    std::fs::write(&first, model(v1, v2, (80, 20))).unwrap();
-    std::fs::write(&second, model(v1, v2, (0, 100))).unwrap();
+    std::fs::write(
+        &first,
+        split_model(("grpc", 50051, "grpc"), v1, v2, (80, 20)),
+    )
+    .unwrap();
+    std::fs::write(
+        &second,
+        split_model(("grpc", 50051, "grpc"), v1, v2, (0, 100)),
+    )
+    .unwrap();
     let out = cp.meshctl(&["apply", "-f", first.to_str().unwrap()]);
     assert!(
         out.status.success(),
