@@ -61,8 +61,8 @@ pub struct DeltaTypeState {
 #[derive(Debug, Default)]
 pub struct DeltaStream {
     pub node: Option<Node>,
-    /// Outbound listeners the node asked for in its metadata.
-    outbound: Option<Vec<super::node_listeners::Outbound>>,
+    /// What this node is served (its own outbound listeners, if it named any).
+    view: super::node_listeners::NodeView,
     pub types: BTreeMap<TypeUrl, DeltaTypeState>,
     nonces: u64,
 }
@@ -89,9 +89,9 @@ impl DeltaStream {
     ) -> (Option<Event>, Option<DeltaDiscoveryResponse>) {
         if self.node.is_none() {
             self.node = request.node.clone();
-            self.outbound = super::node_listeners::from_node(self.node.as_ref());
+            self.view = super::node_listeners::NodeView::for_node(self.node.as_ref());
         }
-        let view = super::node_listeners::view(self.outbound.as_deref(), snapshot);
+        let view = self.view.of(snapshot);
         let snapshot = &view;
         let Some(type_url) = TypeUrl::parse(&request.type_url) else {
             return (Some(Event::UnknownType(request.type_url)), None);
@@ -199,7 +199,7 @@ impl DeltaStream {
         &mut self,
         snapshot: &std::sync::Arc<Snapshot>,
     ) -> Vec<DeltaDiscoveryResponse> {
-        let view = super::node_listeners::view(self.outbound.as_deref(), snapshot);
+        let view = self.view.of(snapshot);
         let snapshot = &view;
         let started: Vec<TypeUrl> = TypeUrl::ORDER
             .into_iter()

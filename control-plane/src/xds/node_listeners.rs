@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
@@ -141,22 +142,51 @@ pub fn listeners(requested: &[Outbound], snapshot: &Snapshot) -> BTreeMap<String
         .collect()
 }
 
-/// What a stream serves: the snapshot, or for a proxy that named its
-/// outbound listeners, the snapshot with exactly those listeners.
-pub fn view(
-    requested: Option<&[Outbound]>,
-    snapshot: &std::sync::Arc<Snapshot>,
-) -> std::sync::Arc<Snapshot> {
-    match requested {
-        None => snapshot.clone(),
-        Some(requested) => {
-            std::sync::Arc::new(snapshot.with_listeners(listeners(requested, snapshot)))
+/// What one stream serves: the snapshot, or for a proxy that named its
+/// outbound listeners, the snapshot with exactly those listeners. The view
+/// is built once per snapshot (not on every request of the stream), and an
+/// unchanged listener set keeps its shared map, so LDS settles in O(1) too.
+#[derive(Debug, Default)]
+pub struct NodeView {
+    outbound: Option<Vec<Outbound>>,
+    /// The snapshot the last view was built from, and that view.
+    last: Option<(Arc<Snapshot>, Arc<Snapshot>)>,
+    last_listeners: Option<Arc<BTreeMap<String, Entry>>>,
+}
+
+impl NodeView {
+    /// The view for the node of a stream's first request.
+    pub fn for_node(node: Option<&Node>) -> Self {
+        Self {
+            outbound: from_node(node),
+            ..Default::default()
         }
+    }
+
+    /// What this stream serves from `snapshot`.
+    pub fn of(&mut self, snapshot: &Arc<Snapshot>) -> Arc<Snapshot> {
+        let Some(requested) = &self.outbound else {
+            return snapshot.clone();
+        };
+        if let Some((base, view)) = &self.last
+            && Arc::ptr_eq(base, snapshot)
+        {
+            return view.clone();
+        }
+        let built = listeners(requested, snapshot);
+        let listeners = match &self.last_listeners {
+            Some(previous) if **previous == built => previous.clone(),
+            _ => Arc::new(built),
+        };
+        let view = Arc::new(snapshot.with_listeners(listeners.clone()));
+        self.last_listeners = Some(listeners);
+        self.last = Some((snapshot.clone(), view.clone()));
+        view
     }
 }
 
 /// Reads the node's outbound listeners, logging a malformed request once.
-pub fn from_node(node: Option<&Node>) -> Option<Vec<Outbound>> {
+fn from_node(node: Option<&Node>) -> Option<Vec<Outbound>> {
     match requested(node?) {
         Ok(requested) => requested,
         Err(e) => {

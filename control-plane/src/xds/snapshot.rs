@@ -123,10 +123,9 @@ impl Snapshot {
     }
 
     /// The same snapshot with the listeners replaced (a proxy's own view).
-    pub fn with_listeners(&self, listeners: BTreeMap<String, Entry>) -> Snapshot {
+    pub fn with_listeners(&self, listeners: Arc<BTreeMap<String, Entry>>) -> Snapshot {
         let mut view = self.clone();
-        view.resources
-            .insert(TypeUrl::Listener, Arc::new(listeners));
+        view.resources.insert(TypeUrl::Listener, listeners);
         view
     }
 

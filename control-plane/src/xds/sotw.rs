@@ -93,8 +93,8 @@ pub enum Event {
 #[derive(Debug, Default)]
 pub struct SotwStream {
     pub node: Option<Node>,
-    /// Outbound listeners the node asked for in its metadata.
-    outbound: Option<Vec<super::node_listeners::Outbound>>,
+    /// What this node is served (its own outbound listeners, if it named any).
+    view: super::node_listeners::NodeView,
     pub types: BTreeMap<TypeUrl, TypeState>,
     nonces: u64,
 }
@@ -108,9 +108,9 @@ impl SotwStream {
     ) -> (Option<Event>, Option<DiscoveryResponse>) {
         if self.node.is_none() {
             self.node = request.node.clone();
-            self.outbound = super::node_listeners::from_node(self.node.as_ref());
+            self.view = super::node_listeners::NodeView::for_node(self.node.as_ref());
         }
-        let view = super::node_listeners::view(self.outbound.as_deref(), snapshot);
+        let view = self.view.of(snapshot);
         let snapshot = &view;
         let Some(type_url) = TypeUrl::parse(&request.type_url) else {
             return (Some(Event::UnknownType(request.type_url)), None);
@@ -191,7 +191,7 @@ impl SotwStream {
 
     /// Replies made necessary by a new snapshot, in make-before-break order.
     pub fn on_snapshot(&mut self, snapshot: &std::sync::Arc<Snapshot>) -> Vec<DiscoveryResponse> {
-        let view = super::node_listeners::view(self.outbound.as_deref(), snapshot);
+        let view = self.view.of(snapshot);
         let snapshot = &view;
         let requested: Vec<TypeUrl> = TypeUrl::ORDER
             .into_iter()
