@@ -208,7 +208,9 @@ async fn run<P: Protocol>(
         let responses = tokio::select! {
             message = incoming.message() => match message {
                 Ok(Some(request)) => {
-                    let published = snapshots.borrow_and_update().clone();
+                    // Peek, do not mark seen: a snapshot that arrived meanwhile
+                    // must still wake the push branch for the other types.
+                    let published = snapshots.borrow().clone();
                     let (event, responses) = stream.handle(request, &published.snapshot);
                     log_event(event, cx.metrics, &cx.peer, stream.node());
                     responses

@@ -41,7 +41,10 @@ impl StreamRegistry {
         let Some(status) = streams.get_mut(&id) else {
             return;
         };
-        if let Some(node) = node {
+        // The node never changes on a stream: record it once.
+        if let Some(node) =
+            node.filter(|_| status.node_id.is_empty() && status.user_agent.is_empty())
+        {
             status.node_id = node.id.clone();
             status.user_agent = format!("{} {}", node.user_agent_name, version_of(node))
                 .trim()
