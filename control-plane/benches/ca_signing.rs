@@ -7,15 +7,16 @@
 //! Run: `cargo bench -p rampart-control-plane --bench ca_signing`
 //! The control plane is pinned to one core with `taskset` when available.
 
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::ControlPlane;
 use rampart_api::ca::SignRequest;
 use rampart_api::ca::certificate_service_client::CertificateServiceClient;
-use rampart_certs::tls::{CurrentSvid, PeerPolicy, client_config};
-use rampart_certs::well_known::control_plane_id;
-use rampart_certs::{KeyAndCsr, Svid, TrustBundle, VerifiedCsr};
+use rampart_certs::{KeyAndCsr, VerifiedCsr};
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, KeyPair};
 
@@ -76,90 +77,6 @@ fn in_process_rate() -> f64 {
     })
 }
 
-struct Service {
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-    grpc_addr: String,
-    bundle: TrustBundle,
-    admin: Svid,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_service() -> (Service, bool) {
-    let dir = tempfile::tempdir().unwrap();
-    let exe = env!("CARGO_BIN_EXE_rampart-control");
-    let pinned = Command::new("taskset").arg("-V").output().is_ok();
-    let mut cmd = if pinned {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "0", exe]);
-        c
-    } else {
-        Command::new(exe)
-    };
-    let mut child = cmd
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args([
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ])
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let discovery = dir.path().join("control-plane.json");
-    for _ in 0..200 {
-        if let Ok(text) = std::fs::read_to_string(&discovery) {
-            let start = text.find("\"grpc_addr\": \"").unwrap() + 14;
-            let grpc_addr = text[start..].split('"').next().unwrap().to_owned();
-            let admin_dir = dir.path().join("admin");
-            let bundle =
-                TrustBundle::from_pem_detect(&std::fs::read(admin_dir.join("bundle.pem")).unwrap())
-                    .unwrap();
-            let admin = Svid::from_pem(
-                &std::fs::read(admin_dir.join("cert-chain.pem")).unwrap(),
-                &std::fs::read(admin_dir.join("key.pem")).unwrap(),
-            )
-            .unwrap();
-            std::thread::sleep(Duration::from_millis(200));
-            return (
-                Service {
-                    child,
-                    _dir: dir,
-                    grpc_addr,
-                    bundle,
-                    admin,
-                },
-                pinned,
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("rampart-control did not start");
-}
-
-/// CPU seconds (user + system) the process has used so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which is in parentheses): utime is the
-    // 12th and stime the 13th, in clock ticks (100 per second on Linux).
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
-
 struct Round {
     throughput: f64,
     p50: Duration,
@@ -167,20 +84,12 @@ struct Round {
     cpu_per_svid: f64,
 }
 
-async fn service_rounds(service: &Service, rounds: usize) -> Vec<Round> {
+async fn service_rounds(service: &ControlPlane, rounds: usize) -> Vec<Round> {
     // Renewal proof: an SVID over mTLS (the admin's will do; the CA signs a
     // new certificate per request either way).
-    let server = PeerPolicy::exactly(control_plane_id(service.bundle.trust_domain()));
     let mut clients = Vec::new();
     for _ in 0..CONNECTIONS {
-        let tls = client_config(
-            Some(CurrentSvid::new(&service.admin).unwrap()),
-            &service.bundle,
-            server.clone(),
-        )
-        .unwrap();
-        let channel = rampart_api::connect(&service.grpc_addr, tls).await.unwrap();
-        clients.push(CertificateServiceClient::new(channel));
+        clients.push(CertificateServiceClient::new(service.channel().await));
     }
     // Keys and CSRs are made before the clock starts: they are the client's cost.
     let csrs: Arc<Vec<Vec<u8>>> = Arc::new(
@@ -215,16 +124,15 @@ async fn service_rounds(service: &Service, rounds: usize) -> Vec<Round> {
     for task in run(Duration::from_millis(500)) {
         task.await.unwrap(); // warm-up
     }
-    let pid = service.child.id();
     let mut results = Vec::new();
     for _ in 0..rounds {
-        let (start, cpu_start) = (Instant::now(), cpu_seconds(pid));
+        let (start, cpu_start) = (Instant::now(), service.cpu_seconds());
         let mut latencies = Vec::new();
         for task in run(MEASURE) {
             latencies.extend(task.await.unwrap());
         }
         let elapsed = start.elapsed().as_secs_f64();
-        let cpu = cpu_seconds(pid) - cpu_start;
+        let cpu = service.cpu_seconds() - cpu_start;
         latencies.sort();
         let pct =
             |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
@@ -267,7 +175,8 @@ fn main() {
     let (sign_before, verify_before) = raw_rates();
     let in_process = in_process_rate();
     pin_self("1");
-    let (service, pinned) = start_service();
+    let service = ControlPlane::start();
+    let pinned = service.pinned;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

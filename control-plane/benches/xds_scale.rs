@@ -12,19 +12,20 @@
 //! Streams share HTTP/2 connections (100 streams per connection), so this
 //! measures the xDS work, not 10,000 TLS handshakes.
 
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Command;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::ControlPlane;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use rampart_api::admin::admin_service_client::AdminServiceClient;
 use rampart_api::admin::{ApplyResourcesRequest, SourceText};
-use rampart_certs::tls::{CurrentSvid, PeerPolicy, client_config};
-use rampart_certs::well_known::control_plane_id;
-use rampart_certs::{Svid, TrustBundle};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -72,113 +73,23 @@ fn cluster(s: usize) -> String {
     format!("outbound|80||svc-{s}.default")
 }
 
-struct ControlPlane {
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-    grpc_addr: String,
-    bundle: TrustBundle,
-    admin: Svid,
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start() -> ControlPlane {
-    let dir = tempfile::tempdir().unwrap();
-    let exe = env!("CARGO_BIN_EXE_rampart-control");
-    let mut child = Command::new("taskset")
-        .args(["-c", "0", exe, "--data-dir"])
-        .arg(dir.path())
-        .args([
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ])
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("taskset and rampart-control");
-    for _ in 0..200 {
-        if let Ok(text) = std::fs::read_to_string(dir.path().join("control-plane.json")) {
-            let value: serde_json::Value = serde_json::from_str(&text).unwrap();
-            let admin = dir.path().join("admin");
-            let bundle =
-                TrustBundle::from_pem_detect(&std::fs::read(admin.join("bundle.pem")).unwrap())
-                    .unwrap();
-            let svid = Svid::from_pem(
-                &std::fs::read(admin.join("cert-chain.pem")).unwrap(),
-                &std::fs::read(admin.join("key.pem")).unwrap(),
-            )
-            .unwrap();
-            return ControlPlane {
-                grpc_addr: value["grpc_addr"].as_str().unwrap().to_owned(),
-                child,
-                _dir: dir,
-                bundle,
-                admin: svid,
-            };
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("rampart-control did not start");
-}
-
-impl ControlPlane {
-    async fn channel(&self) -> Channel {
-        let server = PeerPolicy::exactly(control_plane_id(self.bundle.trust_domain()));
-        let tls = client_config(
-            Some(CurrentSvid::new(&self.admin).unwrap()),
-            &self.bundle,
-            server,
-        )
+/// Applies the model (as several texts) through the admin API.
+async fn apply(cp: &ControlPlane, texts: Vec<String>) {
+    let sources = texts
+        .into_iter()
+        .enumerate()
+        .map(|(i, text)| SourceText {
+            source: format!("scale-{i}"),
+            text,
+        })
+        .collect();
+    AdminServiceClient::new(cp.channel().await)
+        .apply_resources(ApplyResourcesRequest {
+            sources,
+            dry_run: false,
+        })
+        .await
         .unwrap();
-        rampart_api::connect(&self.grpc_addr, tls).await.unwrap()
-    }
-
-    async fn apply(&self, texts: Vec<String>) {
-        let sources = texts
-            .into_iter()
-            .enumerate()
-            .map(|(i, text)| SourceText {
-                source: format!("scale-{i}"),
-                text,
-            })
-            .collect();
-        AdminServiceClient::new(self.channel().await)
-            .apply_resources(ApplyResourcesRequest {
-                sources,
-                dry_run: false,
-            })
-            .await
-            .unwrap();
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    }
-
-    fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<&str> = after.split_whitespace().collect();
-        let ticks = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-            + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        ticks / 100.0
-    }
 }
 
 /// Shared progress of all simulated proxies.
@@ -321,8 +232,8 @@ async fn wait_for(progress: &Progress, n: usize, limit: Duration) -> bool {
 }
 
 async fn run(n: usize, delta: bool) {
-    let cp = start();
-    cp.apply(model(8000)).await;
+    let cp = ControlPlane::start();
+    apply(&cp, model(8000)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = cp.rss_kib();
     let progress = Arc::new(Progress::default());
@@ -351,7 +262,7 @@ async fn run(n: usize, delta: bool) {
     let cpu_before = cp.cpu_seconds();
     let change_start = epoch.elapsed().as_micros() as u64;
     // One endpoint moves: the change an operator or a VM restart makes.
-    cp.apply(vec![changed_entry()]).await;
+    apply(&cp, vec![changed_entry()]).await;
     let converged = wait_for(&progress, n, Duration::from_secs(600)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let cpu = cp.cpu_seconds() - cpu_before;
