@@ -43,8 +43,28 @@ struct Args {
     xds_debounce: Duration,
     /// Extra DNS name or IP in the serving certificate, for clients that
     /// check hostnames (repeatable; localhost and loopback are always there).
-    #[arg(long = "serving-host")]
+    #[arg(long = "serving-host", value_parser = parse_serving_host)]
     serving_hosts: Vec<String>,
+}
+
+/// An IP address or a DNS name (labels of letters, digits and '-').
+fn parse_serving_host(s: &str) -> Result<String, String> {
+    if s.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(s.to_owned());
+    }
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if s.len() <= 253 && s.split('.').all(label_ok) {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "{s:?} is neither an IP address nor a DNS name (e.g. rampart.example.com)"
+        ))
+    }
 }
 
 #[tokio::main]

@@ -176,6 +176,9 @@ fn bad_flags_are_refused_with_what_was_wrong() {
     let out = run(&["--trust-domain", "Bad_Domain"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid character"));
+    let out = run(&["--serving-host", "not a host"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("neither an IP address nor a DNS name"));
     let out = run(&["--default-svid-ttl", "5y"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unit"));
