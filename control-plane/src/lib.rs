@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod ca;
+pub mod discovery;
 mod files;
 mod grpc;
 mod identity;
@@ -43,6 +44,8 @@ pub struct Config {
     pub lifetimes: SvidLifetimes,
     /// Quiet time after a model change before proxies are updated.
     pub xds_debounce: Duration,
+    /// How long a disconnected sidecar stays an endpoint.
+    pub endpoint_grace: Duration,
     /// Extra DNS names or IPs for the serving certificate.
     pub serving_hosts: Vec<String>,
 }
@@ -73,7 +76,6 @@ pub async fn run(
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let tokens = store.join_tokens()?;
     let mesh = store.mesh()?;
-    let snapshots = xds::spawn_snapshot_builder(mesh.clone(), config.xds_debounce);
     let streams = xds::StreamRegistry::default();
     let ca = Arc::new(ca::load_or_create(
         &config.data_dir,
@@ -81,6 +83,17 @@ pub async fn run(
         &config.ca_source,
         config.lifetimes,
     )?);
+    let registrations =
+        discovery::Registrations::load(store.registrations()?, config.endpoint_grace);
+    let snapshots = xds::spawn_snapshot_builder(
+        mesh.clone(),
+        xds::Sources {
+            registrations: registrations.clone(),
+            trust_domain: config.trust_domain.to_string(),
+            roots_pem: ca.bundle().to_pem(),
+        },
+        config.xds_debounce,
+    );
     admin::write_admin_credential(&config.data_dir, &ca)?;
 
     let metrics = metrics::Metrics::new();
@@ -151,6 +164,7 @@ pub async fn run(
             snapshots,
             metrics.clone(),
             streams.clone(),
+            registrations,
         )))
         .add_service(AdminServiceServer::new(admin::AdminService::new(
             ca.clone(),

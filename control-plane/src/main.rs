@@ -41,6 +41,10 @@ struct Args {
     /// Quiet time after a model change before proxies are updated (bounded at 2s).
     #[arg(long, default_value = "100ms", value_parser = rampart_api::duration::parse)]
     xds_debounce: Duration,
+    /// How long a sidecar's endpoint stays after its xDS stream closes (it
+    /// keeps its registration if it reconnects within this time).
+    #[arg(long, default_value = "30s", value_parser = rampart_api::duration::parse)]
+    endpoint_grace: Duration,
     /// Extra DNS name or IP in the serving certificate, for clients that
     /// check hostnames (repeatable; localhost and loopback are always there).
     #[arg(long = "serving-host", value_parser = parse_serving_host)]
@@ -95,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
             max_ttl: args.max_svid_ttl,
         },
         xds_debounce: args.xds_debounce,
+        endpoint_grace: args.endpoint_grace,
         serving_hosts: args.serving_hosts,
     };
     run(config, shutdown_signal())

@@ -42,6 +42,13 @@ pub enum MtlsMode {
 pub struct ServiceSpec {
     /// At least one port; names and numbers unique.
     pub ports: Vec<ServicePort>,
+    /// The service accounts (same namespace) allowed to serve this service.
+    /// Clients verify the server's SPIFFE ID against them, and a sidecar of
+    /// another identity cannot register as its endpoint. Default: any
+    /// service account of the namespace (clients then accept the identities
+    /// of the endpoints they know).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<String>,
 }
 
 /// One service port.

@@ -92,6 +92,9 @@ fn service(p: &mut Problems, spec: &ServiceSpec) {
     if spec.ports.is_empty() {
         push(p, "spec.ports", "at least one port is required");
     }
+    for (i, account) in spec.service_accounts.iter().enumerate() {
+        service_account(p, &format!("spec.serviceAccounts[{i}]"), account);
+    }
     let (mut names, mut numbers) = (BTreeSet::new(), BTreeSet::new());
     for (i, port) in spec.ports.iter().enumerate() {
         label(p, &format!("spec.ports[{i}].name"), &port.name);
@@ -111,6 +114,13 @@ fn service(p: &mut Problems, spec: &ServiceSpec) {
                 format!("{} is used twice", port.port),
             );
         }
+    }
+}
+
+/// A Kubernetes ServiceAccount name: dot-separated DNS labels.
+fn service_account(p: &mut Problems, field: &str, name: &str) {
+    for part in name.split('.') {
+        label(p, field, part);
     }
 }
 
@@ -136,9 +146,7 @@ fn workload_entry(p: &mut Problems, spec: &WorkloadEntrySpec) {
             push(p, format!("spec.ports.{name}"), "must be 1-65535");
         }
     }
-    for part in spec.service_account.split('.') {
-        label(p, "spec.serviceAccount", part);
-    }
+    service_account(p, "spec.serviceAccount", &spec.service_account);
     if spec.weight == 0 {
         push(p, "spec.weight", "must be at least 1");
     }

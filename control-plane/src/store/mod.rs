@@ -44,6 +44,11 @@ impl Store {
         Ok(SledMeshStore::new(self.db.open_tree("mesh")?))
     }
 
+    /// The tree of endpoints registered by connected sidecars.
+    pub fn registrations(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree("registrations")?)
+    }
+
     /// The join-token table.
     pub fn join_tokens(&self) -> Result<JoinTokens, StoreError> {
         Ok(JoinTokens::new(self.db.open_tree("join_tokens")?))

@@ -61,8 +61,6 @@ pub struct DeltaTypeState {
 #[derive(Debug, Default)]
 pub struct DeltaStream {
     pub node: Option<Node>,
-    /// What this node is served (its own outbound listeners, if it named any).
-    view: super::node_listeners::NodeView,
     pub types: BTreeMap<TypeUrl, DeltaTypeState>,
     nonces: u64,
 }
@@ -89,10 +87,7 @@ impl DeltaStream {
     ) -> (Option<Event>, Option<DeltaDiscoveryResponse>) {
         if self.node.is_none() {
             self.node = request.node.clone();
-            self.view = super::node_listeners::NodeView::for_node(self.node.as_ref());
         }
-        let view = self.view.of(snapshot);
-        let snapshot = &view;
         let Some(type_url) = TypeUrl::parse(&request.type_url) else {
             return (Some(Event::UnknownType(request.type_url)), None);
         };
@@ -199,8 +194,6 @@ impl DeltaStream {
         &mut self,
         snapshot: &std::sync::Arc<Snapshot>,
     ) -> Vec<DeltaDiscoveryResponse> {
-        let view = self.view.of(snapshot);
-        let snapshot = &view;
         let started: Vec<TypeUrl> = TypeUrl::ORDER
             .into_iter()
             .filter(|t| self.types.contains_key(t) && !self.unchanged_since_checked(*t, snapshot))
@@ -349,7 +342,6 @@ impl DeltaStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xds::translate::{Model, translate};
     use envoy_types::pb::google::rpc::Status as RpcStatus;
 
     const MODEL: &str = include_str!("../../../docs/examples/echo.yaml");
@@ -357,8 +349,7 @@ mod tests {
     const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 
     fn snapshot(yaml: &str) -> std::sync::Arc<Snapshot> {
-        let model = Model::new(rampart_api::mesh::parse_documents("t", yaml).unwrap());
-        std::sync::Arc::new(translate(&model))
+        std::sync::Arc::new(crate::xds::translate::test_snapshot(yaml))
     }
 
     fn request(

@@ -6,15 +6,18 @@
 mod convergence;
 mod delta;
 mod node_listeners;
+mod rbac;
 pub mod server;
+pub mod sidecar;
 pub mod snapshot;
 mod sotw;
 mod status;
 pub mod translate;
+mod view;
 mod watch;
 
 pub use convergence::Convergence;
 pub use server::AdsServer;
 pub use snapshot::{Snapshot, TypeUrl};
 pub use status::StreamRegistry;
-pub use watch::{Published, spawn_snapshot_builder};
+pub use watch::{Published, Sources, spawn_snapshot_builder};

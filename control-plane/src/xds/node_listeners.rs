@@ -13,20 +13,15 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
-use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
-};
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::util::pack_any;
 
-use super::snapshot::{Entry, Snapshot, TypeUrl};
-use super::translate::{ads, cluster_name, listener_name, socket};
+use super::snapshot::{Resources, Snapshot, TypeUrl};
+use super::translate::{cluster_name, listener_name, rds_manager, socket};
 
 /// The node metadata key.
 pub const METADATA_KEY: &str = "rampart.outbound_listeners";
@@ -85,28 +80,14 @@ pub fn requested(node: &Node) -> Result<Option<Vec<Outbound>>, String> {
 
 /// The listeners for `requested`, given which service ports are HTTP (have
 /// routes in the snapshot).
-pub fn listeners(requested: &[Outbound], snapshot: &Snapshot) -> BTreeMap<String, Entry> {
+pub fn listeners(requested: &[Outbound], snapshot: &Snapshot) -> Resources {
     let mut built = Snapshot::default();
     for o in requested {
         let name = format!("outbound|{}", o.local);
         let route = listener_name(&o.service, &o.namespace, o.port);
         let filter =
             if snapshot.get(TypeUrl::Route, &route).is_some() {
-                let manager = HttpConnectionManager {
-                    stat_prefix: name.clone(),
-                    route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
-                        config_source: Some(ads()),
-                        route_config_name: route,
-                    })),
-                    http_filters: vec![HttpFilter {
-                        name: "envoy.filters.http.router".to_owned(),
-                        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
-                            Router::default(),
-                        ))),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                };
+                let manager = rds_manager(&name, &route);
                 Filter {
                     name: "envoy.filters.network.http_connection_manager".to_owned(),
                     config_type: Some(filter::ConfigType::TypedConfig(pack_any(manager))),
@@ -140,59 +121,4 @@ pub fn listeners(requested: &[Outbound], snapshot: &Snapshot) -> BTreeMap<String
         .of(TypeUrl::Listener)
         .map(|(n, e)| (n.clone(), e.clone()))
         .collect()
-}
-
-/// What one stream serves: the snapshot, or for a proxy that named its
-/// outbound listeners, the snapshot with exactly those listeners. The view
-/// is built once per snapshot (not on every request of the stream), and an
-/// unchanged listener set keeps its shared map, so LDS settles in O(1) too.
-#[derive(Debug, Default)]
-pub struct NodeView {
-    outbound: Option<Vec<Outbound>>,
-    /// The snapshot the last view was built from, and that view.
-    last: Option<(Arc<Snapshot>, Arc<Snapshot>)>,
-    last_listeners: Option<Arc<BTreeMap<String, Entry>>>,
-}
-
-impl NodeView {
-    /// The view for the node of a stream's first request.
-    pub fn for_node(node: Option<&Node>) -> Self {
-        Self {
-            outbound: from_node(node),
-            ..Default::default()
-        }
-    }
-
-    /// What this stream serves from `snapshot`.
-    pub fn of(&mut self, snapshot: &Arc<Snapshot>) -> Arc<Snapshot> {
-        let Some(requested) = &self.outbound else {
-            return snapshot.clone();
-        };
-        if let Some((base, view)) = &self.last
-            && Arc::ptr_eq(base, snapshot)
-        {
-            return view.clone();
-        }
-        let built = listeners(requested, snapshot);
-        let listeners = match &self.last_listeners {
-            Some(previous) if **previous == built => previous.clone(),
-            _ => Arc::new(built),
-        };
-        let view = Arc::new(snapshot.with_listeners(listeners.clone()));
-        self.last_listeners = Some(listeners);
-        self.last = Some((snapshot.clone(), view.clone()));
-        view
-    }
-}
-
-/// Reads the node's outbound listeners, logging a malformed request once.
-fn from_node(node: Option<&Node>) -> Option<Vec<Outbound>> {
-    match requested(node?) {
-        Ok(requested) => requested,
-        Err(e) => {
-            let id = node.map(|n| n.id.as_str()).unwrap_or_default();
-            tracing::warn!(node = id, error = %e, "ignoring the node's {METADATA_KEY}");
-            None
-        }
-    }
 }

@@ -18,12 +18,16 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::convergence::Convergence;
 use super::delta::DeltaStream;
+use super::sidecar::SidecarError;
 use super::snapshot::{Snapshot, TypeUrl};
 use super::sotw::{Event, Nack, Sent, SotwStream};
 use super::status::StreamRegistry;
+use super::view::NodeView;
 use super::watch::Published;
 use crate::ca::proof::caller_spiffe_id;
+use crate::discovery::Registrations;
 use crate::metrics::Metrics;
+use rampart_certs::SpiffeId;
 
 /// Replies waiting to be written per stream; more waits for the client.
 const STREAM_BUFFER: usize = 4;
@@ -47,6 +51,7 @@ pub trait Protocol: Default + Send {
     ) -> (Option<Event>, Vec<Self::Response>);
     fn push(&mut self, snapshot: &Arc<Snapshot>) -> Vec<Self::Response>;
     fn type_url(response: &Self::Response) -> &str;
+    fn request_node(request: &Self::Request) -> Option<&Node>;
     fn node(&self) -> Option<&Node>;
     fn summary(&self) -> Vec<TypeSummary<'_>>;
 }
@@ -70,6 +75,9 @@ macro_rules! impl_protocol {
             }
             fn type_url(response: &$response) -> &str {
                 &response.type_url
+            }
+            fn request_node(request: &$request) -> Option<&Node> {
+                request.node.as_ref()
             }
             fn node(&self) -> Option<&Node> {
                 self.node.as_ref()
@@ -103,6 +111,7 @@ pub struct AdsServer {
     metrics: Arc<Metrics>,
     registry: StreamRegistry,
     convergence: Arc<Convergence>,
+    registrations: Registrations,
 }
 
 impl AdsServer {
@@ -110,6 +119,7 @@ impl AdsServer {
         snapshots: watch::Receiver<Arc<Published>>,
         metrics: Arc<Metrics>,
         registry: StreamRegistry,
+        registrations: Registrations,
     ) -> Self {
         let convergence = Arc::new(Convergence::new(metrics.xds_convergence.clone()));
         Self {
@@ -117,6 +127,7 @@ impl AdsServer {
             metrics,
             registry,
             convergence,
+            registrations,
         }
     }
 
@@ -134,6 +145,7 @@ impl AdsServer {
         let metrics = self.metrics.clone();
         let registry = self.registry.clone();
         let convergence = self.convergence.clone();
+        let registrations = self.registrations.clone();
         tokio::spawn(async move {
             metrics.xds_connected.inc();
             let id = registry.open(peer.to_string(), variant);
@@ -142,14 +154,16 @@ impl AdsServer {
                 metrics: &metrics,
                 registry: &registry,
                 convergence: &convergence,
+                registrations: &registrations,
                 id,
-                peer: peer.to_string(),
+                peer,
             };
             let reason = run::<P>(incoming, tx, snapshots, &context).await;
+            registrations.leave(id);
             convergence.closed(id);
             registry.close(id);
             metrics.xds_connected.dec();
-            tracing::info!(peer = %peer, stream = id, reason, "xDS stream closed");
+            tracing::info!(peer = %context.peer, stream = id, reason, "xDS stream closed");
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -180,8 +194,9 @@ struct StreamContext<'a> {
     metrics: &'a Metrics,
     registry: &'a StreamRegistry,
     convergence: &'a Convergence,
+    registrations: &'a Registrations,
     id: u64,
-    peer: String,
+    peer: SpiffeId,
 }
 
 /// Whether every response sent has been answered (ACKed or NACKed).
@@ -202,6 +217,8 @@ async fn run<P: Protocol>(
     cx: &StreamContext<'_>,
 ) -> &'static str {
     let mut stream = P::default();
+    // What this node is served; set by its first request.
+    let mut view: Option<NodeView> = None;
     // The newest generation pushed to this stream and not yet answered.
     let mut awaiting: Option<u64> = None;
     loop {
@@ -211,8 +228,18 @@ async fn run<P: Protocol>(
                     // Peek, do not mark seen: a snapshot that arrived meanwhile
                     // must still wake the push branch for the other types.
                     let published = snapshots.borrow().clone();
-                    let (event, responses) = stream.handle(request, &published.snapshot);
-                    log_event(event, cx.metrics, &cx.peer, stream.node());
+                    let view = match &mut view {
+                        Some(view) => view,
+                        None => match admit(P::request_node(&request), &published, cx) {
+                            Ok(admitted) => view.insert(admitted),
+                            Err(status) => {
+                                let _ = tx.send(Err(status)).await;
+                                return "node refused";
+                            }
+                        },
+                    };
+                    let (event, responses) = stream.handle(request, &view.of(&published.snapshot));
+                    log_event(event, cx.metrics, &cx.peer.to_string(), stream.node());
                     responses
                 }
                 Ok(None) => return "client closed the stream",
@@ -223,7 +250,10 @@ async fn run<P: Protocol>(
                     return "control plane stopping";
                 }
                 let published = snapshots.borrow_and_update().clone();
-                let responses = stream.push(&published.snapshot);
+                let Some(view) = &mut view else {
+                    continue; // nothing subscribed yet
+                };
+                let responses = stream.push(&view.of(&published.snapshot));
                 if let (false, Some(accepted_at)) = (responses.is_empty(), published.accepted_at) {
                     cx.convergence.pushed(published.generation, accepted_at, cx.id);
                     awaiting = Some(published.generation);
@@ -247,6 +277,30 @@ async fn run<P: Protocol>(
             }
         }
     }
+}
+
+/// Reads what the node of a stream's first request is, checks it against
+/// its SVID and the model, and registers its endpoint if it serves one.
+fn admit(
+    node: Option<&Node>,
+    published: &Published,
+    cx: &StreamContext<'_>,
+) -> Result<NodeView, Status> {
+    let refuse = |e: SidecarError| {
+        tracing::warn!(peer = %cx.peer, stream = cx.id, error = %e, "xDS node refused");
+        match e {
+            SidecarError::Invalid(m) => Status::invalid_argument(m),
+            SidecarError::Forbidden(m) => Status::permission_denied(m),
+        }
+    };
+    let view = NodeView::new(node, &cx.peer).map_err(refuse)?;
+    if let Some(sidecar) = view.sidecar() {
+        sidecar.check(&published.snapshot.sidecar).map_err(refuse)?;
+        if let Some(endpoint) = sidecar.endpoint() {
+            cx.registrations.register(cx.id, endpoint);
+        }
+    }
+    Ok(view)
 }
 
 fn log_event(event: Option<Event>, metrics: &Metrics, peer: &str, node: Option<&Node>) {

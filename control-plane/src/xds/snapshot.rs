@@ -11,9 +11,11 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
 /// The resource types Rampart serves, in make-before-break push order:
-/// clusters before their endpoints, listeners before their routes.
+/// the trust bundle before the clusters and listeners that use it, clusters
+/// before their endpoints, listeners before their routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TypeUrl {
+    Secret,
     Cluster,
     Endpoint,
     Listener,
@@ -22,7 +24,8 @@ pub enum TypeUrl {
 
 impl TypeUrl {
     /// Every type, in push order.
-    pub const ORDER: [TypeUrl; 4] = [
+    pub const ORDER: [TypeUrl; 5] = [
+        TypeUrl::Secret,
         TypeUrl::Cluster,
         TypeUrl::Endpoint,
         TypeUrl::Listener,
@@ -32,6 +35,9 @@ impl TypeUrl {
     /// The `type.googleapis.com/...` URL.
     pub fn as_str(self) -> &'static str {
         match self {
+            TypeUrl::Secret => {
+                "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+            }
             TypeUrl::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
             TypeUrl::Endpoint => {
                 "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -46,9 +52,10 @@ impl TypeUrl {
         TypeUrl::ORDER.into_iter().find(|t| t.as_str() == url)
     }
 
-    /// Short name for logs and metrics: `cds`, `eds`, `lds`, `rds`.
+    /// Short name for logs and metrics: `sds`, `cds`, `eds`, `lds`, `rds`.
     pub fn short(self) -> &'static str {
         match self {
+            TypeUrl::Secret => "sds",
             TypeUrl::Cluster => "cds",
             TypeUrl::Endpoint => "eds",
             TypeUrl::Listener => "lds",
@@ -69,11 +76,94 @@ pub struct Entry {
     pub hash: u64,
 }
 
+impl Entry {
+    /// Encodes a resource.
+    pub fn new<M: Message + prost::Name>(resource: M) -> Entry {
+        let any = envoy_types::util::pack_any(resource);
+        let hash = hash_bytes(&any.value);
+        Entry { any, hash }
+    }
+}
+
+/// Resources of one type, by name.
+pub type Resources = BTreeMap<String, Entry>;
+
+static NONE: Resources = BTreeMap::new();
+
+/// One type's resources: a map shared by every stream, and optionally a
+/// small map of one proxy's own resources on top of it (its inbound
+/// listeners and clusters). A proxy's view thus costs the size of what is
+/// its own, not a copy of the mesh.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Layer {
+    shared: Arc<Resources>,
+    own: Option<Arc<Resources>>,
+}
+
+impl Layer {
+    fn same_as(&self, other: &Layer) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+            && match (&self.own, &other.own) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+    }
+
+    fn own(&self) -> &Resources {
+        self.own.as_deref().unwrap_or(&NONE)
+    }
+
+    fn get_key_value(&self, name: &str) -> Option<(&String, &Entry)> {
+        self.own()
+            .get_key_value(name)
+            .or_else(|| self.shared.get_key_value(name))
+    }
+
+    fn iter(&self) -> Merged<'_> {
+        Merged {
+            shared: self.shared.iter().peekable(),
+            own: self.own().iter().peekable(),
+        }
+    }
+}
+
+/// Both maps of a layer in name order; a proxy's own resource wins over a
+/// shared one of the same name.
+struct Merged<'a> {
+    shared: std::iter::Peekable<std::collections::btree_map::Iter<'a, String, Entry>>,
+    own: std::iter::Peekable<std::collections::btree_map::Iter<'a, String, Entry>>,
+}
+
+impl<'a> Iterator for Merged<'a> {
+    type Item = (&'a String, &'a Entry);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::cmp::Ordering;
+        let order = match (self.shared.peek(), self.own.peek()) {
+            (Some(s), Some(o)) => s.0.cmp(o.0),
+            (Some(_), None) => Ordering::Less,
+            (None, _) => Ordering::Greater,
+        };
+        match order {
+            Ordering::Less => self.shared.next(),
+            Ordering::Equal => {
+                self.shared.next();
+                self.own.next()
+            }
+            Ordering::Greater => self.own.next(),
+        }
+    }
+}
+
 /// All resources, by type then name. Each type's map is shared, so a
 /// per-proxy view that swaps one type costs no copies of the others.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
-    resources: BTreeMap<TypeUrl, Arc<BTreeMap<String, Entry>>>,
+    resources: BTreeMap<TypeUrl, Layer>,
+    /// What per-proxy views are built from (sidecar clusters, services,
+    /// authorization policies).
+    pub sidecar: Arc<super::sidecar::SidecarInputs>,
 }
 
 fn hash_bytes(bytes: &[u8]) -> u64 {
@@ -91,55 +181,73 @@ impl Snapshot {
         name: String,
         resource: M,
     ) {
-        let any = envoy_types::util::pack_any(resource);
-        debug_assert_eq!(any.type_url, type_url.as_str());
-        let hash = hash_bytes(&any.value);
-        Arc::make_mut(self.resources.entry(type_url).or_default())
-            .insert(name, Entry { any, hash });
+        let entry = Entry::new(resource);
+        debug_assert_eq!(entry.any.type_url, type_url.as_str());
+        let layer = self.resources.entry(type_url).or_default();
+        Arc::make_mut(&mut layer.shared).insert(name, entry);
     }
 
     /// Keeps `previous`'s shared map for every type whose resources did not
     /// change, so streams can tell an untouched type in O(1) ([`Snapshot::shares`]).
     pub fn reuse_unchanged(&mut self, previous: &Snapshot) {
-        for (type_url, map) in self.resources.iter_mut() {
+        for (type_url, layer) in self.resources.iter_mut() {
             if let Some(old) = previous.resources.get(type_url)
-                && old == map
+                && old == layer
             {
-                *map = old.clone();
+                *layer = old.clone();
             }
+        }
+        if previous.sidecar == self.sidecar {
+            self.sidecar = previous.sidecar.clone();
+        } else {
+            Arc::make_mut(&mut self.sidecar).reuse_unchanged(&previous.sidecar);
         }
     }
 
-    /// Whether both snapshots hold the very same map for `type_url`.
+    /// Whether both snapshots hold the very same maps for `type_url`.
     pub fn shares(&self, other: &Snapshot, type_url: TypeUrl) -> bool {
         match (
             self.resources.get(&type_url),
             other.resources.get(&type_url),
         ) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (Some(a), Some(b)) => a.same_as(b),
             (None, None) => true,
             _ => false,
         }
     }
 
-    /// The same snapshot with the listeners replaced (a proxy's own view).
-    pub fn with_listeners(&self, listeners: Arc<BTreeMap<String, Entry>>) -> Snapshot {
+    /// The shared map of a type.
+    pub fn shared(&self, type_url: TypeUrl) -> Arc<Resources> {
+        self.resources
+            .get(&type_url)
+            .map(|l| l.shared.clone())
+            .unwrap_or_default()
+    }
+
+    /// The same snapshot with one type replaced by `shared` plus a proxy's
+    /// `own` resources (a proxy's view).
+    pub fn with_layer(
+        &self,
+        type_url: TypeUrl,
+        shared: Arc<Resources>,
+        own: Option<Arc<Resources>>,
+    ) -> Snapshot {
         let mut view = self.clone();
-        view.resources.insert(TypeUrl::Listener, listeners);
+        view.resources.insert(type_url, Layer { shared, own });
         view
     }
 
-    /// The resources of one type.
+    /// The resources of one type, in name order.
     pub fn of(&self, type_url: TypeUrl) -> impl Iterator<Item = (&String, &Entry)> {
         self.resources
             .get(&type_url)
             .into_iter()
-            .flat_map(|r| r.iter())
+            .flat_map(Layer::iter)
     }
 
     /// One resource.
     pub fn get(&self, type_url: TypeUrl, name: &str) -> Option<&Entry> {
-        self.resources.get(&type_url)?.get(name)
+        self.get_key_value(type_url, name).map(|(_, e)| e)
     }
 
     /// One resource with its stored name.
@@ -149,7 +257,7 @@ impl Snapshot {
 
     /// Number of resources of a type.
     pub fn count(&self, type_url: TypeUrl) -> usize {
-        self.resources.get(&type_url).map_or(0, |r| r.len())
+        self.of(type_url).count()
     }
 }
 

@@ -93,8 +93,6 @@ pub enum Event {
 #[derive(Debug, Default)]
 pub struct SotwStream {
     pub node: Option<Node>,
-    /// What this node is served (its own outbound listeners, if it named any).
-    view: super::node_listeners::NodeView,
     pub types: BTreeMap<TypeUrl, TypeState>,
     nonces: u64,
 }
@@ -108,10 +106,7 @@ impl SotwStream {
     ) -> (Option<Event>, Option<DiscoveryResponse>) {
         if self.node.is_none() {
             self.node = request.node.clone();
-            self.view = super::node_listeners::NodeView::for_node(self.node.as_ref());
         }
-        let view = self.view.of(snapshot);
-        let snapshot = &view;
         let Some(type_url) = TypeUrl::parse(&request.type_url) else {
             return (Some(Event::UnknownType(request.type_url)), None);
         };
@@ -191,8 +186,6 @@ impl SotwStream {
 
     /// Replies made necessary by a new snapshot, in make-before-break order.
     pub fn on_snapshot(&mut self, snapshot: &std::sync::Arc<Snapshot>) -> Vec<DiscoveryResponse> {
-        let view = self.view.of(snapshot);
-        let snapshot = &view;
         let requested: Vec<TypeUrl> = TypeUrl::ORDER
             .into_iter()
             .filter(|t| self.types.get(t).is_some_and(|s| s.sent.is_some()))
@@ -288,7 +281,6 @@ impl SotwStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xds::translate::{Model, translate};
     use envoy_types::pb::google::rpc::Status as RpcStatus;
 
     const MODEL: &str = include_str!("../../../docs/examples/echo.yaml");
@@ -296,8 +288,7 @@ mod tests {
     const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 
     fn snapshot(yaml: &str) -> std::sync::Arc<Snapshot> {
-        let model = Model::new(rampart_api::mesh::parse_documents("t", yaml).unwrap());
-        std::sync::Arc::new(translate(&model))
+        std::sync::Arc::new(crate::xds::translate::test_snapshot(yaml))
     }
 
     fn request(type_url: &str, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {

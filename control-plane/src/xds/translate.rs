@@ -10,17 +10,26 @@
 //!   api_listener, what `xds:///<svc>.<ns>:<port>` asks for) whose HTTP
 //!   connection manager takes RouteConfiguration `<svc>.<ns>:<port>` over ADS.
 //!
+//! Endpoints fronted by a sidecar carry the metadata `tls: mtls`. Sidecars
+//! get their own flavour of each cluster ([`SidecarInputs::clusters`]) that
+//! reaches those endpoints over mTLS, checking the server's SPIFFE ID, and
+//! the rest in plaintext (auto-mTLS, as Istio does); clients without an
+//! identity of their own (proxyless gRPC, a plain Envoy) get the plaintext
+//! flavour. The trust bundle is the Secret `ROOTCA`.
+//!
 //! The output is a pure function of the model: the same model gives the same
 //! bytes, so unchanged resources keep their versions.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::cluster::v3::{
-    CircuitBreakers, Cluster, OutlierDetection, circuit_breakers, cluster,
+    CircuitBreakers, Cluster, LoadBalancingPolicy, OutlierDetection, circuit_breakers, cluster,
+    load_balancing_policy,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, AggregatedConfigSource, ConfigSource, Locality, SocketAddress, address, config_source,
-    socket_address,
+    Address, AggregatedConfigSource, ConfigSource, DataSource, Locality, Metadata, SocketAddress,
+    TransportSocket, TypedExtensionConfig, address, config_source, data_source, socket_address,
+    transport_socket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
@@ -34,36 +43,97 @@ use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
 };
-use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
+use envoy_types::pb::envoy::extensions::load_balancing_policies::{
+    least_request::v3::LeastRequest, ring_hash::v3::RingHash, round_robin::v3::RoundRobin,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, Secret, UpstreamTlsContext, secret,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions, http_protocol_options,
+};
+use envoy_types::pb::google::protobuf::{
+    Duration as PbDuration, Struct, UInt32Value, Value, value,
+};
 use envoy_types::util::pack_any;
 use rampart_api::mesh::{
-    LoadBalancer, Object, Protocol, Resource, ServicePort, ServiceSpec, TrafficPolicySpec,
-    WorkloadEntrySpec,
+    AuthorizationPolicySpec, LoadBalancer, MtlsMode, Object, Protocol, Resource, ServicePort,
+    ServiceSpec, TrafficPolicySpec, WorkloadEntrySpec,
 };
 
+use super::sidecar::{self, ServiceInfo, SidecarInputs};
 use super::snapshot::{Snapshot, TypeUrl};
 
 /// The parts of the model the translator reads.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Model {
     services: Vec<Object<ServiceSpec>>,
     entries: Vec<Object<WorkloadEntrySpec>>,
     policies: Vec<Object<TrafficPolicySpec>>,
+    authorization: Vec<Object<AuthorizationPolicySpec>>,
+    mtls: MtlsMode,
+    trust_domain: String,
+    /// The trust bundle (PEM) served as the Secret `ROOTCA`; none if empty.
+    roots_pem: String,
 }
 
 impl Model {
-    /// Sorts the stored resources into the model.
-    pub fn new(resources: Vec<Resource>) -> Self {
-        let mut model = Model::default();
+    /// Sorts the stored resources into the model of a mesh whose identities
+    /// are in `trust_domain` and are verified with `roots_pem`.
+    pub fn new(resources: Vec<Resource>, trust_domain: &str, roots_pem: &str) -> Self {
+        let mut model = Model {
+            services: Vec::new(),
+            entries: Vec::new(),
+            policies: Vec::new(),
+            authorization: Vec::new(),
+            mtls: MtlsMode::default(),
+            trust_domain: trust_domain.to_owned(),
+            roots_pem: roots_pem.to_owned(),
+        };
         for resource in resources {
             match resource {
                 Resource::Service(s) => model.services.push(s),
                 Resource::WorkloadEntry(e) => model.entries.push(e),
                 Resource::TrafficPolicy(p) => model.policies.push(*p),
-                Resource::MeshConfig(_) | Resource::AuthorizationPolicy(_) => {}
+                Resource::AuthorizationPolicy(p) => model.authorization.push(p),
+                Resource::MeshConfig(m) => model.mtls = m.spec.mtls.mode,
             }
         }
         model
+    }
+
+    /// Adds endpoints that sidecars registered when they connected. A static
+    /// entry with the same address and port wins.
+    pub fn with_registered(mut self, registered: Vec<Object<WorkloadEntrySpec>>) -> Self {
+        self.entries.extend(registered);
+        self
+    }
+
+    /// The SPIFFE IDs a client accepts from the endpoints of a service: its
+    /// declared service accounts, else those of its sidecar endpoints.
+    fn expected_ids(&self, service: &Object<ServiceSpec>) -> Vec<String> {
+        let (name, namespace) = (&service.metadata.name, &service.metadata.namespace);
+        let mut accounts: Vec<&str> = if service.spec.service_accounts.is_empty() {
+            self.entries
+                .iter()
+                .filter(|e| e.metadata.namespace == *namespace && e.spec.service == *name)
+                .filter(|e| e.spec.sidecar)
+                .map(|e| e.spec.service_account.as_str())
+                .collect()
+        } else {
+            service
+                .spec
+                .service_accounts
+                .iter()
+                .map(String::as_str)
+                .collect()
+        };
+        accounts.sort_unstable();
+        accounts.dedup();
+        accounts
+            .into_iter()
+            .map(|sa| workload_id(&self.trust_domain, namespace, sa))
+            .collect()
     }
 
     fn policy_for(&self, namespace: &str, service: &str, port: &str) -> Option<&TrafficPolicySpec> {
@@ -78,6 +148,17 @@ impl Model {
         matching.first().map(|p| &p.spec)
     }
 }
+
+/// `spiffe://<td>/ns/<ns>/sa/<sa>`.
+pub fn workload_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
+    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
+}
+
+/// The name of the trust-bundle secret.
+pub const ROOTCA: &str = "ROOTCA";
+
+/// The name of a workload's own certificate secret (from its local agent).
+pub const DEFAULT_SECRET: &str = "default";
 
 /// `<svc>.<ns>:<port>`: the listener and route name a gRPC client asks for.
 pub fn listener_name(service: &str, namespace: &str, port: u16) -> String {
@@ -98,8 +179,32 @@ pub fn cluster_name(
 /// Translates the whole model.
 pub fn translate(model: &Model) -> Snapshot {
     let mut snapshot = Snapshot::default();
+    let mut sidecar_clusters = Snapshot::default();
+    let mut inputs = SidecarInputs {
+        trust_domain: model.trust_domain.clone(),
+        mtls: model.mtls,
+        ..Default::default()
+    };
+    for policy in &model.authorization {
+        inputs
+            .authorization
+            .entry(policy.metadata.namespace.clone())
+            .or_default()
+            .push(policy.clone());
+    }
+    if !model.roots_pem.is_empty() {
+        snapshot.insert(TypeUrl::Secret, ROOTCA.to_owned(), roots(&model.roots_pem));
+    }
     for service in &model.services {
         let (name, namespace) = (&service.metadata.name, &service.metadata.namespace);
+        inputs.services.insert(
+            (namespace.clone(), name.clone()),
+            ServiceInfo {
+                ports: service.spec.ports.clone(),
+                service_accounts: service.spec.service_accounts.clone(),
+            },
+        );
+        let expected = model.expected_ids(service);
         for port in &service.spec.ports {
             let policy = model.policy_for(namespace, name, &port.name);
             let mut subsets = vec![BTreeMap::new()];
@@ -113,7 +218,12 @@ pub fn translate(model: &Model) -> Snapshot {
                 snapshot.insert(
                     TypeUrl::Cluster,
                     cluster.clone(),
-                    build_cluster(&cluster, policy),
+                    build_cluster(&cluster, policy, port.protocol, &[]),
+                );
+                sidecar_clusters.insert(
+                    TypeUrl::Cluster,
+                    cluster.clone(),
+                    build_cluster(&cluster, policy, port.protocol, &expected),
                 );
                 let endpoints = endpoints(model, namespace, name, port, subset);
                 snapshot.insert(
@@ -133,7 +243,24 @@ pub fn translate(model: &Model) -> Snapshot {
             }
         }
     }
+    inputs.clusters = sidecar_clusters.shared(TypeUrl::Cluster);
+    snapshot.sidecar = std::sync::Arc::new(inputs);
     snapshot
+}
+
+fn roots(pem: &str) -> Secret {
+    Secret {
+        name: ROOTCA.to_owned(),
+        r#type: Some(secret::Type::ValidationContext(
+            CertificateValidationContext {
+                trusted_ca: Some(DataSource {
+                    specifier: Some(data_source::Specifier::InlineString(pem.to_owned())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )),
+    }
 }
 
 pub(super) fn ads() -> ConfigSource {
@@ -154,13 +281,118 @@ fn duration(text: &str) -> Option<PbDuration> {
     })
 }
 
-fn build_cluster(name: &str, policy: Option<&TrafficPolicySpec>) -> Cluster {
-    // Proxyless gRPC NACKs a whole CDS response over an lb_policy it does not
-    // know, and LEAST_REQUEST is one; it balances ROUND_ROBIN instead.
-    let lb_policy = match policy.and_then(|p| p.load_balancer) {
-        Some(LoadBalancer::RingHash) => cluster::LbPolicy::RingHash,
-        _ => cluster::LbPolicy::RoundRobin,
+/// The load-balancing policy as a preference list: every client uses the
+/// first entry it implements (Envoy and gRPC both, gRFC A52), so proxyless
+/// gRPC, which has no LEAST_REQUEST, falls back to ROUND_ROBIN.
+fn load_balancing(policy: Option<&TrafficPolicySpec>) -> LoadBalancingPolicy {
+    let entry = |name: &str, config: envoy_types::pb::google::protobuf::Any| {
+        load_balancing_policy::Policy {
+            typed_extension_config: Some(TypedExtensionConfig {
+                name: name.to_owned(),
+                typed_config: Some(config),
+            }),
+        }
     };
+    let round_robin = entry(
+        "envoy.load_balancing_policies.round_robin",
+        pack_any(RoundRobin::default()),
+    );
+    let policies = match policy.and_then(|p| p.load_balancer) {
+        Some(LoadBalancer::RingHash) => vec![entry(
+            "envoy.load_balancing_policies.ring_hash",
+            pack_any(RingHash::default()),
+        )],
+        Some(LoadBalancer::RoundRobin) => vec![round_robin],
+        Some(LoadBalancer::LeastRequest) | None => vec![
+            entry(
+                "envoy.load_balancing_policies.least_request",
+                pack_any(LeastRequest::default()),
+            ),
+            round_robin,
+        ],
+    };
+    LoadBalancingPolicy { policies }
+}
+
+/// The endpoint metadata that selects the mTLS transport socket.
+const TLS_MATCH: (&str, &str) = ("tls", "mtls");
+
+fn tls_match() -> Struct {
+    Struct {
+        fields: [(
+            TLS_MATCH.0.to_owned(),
+            Value {
+                kind: Some(value::Kind::StringValue(TLS_MATCH.1.to_owned())),
+            },
+        )]
+        .into(),
+    }
+}
+
+/// A TLS transport socket.
+pub(super) fn tls_socket(config: envoy_types::pb::google::protobuf::Any) -> TransportSocket {
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".to_owned(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(config)),
+    }
+}
+
+/// mTLS to a sidecar: present `default`, verify the peer against `ROOTCA`
+/// and require one of `expected` as its SPIFFE ID.
+fn upstream_mtls(expected: &[String]) -> UpstreamTlsContext {
+    UpstreamTlsContext {
+        common_tls_context: Some(sidecar::common_tls(Some(expected), &["h2", "http/1.1"])),
+        ..Default::default()
+    }
+}
+
+/// HTTP/2 to the endpoints of HTTP/2 and gRPC ports, HTTP/1.1 (the
+/// default) to HTTP ports. (Envoy refuses ALPN-chosen protocols on a
+/// cluster that may also connect in plaintext, as auto-mTLS clusters do.)
+pub(super) fn http_options(protocol: Protocol) -> Option<HttpProtocolOptions> {
+    use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
+    use http_protocol_options::{
+        ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config,
+    };
+    let options = match protocol {
+        Protocol::Tcp | Protocol::Http => return None,
+        Protocol::Http2 | Protocol::Grpc => {
+            UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+                protocol_config: Some(explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                    Http2ProtocolOptions::default(),
+                )),
+            })
+        }
+    };
+    Some(HttpProtocolOptions {
+        upstream_protocol_options: Some(options),
+        ..Default::default()
+    })
+}
+
+/// The cluster's `typed_extension_protocol_options` for `protocol`.
+pub(super) fn protocol_options(
+    protocol: Protocol,
+) -> std::collections::HashMap<String, envoy_types::pb::google::protobuf::Any> {
+    http_options(protocol)
+        .map(|o| {
+            (
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
+                pack_any(o),
+            )
+        })
+        .into_iter()
+        .collect()
+}
+
+/// A service cluster; with `expected` SPIFFE IDs, the sidecar flavour that
+/// speaks mTLS to endpoints with a sidecar.
+fn build_cluster(
+    name: &str,
+    policy: Option<&TrafficPolicySpec>,
+    protocol: Protocol,
+    expected: &[String],
+) -> Cluster {
     let circuit_breakers =
         policy
             .and_then(|p| p.circuit_breakers.as_ref())
@@ -203,9 +435,19 @@ fn build_cluster(name: &str, policy: Option<&TrafficPolicySpec>) -> Cluster {
             seconds: 5,
             nanos: 0,
         }),
-        lb_policy: lb_policy as i32,
+        load_balancing_policy: Some(load_balancing(policy)),
         circuit_breakers,
         outlier_detection,
+        typed_extension_protocol_options: protocol_options(protocol),
+        transport_socket_matches: if expected.is_empty() {
+            Vec::new()
+        } else {
+            vec![cluster::TransportSocketMatch {
+                name: "mtls".to_owned(),
+                r#match: Some(tls_match()),
+                transport_socket: Some(tls_socket(pack_any(upstream_mtls(expected)))),
+            }]
+        },
         ..Default::default()
     }
 }
@@ -217,7 +459,7 @@ fn endpoints<'a>(
     service: &str,
     port: &ServicePort,
     subset: &BTreeMap<String, String>,
-) -> Vec<(&'a str, &'a str, u16, u32)> {
+) -> Vec<(&'a str, &'a str, u16, u32, bool)> {
     let mut out: Vec<_> = model
         .entries
         .iter()
@@ -234,20 +476,27 @@ fn endpoints<'a>(
                 e.spec.address.as_str(),
                 target,
                 e.spec.weight,
+                e.spec.sidecar,
             ))
         })
         .collect();
     out.sort();
+    // A registered sidecar and a static entry for the same address and port
+    // are one endpoint.
+    out.dedup_by_key(|e| (e.1, e.2));
     out
 }
 
-fn load_assignment(cluster: &str, endpoints: Vec<(&str, &str, u16, u32)>) -> ClusterLoadAssignment {
-    let mut by_locality: BTreeMap<&str, Vec<(&str, u16, u32)>> = BTreeMap::new();
-    for (locality, address, port, weight) in endpoints {
+fn load_assignment(
+    cluster: &str,
+    endpoints: Vec<(&str, &str, u16, u32, bool)>,
+) -> ClusterLoadAssignment {
+    let mut by_locality: BTreeMap<&str, Vec<(&str, u16, u32, bool)>> = BTreeMap::new();
+    for (locality, address, port, weight, sidecar) in endpoints {
         by_locality
             .entry(locality)
             .or_default()
-            .push((address, port, weight));
+            .push((address, port, weight, sidecar));
     }
     let localities = by_locality
         .into_iter()
@@ -267,12 +516,20 @@ fn load_assignment(cluster: &str, endpoints: Vec<(&str, &str, u16, u32)>) -> Clu
                 priority: 0,
                 lb_endpoints: endpoints
                     .into_iter()
-                    .map(|(address, port, weight)| LbEndpoint {
+                    .map(|(address, port, weight, sidecar)| LbEndpoint {
                         host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
                             address: Some(socket(address, port)),
                             ..Default::default()
                         })),
                         load_balancing_weight: Some(UInt32Value { value: weight }),
+                        metadata: sidecar.then(|| Metadata {
+                            filter_metadata: [(
+                                "envoy.transport_socket_match".to_owned(),
+                                tls_match(),
+                            )]
+                            .into(),
+                            ..Default::default()
+                        }),
                         ..Default::default()
                     })
                     .collect(),
@@ -297,22 +554,53 @@ pub(super) fn socket(ip: &str, port: u16) -> Address {
     }
 }
 
-fn api_listener(name: &str) -> Listener {
-    let manager = HttpConnectionManager {
-        stat_prefix: name.to_owned(),
+/// The router, last of every HTTP filter chain.
+pub(super) fn router() -> HttpFilter {
+    HttpFilter {
+        name: "envoy.filters.http.router".to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+            Router::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+/// An HTTP connection manager taking its routes `route` over ADS.
+pub(super) fn rds_manager(stat_prefix: &str, route: &str) -> HttpConnectionManager {
+    HttpConnectionManager {
+        stat_prefix: stat_prefix.to_owned(),
         route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
             config_source: Some(ads()),
-            route_config_name: name.to_owned(),
+            route_config_name: route.to_owned(),
         })),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".to_owned(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
-                Router::default(),
-            ))),
+        http_filters: vec![router()],
+        ..Default::default()
+    }
+}
+
+/// A route configuration sending every request of any host to `action`.
+pub(super) fn catch_all(name: &str, action: RouteAction) -> RouteConfiguration {
+    RouteConfiguration {
+        name: name.to_owned(),
+        virtual_hosts: vec![VirtualHost {
+            name: name.to_owned(),
+            domains: vec!["*".to_owned()],
+            routes: vec![Route {
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(route_match::PathSpecifier::Prefix(String::new())),
+                    ..Default::default()
+                }),
+                action: Some(route::Action::Route(action)),
+                ..Default::default()
+            }],
             ..Default::default()
         }],
         ..Default::default()
-    };
+    }
+}
+
+fn api_listener(name: &str) -> Listener {
+    let manager = rds_manager(name, name);
     Listener {
         name: name.to_owned(),
         api_listener: Some(ApiListener {
@@ -387,23 +675,16 @@ fn route_configuration(
         retry_policy,
         ..Default::default()
     };
-    RouteConfiguration {
-        name: name.to_owned(),
-        virtual_hosts: vec![VirtualHost {
-            name: name.to_owned(),
-            domains: vec!["*".to_owned()],
-            routes: vec![Route {
-                r#match: Some(RouteMatch {
-                    path_specifier: Some(route_match::PathSpecifier::Prefix(String::new())),
-                    ..Default::default()
-                }),
-                action: Some(route::Action::Route(action)),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+    catch_all(name, action)
+}
+
+#[cfg(test)]
+pub fn test_snapshot(yaml: &str) -> Snapshot {
+    translate(&Model::new(
+        rampart_api::mesh::parse_documents("t", yaml).unwrap(),
+        "example.org",
+        "",
+    ))
 }
 
 #[cfg(test)]
@@ -414,9 +695,7 @@ mod tests {
     const MODEL: &str = include_str!("../../../docs/examples/echo.yaml");
 
     fn snapshot(yaml: &str) -> Snapshot {
-        translate(&Model::new(
-            rampart_api::mesh::parse_documents("t", yaml).unwrap(),
-        ))
+        test_snapshot(yaml)
     }
 
     #[test]

@@ -1,0 +1,605 @@
+//! What a sidecar gets besides the shared resources: its inbound side.
+//!
+//! A sidecar says so in its node metadata (all values strings):
+//!
+//! ```text
+//! rampart.sidecar      = "true"
+//! rampart.service      = "echo"                  the service it serves (its namespace)
+//! rampart.address      = "127.0.0.1"             where peers reach it
+//! rampart.ports        = "http=18081,grpc=15061" per service port: where it listens for peers
+//! rampart.app_ports    = "http=8081"             where the app listens on 127.0.0.1
+//!                                                (default: the service port number)
+//! rampart.labels       = "app=echo,version=v1"
+//! rampart.locality     = "region/zone"           optional
+//! rampart.dependencies = "db.data,auth.default"  optional: only these services
+//! ```
+//!
+//! Its namespace and service account are never taken from the metadata but
+//! from the SVID it connected with. It then gets, per port, an inbound
+//! listener terminating mTLS (certificate `default` from its local agent,
+//! peers verified against `ROOTCA`), the RBAC filters of the authorization
+//! policies that select its labels, and a cluster to the app; PERMISSIVE
+//! adds a plaintext filter chain beside the TLS one. While it is connected
+//! it is an endpoint of its service (see `discovery::registered`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::core::v3::{
+    ApiConfigSource, ConfigSource, GrpcService, Node, api_config_source, config_source,
+    grpc_service,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
+};
+use envoy_types::pb::envoy::config::route::v3::{RouteAction, route_action};
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, http_connection_manager, http_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
+    SubjectAltNameMatcher, TlsParameters, common_tls_context, subject_alt_name_matcher,
+    tls_parameters,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+use envoy_types::pb::google::protobuf::BoolValue;
+use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::util::pack_any;
+use rampart_api::mesh::{
+    AuthorizationPolicySpec, MtlsMode, Object, Protocol, ServicePort, WorkloadEntrySpec,
+};
+use rampart_certs::SpiffeId;
+
+use super::rbac;
+use super::snapshot::{Entry, Resources};
+use super::translate::{
+    DEFAULT_SECRET, ROOTCA, ads, catch_all, protocol_options, router, socket, tls_socket,
+};
+
+/// The cluster in a sidecar's bootstrap that reaches its local secret
+/// agent (Istio's name for it, so existing bootstraps work).
+pub const SDS_CLUSTER: &str = "sds-grpc";
+
+/// What the translator leaves for building sidecar views.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SidecarInputs {
+    pub trust_domain: String,
+    pub mtls: MtlsMode,
+    /// The sidecar flavour of the service clusters (upstream mTLS).
+    pub clusters: Arc<Resources>,
+    /// Services by (namespace, name).
+    pub services: BTreeMap<(String, String), ServiceInfo>,
+    /// Authorization policies by namespace.
+    pub authorization: BTreeMap<String, Vec<Object<AuthorizationPolicySpec>>>,
+}
+
+impl SidecarInputs {
+    /// Keeps `previous`'s cluster map if it did not change.
+    pub fn reuse_unchanged(&mut self, previous: &SidecarInputs) {
+        if previous.clusters == self.clusters {
+            self.clusters = previous.clusters.clone();
+        }
+    }
+}
+
+/// A service's ports and the identities allowed to serve it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceInfo {
+    pub ports: Vec<ServicePort>,
+    pub service_accounts: Vec<String>,
+}
+
+/// A sidecar, as its SVID and node metadata describe it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sidecar {
+    pub namespace: String,
+    pub service_account: String,
+    /// The endpoint it fronts, if it serves a service.
+    pub workload: Option<Workload>,
+    /// `svc.ns` names it may call; None = every service.
+    pub dependencies: Option<BTreeSet<String>>,
+}
+
+/// The endpoint a sidecar fronts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workload {
+    /// The node id (the registered endpoint's name).
+    pub name: String,
+    pub service: String,
+    pub address: IpAddr,
+    /// Service port name -> where the sidecar listens for peers.
+    pub ports: BTreeMap<String, u16>,
+    /// Service port name -> where the app listens on loopback.
+    pub app_ports: BTreeMap<String, u16>,
+    pub labels: BTreeMap<String, String>,
+    pub locality: String,
+}
+
+/// Why a node cannot be served as a sidecar.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SidecarError {
+    #[error("node metadata: {0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Forbidden(String),
+}
+
+fn metadata<'a>(node: &'a Node, key: &str) -> Result<Option<&'a str>, SidecarError> {
+    match node
+        .metadata
+        .as_ref()
+        .and_then(|m| m.fields.get(key))
+        .and_then(|v| v.kind.as_ref())
+    {
+        None => Ok(None),
+        Some(Kind::StringValue(s)) => Ok(Some(s.as_str())),
+        Some(_) => Err(SidecarError::Invalid(format!("{key} must be a string"))),
+    }
+}
+
+/// Parses `k=v,k=v`.
+fn pairs(key: &str, text: &str) -> Result<BTreeMap<String, String>, SidecarError> {
+    let mut out = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| SidecarError::Invalid(format!("{key}: {item:?} is not NAME=VALUE")))?;
+        if out.insert(k.to_owned(), v.to_owned()).is_some() {
+            return Err(SidecarError::Invalid(format!(
+                "{key}: {k:?} is given twice"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+fn ports(key: &str, text: &str) -> Result<BTreeMap<String, u16>, SidecarError> {
+    pairs(key, text)?
+        .into_iter()
+        .map(|(name, port)| match port.parse::<u16>() {
+            Ok(p) if p > 0 => Ok((name, p)),
+            _ => Err(SidecarError::Invalid(format!(
+                "{key}: {port:?} (for {name}) is not a port"
+            ))),
+        })
+        .collect()
+}
+
+impl Sidecar {
+    /// The sidecar a node describes, with its identity from `peer`;
+    /// `Ok(None)` if the node is not a sidecar.
+    pub fn from_node(node: &Node, peer: &SpiffeId) -> Result<Option<Sidecar>, SidecarError> {
+        if metadata(node, "rampart.sidecar")? != Some("true") {
+            return Ok(None);
+        }
+        let Some((namespace, service_account)) = peer.namespace_and_service_account() else {
+            return Err(SidecarError::Forbidden(format!(
+                "a sidecar connects with a workload SVID (spiffe://<trust domain>/ns/<namespace>/sa/<account>), not {peer}"
+            )));
+        };
+        let workload = match metadata(node, "rampart.service")? {
+            None => None,
+            Some(service) => {
+                let address = metadata(node, "rampart.address")?
+                    .ok_or_else(|| {
+                        SidecarError::Invalid("rampart.service needs rampart.address".into())
+                    })?
+                    .parse::<IpAddr>()
+                    .map_err(|_| {
+                        SidecarError::Invalid("rampart.address is not an IP address".into())
+                    })?;
+                let listen = ports(
+                    "rampart.ports",
+                    metadata(node, "rampart.ports")?.unwrap_or_default(),
+                )?;
+                if listen.is_empty() {
+                    return Err(SidecarError::Invalid(
+                        "rampart.service needs rampart.ports (service port name=listen port)"
+                            .into(),
+                    ));
+                }
+                let app_ports = ports(
+                    "rampart.app_ports",
+                    metadata(node, "rampart.app_ports")?.unwrap_or_default(),
+                )?;
+                if let Some(name) = app_ports.keys().find(|n| !listen.contains_key(*n)) {
+                    return Err(SidecarError::Invalid(format!(
+                        "rampart.app_ports names {name:?}, which rampart.ports does not"
+                    )));
+                }
+                Some(Workload {
+                    name: node.id.clone(),
+                    service: service.to_owned(),
+                    address,
+                    ports: listen,
+                    app_ports,
+                    labels: pairs(
+                        "rampart.labels",
+                        metadata(node, "rampart.labels")?.unwrap_or_default(),
+                    )?,
+                    locality: metadata(node, "rampart.locality")?
+                        .unwrap_or_default()
+                        .to_owned(),
+                })
+            }
+        };
+        if workload.as_ref().is_some_and(|w| w.name.is_empty()) {
+            return Err(SidecarError::Invalid(
+                "a sidecar serving a service needs a node id".into(),
+            ));
+        }
+        let dependencies = metadata(node, "rampart.dependencies")?.map(|text| {
+            text.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        });
+        Ok(Some(Sidecar {
+            namespace: namespace.to_owned(),
+            service_account: service_account.to_owned(),
+            workload,
+            dependencies,
+        }))
+    }
+
+    /// Checks the workload against the model: a sidecar may only serve a
+    /// service its identity is allowed to serve, and only its ports.
+    pub fn check(&self, inputs: &SidecarInputs) -> Result<(), SidecarError> {
+        let Some(workload) = &self.workload else {
+            return Ok(());
+        };
+        let Some(service) = inputs
+            .services
+            .get(&(self.namespace.clone(), workload.service.clone()))
+        else {
+            // Not (yet) applied: nothing inbound until it is.
+            return Ok(());
+        };
+        if !service.service_accounts.is_empty()
+            && !service.service_accounts.contains(&self.service_account)
+        {
+            return Err(SidecarError::Forbidden(format!(
+                "service account {:?} may not serve {}.{} (its serviceAccounts are {:?})",
+                self.service_account, workload.service, self.namespace, service.service_accounts
+            )));
+        }
+        if let Some(name) = workload
+            .ports
+            .keys()
+            .find(|n| !service.ports.iter().any(|p| p.name == **n))
+        {
+            return Err(SidecarError::Invalid(format!(
+                "rampart.ports names {name:?}, which service {}.{} does not have",
+                workload.service, self.namespace
+            )));
+        }
+        Ok(())
+    }
+
+    /// The endpoint this sidecar registers while connected.
+    pub fn endpoint(&self) -> Option<Object<WorkloadEntrySpec>> {
+        let w = self.workload.as_ref()?;
+        Some(Object {
+            api_version: rampart_api::mesh::API_VERSION.to_owned(),
+            metadata: rampart_api::mesh::Metadata {
+                name: w.name.clone(),
+                namespace: self.namespace.clone(),
+                labels: w.labels.clone(),
+            },
+            spec: WorkloadEntrySpec {
+                service: w.service.clone(),
+                address: w.address.to_string(),
+                ports: w.ports.clone(),
+                service_account: self.service_account.clone(),
+                sidecar: true,
+                weight: 1,
+                locality: w.locality.clone(),
+            },
+        })
+    }
+
+    /// Whether this sidecar may see resource `name` (of a service `svc.ns`).
+    pub fn depends_on(&self, name: &str) -> bool {
+        let Some(dependencies) = &self.dependencies else {
+            return true;
+        };
+        // Cluster names end in `|svc.ns`, listener and route names are `svc.ns:port`.
+        let service = name
+            .rsplit('|')
+            .next()
+            .unwrap_or(name)
+            .split(':')
+            .next()
+            .unwrap_or(name);
+        dependencies.contains(service)
+    }
+
+    /// Inbound listeners and clusters (by name).
+    pub fn inbound(&self, inputs: &SidecarInputs) -> (Resources, Resources) {
+        let (mut listeners, mut clusters) = (Resources::new(), Resources::new());
+        let Some(workload) = &self.workload else {
+            return (listeners, clusters);
+        };
+        let Some(service) = inputs
+            .services
+            .get(&(self.namespace.clone(), workload.service.clone()))
+        else {
+            return (listeners, clusters);
+        };
+        let policies = inputs
+            .authorization
+            .get(&self.namespace)
+            .map(|p| rbac::selecting(p, &workload.labels))
+            .unwrap_or_default();
+        let fqdn = format!("{}.{}", workload.service, self.namespace);
+        for port in &service.ports {
+            let Some(&listen) = workload.ports.get(&port.name) else {
+                continue;
+            };
+            let app = workload
+                .app_ports
+                .get(&port.name)
+                .copied()
+                .unwrap_or(port.port);
+            let cluster = format!("inbound|{app}|{}|{fqdn}", port.name);
+            clusters.insert(
+                cluster.clone(),
+                Entry::new(app_cluster(&cluster, app, port)),
+            );
+            let rules = rbac::rules_for_port(
+                &policies,
+                port.port,
+                port.protocol != Protocol::Tcp,
+                &inputs.trust_domain,
+            );
+            let name = format!("inbound|{listen}");
+            let listener = inbound_listener(
+                &name,
+                workload.address,
+                listen,
+                port.protocol,
+                &cluster,
+                &rules,
+                inputs.mtls,
+            );
+            listeners.insert(name, Entry::new(listener));
+        }
+        (listeners, clusters)
+    }
+}
+
+fn sds(name: &str, source: ConfigSource) -> SdsSecretConfig {
+    SdsSecretConfig {
+        name: name.to_owned(),
+        sds_config: Some(source),
+    }
+}
+
+/// The local agent that holds the workload's key.
+fn agent() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: 2, // V3
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::ApiConfigSource(
+            ApiConfigSource {
+                api_type: api_config_source::ApiType::Grpc as i32,
+                transport_api_version: 2,
+                grpc_services: vec![GrpcService {
+                    target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+                        grpc_service::EnvoyGrpc {
+                            cluster_name: SDS_CLUSTER.to_owned(),
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                }],
+                set_node_on_first_message_only: true,
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+/// TLS 1.3 only; the certificate `default`, peers verified against `ROOTCA`
+/// and, if given, required to be one of `expected`.
+pub(super) fn common_tls(expected: Option<&[String]>, alpn: &[&str]) -> CommonTlsContext {
+    let sans = expected
+        .unwrap_or_default()
+        .iter()
+        .map(|id| SubjectAltNameMatcher {
+            san_type: subject_alt_name_matcher::SanType::Uri as i32,
+            matcher: Some(StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::Exact(id.clone())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
+    CommonTlsContext {
+        tls_params: Some(TlsParameters {
+            tls_minimum_protocol_version: tls_parameters::TlsProtocol::TlSv13 as i32,
+            tls_maximum_protocol_version: tls_parameters::TlsProtocol::TlSv13 as i32,
+            ..Default::default()
+        }),
+        tls_certificate_sds_secret_configs: vec![sds(DEFAULT_SECRET, agent())],
+        alpn_protocols: alpn.iter().map(|s| (*s).to_owned()).collect(),
+        validation_context_type: Some(
+            common_tls_context::ValidationContextType::CombinedValidationContext(
+                common_tls_context::CombinedCertificateValidationContext {
+                    default_validation_context: Some(CertificateValidationContext {
+                        match_typed_subject_alt_names: sans,
+                        ..Default::default()
+                    }),
+                    validation_context_sds_secret_config: Some(sds(ROOTCA, ads())),
+                    ..Default::default()
+                },
+            ),
+        ),
+        ..Default::default()
+    }
+}
+
+/// The app behind the sidecar, on loopback.
+fn app_cluster(name: &str, port: u16, service_port: &ServicePort) -> Cluster {
+    Cluster {
+        name: name.to_owned(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Static as i32,
+        )),
+        connect_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+            seconds: 5,
+            nanos: 0,
+        }),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: name.to_owned(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint {
+                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                        address: Some(socket("127.0.0.1", port)),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        typed_extension_protocol_options: protocol_options(service_port.protocol),
+        ..Default::default()
+    }
+}
+
+fn inbound_listener(
+    name: &str,
+    address: IpAddr,
+    port: u16,
+    protocol: Protocol,
+    cluster: &str,
+    rules: &[envoy_types::pb::envoy::config::rbac::v3::Rbac],
+    mtls: MtlsMode,
+) -> Listener {
+    let filters = if protocol == Protocol::Tcp {
+        let mut filters: Vec<Filter> = rules
+            .iter()
+            .map(|r| Filter {
+                name: "envoy.filters.network.rbac".to_owned(),
+                config_type: Some(filter::ConfigType::TypedConfig(pack_any(NetworkRbac {
+                    rules: Some(r.clone()),
+                    stat_prefix: format!("{name}."),
+                    ..Default::default()
+                }))),
+            })
+            .collect();
+        filters.push(Filter {
+            name: "envoy.filters.network.tcp_proxy".to_owned(),
+            config_type: Some(filter::ConfigType::TypedConfig(pack_any(TcpProxy {
+                stat_prefix: name.to_owned(),
+                cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_owned())),
+                ..Default::default()
+            }))),
+        });
+        filters
+    } else {
+        vec![inbound_http(name, cluster, rules)]
+    };
+    let tls = DownstreamTlsContext {
+        common_tls_context: Some(common_tls(None, &["h2", "http/1.1"])),
+        require_client_certificate: Some(BoolValue { value: true }),
+        ..Default::default()
+    };
+    let mut chains = vec![FilterChain {
+        name: "mtls".to_owned(),
+        filter_chain_match: (mtls == MtlsMode::Permissive).then(|| FilterChainMatch {
+            transport_protocol: "tls".to_owned(),
+            ..Default::default()
+        }),
+        filters: filters.clone(),
+        transport_socket: Some(tls_socket(pack_any(tls))),
+        ..Default::default()
+    }];
+    let mut listener_filters = Vec::new();
+    if mtls == MtlsMode::Permissive {
+        chains.push(FilterChain {
+            name: "plaintext".to_owned(),
+            filter_chain_match: Some(FilterChainMatch {
+                transport_protocol: "raw_buffer".to_owned(),
+                ..Default::default()
+            }),
+            filters,
+            ..Default::default()
+        });
+        listener_filters.push(ListenerFilter {
+            name: "envoy.filters.listener.tls_inspector".to_owned(),
+            config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(
+                TlsInspector::default(),
+            ))),
+            ..Default::default()
+        });
+    }
+    Listener {
+        name: name.to_owned(),
+        address: Some(socket(&address.to_string(), port)),
+        filter_chains: chains,
+        listener_filters,
+        ..Default::default()
+    }
+}
+
+/// HTTP connection manager: RBAC filters, then the router to the app.
+fn inbound_http(
+    name: &str,
+    cluster: &str,
+    rules: &[envoy_types::pb::envoy::config::rbac::v3::Rbac],
+) -> Filter {
+    let mut http_filters: Vec<HttpFilter> = rules
+        .iter()
+        .map(|r| HttpFilter {
+            name: "envoy.filters.http.rbac".to_owned(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(HttpRbac {
+                rules: Some(r.clone()),
+                ..Default::default()
+            }))),
+            ..Default::default()
+        })
+        .collect();
+    http_filters.push(router());
+    let routes = catch_all(
+        name,
+        RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.to_owned())),
+            // Timeouts are the caller's to set (its outbound route).
+            timeout: Some(envoy_types::pb::google::protobuf::Duration::default()),
+            ..Default::default()
+        },
+    );
+    let manager = HttpConnectionManager {
+        stat_prefix: name.to_owned(),
+        codec_type: http_connection_manager::CodecType::Auto as i32,
+        route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(routes)),
+        http_filters,
+        // The caller's identity, for the app (as Istio does).
+        forward_client_cert_details: http_connection_manager::ForwardClientCertDetails::SanitizeSet
+            as i32,
+        set_current_client_cert_details: Some(
+            http_connection_manager::SetCurrentClientCertDetails {
+                uri: true,
+                ..Default::default()
+            },
+        ),
+        ..Default::default()
+    };
+    Filter {
+        name: "envoy.filters.network.http_connection_manager".to_owned(),
+        config_type: Some(filter::ConfigType::TypedConfig(pack_any(manager))),
+    }
+}
