@@ -6,6 +6,7 @@
 #![deny(rust_2018_idioms)]
 
 mod identity;
+mod sds;
 mod uds_authority;
 mod workload_api;
 
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use rampart_api::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use rampart_certs::TrustBundle;
 use tokio::net::UnixListener;
@@ -41,6 +43,10 @@ struct Args {
     /// Serve the SPIFFE Workload API on this unix socket.
     #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET_PATH")]
     workload_api_socket: PathBuf,
+    /// Also serve Envoy's Secret Discovery Service (`default`, `ROOTCA`) on
+    /// this unix socket, as the local agent of an Envoy sidecar.
+    #[arg(long)]
+    sds_socket: Option<PathBuf>,
     /// Ask for SVIDs valid this many seconds (default: the CA's default, 24h).
     #[arg(long)]
     svid_ttl_seconds: Option<u64>,
@@ -84,26 +90,56 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (updates, current) = tokio::sync::watch::channel(Arc::new(identity));
     tokio::spawn(identity::keep_renewed(client, updates));
 
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let sds = match &args.sds_socket {
+        None => None,
+        Some(path) => {
+            let server = tonic::transport::Server::builder()
+                .add_service(SecretDiscoveryServiceServer::new(sds::Sds::new(
+                    current.clone(),
+                )))
+                .serve_with_incoming_shutdown(
+                    UnixListenerStream::new(bind_socket(path)?),
+                    wait_for(stopped.clone()),
+                );
+            tracing::info!(socket = %path.display(), "serving SDS (default, ROOTCA) for Envoy");
+            Some(tokio::spawn(server))
+        }
+    };
     let socket = &args.workload_api_socket;
-    if socket.exists() {
-        std::fs::remove_file(socket)
-            .with_context(|| format!("removing the stale socket {}", socket.display()))?;
-    }
-    let listener = UnixListener::bind(socket)
-        .with_context(|| format!("binding the Workload API socket {}", socket.display()))?;
+    let listener = bind_socket(socket)?;
     tracing::info!(socket = %socket.display(), "serving the SPIFFE Workload API");
-    tonic::transport::Server::builder()
+    let workload_api = tonic::transport::Server::builder()
         .add_service(SpiffeWorkloadApiServer::new(
             workload_api::WorkloadApi::new(current),
         ))
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(listener).map(|conn| conn.map(uds_authority::shim)),
-            shutdown_signal(),
-        )
-        .await
-        .context("Workload API server")?;
+            wait_for(stopped),
+        );
+    let workload_api = tokio::spawn(workload_api);
+    shutdown_signal().await;
+    let _ = stop.send(true);
+    workload_api.await?.context("Workload API server")?;
     let _ = std::fs::remove_file(socket);
+    if let (Some(server), Some(path)) = (sds, &args.sds_socket) {
+        server.await?.context("SDS server")?;
+        let _ = std::fs::remove_file(path);
+    }
     Ok(())
+}
+
+/// Binds a unix socket, replacing a stale one from an earlier run.
+fn bind_socket(path: &std::path::Path) -> anyhow::Result<UnixListener> {
+    if path.exists() {
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    UnixListener::bind(path).with_context(|| format!("binding the socket {}", path.display()))
+}
+
+async fn wait_for(mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
 }
 
 /// Gets the first SVID, waiting out an unreachable control plane (it may

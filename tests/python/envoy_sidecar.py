@@ -18,39 +18,18 @@ Checks, one line each, exit 1 on the first failure:
      and `meshctl proxy-status` shows it NACKED with Envoy's reason.
 """
 
-import http.server
-import socket
 import json
 import os
+import socket
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 
-
-def check(condition, message):
-    if not condition:
-        print("FAIL:", message, flush=True)
-        sys.exit(1)
-    print("ok:", message, flush=True)
+from checks import check, get, serve_http
 
 
 def start_backend(name, port):
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = name.encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return serve_http(port, lambda request: name)
 
 
 def bootstrap(config, node_id, listener_port, admin_port):
@@ -120,11 +99,6 @@ def start_envoy(config, node_id, listener_port, admin_port):
     return subprocess.Popen(
         [config["envoy"], "-c", path, "--disable-hot-restart", "-l", "info", "--concurrency", "1"],
         stdout=log, stderr=subprocess.STDOUT)
-
-
-def get(url, timeout=5):
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return response.status, response.read().decode()
 
 
 def call_many(url, n):

