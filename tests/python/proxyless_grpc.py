@@ -25,12 +25,7 @@ from concurrent import futures
 
 import grpc
 
-
-def check(condition, message):
-    if not condition:
-        print("FAIL:", message, flush=True)
-        sys.exit(1)
-    print("ok:", message, flush=True)
+from checks import check
 
 
 def start_backend(name, port):
