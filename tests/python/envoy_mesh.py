@@ -11,7 +11,7 @@ the `frontend` sidecar names one outbound listener.
 CONFIG_JSON names: envoy, control_plane (host:port), control_plane_id,
 agents ({"frontend": sds socket, "echo": sds socket}), app_port, inbound_port,
 outbound_port, admin_ports ({"frontend": p, "echo": p}), meshctl (argv
-prefix), files ({"deny", "allow", "permissive"}: model files), work_dir.
+prefix), files ({"deny", "allow", "permissive", "fault"}: model files), work_dir.
 
 Checks, one line each, exit 1 on the first failure.
 """
@@ -189,6 +189,13 @@ def main():
         # connection's filter chain for its life; --drain-time-s bounds it).
         check(wait_for("mTLS in PERMISSIVE", lambda: (lambda r: r[0] == 200 and f"URI={caller}" in r[1])(get(outbound + "/still-mtls"))),
               "and mTLS from the frontend sidecar still works, with the caller's identity")
+
+        meshctl(config, "apply", "-f", config["files"]["fault"])
+        check(wait_for("the injected fault", lambda: get(outbound + "/fault")[0] == 418),
+              "a TrafficPolicy fault (abort 418, 100%) answers in the caller's sidecar")
+        meshctl(config, "delete", "-f", config["files"]["fault"])
+        check(wait_for("the fault removed", lambda: get(outbound + "/fault")[0] == 200),
+              "and deleting it restores the app's answers")
 
         # The echo sidecar goes away: after the grace period its endpoint
         # leaves the frontend sidecar's endpoint set (Envoy's /clusters).

@@ -3,7 +3,8 @@
 //! echo sidecar registers itself as its service's endpoint, the frontend
 //! sidecar reaches it over mTLS and the app sees the caller's SPIFFE ID;
 //! plaintext is refused in STRICT and accepted in PERMISSIVE; DENY and
-//! ALLOW policies give 403s; the endpoint leaves after the grace period.
+//! ALLOW policies give 403s; an injected fault answers for the app; the
+//! endpoint leaves after the grace period.
 
 use std::process::{Command, Stdio};
 
@@ -41,6 +42,14 @@ const PERMISSIVE: &str = r#"apiVersion: rampart.dev/v1alpha1
 kind: MeshConfig
 metadata: {name: default}
 spec: {mtls: {mode: PERMISSIVE}}
+"#;
+
+const FAULT: &str = r#"apiVersion: rampart.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: echo-fault, namespace: default}
+spec:
+  service: echo
+  fault: {abort: {httpStatus: 418, percent: 100}}
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,6 +112,7 @@ async fn envoy_sidecars_carry_mtls_with_identity_policy_and_registration() {
             "deny": write("deny.yaml", DENY),
             "allow": write("allow.yaml", ALLOW),
             "permissive": write("permissive.yaml", PERMISSIVE),
+            "fault": write("fault.yaml", FAULT),
         },
         "work_dir": dir.path(),
     });

@@ -27,9 +27,9 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     load_balancing_policy,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, AggregatedConfigSource, ConfigSource, DataSource, Locality, Metadata, SocketAddress,
-    TransportSocket, TypedExtensionConfig, address, config_source, data_source, socket_address,
-    transport_socket,
+    Address, AggregatedConfigSource, ConfigSource, DataSource, Locality, Metadata,
+    RuntimeFractionalPercent, SocketAddress, TransportSocket, TypedExtensionConfig, address,
+    config_source, data_source, socket_address, transport_socket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
@@ -38,6 +38,10 @@ use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener};
 use envoy_types::pb::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
     retry_policy::RetryBackOff, route, route_action, route_match, weighted_cluster,
+};
+use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{FaultDelay, fault_delay};
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
+    FaultAbort, HttpFault, fault_abort,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -52,13 +56,14 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options,
 };
+use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent};
 use envoy_types::pb::google::protobuf::{
     Duration as PbDuration, Struct, UInt32Value, Value, value,
 };
 use envoy_types::util::pack_any;
 use rampart_api::mesh::{
-    AuthorizationPolicySpec, LoadBalancer, MtlsMode, Object, Protocol, Resource, ServicePort,
-    ServiceSpec, TrafficPolicySpec, WorkloadEntrySpec,
+    AuthorizationPolicySpec, Fault, LoadBalancer, MtlsMode, Object, Protocol, Resource,
+    ServicePort, ServiceSpec, TrafficPolicySpec, WorkloadEntrySpec,
 };
 
 use super::sidecar::{self, ServiceInfo, SidecarInputs};
@@ -107,6 +112,30 @@ impl Model {
     pub fn with_registered(mut self, registered: Vec<Object<WorkloadEntrySpec>>) -> Self {
         self.entries.extend(registered);
         self
+    }
+
+    /// The cluster receiving the mirrored copies of `port`'s requests: the
+    /// mirror service's port of the same name, else of the same number.
+    fn mirror_cluster(
+        &self,
+        namespace: &str,
+        port: &ServicePort,
+        policy: Option<&TrafficPolicySpec>,
+    ) -> Option<(String, u32)> {
+        let mirror = policy?.mirror.as_ref()?;
+        let service = self
+            .services
+            .iter()
+            .find(|s| s.metadata.namespace == namespace && s.metadata.name == mirror.service)?;
+        let target = service
+            .spec
+            .ports
+            .iter()
+            .find(|p| p.name == port.name)
+            .or_else(|| service.spec.ports.iter().find(|p| p.port == port.port))
+            .filter(|p| p.protocol != Protocol::Tcp)?;
+        let cluster = cluster_name(&mirror.service, namespace, target.port, &BTreeMap::new());
+        Some((cluster, mirror.percent))
     }
 
     /// The SPIFFE IDs a client accepts from the endpoints of a service: its
@@ -238,7 +267,14 @@ pub fn translate(model: &Model) -> Snapshot {
                 snapshot.insert(
                     TypeUrl::Route,
                     listener.clone(),
-                    route_configuration(&listener, name, namespace, port.port, policy),
+                    route_configuration(
+                        &listener,
+                        name,
+                        namespace,
+                        port.port,
+                        policy,
+                        model.mirror_cluster(namespace, port, policy),
+                    ),
                 );
             }
         }
@@ -579,7 +615,16 @@ pub(super) fn rds_manager(stat_prefix: &str, route: &str) -> HttpConnectionManag
             config_source: Some(ads()),
             route_config_name: route.to_owned(),
         })),
-        http_filters: vec![router()],
+        http_filters: vec![
+            HttpFilter {
+                name: FAULT_FILTER.to_owned(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+                    HttpFault::default(),
+                ))),
+                ..Default::default()
+            },
+            router(),
+        ],
         ..Default::default()
     }
 }
@@ -622,6 +667,7 @@ fn route_configuration(
     namespace: &str,
     port: u16,
     policy: Option<&TrafficPolicySpec>,
+    mirror: Option<(String, u32)>,
 ) -> RouteConfiguration {
     let split: Vec<_> = policy
         .map(|p| p.split.as_slice())
@@ -679,9 +725,52 @@ fn route_configuration(
             ..Default::default()
         }),
         retry_policy,
+        request_mirror_policies: mirror
+            .into_iter()
+            .map(|(cluster, percent)| route_action::RequestMirrorPolicy {
+                cluster,
+                runtime_fraction: Some(RuntimeFractionalPercent {
+                    default_value: Some(percentage(percent)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect(),
         ..Default::default()
     };
-    catch_all(name, action)
+    let mut routes = catch_all(name, action);
+    if let Some(fault) = policy.and_then(|p| p.fault.as_ref()) {
+        routes.virtual_hosts[0].routes[0].typed_per_filter_config =
+            [(FAULT_FILTER.to_owned(), pack_any(http_fault(fault)))].into();
+    }
+    routes
+}
+
+/// The HTTP fault filter's name; every HTTP connection manager carries it
+/// (doing nothing), so a route can turn faults on without a listener change.
+const FAULT_FILTER: &str = "envoy.filters.http.fault";
+
+fn percentage(percent: u32) -> FractionalPercent {
+    FractionalPercent {
+        numerator: percent,
+        denominator: fractional_percent::DenominatorType::Hundred as i32,
+    }
+}
+
+fn http_fault(fault: &Fault) -> HttpFault {
+    HttpFault {
+        delay: fault.delay.as_ref().map(|d| FaultDelay {
+            percentage: Some(percentage(d.percent)),
+            fault_delay_secifier: duration(&d.fixed)
+                .map(fault_delay::FaultDelaySecifier::FixedDelay),
+        }),
+        abort: fault.abort.as_ref().map(|a| FaultAbort {
+            percentage: Some(percentage(a.percent)),
+            error_type: Some(fault_abort::ErrorType::HttpStatus(u32::from(a.http_status))),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
@@ -768,6 +857,76 @@ mod tests {
                 seconds: 2,
                 nanos: 0
             })
+        );
+    }
+
+    #[test]
+    fn faults_and_mirrors_are_set_on_the_route() {
+        let yaml = format!(
+            "{MODEL}\n---\n{}",
+            r#"apiVersion: rampart.dev/v1alpha1
+kind: Service
+metadata: {name: shadow, namespace: default}
+spec:
+  ports: [{name: http, port: 9090, protocol: http}]
+---
+apiVersion: rampart.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: echo-http, namespace: default}
+spec:
+  service: echo
+  ports: [http]
+  fault: {abort: {httpStatus: 418, percent: 25}, delay: {fixed: 50ms, percent: 10}}
+  mirror: {service: shadow, percent: 5}
+"#
+        );
+        let s = snapshot(&yaml);
+        let route = RouteConfiguration::decode(
+            s.get(TypeUrl::Route, "echo.default:8080")
+                .unwrap()
+                .any
+                .value
+                .as_slice(),
+        )
+        .unwrap();
+        let r = &route.virtual_hosts[0].routes[0];
+        let fault =
+            HttpFault::decode(r.typed_per_filter_config[FAULT_FILTER].value.as_slice()).unwrap();
+        let abort = fault.abort.unwrap();
+        assert_eq!(
+            abort.error_type,
+            Some(fault_abort::ErrorType::HttpStatus(418))
+        );
+        assert_eq!(abort.percentage.unwrap().numerator, 25);
+        assert_eq!(fault.delay.unwrap().percentage.unwrap().numerator, 10);
+        let Some(route::Action::Route(action)) = &r.action else {
+            panic!()
+        };
+        let mirror = &action.request_mirror_policies[0];
+        assert_eq!(mirror.cluster, "outbound|9090||shadow.default");
+        assert_eq!(
+            mirror
+                .runtime_fraction
+                .as_ref()
+                .unwrap()
+                .default_value
+                .unwrap()
+                .numerator,
+            5
+        );
+        // The other port's route has neither.
+        let grpc = RouteConfiguration::decode(
+            s.get(TypeUrl::Route, "echo.default:50051")
+                .unwrap()
+                .any
+                .value
+                .as_slice(),
+        )
+        .unwrap();
+        assert!(
+            grpc.virtual_hosts[0].routes[0]
+                .typed_per_filter_config
+                .is_empty()
         );
     }
 
