@@ -793,6 +793,11 @@ mod tests {
         test_snapshot(yaml)
     }
 
+    /// One resource of the snapshot, decoded.
+    fn decoded<M: Message + Default>(s: &Snapshot, t: TypeUrl, name: &str) -> M {
+        M::decode(s.get(t, name).unwrap().any.value.as_slice()).unwrap()
+    }
+
     #[test]
     fn one_service_gives_clusters_endpoints_listeners_routes() {
         let s = snapshot(MODEL);
@@ -801,37 +806,21 @@ mod tests {
         assert_eq!(s.count(TypeUrl::Endpoint), 6);
         assert_eq!(s.count(TypeUrl::Listener), 2);
         assert_eq!(s.count(TypeUrl::Route), 2);
-        let cla = ClusterLoadAssignment::decode(
-            s.get(TypeUrl::Endpoint, "outbound|50051|version=v1|echo.default")
-                .unwrap()
-                .any
-                .value
-                .as_slice(),
-        )
-        .unwrap();
+        let cla = decoded::<ClusterLoadAssignment>(
+            &s,
+            TypeUrl::Endpoint,
+            "outbound|50051|version=v1|echo.default",
+        );
         assert_eq!(cla.endpoints.len(), 1);
         assert_eq!(
             cla.endpoints[0].load_balancing_weight,
             Some(UInt32Value { value: 1 })
         );
         assert_eq!(cla.endpoints[0].lb_endpoints.len(), 1, "only the v1 entry");
-        let all = ClusterLoadAssignment::decode(
-            s.get(TypeUrl::Endpoint, "outbound|50051||echo.default")
-                .unwrap()
-                .any
-                .value
-                .as_slice(),
-        )
-        .unwrap();
+        let all =
+            decoded::<ClusterLoadAssignment>(&s, TypeUrl::Endpoint, "outbound|50051||echo.default");
         assert_eq!(all.endpoints[0].lb_endpoints.len(), 2);
-        let route = RouteConfiguration::decode(
-            s.get(TypeUrl::Route, "echo.default:50051")
-                .unwrap()
-                .any
-                .value
-                .as_slice(),
-        )
-        .unwrap();
+        let route = decoded::<RouteConfiguration>(&s, TypeUrl::Route, "echo.default:50051");
         let Some(route::Action::Route(action)) = &route.virtual_hosts[0].routes[0].action else {
             panic!()
         };
@@ -881,14 +870,7 @@ spec:
 "#
         );
         let s = snapshot(&yaml);
-        let route = RouteConfiguration::decode(
-            s.get(TypeUrl::Route, "echo.default:8080")
-                .unwrap()
-                .any
-                .value
-                .as_slice(),
-        )
-        .unwrap();
+        let route = decoded::<RouteConfiguration>(&s, TypeUrl::Route, "echo.default:8080");
         let r = &route.virtual_hosts[0].routes[0];
         let fault =
             HttpFault::decode(r.typed_per_filter_config[FAULT_FILTER].value.as_slice()).unwrap();
@@ -915,14 +897,7 @@ spec:
             5
         );
         // The other port's route has neither.
-        let grpc = RouteConfiguration::decode(
-            s.get(TypeUrl::Route, "echo.default:50051")
-                .unwrap()
-                .any
-                .value
-                .as_slice(),
-        )
-        .unwrap();
+        let grpc = decoded::<RouteConfiguration>(&s, TypeUrl::Route, "echo.default:50051");
         assert!(
             grpc.virtual_hosts[0].routes[0]
                 .typed_per_filter_config
