@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 mod client;
 mod commands;
 mod mesh;
+mod proxy_config;
 mod proxy_status;
 mod table;
 
@@ -73,6 +74,17 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: mesh::Output,
     },
+    /// The xDS resources served to one connected proxy (by node id).
+    ProxyConfig {
+        /// The proxy's node id (see proxy-status).
+        node: String,
+        /// Only this type: sds, cds, eds, lds or rds.
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// Output format (json and yaml print the Envoy resources).
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: mesh::Output,
+    },
     /// Print the meshctl version.
     Version,
 }
@@ -127,6 +139,9 @@ async fn main() -> ExitCode {
         }
         Command::Ca(CaCommand::Bundle) => commands::ca_bundle(&cli.target).await,
         Command::ProxyStatus { output } => proxy_status::proxy_status(&cli.target, output).await,
+        Command::ProxyConfig { node, kind, output } => {
+            proxy_config::proxy_config(&cli.target, &node, kind.as_deref(), output).await
+        }
         Command::Apply { files, dry_run } => mesh::apply(&cli.target, &files, dry_run).await,
         Command::Get {
             kind,

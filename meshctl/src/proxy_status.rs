@@ -72,6 +72,7 @@ fn print_table(proxies: &[ProxyStatus]) {
             vec![
                 p.node_id.clone(),
                 p.spiffe_id.clone(),
+                state("sds"),
                 state("cds"),
                 state("eds"),
                 state("lds"),
@@ -79,7 +80,10 @@ fn print_table(proxies: &[ProxyStatus]) {
             ]
         })
         .collect();
-    crate::table::print(&["NODE", "SPIFFE ID", "CDS", "EDS", "LDS", "RDS"], &rows);
+    crate::table::print(
+        &["NODE", "SPIFFE ID", "SDS", "CDS", "EDS", "LDS", "RDS"],
+        &rows,
+    );
     for p in proxies {
         for t in p.types.iter().filter(|t| t.state == "NACKED") {
             println!(

@@ -176,6 +176,19 @@ def main():
         check(wait_for("403 after the DENY policy", lambda: get(outbound + "/hello")[0] == 403),
               "a DENY policy for the caller's principal gives 403")
 
+        # proxy-config shows what the echo sidecar is served: its inbound
+        # listener with the RBAC filter naming the denied principal.
+        dump = json.loads(meshctl(config, "proxy-config", "echo-1", "--type", "lds", "-o", "json"))
+        inbound_name = f"inbound|{config['inbound_port']}"
+        listener = next((r for r in dump if r["name"] == inbound_name), None)
+        text = json.dumps(listener)
+        check(listener is not None and "envoy.extensions.filters.http.rbac.v3.RBAC" in text and caller in text,
+              "meshctl proxy-config shows the inbound listener with the DENY rule, as Envoy JSON")
+        clusters = json.loads(meshctl(config, "proxy-config", "frontend-1", "--type", "cds", "-o", "json"))
+        echo_cluster = next((r for r in clusters if r["name"] == "outbound|8080||echo.default"), None)
+        check(echo_cluster is not None and "spiffe://cluster.local/ns/default/sa/echo" in json.dumps(echo_cluster),
+              "and the frontend's echo cluster verifies the echo service account over mTLS")
+
         meshctl(config, "delete", "-f", config["files"]["deny"])
         meshctl(config, "apply", "-f", config["files"]["allow"])
         check(wait_for("the ALLOW policy", lambda: get(outbound + "/ok/1")[0] == 200 and get(outbound + "/no")[0] == 403),

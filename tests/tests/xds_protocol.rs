@@ -130,6 +130,34 @@ async fn ack_nack_status_and_pushes() {
     );
     assert_eq!(proxy["types"][1]["type"], "lds");
     assert_eq!(proxy["types"][1]["state"], "SYNCED", "{status}");
+    // proxy-config: what this client is served, as Envoy JSON; an unknown
+    // node is a clear error.
+    let out = cp.meshctl(&["proxy-config", "protocol-test", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listener = config
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "lds")
+        .expect("the listener");
+    assert_eq!(listener["name"], "echo.default:50051");
+    assert_eq!(
+        listener["resource"]["apiListener"]["apiListener"]["@type"],
+        "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+    );
+    let out = cp.meshctl(&["proxy-config", "nobody"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no connected proxy has node id \"nobody\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let table = String::from_utf8(cp.meshctl(&["proxy-status"]).stdout).unwrap();
     assert!(
         table.contains("NACKED") && table.contains("cluster rejected for the test"),

@@ -210,4 +210,24 @@ impl AdminApi for AdminService {
             proxies: self.streams.list(),
         }))
     }
+
+    async fn proxy_config(
+        &self,
+        request: Request<ProxyConfigRequest>,
+    ) -> Result<Response<ProxyConfigResponse>, Status> {
+        self.authorize(&request)?;
+        let node_id = request.into_inner().node_id;
+        if node_id.is_empty() {
+            return Err(Status::invalid_argument("name the proxy (its node id)"));
+        }
+        let (proxy, resources) = self.streams.config(&node_id).await.ok_or_else(|| {
+            Status::not_found(format!(
+                "no connected proxy has node id {node_id:?} (see meshctl proxy-status)"
+            ))
+        })?;
+        Ok(Response::new(ProxyConfigResponse {
+            proxy: Some(proxy),
+            resources,
+        }))
+    }
 }

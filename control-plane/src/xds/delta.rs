@@ -188,6 +188,18 @@ impl DeltaStream {
         })
     }
 
+    /// The resources of `view` this stream subscribes to, by type then name.
+    pub fn served<'a>(&self, view: &'a Snapshot) -> Vec<(TypeUrl, &'a String, &'a Entry)> {
+        self.types
+            .iter()
+            .flat_map(|(t, state)| {
+                Self::desired(state, *t, view)
+                    .into_iter()
+                    .map(|(n, e)| (*t, n, e))
+            })
+            .collect()
+    }
+
     /// Replies made necessary by a new snapshot: updates in
     /// make-before-break order, then removals.
     pub fn on_snapshot(

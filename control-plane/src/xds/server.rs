@@ -19,8 +19,9 @@ use tonic::{Request, Response, Status, Streaming};
 use super::convergence::Convergence;
 use super::delta::DeltaStream;
 use super::sidecar::SidecarError;
-use super::snapshot::{Snapshot, TypeUrl};
+use super::snapshot::{Entry, Snapshot, TypeUrl};
 use super::sotw::{Event, Nack, Sent, SotwStream};
+use super::status::ConfigRequest;
 use super::status::StreamRegistry;
 use super::view::NodeView;
 use super::watch::Published;
@@ -54,6 +55,7 @@ pub trait Protocol: Default + Send {
     fn request_node(request: &Self::Request) -> Option<&Node>;
     fn node(&self) -> Option<&Node>;
     fn summary(&self) -> Vec<TypeSummary<'_>>;
+    fn served<'a>(&self, view: &'a Snapshot) -> Vec<(TypeUrl, &'a String, &'a Entry)>;
 }
 
 /// Both state machines expose the same surface; one definition serves both.
@@ -81,6 +83,9 @@ macro_rules! impl_protocol {
             }
             fn node(&self) -> Option<&Node> {
                 self.node.as_ref()
+            }
+            fn served<'a>(&self, view: &'a Snapshot) -> Vec<(TypeUrl, &'a String, &'a Entry)> {
+                <$stream>::served(self, view)
             }
             fn summary(&self) -> Vec<TypeSummary<'_>> {
                 self.types
@@ -148,7 +153,7 @@ impl AdsServer {
         let registrations = self.registrations.clone();
         tokio::spawn(async move {
             metrics.xds_connected.inc();
-            let id = registry.open(peer.to_string(), variant);
+            let (id, dumps) = registry.open(peer.to_string(), variant);
             tracing::info!(peer = %peer, stream = id, variant, "xDS stream opened");
             let context = StreamContext {
                 metrics: &metrics,
@@ -158,7 +163,7 @@ impl AdsServer {
                 id,
                 peer,
             };
-            let reason = run::<P>(incoming, tx, snapshots, &context).await;
+            let reason = run::<P>(incoming, tx, snapshots, dumps, &context).await;
             registrations.leave(id);
             convergence.closed(id);
             registry.close(id);
@@ -214,6 +219,7 @@ async fn run<P: Protocol>(
     mut incoming: Streaming<P::Request>,
     tx: mpsc::Sender<Result<P::Response, Status>>,
     mut snapshots: watch::Receiver<Arc<Published>>,
+    mut dumps: mpsc::Receiver<ConfigRequest>,
     cx: &StreamContext<'_>,
 ) -> &'static str {
     let mut stream = P::default();
@@ -245,6 +251,15 @@ async fn run<P: Protocol>(
                 Ok(None) => return "client closed the stream",
                 Err(_) => return "stream error",
             },
+            Some(reply) = dumps.recv() => {
+                let published = snapshots.borrow().clone();
+                let resources = match &mut view {
+                    Some(view) => served(&stream, &view.of(&published.snapshot)),
+                    None => Vec::new(),
+                };
+                let _ = reply.send(resources);
+                continue;
+            }
             changed = snapshots.changed() => {
                 if changed.is_err() {
                     return "control plane stopping";
@@ -277,6 +292,21 @@ async fn run<P: Protocol>(
             }
         }
     }
+}
+
+/// What `stream` is served from `view`, for `meshctl proxy-config`.
+fn served<P: Protocol>(stream: &P, view: &Snapshot) -> Vec<rampart_api::admin::ProxyResource> {
+    stream
+        .served(view)
+        .into_iter()
+        .map(|(t, name, entry)| rampart_api::admin::ProxyResource {
+            r#type: t.short().to_owned(),
+            name: name.clone(),
+            version: format!("{:016x}", entry.hash),
+            type_url: entry.any.type_url.clone(),
+            value: entry.any.value.clone(),
+        })
+        .collect()
 }
 
 /// Reads what the node of a stream's first request is, checks it against

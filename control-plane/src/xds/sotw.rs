@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
-use super::snapshot::{Snapshot, TypeUrl, version_of};
+use super::snapshot::{Entry, Snapshot, TypeUrl, version_of};
 
 /// What a client asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,6 +182,23 @@ impl SotwStream {
         }
         let response = self.respond(type_url, snapshot, first);
         (event, response)
+    }
+
+    /// The resources of `view` this stream subscribes to, by type then name.
+    pub fn served<'a>(&self, view: &'a Snapshot) -> Vec<(TypeUrl, &'a String, &'a Entry)> {
+        let mut out = Vec::new();
+        for (t, state) in &self.types {
+            match &state.subscription {
+                Subscription::Wildcard => out.extend(view.of(*t).map(|(n, e)| (*t, n, e))),
+                Subscription::Names(names) => out.extend(
+                    names
+                        .iter()
+                        .filter_map(|n| view.get_key_value(*t, n))
+                        .map(|(n, e)| (*t, n, e)),
+                ),
+            }
+        }
+        out
     }
 
     /// Replies made necessary by a new snapshot, in make-before-break order.

@@ -1,25 +1,37 @@
 //! What every open ADS stream has been sent and has ACKed or NACKed, for
 //! `meshctl proxy-status`. Streams write their summary here after each
-//! exchange; readers get a copy.
+//! exchange; readers get a copy. For `meshctl proxy-config` a reader asks
+//! the stream itself (through a small channel), so streams keep no second
+//! copy of their configuration.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use rampart_api::admin::{ProxyStatus, TypeStatus};
+use rampart_api::admin::{ProxyResource, ProxyStatus, TypeStatus};
+use tokio::sync::{mpsc, oneshot};
 
 use super::server::TypeSummary;
 use envoy_types::pb::envoy::config::core::v3::Node;
 
+/// A request for a stream's served resources.
+pub type ConfigRequest = oneshot::Sender<Vec<ProxyResource>>;
+
 /// The registry of open streams.
 #[derive(Clone, Default)]
 pub struct StreamRegistry {
-    streams: Arc<Mutex<BTreeMap<u64, ProxyStatus>>>,
+    streams: Arc<Mutex<BTreeMap<u64, Stream>>>,
     next_id: Arc<std::sync::atomic::AtomicU64>,
 }
 
+struct Stream {
+    status: ProxyStatus,
+    config: mpsc::Sender<ConfigRequest>,
+}
+
 impl StreamRegistry {
-    /// Registers a new stream; returns its id.
-    pub fn open(&self, spiffe_id: String, variant: &str) -> u64 {
+    /// Registers a new stream; returns its id and where it is asked for its
+    /// configuration.
+    pub fn open(&self, spiffe_id: String, variant: &str) -> (u64, mpsc::Receiver<ConfigRequest>) {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -31,14 +43,15 @@ impl StreamRegistry {
             connected_at_unix: time::OffsetDateTime::now_utc().unix_timestamp(),
             ..Default::default()
         };
-        self.lock().insert(id, status);
-        id
+        let (config, requests) = mpsc::channel(1);
+        self.lock().insert(id, Stream { status, config });
+        (id, requests)
     }
 
     /// Records the stream's current protocol state.
     pub fn update(&self, id: u64, node: Option<&Node>, types: &[TypeSummary<'_>]) {
         let mut streams = self.lock();
-        let Some(status) = streams.get_mut(&id) else {
+        let Some(Stream { status, .. }) = streams.get_mut(&id) else {
             return;
         };
         // The node never changes on a stream: record it once.
@@ -82,10 +95,25 @@ impl StreamRegistry {
 
     /// A copy of every stream's status, oldest first.
     pub fn list(&self) -> Vec<ProxyStatus> {
-        self.lock().values().cloned().collect()
+        self.lock().values().map(|s| s.status.clone()).collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ProxyStatus>> {
+    /// The status and served resources of the newest stream of `node_id`.
+    pub async fn config(&self, node_id: &str) -> Option<(ProxyStatus, Vec<ProxyResource>)> {
+        let (status, config) = {
+            let streams = self.lock();
+            let stream = streams
+                .values()
+                .rev()
+                .find(|s| s.status.node_id == node_id)?;
+            (stream.status.clone(), stream.config.clone())
+        };
+        let (reply, answer) = oneshot::channel();
+        config.send(reply).await.ok()?;
+        Some((status, answer.await.ok()?))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Stream>> {
         self.streams.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
