@@ -27,7 +27,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use rampart_api::admin::admin_service_server::AdminServiceServer;
 use rampart_api::ca::certificate_service_server::CertificateServiceServer;
 use rampart_certs::tls::{ClientAuth, PeerPolicy, server_config};
-use rampart_certs::{SvidLifetimes, TrustDomain};
+use rampart_certs::{SpiffeId, SvidLifetimes, TrustDomain};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
@@ -48,6 +48,8 @@ pub struct Config {
     pub endpoint_grace: Duration,
     /// Extra DNS names or IPs for the serving certificate.
     pub serving_hosts: Vec<String>,
+    /// Development only: plaintext xDS on this loopback address.
+    pub dev_plaintext_xds: Option<SocketAddr>,
 }
 
 /// Written to `<data-dir>/control-plane.json` once the listeners are bound,
@@ -154,18 +156,36 @@ pub async fn run(
         ready.clone(),
         stopped(stop_rx.clone()),
     ));
+    let ads = xds::AdsServer::new(snapshots, metrics.clone(), streams.clone(), registrations);
+    let plaintext = match config.dev_plaintext_xds {
+        None => None,
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the plaintext xDS address {addr}"))?;
+            tracing::warn!(
+                address = %addr,
+                "PLAINTEXT xDS IS ON (--dev-plaintext-xds): unauthenticated local clients get the mesh configuration; never use this in production"
+            );
+            let anonymous = SpiffeId::new(config.trust_domain.clone(), "/rampart/dev-plaintext")?;
+            let server = tonic::transport::Server::builder()
+                .add_service(AggregatedDiscoveryServiceServer::new(
+                    ads.clone().anonymous_as(anonymous),
+                ))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    stopped(stop_rx.clone()),
+                );
+            Some(tokio::spawn(server))
+        }
+    };
     let grpc = tonic::transport::Server::builder()
         .add_service(CertificateServiceServer::new(ca::CaService::new(
             ca.clone(),
             tokens.clone(),
             metrics.clone(),
         )))
-        .add_service(AggregatedDiscoveryServiceServer::new(xds::AdsServer::new(
-            snapshots,
-            metrics.clone(),
-            streams.clone(),
-            registrations,
-        )))
+        .add_service(AggregatedDiscoveryServiceServer::new(ads))
         .add_service(AdminServiceServer::new(admin::AdminService::new(
             ca.clone(),
             tokens,
@@ -197,6 +217,9 @@ pub async fn run(
         Ok((grpc, http)) => {
             grpc??;
             http??;
+            if let Some(plaintext) = plaintext {
+                plaintext.await??;
+            }
         }
         Err(_) => tracing::warn!(
             grace_seconds = SHUTDOWN_GRACE.as_secs(),

@@ -45,10 +45,28 @@ struct Args {
     /// keeps its registration if it reconnects within this time).
     #[arg(long, default_value = "30s", value_parser = rampart_api::duration::parse)]
     endpoint_grace: Duration,
+    /// DEVELOPMENT ONLY: also serve xDS (nothing else) in plaintext on this
+    /// loopback address, for local clients without certificates. Callers
+    /// are anonymous: they get the shared configuration, never a sidecar's.
+    #[arg(long, value_parser = parse_loopback)]
+    dev_plaintext_xds: Option<SocketAddr>,
     /// Extra DNS name or IP in the serving certificate, for clients that
     /// check hostnames (repeatable; localhost and loopback are always there).
     #[arg(long = "serving-host", value_parser = parse_serving_host)]
     serving_hosts: Vec<String>,
+}
+
+/// A loopback IP:port (the plaintext listener must not leave the machine).
+fn parse_loopback(s: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not IP:PORT (e.g. 127.0.0.1:15010)"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{addr} is not a loopback address: plaintext xDS is for local development only (use 127.0.0.1 or [::1])"
+        ));
+    }
+    Ok(addr)
 }
 
 /// An IP address or a DNS name (labels of letters, digits and '-').
@@ -101,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
         xds_debounce: args.xds_debounce,
         endpoint_grace: args.endpoint_grace,
         serving_hosts: args.serving_hosts,
+        dev_plaintext_xds: args.dev_plaintext_xds,
     };
     run(config, shutdown_signal())
         .await

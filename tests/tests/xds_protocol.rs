@@ -498,3 +498,69 @@ async fn sidecars_register_are_checked_against_their_identity_and_scoped() {
     let eds = next(&mut watch).await;
     assert!(endpoints(&eds).is_empty(), "{:?}", endpoints(&eds));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_xds_is_opt_in_loopback_only_and_anonymous() {
+    let dir = tempfile::tempdir().unwrap();
+    // Anywhere but loopback is refused before anything starts.
+    let out = std::process::Command::new(rampart_tests::bin("rampart-control"))
+        .arg("--data-dir")
+        .arg(dir.path().join("refused"))
+        .args(["--dev-plaintext-xds", "0.0.0.0:15010"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not a loopback address"), "{stderr}");
+
+    let port = rampart_tests::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let cp = ControlPlane::start(
+        &dir.path().join("cp"),
+        &["--dev-plaintext-xds", &addr, "--xds-debounce", "20ms"],
+    )
+    .await;
+    assert!(
+        cp.logs.text().contains("PLAINTEXT xDS IS ON"),
+        "logged loudly"
+    );
+    apply(&cp, MODEL).await;
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = AggregatedDiscoveryServiceClient::new(channel.clone());
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(request(LDS, &["echo.default:50051"], "", ""))
+        .await
+        .unwrap();
+    let mut responses = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut lds = next(&mut responses).await;
+    while lds.resources.is_empty() {
+        let ack = request(LDS, &["echo.default:50051"], &lds.version_info, &lds.nonce);
+        tx.send(ack).await.unwrap();
+        lds = next(&mut responses).await;
+    }
+    assert_eq!(
+        lds.resources.len(),
+        1,
+        "an anonymous client gets the shared config"
+    );
+
+    // But never a sidecar's: that needs a workload SVID.
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(sidecar_request("anon", &[], CDS)).await.unwrap();
+    let stream = AggregatedDiscoveryServiceClient::new(channel)
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .map(|r| r.into_inner());
+    let status = refusal(stream).await;
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("workload SVID"), "{status:?}");
+}

@@ -111,12 +111,16 @@ impl_protocol!(DeltaStream, DeltaDiscoveryRequest, DeltaDiscoveryResponse);
 type Replies<R> = ReceiverStream<Result<R, Status>>;
 
 /// Serves ADS from the current snapshot.
+#[derive(Clone)]
 pub struct AdsServer {
     snapshots: watch::Receiver<Arc<Published>>,
     metrics: Arc<Metrics>,
     registry: StreamRegistry,
     convergence: Arc<Convergence>,
     registrations: Registrations,
+    /// The identity of callers without a client certificate; None: they
+    /// are refused (the default; only the dev plaintext listener sets it).
+    anonymous: Option<SpiffeId>,
 }
 
 impl AdsServer {
@@ -133,7 +137,14 @@ impl AdsServer {
             registry,
             convergence,
             registrations,
+            anonymous: None,
         }
+    }
+
+    /// The same server, treating callers without a certificate as `id`.
+    pub fn anonymous_as(mut self, id: SpiffeId) -> Self {
+        self.anonymous = Some(id);
+        self
     }
 
     fn serve<P: Protocol + 'static>(
@@ -141,7 +152,7 @@ impl AdsServer {
         request: Request<Streaming<P::Request>>,
         variant: &'static str,
     ) -> Result<Response<Replies<P::Response>>, Status> {
-        let Some(peer) = caller_spiffe_id(&request) else {
+        let Some(peer) = caller_spiffe_id(&request).or_else(|| self.anonymous.clone()) else {
             return Err(Status::unauthenticated("xDS needs a client SVID (mTLS)"));
         };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
