@@ -38,6 +38,35 @@ async fn next(responses: &mut tonic::Streaming<DiscoveryResponse>) -> DiscoveryR
         .expect("stream open")
 }
 
+/// Opens a SotW stream on `channel` subscribed to the listener
+/// `echo.default:50051` and waits until it arrives (the model may have been
+/// applied a moment ago, inside the debounce: an ACK and the push that
+/// follows bring it).
+async fn echo_listener(
+    channel: tonic::transport::Channel,
+) -> (
+    mpsc::Sender<DiscoveryRequest>,
+    tonic::Streaming<DiscoveryResponse>,
+    DiscoveryResponse,
+) {
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(request(LDS, &["echo.default:50051"], "", ""))
+        .await
+        .unwrap();
+    let mut responses = AggregatedDiscoveryServiceClient::new(channel)
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut lds = next(&mut responses).await;
+    while lds.resources.is_empty() {
+        let ack = request(LDS, &["echo.default:50051"], &lds.version_info, &lds.nonce);
+        tx.send(ack).await.unwrap();
+        lds = next(&mut responses).await;
+    }
+    (tx, responses, lds)
+}
+
 async fn apply(cp: &ControlPlane, yaml: &str) {
     let path = cp.data_dir.join("model.yaml");
     std::fs::write(&path, yaml).unwrap();
@@ -56,31 +85,7 @@ async fn ack_nack_status_and_pushes() {
     apply(&cp, MODEL).await;
     let svid = cp.workload_svid("default", "client").await;
 
-    let mut client = AggregatedDiscoveryServiceClient::new(cp.channel(Some(&svid)).await);
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(request(LDS, &["echo.default:50051"], "", ""))
-        .await
-        .unwrap();
-    let mut responses = client
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-
-    // The model was applied a moment ago: the first answer may predate it
-    // (debounce); an ACK and the push that follows bring the listener.
-    let mut lds = next(&mut responses).await;
-    while lds.resources.is_empty() {
-        tx.send(request(
-            LDS,
-            &["echo.default:50051"],
-            &lds.version_info,
-            &lds.nonce,
-        ))
-        .await
-        .unwrap();
-        lds = next(&mut responses).await;
-    }
+    let (tx, mut responses, lds) = echo_listener(cp.channel(Some(&svid)).await).await;
     assert_eq!(lds.type_url, LDS);
     assert_eq!(lds.resources.len(), 1, "only the named listener");
     assert!(!lds.version_info.is_empty() && !lds.nonce.is_empty());
@@ -531,22 +536,7 @@ async fn plaintext_xds_is_opt_in_loopback_only_and_anonymous() {
         .connect()
         .await
         .unwrap();
-    let mut client = AggregatedDiscoveryServiceClient::new(channel.clone());
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(request(LDS, &["echo.default:50051"], "", ""))
-        .await
-        .unwrap();
-    let mut responses = client
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut lds = next(&mut responses).await;
-    while lds.resources.is_empty() {
-        let ack = request(LDS, &["echo.default:50051"], &lds.version_info, &lds.nonce);
-        tx.send(ack).await.unwrap();
-        lds = next(&mut responses).await;
-    }
+    let (_tx, _responses, lds) = echo_listener(channel.clone()).await;
     assert_eq!(
         lds.resources.len(),
         1,
