@@ -7,8 +7,12 @@
 //! having it (p50/p99/max, client side), and control-plane CPU seconds spent
 //! on that push.
 //!
-//! Run: `cargo bench -p rampart-control-plane --bench xds_scale -- [N ...] [sotw|delta]`
-//! (default 1000, both variants). The control plane is pinned to core 0, the load to core 1.
+//! Run: `cargo bench -p rampart-control-plane --bench xds_scale -- [N ...] [sotw|delta] [scoped]`
+//! (default 1000, both variants). With `scoped`, every stream is a sidecar
+//! declaring `rampart.dependencies` of 10 services (svc-0, whose endpoint
+//! changes, and 9 others), as a workload that calls 10 services would;
+//! without it every stream takes the whole mesh. The control plane is
+//! pinned to core 0, the load to core 1.
 //! Streams share HTTP/2 connections (100 streams per connection), so this
 //! measures the xDS work, not 10,000 TLS handshakes.
 
@@ -33,6 +37,8 @@ use tonic::transport::Channel;
 const SERVICES: usize = 1000;
 const ENDPOINTS: usize = 3;
 const STREAMS_PER_CONNECTION: usize = 100;
+/// Services a scoped proxy depends on.
+const DEPENDENCIES: usize = 10;
 const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 
@@ -92,6 +98,45 @@ async fn apply(cp: &ControlPlane, texts: Vec<String>) {
         .unwrap();
 }
 
+/// What one simulated proxy asks for: its node and the clusters whose
+/// endpoints it subscribes to.
+fn proxy_node(id: usize, scoped: bool) -> (Node, Vec<String>) {
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    if !scoped {
+        let node = Node {
+            id: format!("proxy-{id}"),
+            ..Default::default()
+        };
+        return (node, (0..SERVICES).map(cluster).collect());
+    }
+    // svc-0 (the one that changes) and 9 others spread by id.
+    let services: Vec<usize> = std::iter::once(0)
+        .chain((1..DEPENDENCIES).map(|k| 1 + (id * 7 + k * 97) % (SERVICES - 1)))
+        .collect();
+    let dependencies: Vec<String> = services
+        .iter()
+        .map(|s| format!("svc-{s}.default"))
+        .collect();
+    let string = |s: String| Value {
+        kind: Some(Kind::StringValue(s)),
+    };
+    let node = Node {
+        id: format!("proxy-{id}"),
+        metadata: Some(Struct {
+            fields: [
+                ("rampart.sidecar".to_owned(), string("true".into())),
+                (
+                    "rampart.dependencies".to_owned(),
+                    string(dependencies.join(",")),
+                ),
+            ]
+            .into(),
+        }),
+        ..Default::default()
+    };
+    (node, services.into_iter().map(cluster).collect())
+}
+
 /// Shared progress of all simulated proxies.
 #[derive(Default)]
 struct Progress {
@@ -102,14 +147,15 @@ struct Progress {
     round: AtomicU64,
 }
 
-async fn sotw_proxy(channel: Channel, id: usize, progress: Arc<Progress>, epoch: Instant) {
+async fn sotw_proxy(
+    channel: Channel,
+    (node, names): (Node, Vec<String>),
+    progress: Arc<Progress>,
+    epoch: Instant,
+) {
     let (tx, rx) = mpsc::channel(8);
-    let node = Some(Node {
-        id: format!("proxy-{id}"),
-        ..Default::default()
-    });
     tx.send(DiscoveryRequest {
-        node: node.clone(),
+        node: Some(node),
         type_url: CDS.into(),
         ..Default::default()
     })
@@ -121,7 +167,6 @@ async fn sotw_proxy(channel: Channel, id: usize, progress: Arc<Progress>, epoch:
         .await
         .unwrap()
         .into_inner();
-    let names: Vec<String> = (0..SERVICES).map(cluster).collect();
     let mut eds_requested = false;
     let mut eds_versions = 0;
     while let Ok(Some(r)) = responses.message().await {
@@ -157,14 +202,15 @@ async fn sotw_proxy(channel: Channel, id: usize, progress: Arc<Progress>, epoch:
     }
 }
 
-async fn delta_proxy(channel: Channel, id: usize, progress: Arc<Progress>, epoch: Instant) {
+async fn delta_proxy(
+    channel: Channel,
+    (node, names): (Node, Vec<String>),
+    progress: Arc<Progress>,
+    epoch: Instant,
+) {
     let (tx, rx) = mpsc::channel(8);
-    let node = Some(Node {
-        id: format!("proxy-{id}"),
-        ..Default::default()
-    });
     tx.send(DeltaDiscoveryRequest {
-        node,
+        node: Some(node),
         type_url: CDS.into(),
         ..Default::default()
     })
@@ -176,7 +222,6 @@ async fn delta_proxy(channel: Channel, id: usize, progress: Arc<Progress>, epoch
         .await
         .unwrap()
         .into_inner();
-    let names: Vec<String> = (0..SERVICES).map(cluster).collect();
     let mut eds_requested = false;
     let mut eds_versions = 0;
     while let Ok(Some(r)) = responses.message().await {
@@ -231,7 +276,7 @@ async fn wait_for(progress: &Progress, n: usize, limit: Duration) -> bool {
     true
 }
 
-async fn run(n: usize, delta: bool) {
+async fn run(n: usize, delta: bool, scoped: bool) {
     let cp = ControlPlane::start();
     apply(&cp, model(8000)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -246,10 +291,11 @@ async fn run(n: usize, delta: bool) {
     for id in 0..n {
         let channel = channels[id / STREAMS_PER_CONNECTION].clone();
         let progress = progress.clone();
+        let node = proxy_node(id, scoped);
         if delta {
-            tokio::spawn(delta_proxy(channel, id, progress, epoch));
+            tokio::spawn(delta_proxy(channel, node, progress, epoch));
         } else {
-            tokio::spawn(sotw_proxy(channel, id, progress, epoch));
+            tokio::spawn(sotw_proxy(channel, node, progress, epoch));
         }
     }
     let synced = wait_for(&progress, n, Duration::from_secs(600)).await;
@@ -282,8 +328,9 @@ async fn run(n: usize, delta: bool) {
             / 1000.0
     };
     println!(
-        "{:<5} N={n:<6} initial sync {:>7.2}s{}  RSS {:>7.1} MiB -> {:>7.1} MiB ({:>5.1} KiB/stream)  endpoint change -> all: p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms{}  CP CPU for the push {:.2}s",
+        "{:<5}{} N={n:<6} initial sync {:>7.2}s{}  RSS {:>7.1} MiB -> {:>7.1} MiB ({:>5.1} KiB/stream)  endpoint change -> all: p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms{}  CP CPU for the push {:.2}s",
         if delta { "delta" } else { "sotw" },
+        if scoped { " scoped" } else { "" },
         initial.as_secs_f64(),
         if synced { "" } else { " (INCOMPLETE)" },
         rss_before as f64 / 1024.0,
@@ -323,12 +370,18 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let scoped = std::env::args().any(|a| a == "scoped");
     println!(
-        "xDS scale: {SERVICES} services x {ENDPOINTS} endpoints; every stream subscribes to all clusters and endpoints"
+        "xDS scale: {SERVICES} services x {ENDPOINTS} endpoints; every stream subscribes to {}",
+        if scoped {
+            "the clusters and endpoints of its 10 dependencies"
+        } else {
+            "all clusters and endpoints"
+        }
     );
     for n in sizes {
         for &delta in &variants {
-            runtime.block_on(run(n, delta));
+            runtime.block_on(run(n, delta, scoped));
         }
     }
 }

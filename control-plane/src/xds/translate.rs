@@ -247,12 +247,19 @@ pub fn translate(model: &Model) -> Snapshot {
                 snapshot.insert(
                     TypeUrl::Cluster,
                     cluster.clone(),
-                    build_cluster(&cluster, policy, port.protocol, &[]),
+                    build_cluster(&cluster, policy, port.protocol, Flavour::Plain),
                 );
                 sidecar_clusters.insert(
                     TypeUrl::Cluster,
                     cluster.clone(),
-                    build_cluster(&cluster, policy, port.protocol, &expected),
+                    build_cluster(
+                        &cluster,
+                        policy,
+                        port.protocol,
+                        Flavour::Sidecar {
+                            expected: &expected,
+                        },
+                    ),
                 );
                 let endpoints = endpoints(model, namespace, name, port, subset);
                 snapshot.insert(
@@ -317,9 +324,20 @@ fn duration(text: &str) -> Option<PbDuration> {
     })
 }
 
-/// The load-balancing policy as a preference list: every client uses the
-/// first entry it implements (Envoy and gRPC both, gRFC A52), so proxyless
-/// gRPC, which has no LEAST_REQUEST, falls back to ROUND_ROBIN.
+/// Who a cluster is built for.
+#[derive(Clone, Copy)]
+enum Flavour<'a> {
+    /// Clients without an identity of their own: proxyless gRPC, tools.
+    Plain,
+    /// Sidecars: mTLS to endpoints with a sidecar, requiring `expected` IDs.
+    Sidecar { expected: &'a [String] },
+}
+
+/// For clients that may be proxyless gRPC: the load-balancing policy as a
+/// preference list. Every client uses the first entry it implements (Envoy
+/// and gRPC both, gRFC A52), so gRPC, which has no LEAST_REQUEST and NACKs a
+/// whole CDS response over an `lb_policy` it does not know, falls back to
+/// ROUND_ROBIN. (Entry names are free-form; short ones keep clusters small.)
 fn load_balancing(policy: Option<&TrafficPolicySpec>) -> LoadBalancingPolicy {
     let entry = |name: &str, config: envoy_types::pb::google::protobuf::Any| {
         load_balancing_policy::Policy {
@@ -329,25 +347,25 @@ fn load_balancing(policy: Option<&TrafficPolicySpec>) -> LoadBalancingPolicy {
             }),
         }
     };
-    let round_robin = entry(
-        "envoy.load_balancing_policies.round_robin",
-        pack_any(RoundRobin::default()),
-    );
+    let round_robin = entry("round_robin", pack_any(RoundRobin::default()));
     let policies = match policy.and_then(|p| p.load_balancer) {
-        Some(LoadBalancer::RingHash) => vec![entry(
-            "envoy.load_balancing_policies.ring_hash",
-            pack_any(RingHash::default()),
-        )],
+        Some(LoadBalancer::RingHash) => vec![entry("ring_hash", pack_any(RingHash::default()))],
         Some(LoadBalancer::RoundRobin) => vec![round_robin],
         Some(LoadBalancer::LeastRequest) | None => vec![
-            entry(
-                "envoy.load_balancing_policies.least_request",
-                pack_any(LeastRequest::default()),
-            ),
+            entry("least_request", pack_any(LeastRequest::default())),
             round_robin,
         ],
     };
     LoadBalancingPolicy { policies }
+}
+
+/// For sidecars (Envoy, rampart-proxy): the compact `lb_policy` enum.
+fn lb_policy(policy: Option<&TrafficPolicySpec>) -> cluster::LbPolicy {
+    match policy.and_then(|p| p.load_balancer) {
+        Some(LoadBalancer::RingHash) => cluster::LbPolicy::RingHash,
+        Some(LoadBalancer::RoundRobin) => cluster::LbPolicy::RoundRobin,
+        Some(LoadBalancer::LeastRequest) | None => cluster::LbPolicy::LeastRequest,
+    }
 }
 
 /// The endpoint metadata that selects the mTLS transport socket.
@@ -427,14 +445,21 @@ pub(super) fn protocol_options(
         .collect()
 }
 
-/// A service cluster; with `expected` SPIFFE IDs, the sidecar flavour that
-/// speaks mTLS to endpoints with a sidecar.
+/// A service cluster in one flavour.
 fn build_cluster(
     name: &str,
     policy: Option<&TrafficPolicySpec>,
     protocol: Protocol,
-    expected: &[String],
+    flavour: Flavour<'_>,
 ) -> Cluster {
+    let (lb_policy, load_balancing_policy, expected) = match flavour {
+        Flavour::Plain => (
+            cluster::LbPolicy::RoundRobin,
+            Some(load_balancing(policy)),
+            &[][..],
+        ),
+        Flavour::Sidecar { expected } => (lb_policy(policy), None, expected),
+    };
     let circuit_breakers =
         policy
             .and_then(|p| p.circuit_breakers.as_ref())
@@ -477,7 +502,8 @@ fn build_cluster(
             seconds: 5,
             nanos: 0,
         }),
-        load_balancing_policy: Some(load_balancing(policy)),
+        lb_policy: lb_policy as i32,
+        load_balancing_policy,
         circuit_breakers,
         outlier_detection,
         typed_extension_protocol_options: protocol_options(protocol),
