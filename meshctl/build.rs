@@ -21,9 +21,6 @@ const FILES: &[&str] = &[
     "envoy/extensions/filters/http/rbac/v3/rbac.proto",
     "envoy/extensions/filters/http/fault/v3/fault.proto",
     "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.proto",
-    "envoy/extensions/load_balancing_policies/least_request/v3/least_request.proto",
-    "envoy/extensions/load_balancing_policies/round_robin/v3/round_robin.proto",
-    "envoy/extensions/load_balancing_policies/ring_hash/v3/ring_hash.proto",
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
 ];
 

@@ -60,7 +60,7 @@ use rampart_api::mesh::{
 use rampart_certs::SpiffeId;
 
 use super::rbac;
-use super::snapshot::{Entry, Resources};
+use super::snapshot::{Entry, Resources, TypeUrl};
 use super::translate::{
     DEFAULT_SECRET, ROOTCA, ads, catch_all, protocol_options, router, socket, tls_socket,
 };
@@ -91,11 +91,16 @@ impl SidecarInputs {
     }
 }
 
-/// A service's ports and the identities allowed to serve it.
+/// A service's ports, the identities allowed to serve it, and the names of
+/// its resources (so a scoped view picks them without scanning the mesh).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceInfo {
     pub ports: Vec<ServicePort>,
     pub service_accounts: Vec<String>,
+    /// Cluster (and ClusterLoadAssignment) names.
+    pub clusters: Vec<String>,
+    /// RouteConfiguration names.
+    pub routes: Vec<String>,
 }
 
 /// A sidecar, as its SVID and node metadata describe it.
@@ -308,20 +313,29 @@ impl Sidecar {
         })
     }
 
-    /// Whether this sidecar may see resource `name` (of a service `svc.ns`).
-    pub fn depends_on(&self, name: &str) -> bool {
-        let Some(dependencies) = &self.dependencies else {
-            return true;
-        };
-        // Cluster names end in `|svc.ns`, listener and route names are `svc.ns:port`.
-        let service = name
-            .rsplit('|')
-            .next()
-            .unwrap_or(name)
-            .split(':')
-            .next()
-            .unwrap_or(name);
-        dependencies.contains(service)
+    /// The names of `type_url` resources of the services this sidecar
+    /// depends on; None if it did not narrow its dependencies.
+    pub fn dependency_names<'a>(
+        &'a self,
+        inputs: &'a SidecarInputs,
+        type_url: TypeUrl,
+    ) -> Option<impl Iterator<Item = &'a String>> {
+        let dependencies = self.dependencies.as_ref()?;
+        Some(
+            dependencies
+                .iter()
+                .filter_map(|d| {
+                    let (service, namespace) = d.split_once('.')?;
+                    inputs
+                        .services
+                        .get(&(namespace.to_owned(), service.to_owned()))
+                })
+                .flat_map(move |info| match type_url {
+                    TypeUrl::Cluster | TypeUrl::Endpoint => info.clusters.iter(),
+                    TypeUrl::Route => info.routes.iter(),
+                    TypeUrl::Secret | TypeUrl::Listener => [].iter(),
+                }),
+        )
     }
 
     /// Inbound listeners and clusters (by name).

@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use rampart_certs::SpiffeId;
 
 use super::node_listeners::{Outbound, listeners, requested};
-use super::sidecar::{Sidecar, SidecarError};
+use super::sidecar::{Sidecar, SidecarError, SidecarInputs};
 use super::snapshot::{Resources, Snapshot, TypeUrl};
 
 /// One node's view of the snapshots.
@@ -89,11 +89,11 @@ impl NodeView {
             let inputs = &snapshot.sidecar;
             let (inbound_listeners, inbound_clusters) = sidecar.inbound(inputs);
             own_listeners.extend(inbound_listeners);
-            let clusters = self.narrowed(TypeUrl::Cluster, &inputs.clusters);
+            let clusters = self.narrowed(TypeUrl::Cluster, &inputs.clusters, inputs);
             let own = self.own(TypeUrl::Cluster, inbound_clusters);
             view = view.with_layer(TypeUrl::Cluster, clusters, own);
             for t in [TypeUrl::Endpoint, TypeUrl::Route] {
-                let narrowed = self.narrowed(t, &snapshot.shared(t));
+                let narrowed = self.narrowed(t, &snapshot.shared(t), inputs);
                 view = view.with_layer(t, narrowed, None);
             }
         }
@@ -105,23 +105,36 @@ impl NodeView {
     }
 
     /// `source` narrowed to the sidecar's dependencies (the same `Arc` while
-    /// `source` is the same map).
-    fn narrowed(&mut self, type_url: TypeUrl, source: &Arc<Resources>) -> Arc<Resources> {
+    /// `source` is the same map; picked by name, not by scanning `source`).
+    fn narrowed(
+        &mut self,
+        type_url: TypeUrl,
+        source: &Arc<Resources>,
+        inputs: &SidecarInputs,
+    ) -> Arc<Resources> {
         let kept = self.kept.entry(type_url).or_default();
         if let (Some(s), Some(shared)) = (&kept.source, &kept.shared)
             && Arc::ptr_eq(s, source)
         {
             return shared.clone();
         }
-        let narrowed = match self.sidecar.as_ref().filter(|s| s.dependencies.is_some()) {
+        let names = self
+            .sidecar
+            .as_ref()
+            .and_then(|s| s.dependency_names(inputs, type_url));
+        let narrowed = match names {
             None => source.clone(),
-            Some(sidecar) => Arc::new(
-                source
-                    .iter()
-                    .filter(|(name, _)| sidecar.depends_on(name))
+            Some(names) => {
+                let picked: Resources = names
+                    .filter_map(|n| source.get_key_value(n))
                     .map(|(n, e)| (n.clone(), e.clone()))
-                    .collect(),
-            ),
+                    .collect();
+                // An unchanged selection keeps its map, so the type settles in O(1).
+                match &kept.shared {
+                    Some(previous) if **previous == picked => previous.clone(),
+                    _ => Arc::new(picked),
+                }
+            }
         };
         kept.source = Some(source.clone());
         kept.shared = Some(narrowed.clone());
