@@ -174,7 +174,8 @@ impl DeltaStream {
         if plain_ack && self.unchanged_since_checked(type_url, snapshot) {
             return (event, None);
         }
-        let updates = self.diff(type_url, snapshot, true);
+        let candidates = self.candidates(type_url, snapshot);
+        let updates = self.diff(type_url, snapshot, true, candidates);
         (event, updates)
     }
 
@@ -193,7 +194,7 @@ impl DeltaStream {
         self.types
             .iter()
             .flat_map(|(t, state)| {
-                Self::desired(state, *t, view)
+                Self::desired(state, *t, view, None)
                     .into_iter()
                     .map(|(n, e)| (*t, n, e))
             })
@@ -206,31 +207,53 @@ impl DeltaStream {
         &mut self,
         snapshot: &std::sync::Arc<Snapshot>,
     ) -> Vec<DeltaDiscoveryResponse> {
-        let started: Vec<TypeUrl> = TypeUrl::ORDER
+        let started: Vec<(TypeUrl, Option<&[String]>)> = TypeUrl::ORDER
             .into_iter()
             .filter(|t| self.types.contains_key(t) && !self.unchanged_since_checked(*t, snapshot))
+            .map(|t| (t, self.candidates(t, snapshot)))
             .collect();
         let mut out: Vec<_> = started
             .iter()
-            .filter_map(|t| self.diff(*t, snapshot, false))
+            .filter_map(|(t, candidates)| self.diff(*t, snapshot, false, *candidates))
             .collect();
-        out.extend(started.iter().filter_map(|t| self.removals(*t, snapshot)));
+        out.extend(
+            started
+                .iter()
+                .filter_map(|(t, candidates)| self.removals(*t, snapshot, *candidates)),
+        );
         out
     }
 
+    /// The only names of `type_url` that can need a reply: those changed
+    /// since the snapshot this type was last diffed against, if that was the
+    /// previous one and nothing was subscribed since. None: any name can.
+    fn candidates<'a>(&self, type_url: TypeUrl, snapshot: &'a Snapshot) -> Option<&'a [String]> {
+        let state = self.types.get(&type_url)?;
+        if !state.fresh.is_empty() {
+            return None;
+        }
+        snapshot.changes_since(state.checked_against.as_ref()?, type_url)
+    }
+
+    /// What the client should hold, restricted to `candidates` if given.
     fn desired<'a>(
         state: &DeltaTypeState,
         type_url: TypeUrl,
         snapshot: &'a Snapshot,
+        candidates: Option<&'a [String]>,
     ) -> BTreeMap<&'a String, &'a Entry> {
-        if state.wildcard {
-            snapshot.of(type_url).collect()
-        } else {
-            state
+        match candidates {
+            Some(names) => names
+                .iter()
+                .filter(|n| state.wildcard || state.names.contains(*n))
+                .filter_map(|n| snapshot.get_key_value(type_url, n))
+                .collect(),
+            None if state.wildcard => snapshot.of(type_url).collect(),
+            None => state
                 .names
                 .iter()
                 .filter_map(|n| snapshot.get_key_value(type_url, n))
-                .collect()
+                .collect(),
         }
     }
 
@@ -240,9 +263,10 @@ impl DeltaStream {
         type_url: TypeUrl,
         snapshot: &std::sync::Arc<Snapshot>,
         with_removals: bool,
+        candidates: Option<&[String]>,
     ) -> Option<DeltaDiscoveryResponse> {
         let state = self.types.get_mut(&type_url)?;
-        let desired = Self::desired(state, type_url, snapshot);
+        let desired = Self::desired(state, type_url, snapshot, candidates);
         let mut resources = Vec::new();
         let mut sent = BTreeMap::new();
         let mut previous = BTreeMap::new();
@@ -262,7 +286,7 @@ impl DeltaStream {
         }
         let mut removed = Vec::new();
         if with_removals {
-            removed = Self::removed_names(state, &desired);
+            removed = Self::removed_names(state, &desired, candidates);
             for name in &removed {
                 previous.insert(name.clone(), state.client.get(name).copied());
                 sent.insert(name.clone(), None);
@@ -281,10 +305,11 @@ impl DeltaStream {
         &mut self,
         type_url: TypeUrl,
         snapshot: &Snapshot,
+        candidates: Option<&[String]>,
     ) -> Option<DeltaDiscoveryResponse> {
         let state = self.types.get_mut(&type_url)?;
-        let desired = Self::desired(state, type_url, snapshot);
-        let removed = Self::removed_names(state, &desired);
+        let desired = Self::desired(state, type_url, snapshot, candidates);
+        let removed = Self::removed_names(state, &desired, candidates);
         if removed.is_empty() {
             return None;
         }
@@ -296,8 +321,20 @@ impl DeltaStream {
         Some(self.respond(type_url, Vec::new(), removed, previous, sent))
     }
 
-    /// Names the client holds (or explicitly asked for) that are not desired.
-    fn removed_names(state: &DeltaTypeState, desired: &BTreeMap<&String, &Entry>) -> Vec<String> {
+    /// Names the client holds (or explicitly asked for) that are not
+    /// desired; only among `candidates` if given.
+    fn removed_names(
+        state: &DeltaTypeState,
+        desired: &BTreeMap<&String, &Entry>,
+        candidates: Option<&[String]>,
+    ) -> Vec<String> {
+        if let Some(names) = candidates {
+            return names
+                .iter()
+                .filter(|n| state.client.contains_key(*n) && !desired.contains_key(n))
+                .cloned()
+                .collect();
+        }
         let held = state.client.keys();
         let asked_missing = state
             .names
@@ -425,6 +462,57 @@ mod tests {
             pushed[1].removed_resources,
             vec!["outbound|8080||echo.default"]
         );
+    }
+
+    /// The fast path (only names changed since the previous snapshot) must
+    /// answer exactly what a full diff answers.
+    #[test]
+    fn diffing_only_changed_names_answers_what_a_full_diff_does() {
+        let models = [
+            MODEL.to_owned(),
+            MODEL.replace("50062", "50063"),
+            MODEL.replace(", {name: http, port: 8080, protocol: http}", ""),
+            MODEL.to_owned(),
+        ];
+        let summary =
+            |responses: Vec<DeltaDiscoveryResponse>| -> Vec<(String, Vec<String>, Vec<String>)> {
+                responses
+                    .into_iter()
+                    .map(|r| {
+                        let names = r.resources.iter().map(|x| x.name.clone()).collect();
+                        (r.type_url, names, r.removed_resources)
+                    })
+                    .collect()
+            };
+        let (mut fast, mut full) = (DeltaStream::default(), DeltaStream::default());
+        let mut previous = snapshot(&models[0]);
+        for (stream, snap) in [(&mut fast, &previous), (&mut full, &previous)] {
+            let (_, cds) = stream.on_request(request(CDS, &[], &[], ""), snap);
+            stream.on_request(request(CDS, &[], &[], &cds.unwrap().nonce), snap);
+            let names = [
+                "outbound|50051||echo.default",
+                "outbound|8080||echo.default",
+                "outbound|50051|version=v2|echo.default",
+            ];
+            let (_, eds) = stream.on_request(request(EDS, &names, &[], ""), snap);
+            stream.on_request(request(EDS, &[], &[], &eds.unwrap().nonce), snap);
+        }
+        for model in &models[1..] {
+            let mut with_changes = crate::xds::translate::test_snapshot(model);
+            with_changes.reuse_unchanged(&previous);
+            let plain = std::sync::Arc::new(with_changes.clone());
+            with_changes.record_changes(&previous);
+            let with_changes = std::sync::Arc::new(with_changes);
+            for t in [TypeUrl::Cluster, TypeUrl::Endpoint] {
+                if !with_changes.shares(&previous, t) {
+                    assert!(with_changes.changes_since(&previous, t).is_some(), "{t:?}");
+                }
+            }
+            let fast_out = summary(fast.on_snapshot(&with_changes));
+            let full_out = summary(full.on_snapshot(&plain));
+            assert_eq!(fast_out, full_out, "after {model}");
+            previous = with_changes;
+        }
     }
 
     #[test]

@@ -156,11 +156,59 @@ impl<'a> Iterator for Merged<'a> {
     }
 }
 
+/// Per type, the names whose resource differs from the previous snapshot's
+/// (added, changed or removed), so a delta stream that was in sync with the
+/// previous snapshot looks only at them instead of every name it holds.
+#[derive(Debug, Clone, Default)]
+struct ChangeLog(BTreeMap<TypeUrl, Arc<Changes>>);
+
+/// Bookkeeping, not content: two snapshots with the same resources are equal
+/// whatever they changed from.
+impl PartialEq for ChangeLog {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+#[derive(Debug)]
+struct Changes {
+    /// The map the names changed from, and the one they changed to.
+    from: Arc<Resources>,
+    to: Arc<Resources>,
+    names: Vec<String>,
+}
+
+/// Names present in only one of two sorted maps or with different content.
+fn changed_names(from: &Resources, to: &Resources) -> Vec<String> {
+    use std::cmp::Ordering;
+    let (mut a, mut b) = (from.iter().peekable(), to.iter().peekable());
+    let mut names = Vec::new();
+    loop {
+        let order = match (a.peek(), b.peek()) {
+            (None, None) => return names,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(x), Some(y)) => x.0.cmp(y.0),
+        };
+        match order {
+            Ordering::Less => names.push(a.next().unwrap().0.clone()),
+            Ordering::Greater => names.push(b.next().unwrap().0.clone()),
+            Ordering::Equal => {
+                let (x, y) = (a.next().unwrap(), b.next().unwrap());
+                if x.1.hash != y.1.hash {
+                    names.push(x.0.clone());
+                }
+            }
+        }
+    }
+}
+
 /// All resources, by type then name. Each type's map is shared, so a
 /// per-proxy view that swaps one type costs no copies of the others.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
     resources: BTreeMap<TypeUrl, Layer>,
+    changes: ChangeLog,
     /// What per-proxy views are built from (sidecar clusters, services,
     /// authorization policies).
     pub sidecar: Arc<super::sidecar::SidecarInputs>,
@@ -202,6 +250,41 @@ impl Snapshot {
         } else {
             Arc::make_mut(&mut self.sidecar).reuse_unchanged(&previous.sidecar);
         }
+    }
+
+    /// Records, per type, which names differ from `previous` (the snapshot
+    /// this one replaces).
+    pub fn record_changes(&mut self, previous: &Snapshot) {
+        for (t, layer) in &self.resources {
+            let Some(old) = previous.resources.get(t) else {
+                continue;
+            };
+            if layer.own.is_some() || old.own.is_some() || layer.same_as(old) {
+                continue;
+            }
+            let changes = Changes {
+                from: old.shared.clone(),
+                to: layer.shared.clone(),
+                names: changed_names(&old.shared, &layer.shared),
+            };
+            self.changes.0.insert(*t, Arc::new(changes));
+        }
+    }
+
+    /// The names of `type_url` that may differ between `earlier` and this
+    /// snapshot, when this snapshot (or a view sharing its map) is the one
+    /// right after `earlier`; None when unknown (diff everything).
+    pub fn changes_since(&self, earlier: &Snapshot, type_url: TypeUrl) -> Option<&[String]> {
+        let (now, then) = (
+            self.resources.get(&type_url)?,
+            earlier.resources.get(&type_url)?,
+        );
+        let changes = self.changes.0.get(&type_url)?;
+        (now.own.is_none()
+            && then.own.is_none()
+            && Arc::ptr_eq(&changes.from, &then.shared)
+            && Arc::ptr_eq(&changes.to, &now.shared))
+        .then_some(changes.names.as_slice())
     }
 
     /// Whether both snapshots hold the very same maps for `type_url`.

@@ -87,6 +87,7 @@ pub fn spawn_snapshot_builder<S: MeshStore + 'static>(
                 if *current.snapshot == snapshot {
                     false
                 } else {
+                    snapshot.record_changes(&current.snapshot);
                     generation += 1;
                     *current = Arc::new(Published {
                         snapshot: Arc::new(snapshot),
