@@ -371,6 +371,7 @@ impl DeltaStream {
         state.sent = Some(Sent {
             version: version.clone(),
             nonce: nonce.clone(),
+            version_bits: 0,
             names_hash: 0,
             resources: state.client.len(),
         });
@@ -484,9 +485,10 @@ mod tests {
                     })
                     .collect()
             };
+        let sequence = crate::xds::translate::test_sequence(&models);
         let (mut fast, mut full) = (DeltaStream::default(), DeltaStream::default());
-        let mut previous = snapshot(&models[0]);
-        for (stream, snap) in [(&mut fast, &previous), (&mut full, &previous)] {
+        for stream in [&mut fast, &mut full] {
+            let snap = &sequence[0].0;
             let (_, cds) = stream.on_request(request(CDS, &[], &[], ""), snap);
             stream.on_request(request(CDS, &[], &[], &cds.unwrap().nonce), snap);
             let names = [
@@ -497,21 +499,16 @@ mod tests {
             let (_, eds) = stream.on_request(request(EDS, &names, &[], ""), snap);
             stream.on_request(request(EDS, &[], &[], &eds.unwrap().nonce), snap);
         }
-        for model in &models[1..] {
-            let mut with_changes = crate::xds::translate::test_snapshot(model);
-            with_changes.reuse_unchanged(&previous);
-            let plain = std::sync::Arc::new(with_changes.clone());
-            with_changes.record_changes(&previous);
-            let with_changes = std::sync::Arc::new(with_changes);
+        for (i, pair) in sequence.windows(2).enumerate() {
+            let ((previous, _), (with_changes, plain)) = (&pair[0], &pair[1]);
             for t in [TypeUrl::Cluster, TypeUrl::Endpoint] {
-                if !with_changes.shares(&previous, t) {
-                    assert!(with_changes.changes_since(&previous, t).is_some(), "{t:?}");
+                if !with_changes.shares(previous, t) {
+                    assert!(with_changes.changes_since(previous, t).is_some(), "{t:?}");
                 }
             }
-            let fast_out = summary(fast.on_snapshot(&with_changes));
-            let full_out = summary(full.on_snapshot(&plain));
-            assert_eq!(fast_out, full_out, "after {model}");
-            previous = with_changes;
+            let fast_out = summary(fast.on_snapshot(with_changes));
+            let full_out = summary(full.on_snapshot(plain));
+            assert_eq!(fast_out, full_out, "after model {}", i + 1);
         }
     }
 

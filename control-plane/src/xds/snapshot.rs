@@ -344,16 +344,6 @@ impl Snapshot {
     }
 }
 
-/// The version of a response carrying `entries` (name, entry), in order.
-pub fn version_of<'a>(entries: impl IntoIterator<Item = (&'a String, &'a Entry)>) -> String {
-    let mut hasher = std::hash::DefaultHasher::new();
-    for (name, entry) in entries {
-        name.hash(&mut hasher);
-        entry.hash.hash(&mut hasher);
-    }
-    format!("{:016x}", hasher.finish())
-}
-
 /// A version naming a whole set of (name, version) pairs, for logs and status.
 pub fn version_of_map(versions: &BTreeMap<String, u64>) -> String {
     let mut hasher = std::hash::DefaultHasher::new();

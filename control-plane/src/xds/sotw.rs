@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
-use super::snapshot::{Entry, Snapshot, TypeUrl, version_of};
+use super::snapshot::{Entry, Snapshot, TypeUrl};
 
 /// What a client asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,22 +30,32 @@ enum Subscription {
 #[derive(Debug, Clone)]
 pub struct Sent {
     pub version: String,
+    /// `version` as a number: the XOR of [`mix`] over the (name, content)
+    /// pairs sent, so a push can update it from the changed names alone.
+    pub version_bits: u64,
     pub nonce: String,
-    /// A hash of the subscribed names the response answered (only compared,
+    /// XOR of [`mix`] over the names the response answered (only compared,
     /// so a set of thousands of names is not kept per stream and type).
     pub names_hash: u64,
     /// How many resources the client holds after this response.
     pub resources: usize,
 }
 
-/// Order-independent-enough hash of a sorted name sequence.
-pub fn hash_names<'a>(names: impl IntoIterator<Item = &'a String>) -> u64 {
+/// A stable 64-bit hash of a name and, for versions, its content hash.
+/// Combined by XOR, which is order-independent and can be updated by
+/// XOR-ing out the old pair and in the new one. (Names in a set are unique,
+/// so nothing cancels out.)
+pub fn mix(name: &str, content: Option<u64>) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::hash::DefaultHasher::new();
-    for name in names {
-        name.hash(&mut hasher);
-    }
+    name.hash(&mut hasher);
+    content.hash(&mut hasher);
     hasher.finish()
+}
+
+/// XOR of [`mix`] over names.
+pub fn hash_names<'a>(names: impl IntoIterator<Item = &'a String>) -> u64 {
+    names.into_iter().fold(0, |acc, n| acc ^ mix(n, None))
 }
 
 /// A rejected version and why.
@@ -66,6 +76,11 @@ pub struct TypeState {
     /// responses then carry only what changed since (the protocol allows
     /// any subset for them), instead of every subscribed resource.
     sent_from: Option<std::sync::Arc<Snapshot>>,
+    /// [`hash_names`] of a named subscription: a request naming the same
+    /// set is recognised without building it.
+    subscription_bits: u64,
+    /// The subscription changed since the last response.
+    subscription_changed: bool,
     pub sent: Option<Sent>,
     pub acked_version: Option<String>,
     pub nack: Option<Nack>,
@@ -115,30 +130,46 @@ impl SotwStream {
             ever_named: false,
             added: BTreeSet::new(),
             sent_from: None,
+            subscription_bits: 0,
+            subscription_changed: false,
             sent: None,
             acked_version: None,
             nack: None,
         });
         // Legacy wildcard rule: an empty list is "everything" until the client
         // names something; "*" is always everything.
-        let names: BTreeSet<String> = request.resource_names.iter().cloned().collect();
-        let subscription = if names.contains("*")
-            || (names.is_empty() && !state.ever_named && type_url.supports_wildcard())
-        {
-            Subscription::Wildcard
-        } else {
-            state.ever_named = true;
-            Subscription::Names(names)
+        let requested = &request.resource_names;
+        let wildcard = requested.iter().any(|n| n == "*")
+            || (requested.is_empty() && !state.ever_named && type_url.supports_wildcard());
+        let bits = hash_names(requested);
+        // Most requests are ACKs naming the same set again: recognise it by
+        // its hash and size instead of building a set of every name.
+        let same_subscription = match &state.subscription {
+            Subscription::Wildcard => wildcard,
+            Subscription::Names(old) => {
+                !wildcard && bits == state.subscription_bits && old.len() == requested.len()
+            }
         };
-        let same_subscription = subscription == state.subscription;
-        if let (Subscription::Names(old), Subscription::Names(new)) =
-            (&state.subscription, &subscription)
-        {
-            state.added.extend(new.difference(old).cloned());
-        } else if subscription != state.subscription {
-            state.sent_from = None; // a different kind of subscription: send it all
+        if !same_subscription {
+            let subscription = if wildcard {
+                Subscription::Wildcard
+            } else {
+                state.ever_named = true;
+                Subscription::Names(requested.iter().cloned().collect())
+            };
+            if let (Subscription::Names(old), Subscription::Names(new)) =
+                (&state.subscription, &subscription)
+            {
+                state.added.extend(new.difference(old).cloned());
+            } else {
+                state.sent_from = None; // a different kind of subscription: send it all
+            }
+            if let Subscription::Names(new) = &subscription {
+                state.subscription_bits = hash_names(new);
+            }
+            state.subscription = subscription;
+            state.subscription_changed = true;
         }
-        state.subscription = subscription;
 
         let first = request.response_nonce.is_empty();
         let sent = state.sent.as_ref();
@@ -233,47 +264,93 @@ impl SotwStream {
         force: bool,
     ) -> Option<DiscoveryResponse> {
         let state = self.types.get_mut(&type_url)?;
-        let entries: Vec<_> = match &state.subscription {
-            Subscription::Wildcard => snapshot.of(type_url).collect(),
-            Subscription::Names(names) => names
-                .iter()
-                .filter_map(|n| snapshot.get(type_url, n).map(|e| (n, e)))
-                .collect(),
+        let subscribed = |name: &String| match &state.subscription {
+            Subscription::Wildcard => true,
+            Subscription::Names(names) => names.contains(name),
         };
-        let version = version_of(entries.iter().copied());
-        let names_hash = match &state.subscription {
-            Subscription::Wildcard => hash_names(entries.iter().map(|(n, _)| *n)),
-            Subscription::Names(names) => hash_names(names),
+        // A stream that sent from the previous snapshot, with an unchanged
+        // subscription, updates its version from the changed names alone.
+        let changed: Option<Vec<&String>> = match (&state.sent, &state.sent_from) {
+            (Some(_), Some(from))
+                if !force && !state.subscription_changed && state.added.is_empty() =>
+            {
+                snapshot
+                    .changes_since(from, type_url)
+                    .map(|names| names.iter().filter(|n| subscribed(n)).collect())
+            }
+            _ => None,
         };
+        let (version_bits, names_hash, count) = match (&changed, &state.sent, &state.sent_from) {
+            (Some(names), Some(sent), Some(from)) => {
+                let (mut version, mut present, mut count) =
+                    (sent.version_bits, sent.names_hash, sent.resources);
+                for name in names {
+                    let old = from.get(type_url, name).map(|e| e.hash);
+                    let new = snapshot.get(type_url, name).map(|e| e.hash);
+                    if let Some(h) = old {
+                        version ^= mix(name, Some(h));
+                    }
+                    if let Some(h) = new {
+                        version ^= mix(name, Some(h));
+                    }
+                    if old.is_some() != new.is_some() {
+                        // Wildcard: the answered names are the present ones.
+                        if matches!(state.subscription, Subscription::Wildcard) {
+                            present ^= mix(name, None);
+                        }
+                        count = if new.is_some() { count + 1 } else { count - 1 };
+                    }
+                }
+                (version, present, count)
+            }
+            _ => {
+                let entries = Self::entries(&state.subscription, type_url, snapshot);
+                let version = entries
+                    .iter()
+                    .fold(0, |acc, (n, e)| acc ^ mix(n, Some(e.hash)));
+                let names_hash = match &state.subscription {
+                    Subscription::Wildcard => hash_names(entries.iter().map(|(n, _)| *n)),
+                    Subscription::Names(_) => state.subscription_bits,
+                };
+                (version, names_hash, entries.len())
+            }
+        };
+        let version = format!("{version_bits:016x}");
         if !force {
             let unchanged = state
                 .sent
                 .as_ref()
-                .is_some_and(|s| s.version == version && s.names_hash == names_hash);
+                .is_some_and(|s| s.version_bits == version_bits && s.names_hash == names_hash);
             let rejected = state.nack.as_ref().is_some_and(|n| n.version == version);
             if unchanged || rejected {
+                state.subscription_changed = false;
                 return None;
             }
         }
         // LDS and CDS responses must hold everything; EDS and RDS only what
         // changed since the last response (or was just subscribed).
-        let partial_from = match (type_url, &state.sent_from, force) {
-            (TypeUrl::Endpoint | TypeUrl::Route, Some(from), false) => Some(from.clone()),
-            _ => None,
-        };
-        let resources = entries
-            .iter()
-            .filter(|(name, entry)| match &partial_from {
-                None => true,
-                Some(from) => {
+        let partial = matches!(type_url, TypeUrl::Endpoint | TypeUrl::Route) && !force;
+        let resources = match (&changed, &state.sent_from, partial) {
+            (Some(names), _, true) => names
+                .iter()
+                .filter_map(|n| snapshot.get(type_url, n))
+                .map(|e| e.any.clone())
+                .collect(),
+            (None, Some(from), true) => Self::entries(&state.subscription, type_url, snapshot)
+                .into_iter()
+                .filter(|(name, entry)| {
                     state.added.contains(*name)
                         || from
                             .get(type_url, name)
                             .is_none_or(|old| old.hash != entry.hash)
-                }
-            })
-            .map(|(_, e)| e.any.clone())
-            .collect();
+                })
+                .map(|(_, e)| e.any.clone())
+                .collect(),
+            _ => Self::entries(&state.subscription, type_url, snapshot)
+                .into_iter()
+                .map(|(_, e)| e.any.clone())
+                .collect(),
+        };
         self.nonces += 1;
         let nonce = self.nonces.to_string();
         let response = DiscoveryResponse {
@@ -284,14 +361,31 @@ impl SotwStream {
             ..Default::default()
         };
         state.added.clear();
+        state.subscription_changed = false;
         state.sent_from = Some(snapshot.clone());
         state.sent = Some(Sent {
             version,
+            version_bits,
             nonce,
             names_hash,
-            resources: entries.len(),
+            resources: count,
         });
         Some(response)
+    }
+
+    /// The subscribed resources present in `snapshot`, in name order.
+    fn entries<'a>(
+        subscription: &Subscription,
+        type_url: TypeUrl,
+        snapshot: &'a Snapshot,
+    ) -> Vec<(&'a String, &'a Entry)> {
+        match subscription {
+            Subscription::Wildcard => snapshot.of(type_url).collect(),
+            Subscription::Names(names) => names
+                .iter()
+                .filter_map(|n| snapshot.get_key_value(type_url, n))
+                .collect(),
+        }
     }
 }
 
@@ -315,6 +409,64 @@ mod tests {
             version_info: version.into(),
             response_nonce: nonce.into(),
             ..Default::default()
+        }
+    }
+
+    /// Versions and pushes updated from the changed names alone must equal
+    /// those computed from every subscribed resource.
+    #[test]
+    fn updating_versions_from_changed_names_matches_a_full_computation() {
+        const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+        let models = [
+            MODEL.to_owned(),
+            MODEL.replace("50062", "50063"),
+            MODEL.replace(", {name: http, port: 8080, protocol: http}", ""),
+            MODEL
+                .replace("weight: 80", "weight: 70")
+                .replace("weight: 20", "weight: 30"),
+            MODEL.to_owned(),
+        ];
+        let sequence = crate::xds::translate::test_sequence(&models);
+        let summary = |responses: Vec<DiscoveryResponse>| -> Vec<(String, String, usize)> {
+            responses
+                .into_iter()
+                .map(|r| (r.type_url, r.version_info, r.resources.len()))
+                .collect()
+        };
+        let (mut fast, mut full) = (SotwStream::default(), SotwStream::default());
+        let names = [
+            "outbound|50051||echo.default",
+            "outbound|8080||echo.default",
+            "outbound|50051|version=v2|echo.default",
+        ];
+        for stream in [&mut fast, &mut full] {
+            let snap = &sequence[0].0;
+            let (_, cds) = stream.on_request(request(CDS, &[], "", ""), snap);
+            let cds = cds.unwrap();
+            stream.on_request(request(CDS, &[], &cds.version_info, &cds.nonce), snap);
+            let (_, eds) = stream.on_request(request(EDS, &names, "", ""), snap);
+            let eds = eds.unwrap();
+            stream.on_request(request(EDS, &names, &eds.version_info, &eds.nonce), snap);
+        }
+        for (i, (with_changes, plain)) in sequence.iter().enumerate().skip(1) {
+            let fast_out = summary(fast.on_snapshot(with_changes));
+            let full_out = summary(full.on_snapshot(plain));
+            assert_eq!(fast_out, full_out, "after model {i}");
+            if i <= 2 {
+                assert!(
+                    !fast_out.is_empty(),
+                    "model {i} changes clusters or endpoints"
+                );
+            }
+            // Both ACK what they got.
+            for stream in [&mut fast, &mut full] {
+                for t in [CDS, EDS] {
+                    let state = &stream.types[&TypeUrl::parse(t).unwrap()];
+                    let sent = state.sent.clone().unwrap();
+                    let subscribed: &[&str] = if t == EDS { &names } else { &[] };
+                    stream.on_request(request(t, subscribed, &sent.version, &sent.nonce), plain);
+                }
+            }
         }
     }
 

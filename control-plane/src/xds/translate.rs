@@ -21,6 +21,7 @@
 //! bytes, so unchanged resources keep their versions.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, OutlierDetection, circuit_breakers, cluster,
@@ -287,7 +288,7 @@ pub fn translate(model: &Model) -> Snapshot {
             .insert((namespace.clone(), name.clone()), info);
     }
     inputs.clusters = sidecar_clusters.shared(TypeUrl::Cluster);
-    snapshot.sidecar = std::sync::Arc::new(inputs);
+    snapshot.sidecar = Arc::new(inputs);
     snapshot
 }
 
@@ -782,6 +783,27 @@ pub fn test_snapshot(yaml: &str) -> Snapshot {
         "example.org",
         "",
     ))
+}
+
+/// Snapshots of successive models as the builder publishes them: each
+/// reuses its predecessor's unchanged maps, and comes in two forms, with
+/// its changes recorded (the fast paths) and without (full diffs).
+#[cfg(test)]
+pub fn test_sequence(models: &[String]) -> Vec<(Arc<Snapshot>, Arc<Snapshot>)> {
+    let mut out: Vec<(Arc<Snapshot>, Arc<Snapshot>)> = Vec::new();
+    for model in models {
+        let mut next = test_snapshot(model);
+        if let Some((previous, _)) = out.last() {
+            next.reuse_unchanged(previous);
+            let plain = Arc::new(next.clone());
+            next.record_changes(previous);
+            out.push((Arc::new(next), plain));
+        } else {
+            let first = Arc::new(next);
+            out.push((first.clone(), first));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
