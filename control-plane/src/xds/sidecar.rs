@@ -347,6 +347,9 @@ impl Sidecar {
         let Some(service) = inputs
             .services
             .get(&(self.namespace.clone(), workload.service.clone()))
+            .filter(|s| {
+                s.service_accounts.is_empty() || s.service_accounts.contains(&self.service_account)
+            })
         else {
             return (listeners, clusters);
         };

@@ -257,7 +257,7 @@ pub fn translate(model: &Model) -> Snapshot {
                         },
                     ),
                 );
-                let endpoints = endpoints(model, namespace, name, port, subset);
+                let endpoints = endpoints(model, service, port, subset);
                 snapshot.insert(
                     TypeUrl::Endpoint,
                     cluster.clone(),
@@ -498,17 +498,23 @@ fn build_cluster(
 }
 
 /// Endpoints of a service port, filtered by subset labels: (locality, address, port, weight).
+/// A sidecar endpoint whose service account the Service does not allow is
+/// left out: clients would refuse its certificate anyway.
 fn endpoints<'a>(
     model: &'a Model,
-    namespace: &str,
-    service: &str,
+    service: &Object<ServiceSpec>,
     port: &ServicePort,
     subset: &BTreeMap<String, String>,
 ) -> Vec<(&'a str, &'a str, u16, u32, bool)> {
+    let (name, namespace) = (&service.metadata.name, &service.metadata.namespace);
+    let allowed = &service.spec.service_accounts;
     let mut out: Vec<_> = model
         .entries
         .iter()
-        .filter(|e| e.metadata.namespace == namespace && e.spec.service == service)
+        .filter(|e| e.metadata.namespace == *namespace && e.spec.service == *name)
+        .filter(|e| {
+            !e.spec.sidecar || allowed.is_empty() || allowed.contains(&e.spec.service_account)
+        })
         .filter(|e| {
             subset
                 .iter()
@@ -927,6 +933,29 @@ spec:
                 .typed_per_filter_config
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn sidecars_of_a_service_account_it_does_not_allow_are_not_its_endpoints() {
+        let yaml = MODEL
+            .replace(
+                "protocol: http}]",
+                "protocol: http}]\n  serviceAccounts: [echo]",
+            )
+            .replace(
+                "ports: {grpc: 50062, http: 18082}, serviceAccount: echo}",
+                "ports: {grpc: 50062, http: 18082}, serviceAccount: intruder, sidecar: true}",
+            );
+        let s = snapshot(&yaml);
+        let all: ClusterLoadAssignment =
+            decoded(&s, TypeUrl::Endpoint, "outbound|50051||echo.default");
+        let ports: Vec<_> = all.endpoints[0]
+            .lb_endpoints
+            .iter()
+            .map(|e| format!("{:?}", e.host_identifier))
+            .collect();
+        assert_eq!(ports.len(), 1, "only echo-v1: {ports:?}");
+        assert!(ports[0].contains("50061"), "{ports:?}");
     }
 
     #[test]
