@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use rampart_api::admin::admin_service_server::AdminServiceServer;
 use rampart_api::ca::certificate_service_server::CertificateServiceServer;
 use rampart_certs::tls::{ClientAuth, PeerPolicy, server_config};
@@ -169,9 +168,7 @@ pub async fn run(
             );
             let anonymous = SpiffeId::new(config.trust_domain.clone(), "/rampart/dev-plaintext")?;
             let server = tonic::transport::Server::builder()
-                .add_service(AggregatedDiscoveryServiceServer::new(
-                    ads.clone().anonymous_as(anonymous),
-                ))
+                .add_service(xds::AdsService::new(ads.clone().anonymous_as(anonymous)))
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(listener),
                     stopped(stop_rx.clone()),
@@ -185,7 +182,7 @@ pub async fn run(
             tokens.clone(),
             metrics.clone(),
         )))
-        .add_service(AggregatedDiscoveryServiceServer::new(ads))
+        .add_service(xds::AdsService::new(ads))
         .add_service(AdminServiceServer::new(admin::AdminService::new(
             ca.clone(),
             tokens,

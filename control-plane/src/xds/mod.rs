@@ -13,6 +13,7 @@ pub mod snapshot;
 mod sotw;
 mod status;
 pub mod translate;
+mod transport;
 mod view;
 mod watch;
 
@@ -20,4 +21,5 @@ pub use convergence::Convergence;
 pub use server::AdsServer;
 pub use snapshot::{Snapshot, TypeUrl};
 pub use status::StreamRegistry;
+pub use transport::AdsService;
 pub use watch::{Published, Sources, spawn_snapshot_builder};

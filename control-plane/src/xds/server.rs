@@ -1,4 +1,5 @@
-//! The Aggregated Discovery Service over gRPC, state-of-the-world and delta.
+//! The Aggregated Discovery Service, state-of-the-world and delta (its gRPC
+//! framing is in `transport`).
 //! Each stream runs its protocol state machine ([`SotwStream`] or
 //! [`DeltaStream`]) in its own task; replies go out through a small bounded
 //! channel, and snapshots arrive through a watch channel that keeps only the
@@ -8,7 +9,6 @@
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
@@ -147,7 +147,9 @@ impl AdsServer {
         self
     }
 
-    fn serve<P: Protocol + 'static>(
+    /// Starts serving one ADS stream; the replies come out of the returned
+    /// channel (framed by `transport`).
+    pub(super) fn serve<P: Protocol + 'static>(
         &self,
         request: Request<Streaming<P::Request>>,
         variant: &'static str,
@@ -182,26 +184,6 @@ impl AdsServer {
             tracing::info!(peer = %context.peer, stream = id, reason, "xDS stream closed");
         });
         Ok(Response::new(ReceiverStream::new(rx)))
-    }
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = Replies<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = Replies<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        self.serve::<SotwStream>(request, "sotw")
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        self.serve::<DeltaStream>(request, "delta")
     }
 }
 
