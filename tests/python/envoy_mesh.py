@@ -24,6 +24,9 @@ import time
 
 from checks import check, get, serve_http
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
+from envoy_bootstrap import bootstrap  # noqa: E402  (the one bootstrap, shared with scripts/demo.sh)
+
 
 def start_app(port):
     """The app behind the echo sidecar: says which path and caller it saw."""
@@ -33,80 +36,11 @@ def start_app(port):
     }))
 
 
-def sds(name):
-    return {"name": name, "sds_config": {
-        "resource_api_version": "V3",
-        "api_config_source": {
-            "api_type": "GRPC", "transport_api_version": "V3",
-            "grpc_services": [{"envoy_grpc": {"cluster_name": "sds-grpc"}}],
-            "set_node_on_first_message_only": True,
-        },
-    }}
-
-
-HTTP2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-    "explicit_http_config": {"http2_protocol_options": {}},
-}}
-
-
-def bootstrap(config, node_id, metadata, admin_port, agent):
-    host, port = config["control_plane"].rsplit(":", 1)
-    return {
-        "node": {"id": node_id, "cluster": "test", "metadata": metadata},
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": "GRPC", "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "rampart-control"}}],
-            },
-            "cds_config": {"ads": {}, "resource_api_version": "V3"},
-            "lds_config": {"ads": {}, "resource_api_version": "V3"},
-        },
-        "static_resources": {"clusters": [
-            {
-                # The local agent: certificate `default` and bundle `ROOTCA`.
-                "name": "sds-grpc",
-                "type": "STATIC",
-                "connect_timeout": "2s",
-                "typed_extension_protocol_options": HTTP2,
-                "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [{"lb_endpoints": [
-                    {"endpoint": {"address": {"pipe": {"path": agent}}}}]}]},
-            },
-            {
-                # The control plane, over mTLS with the agent's certificate.
-                "name": "rampart-control",
-                "type": "STATIC",
-                "connect_timeout": "2s",
-                "typed_extension_protocol_options": HTTP2,
-                "load_assignment": {"cluster_name": "rampart-control", "endpoints": [{"lb_endpoints": [
-                    {"endpoint": {"address": {"socket_address": {"address": host, "port_value": int(port)}}}}]}]},
-                "transport_socket": {
-                    "name": "envoy.transport_sockets.tls",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                        "common_tls_context": {
-                            "tls_params": {"tls_minimum_protocol_version": "TLSv1_3",
-                                           "tls_maximum_protocol_version": "TLSv1_3"},
-                            "alpn_protocols": ["h2"],
-                            "tls_certificate_sds_secret_configs": [sds("default")],
-                            "combined_validation_context": {
-                                "default_validation_context": {"match_typed_subject_alt_names": [{
-                                    "san_type": "URI", "matcher": {"exact": config["control_plane_id"]}}]},
-                                "validation_context_sds_secret_config": sds("ROOTCA"),
-                            },
-                        },
-                    },
-                },
-            },
-        ]},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-    }
-
-
 def start_envoy(config, node_id, metadata, role):
     path = os.path.join(config["work_dir"], f"{node_id}.json")
     with open(path, "w") as f:
-        json.dump(bootstrap(config, node_id, metadata, config["admin_ports"][role], config["agents"][role]), f)
+        json.dump(bootstrap(node_id, metadata, config["admin_ports"][role], config["agents"][role],
+                            config["control_plane"], config["control_plane_id"]), f)
     log = open(os.path.join(config["work_dir"], f"{node_id}.log"), "w")
     return subprocess.Popen(
         [config["envoy"], "-c", path, "--disable-hot-restart", "--drain-time-s", "2", "-l", os.environ.get("ENVOY_LOG_LEVEL", "info"), "--concurrency", "1"],
