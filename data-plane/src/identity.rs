@@ -143,7 +143,12 @@ fn into_identity(
 }
 
 /// Renews forever: at each deadline, then with backoff on failure.
-pub async fn keep_renewed(client: CaClient, updates: watch::Sender<Arc<Identity>>) {
+pub async fn keep_renewed(
+    client: CaClient,
+    updates: watch::Sender<Arc<Identity>>,
+    metrics: Arc<crate::admin::ProxyMetrics>,
+) {
+    use crate::admin::RenewalLabels;
     let mut backoff = Duration::from_secs(1);
     let mut deadline = updates.borrow().svid.renewal_deadline();
     loop {
@@ -159,9 +164,20 @@ pub async fn keep_renewed(client: CaClient, updates: watch::Sender<Arc<Identity>
                 );
                 deadline = identity.svid.renewal_deadline();
                 backoff = Duration::from_secs(1);
+                metrics
+                    .certificate_expiry
+                    .set(identity.svid.not_after().unix_timestamp());
+                metrics
+                    .renewals
+                    .get_or_create(&RenewalLabels { result: "ok" })
+                    .inc();
                 updates.send_replace(Arc::new(identity));
             }
             Err(status) => {
+                metrics
+                    .renewals
+                    .get_or_create(&RenewalLabels { result: "error" })
+                    .inc();
                 let left = until(current.svid.not_after());
                 tracing::warn!(code = ?status.code(), reason = status.message(), expires_in_s = left.as_secs(), "SVID renewal failed; retrying");
                 deadline = time::OffsetDateTime::now_utc() + backoff;

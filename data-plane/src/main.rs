@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+mod admin;
 mod identity;
 mod sds;
 mod uds_authority;
@@ -47,6 +48,9 @@ struct Args {
     /// this unix socket, as the local agent of an Envoy sidecar.
     #[arg(long)]
     sds_socket: Option<PathBuf>,
+    /// Admin port: /live, /ready, /metrics (port 0: any free port, logged).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin_addr: std::net::SocketAddr,
     /// Ask for SVIDs valid this many seconds (default: the CA's default, 24h).
     #[arg(long)]
     svid_ttl_seconds: Option<u64>,
@@ -80,7 +84,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
         svid_ttl: args.svid_ttl_seconds.map(Duration::from_secs),
     };
 
+    let metrics = admin::ProxyMetrics::new();
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("binding the admin address {}", args.admin_addr))?;
+    tracing::info!(address = %admin_listener.local_addr()?, "admin: /live /ready /metrics");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let admin = tokio::spawn(admin::serve(
+        admin_listener,
+        metrics.clone(),
+        wait_for(stopped.clone()),
+    ));
+
     let identity = bootstrap(&client, &args.join_token).await?;
+    metrics
+        .certificate_expiry
+        .set(identity.svid.not_after().unix_timestamp());
+    metrics
+        .ready
+        .store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(
         spiffe_id = %identity.svid.spiffe_id(),
         serial = %identity.svid.serial_hex(),
@@ -88,9 +110,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "obtained SVID"
     );
     let (updates, current) = tokio::sync::watch::channel(Arc::new(identity));
-    tokio::spawn(identity::keep_renewed(client, updates));
+    tokio::spawn(identity::keep_renewed(client, updates, metrics));
 
-    let (stop, stopped) = tokio::sync::watch::channel(false);
     let sds = match &args.sds_socket {
         None => None,
         Some(path) => {
@@ -126,6 +147,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         server.await?.context("SDS server")?;
         let _ = std::fs::remove_file(path);
     }
+    admin.await?.context("admin server")?;
     Ok(())
 }
 

@@ -316,16 +316,18 @@ pub fn envoy() -> PathBuf {
 }
 
 /// A rampart-proxy command joining `cp` with `token`, serving the Workload
-/// API on `socket`.
-pub fn proxy(cp: &ControlPlane, token: &str, socket: &Path) -> Command {
+/// API on `socket`, and the address of its admin port.
+pub fn proxy(cp: &ControlPlane, token: &str, socket: &Path) -> (Command, String) {
+    let admin = format!("127.0.0.1:{}", free_port());
     let mut cmd = Command::new(bin("rampart-proxy"));
     cmd.args(["--control-plane", &cp.grpc_addr])
+        .args(["--admin-addr", &admin])
         .arg("--trust-anchor")
         .arg(cp.data_dir.join("admin/bundle.pem"))
         .arg("--workload-api-socket")
         .arg(socket)
         .env("RAMPART_JOIN_TOKEN", token);
-    cmd
+    (cmd, admin)
 }
 
 /// A free loopback port (bound, then released).

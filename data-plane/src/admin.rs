@@ -1,0 +1,107 @@
+//! The proxy's admin port (loopback, default 127.0.0.1:15000): `/live` (the
+//! process is up), `/ready` (it holds an SVID) and `/metrics` (Prometheus).
+//! Metric names are stable and documented in docs/metrics.md.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+/// Labels of a renewal attempt.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RenewalLabels {
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+/// The proxy's metrics.
+pub struct ProxyMetrics {
+    registry: Registry,
+    /// notAfter of the SVID in use, seconds since the Unix epoch.
+    pub certificate_expiry: Gauge,
+    pub renewals: Family<RenewalLabels, Counter>,
+    /// Whether the proxy holds an SVID (for `/ready`).
+    pub ready: AtomicBool,
+}
+
+impl ProxyMetrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::default();
+        let certificate_expiry = Gauge::default();
+        registry.register(
+            "rampart_proxy_certificate_expiry_timestamp_seconds",
+            "notAfter of the SVID the proxy uses, seconds since the Unix epoch",
+            certificate_expiry.clone(),
+        );
+        let renewals = Family::<RenewalLabels, Counter>::default();
+        registry.register(
+            "rampart_proxy_svid_renewals",
+            "SVID renewal attempts, by result",
+            renewals.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            certificate_expiry,
+            renewals,
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Serves the admin endpoints until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<ProxyMetrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let for_metrics = metrics.clone();
+    let app = Router::new()
+        .route("/live", get(|| async { "live\n" }))
+        .route(
+            "/ready",
+            get(move || {
+                let ready = metrics.ready.load(Ordering::Acquire);
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready\n").into_response()
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "waiting for an SVID\n").into_response()
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let body = for_metrics.render();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        body,
+                    )
+                }
+            }),
+        );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
