@@ -73,7 +73,7 @@ sidecar() {
     echo "meshctl token create --namespace demo --service-account $name  -> ${token:0:8}..."
     RAMPART_JOIN_TOKEN="$token" "$BIN/rampart-proxy" --control-plane "$GRPC" \
         --trust-anchor "$DATA/admin/bundle.pem" --workload-api-socket "$DATA/$name-workload.sock" \
-        --sds-socket "$sds" --admin-addr "127.0.0.1:$(free_port)" --svid-ttl-seconds 60 \
+        --agent-only --sds-socket "$sds" --admin-addr "127.0.0.1:$(free_port)" --svid-ttl-seconds 60 \
         2> "$DATA/$name-proxy.log" &
     pids+=($!)
     for _ in $(seq 100); do [ -S "$sds" ] && break; sleep 0.1; done

@@ -1,5 +1,6 @@
 //! The proxy's admin port (loopback, default 127.0.0.1:15000): `/live` (the
-//! process is up), `/ready` (it holds an SVID) and `/metrics` (Prometheus).
+//! process is up), `/ready` (it holds an SVID), `/metrics` (Prometheus) and
+//! `/config_dump` (the xDS resources it holds, by type, with versions).
 //! Metric names are stable and documented in docs/metrics.md.
 
 use std::sync::Arc;
@@ -64,15 +65,44 @@ impl ProxyMetrics {
     }
 }
 
+/// `{"<type url>": {"<name>": "<version>"}}`.
+fn config_dump(config: &crate::xds_client::Config) -> serde_json::Value {
+    config
+        .types
+        .iter()
+        .map(|(t, resources)| {
+            let versions = resources
+                .iter()
+                .map(|(n, h)| (n.clone(), serde_json::Value::from(h.version.clone())))
+                .collect::<serde_json::Map<_, _>>();
+            ((*t).to_owned(), serde_json::Value::Object(versions))
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
 /// Serves the admin endpoints until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<ProxyMetrics>,
+    config: tokio::sync::watch::Receiver<Arc<crate::xds_client::Config>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let for_metrics = metrics.clone();
     let app = Router::new()
         .route("/live", get(|| async { "live\n" }))
+        .route(
+            "/config_dump",
+            get(move || {
+                let held = config.borrow().clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        config_dump(&held).to_string(),
+                    )
+                }
+            }),
+        )
         .route(
             "/ready",
             get(move || {

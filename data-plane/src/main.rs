@@ -10,6 +10,7 @@ mod identity;
 mod sds;
 mod uds_authority;
 mod workload_api;
+mod xds_client;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,9 +52,105 @@ struct Args {
     /// Admin port: /live, /ready, /metrics (port 0: any free port, logged).
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin_addr: std::net::SocketAddr,
+    /// Only the identity agent (Workload API, SDS for an Envoy beside it):
+    /// no xDS stream of its own.
+    #[arg(long)]
+    agent_only: bool,
+    /// Node id on the xDS stream; also the name of the endpoint it registers
+    /// (default: SERVICE-HOSTNAME, or HOSTNAME).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// The service this workload serves (in its SVID's namespace).
+    #[arg(long)]
+    service: Option<String>,
+    /// Where peers reach this proxy (with --service).
+    #[arg(long, default_value = "127.0.0.1")]
+    address: std::net::IpAddr,
+    /// NAME=PORT: for service port NAME, the port this proxy listens on for peers (repeatable).
+    #[arg(long = "port", value_parser = parse_pair)]
+    ports: Vec<(String, String)>,
+    /// NAME=PORT: for service port NAME, where the app listens on 127.0.0.1 (repeatable).
+    #[arg(long = "app-port", value_parser = parse_pair)]
+    app_ports: Vec<(String, String)>,
+    /// KEY=VALUE workload label (repeatable).
+    #[arg(long = "label", value_parser = parse_pair)]
+    labels: Vec<(String, String)>,
+    /// SVC.NS this workload calls (repeatable); default: every service.
+    #[arg(long = "dependency")]
+    dependencies: Vec<String>,
+    /// LOCAL_IP:PORT=SVC.NS:PORT outbound listener (repeatable).
+    #[arg(long = "outbound")]
+    outbound: Vec<String>,
     /// Ask for SVIDs valid this many seconds (default: the CA's default, 24h).
     #[arg(long)]
     svid_ttl_seconds: Option<u64>,
+}
+
+/// `NAME=VALUE`.
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not NAME=VALUE")),
+    }
+}
+
+/// The xDS node: who this proxy is and what it serves and calls. The
+/// control plane validates every field (and takes the identity from the SVID).
+fn node(args: &Args) -> envoy_types::pb::envoy::config::core::v3::Node {
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned());
+    let id = args.node_id.clone().unwrap_or_else(|| match &args.service {
+        Some(service) => format!("{service}-{hostname}"),
+        None => hostname,
+    });
+    let join = |pairs: &[(String, String)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut fields = vec![("rampart.sidecar", "true".to_owned())];
+    if let Some(service) = &args.service {
+        fields.push(("rampart.service", service.clone()));
+        fields.push(("rampart.address", args.address.to_string()));
+        fields.push(("rampart.ports", join(&args.ports)));
+        if !args.app_ports.is_empty() {
+            fields.push(("rampart.app_ports", join(&args.app_ports)));
+        }
+    }
+    if !args.labels.is_empty() {
+        fields.push(("rampart.labels", join(&args.labels)));
+    }
+    if !args.dependencies.is_empty() {
+        fields.push(("rampart.dependencies", args.dependencies.join(",")));
+    }
+    if !args.outbound.is_empty() {
+        fields.push(("rampart.outbound_listeners", args.outbound.join(",")));
+    }
+    envoy_types::pb::envoy::config::core::v3::Node {
+        id,
+        user_agent_name: "rampart-proxy".to_owned(),
+        user_agent_version_type: Some(
+            envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType::UserAgentVersion(
+                env!("CARGO_PKG_VERSION").to_owned(),
+            ),
+        ),
+        metadata: Some(Struct {
+            fields: fields
+                .into_iter()
+                .map(|(k, v)| {
+                    let value = Value {
+                        kind: Some(Kind::StringValue(v)),
+                    };
+                    (k.to_owned(), value)
+                })
+                .collect(),
+        }),
+        ..Default::default()
+    }
 }
 
 #[tokio::main]
@@ -79,7 +176,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let trust_anchor = TrustBundle::from_pem_detect(&anchor_pem)
         .with_context(|| format!("loading the trust anchor {}", args.trust_anchor.display()))?;
     let client = CaClient {
-        control_plane: args.control_plane,
+        control_plane: args.control_plane.clone(),
         trust_anchor,
         svid_ttl: args.svid_ttl_seconds.map(Duration::from_secs),
     };
@@ -90,9 +187,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("binding the admin address {}", args.admin_addr))?;
     tracing::info!(address = %admin_listener.local_addr()?, "admin: /live /ready /metrics");
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (config_tx, config) = tokio::sync::watch::channel(Arc::new(xds_client::Config::default()));
     let admin = tokio::spawn(admin::serve(
         admin_listener,
         metrics.clone(),
+        config,
         wait_for(stopped.clone()),
     ));
 
@@ -110,6 +209,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "obtained SVID"
     );
     let (updates, current) = tokio::sync::watch::channel(Arc::new(identity));
+    if !args.agent_only {
+        let settings = xds_client::Settings {
+            control_plane: args.control_plane.clone(),
+            node: node(&args),
+        };
+        tokio::spawn(xds_client::run(settings, current.clone(), config_tx));
+    }
     tokio::spawn(identity::keep_renewed(client, updates, metrics));
 
     let sds = match &args.sds_socket {

@@ -74,6 +74,7 @@ async fn envoy_sidecars_carry_mtls_with_identity_policy_and_registration() {
         let sds = dir.path().join(format!("{sa}-sds.sock"));
         let mut child = proxy(&cp, &token, &dir.path().join(format!("{sa}-workload.sock")))
             .0
+            .arg("--agent-only")
             .arg("--sds-socket")
             .arg(&sds)
             .stderr(Stdio::piped())

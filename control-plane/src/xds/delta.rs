@@ -92,6 +92,7 @@ impl DeltaStream {
             return (Some(Event::UnknownType(request.type_url)), None);
         };
         let state = self.types.entry(type_url).or_default();
+        let resuming = !state.started && !request.initial_resource_versions.is_empty();
         if !state.started {
             state.started = true;
             state.client = request
@@ -176,6 +177,20 @@ impl DeltaStream {
         }
         let candidates = self.candidates(type_url, snapshot);
         let updates = self.diff(type_url, snapshot, true, candidates);
+        if resuming && updates.is_none() {
+            // A client that resumed holding exactly the current resources is
+            // in sync without a response: say so (for proxy-status).
+            let state = self.types.get_mut(&type_url).expect("type state exists");
+            let version = super::snapshot::version_of_map(&state.client);
+            state.acked_version = Some(version.clone());
+            state.sent = Some(Sent {
+                version,
+                version_bits: 0,
+                nonce: String::new(),
+                names_hash: 0,
+                resources: state.client.len(),
+            });
+        }
         (event, updates)
     }
 
@@ -528,6 +543,12 @@ mod tests {
         req.initial_resource_versions = held;
         let (_, reply) = again.on_request(req, &snap);
         assert!(reply.is_none(), "nothing changed while disconnected");
+        let state = &again.types[&TypeUrl::Cluster];
+        assert_eq!(
+            state.acked_version,
+            state.sent.as_ref().map(|s| s.version.clone()),
+            "and the type counts as in sync"
+        );
     }
 
     #[test]

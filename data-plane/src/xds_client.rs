@@ -1,0 +1,274 @@
+//! The proxy's ADS stream to rampart-control (delta xDS, over mTLS with its
+//! SVID). It subscribes to every cluster and listener, to the endpoints of
+//! the EDS clusters and the routes the listeners name, and to `ROOTCA`;
+//! it ACKs what it can decode and NACKs, with the resource and the reason,
+//! what it cannot, keeping its last good configuration. When the control
+//! plane goes away it keeps that configuration, reconnects with backoff and
+//! resumes with `initial_resource_versions`, so nothing unchanged is re-sent.
+//! The configuration it holds is published for the rest of the proxy.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use prost::Message;
+use rampart_certs::tls::{CurrentSvid, PeerPolicy, client_config};
+use rampart_certs::well_known::control_plane_id;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::identity::Identity;
+
+pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+
+/// One held resource: its version and its encoded message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Held {
+    pub version: String,
+    pub resource: Any,
+}
+
+/// Everything the proxy holds, by type URL then name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Config {
+    pub types: BTreeMap<&'static str, BTreeMap<String, Held>>,
+}
+
+impl Config {
+    fn of(&self, type_url: &str) -> impl Iterator<Item = (&String, &Held)> {
+        self.types.get(type_url).into_iter().flat_map(|m| m.iter())
+    }
+
+    /// Names of the clusters whose endpoints come over EDS.
+    fn eds_clusters(&self) -> BTreeSet<String> {
+        self.of(CLUSTER)
+            .filter_map(|(name, held)| {
+                let cluster = Cluster::decode(held.resource.value.as_slice()).ok()?;
+                cluster.eds_cluster_config.is_some().then(|| name.clone())
+            })
+            .collect()
+    }
+
+    /// Names of the route configurations the listeners take over RDS.
+    fn rds_routes(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for (_, held) in self.of(LISTENER) {
+            let Ok(listener) = Listener::decode(held.resource.value.as_slice()) else {
+                continue;
+            };
+            let managers = listener
+                .api_listener
+                .and_then(|a| a.api_listener)
+                .into_iter()
+                .chain(
+                    listener
+                        .filter_chains
+                        .into_iter()
+                        .flat_map(|c| c.filters)
+                        .filter_map(|f| match f.config_type {
+                            Some(envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any)) => Some(any),
+                            _ => None,
+                        }),
+                );
+            for any in managers {
+                if let Ok(manager) = HttpConnectionManager::decode(any.value.as_slice())
+                    && let Some(http_connection_manager::RouteSpecifier::Rds(rds)) =
+                        manager.route_specifier
+                {
+                    out.insert(rds.route_config_name);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Whether `resource` decodes as `type_url`'s message; the reason if not.
+fn check(type_url: &str, resource: &Any) -> Result<(), String> {
+    if resource.type_url != type_url {
+        return Err(format!("is a {}, expected {type_url}", resource.type_url));
+    }
+    let bytes = resource.value.as_slice();
+    let decoded = match type_url {
+        SECRET => Secret::decode(bytes).map(drop),
+        CLUSTER => Cluster::decode(bytes).map(drop),
+        ENDPOINT => ClusterLoadAssignment::decode(bytes).map(drop),
+        LISTENER => Listener::decode(bytes).map(drop),
+        ROUTE => RouteConfiguration::decode(bytes).map(drop),
+        other => return Err(format!("{other} is not a type this proxy uses")),
+    };
+    decoded.map_err(|e| format!("does not decode: {e}"))
+}
+
+/// Where to connect and who this proxy is.
+pub struct Settings {
+    pub control_plane: String,
+    pub node: Node,
+}
+
+/// Runs the ADS client forever, publishing what it holds to `config`.
+pub async fn run(
+    settings: Settings,
+    identity: watch::Receiver<Arc<Identity>>,
+    config: watch::Sender<Arc<Config>>,
+) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match stream_once(&settings, &identity, &config).await {
+            Ok(()) => backoff = Duration::from_millis(500),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "xDS stream to the control plane ended; keeping the last good configuration");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+fn static_type(type_url: &str) -> Option<&'static str> {
+    [SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE]
+        .into_iter()
+        .find(|t| *t == type_url)
+}
+
+/// One connection: subscribe, resume, ACK/NACK until the stream ends.
+async fn stream_once(
+    settings: &Settings,
+    identity: &watch::Receiver<Arc<Identity>>,
+    config: &watch::Sender<Arc<Config>>,
+) -> anyhow::Result<()> {
+    let current = identity.borrow().clone();
+    let trust_domain = current.bundle.trust_domain().clone();
+    let tls = client_config(
+        Some(CurrentSvid::new(&current.svid)?),
+        &current.bundle,
+        PeerPolicy::exactly(control_plane_id(&trust_domain)),
+    )?;
+    let channel = rampart_api::connect(&settings.control_plane, tls).await?;
+    let (tx, rx) = mpsc::channel(16);
+    let held = config.borrow().clone();
+    // Wildcard types first, then what they name; each resumes from what is held.
+    let first = |type_url: &str, names: Vec<String>| DeltaDiscoveryRequest {
+        node: Some(settings.node.clone()),
+        type_url: type_url.to_owned(),
+        resource_names_subscribe: names,
+        initial_resource_versions: held
+            .of(type_url)
+            .map(|(n, h)| (n.clone(), h.version.clone()))
+            .collect::<HashMap<_, _>>(),
+        ..Default::default()
+    };
+    let mut eds = held.eds_clusters();
+    let mut rds = held.rds_routes();
+    tx.send(first(SECRET, vec!["ROOTCA".to_owned()])).await?;
+    tx.send(first(CLUSTER, Vec::new())).await?;
+    tx.send(first(LISTENER, Vec::new())).await?;
+    tx.send(first(ENDPOINT, eds.iter().cloned().collect()))
+        .await?;
+    tx.send(first(ROUTE, rds.iter().cloned().collect())).await?;
+    let mut responses = AggregatedDiscoveryServiceClient::new(channel)
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    tracing::info!(control_plane = %settings.control_plane, resumed = held.of(CLUSTER).count() + held.of(LISTENER).count(), "xDS stream open (delta)");
+    while let Some(response) = responses.message().await? {
+        let (ack, next) = apply(&config.borrow(), response);
+        if let Some(next) = next {
+            config.send_replace(Arc::new(next));
+        }
+        tx.send(ack).await?;
+        // Follow what clusters and listeners name.
+        let now = config.borrow().clone();
+        for (type_url, wanted, had) in [
+            (ENDPOINT, now.eds_clusters(), &mut eds),
+            (ROUTE, now.rds_routes(), &mut rds),
+        ] {
+            if wanted != *had {
+                tx.send(DeltaDiscoveryRequest {
+                    type_url: type_url.to_owned(),
+                    resource_names_subscribe: wanted.difference(had).cloned().collect(),
+                    resource_names_unsubscribe: had.difference(&wanted).cloned().collect(),
+                    ..Default::default()
+                })
+                .await?;
+                *had = wanted;
+            }
+        }
+    }
+    anyhow::bail!("the control plane closed the stream")
+}
+
+/// The ACK or NACK for `response`, and the new configuration if it applies.
+fn apply(
+    current: &Config,
+    response: DeltaDiscoveryResponse,
+) -> (DeltaDiscoveryRequest, Option<Config>) {
+    let mut reply = DeltaDiscoveryRequest {
+        type_url: response.type_url.clone(),
+        response_nonce: response.nonce.clone(),
+        ..Default::default()
+    };
+    let Some(type_url) = static_type(&response.type_url) else {
+        reply.error_detail = Some(RpcStatus {
+            code: 3,
+            message: format!("{} is not a type this proxy uses", response.type_url),
+            details: Vec::new(),
+        });
+        return (reply, None);
+    };
+    let problems: Vec<String> = response
+        .resources
+        .iter()
+        .filter_map(|r| {
+            let any = r.resource.as_ref()?;
+            check(type_url, any)
+                .err()
+                .map(|e| format!("{}: {e}", r.name))
+        })
+        .collect();
+    if !problems.is_empty() {
+        tracing::warn!(r#type = type_url, problems = ?problems, "rejecting an xDS update; keeping the last good configuration");
+        reply.error_detail = Some(RpcStatus {
+            code: 3,
+            message: problems.join("; "),
+            details: Vec::new(),
+        });
+        return (reply, None);
+    }
+    let mut next = current.clone();
+    let map = next.types.entry(type_url).or_default();
+    for r in response.resources {
+        if let Some(resource) = r.resource {
+            map.insert(
+                r.name,
+                Held {
+                    version: r.version,
+                    resource,
+                },
+            );
+        }
+    }
+    for name in response.removed_resources {
+        map.remove(&name);
+    }
+    (reply, Some(next))
+}
