@@ -12,7 +12,8 @@
 //! * otherwise a reply goes out only when its content (version) or the set
 //!   of names changes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
@@ -23,7 +24,32 @@ use super::snapshot::{Entry, Snapshot, TypeUrl};
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Subscription {
     Wildcard,
-    Names(BTreeSet<String>),
+    /// Shared by every stream that names the same set (see [`shared`]).
+    Names(Arc<BTreeSet<String>>),
+}
+
+/// One copy of each distinct subscription set, for every stream naming it:
+/// proxies of a mesh mostly subscribe to the same names, and a set of a
+/// thousand names is most of a SotW stream's own memory.
+fn shared(names: BTreeSet<String>, bits: u64) -> Arc<BTreeSet<String>> {
+    type Sets = HashMap<(u64, usize), Weak<BTreeSet<String>>>;
+    static SETS: OnceLock<Mutex<Sets>> = OnceLock::new();
+    let mut sets = SETS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let key = (bits, names.len());
+    if let Some(existing) = sets.get(&key).and_then(Weak::upgrade)
+        && *existing == names
+    {
+        return existing;
+    }
+    if sets.len() >= 1024 {
+        sets.retain(|_, set| set.strong_count() > 0);
+    }
+    let set = Arc::new(names);
+    sets.insert(key, Arc::downgrade(&set));
+    set
 }
 
 /// The last response of a type.
@@ -155,7 +181,10 @@ impl SotwStream {
                 Subscription::Wildcard
             } else {
                 state.ever_named = true;
-                Subscription::Names(requested.iter().cloned().collect())
+                let names: BTreeSet<String> = requested.iter().cloned().collect();
+                // (Recomputed: a request may repeat a name, the set does not.)
+                state.subscription_bits = hash_names(&names);
+                Subscription::Names(shared(names, state.subscription_bits))
             };
             if let (Subscription::Names(old), Subscription::Names(new)) =
                 (&state.subscription, &subscription)
@@ -163,9 +192,6 @@ impl SotwStream {
                 state.added.extend(new.difference(old).cloned());
             } else {
                 state.sent_from = None; // a different kind of subscription: send it all
-            }
-            if let Subscription::Names(new) = &subscription {
-                state.subscription_bits = hash_names(new);
             }
             state.subscription = subscription;
             state.subscription_changed = true;
@@ -397,6 +423,7 @@ mod tests {
     const MODEL: &str = include_str!("../../../docs/examples/echo.yaml");
     const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
     const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    const EDS_URL: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 
     fn snapshot(yaml: &str) -> std::sync::Arc<Snapshot> {
         std::sync::Arc::new(crate::xds::translate::test_snapshot(yaml))
@@ -468,6 +495,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn streams_naming_the_same_set_share_one_copy_of_it() {
+        let snap = snapshot(MODEL);
+        let names = [
+            "outbound|50051||echo.default",
+            "outbound|8080||echo.default",
+        ];
+        let (mut a, mut b) = (SotwStream::default(), SotwStream::default());
+        a.on_request(request(EDS_URL, &names, "", ""), &snap);
+        b.on_request(request(EDS_URL, &[names[1], names[0]], "", ""), &snap);
+        let set = |s: &SotwStream| match &s.types[&TypeUrl::Endpoint].subscription {
+            Subscription::Names(n) => n.clone(),
+            Subscription::Wildcard => panic!("named"),
+        };
+        assert!(Arc::ptr_eq(&set(&a), &set(&b)));
+        b.on_request(request(EDS_URL, &names[..1], "", ""), &snap);
+        assert!(
+            !Arc::ptr_eq(&set(&a), &set(&b)),
+            "a different set is its own"
+        );
     }
 
     #[test]
