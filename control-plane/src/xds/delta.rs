@@ -23,7 +23,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 
 use super::snapshot::{Entry, Snapshot, TypeUrl};
-use super::sotw::{Event, Nack, Sent};
+use super::sotw::{Event, Nack, Sent, mix};
 
 /// What one response changed, kept until the client answers it.
 #[derive(Debug, Clone)]
@@ -34,6 +34,53 @@ struct Pending {
     sent: BTreeMap<String, Option<u64>>,
 }
 
+/// What the client holds: name -> content hash, and the XOR of
+/// [`mix`] over those pairs, kept as entries change so the type's version
+/// never needs a walk over every name.
+#[derive(Debug, Clone, Default)]
+struct Held {
+    versions: BTreeMap<String, u64>,
+    bits: u64,
+}
+
+impl Held {
+    fn set(&mut self, name: &str, version: Option<u64>) {
+        let old = match version {
+            Some(v) => self.versions.insert(name.to_owned(), v),
+            None => self.versions.remove(name),
+        };
+        if let Some(o) = old {
+            self.bits ^= mix(name, Some(o));
+        }
+        if let Some(v) = version {
+            self.bits ^= mix(name, Some(v));
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&u64> {
+        self.versions.get(name)
+    }
+
+    fn contains_key(&self, name: &str) -> bool {
+        self.versions.contains_key(name)
+    }
+
+    fn version(&self) -> String {
+        format!("{:016x}", self.bits)
+    }
+
+    /// The state of a type as last sent (nothing in flight), for proxy-status.
+    fn as_sent(&self) -> Sent {
+        Sent {
+            version: self.version(),
+            version_bits: self.bits,
+            nonce: String::new(),
+            names_hash: 0,
+            resources: self.versions.len(),
+        }
+    }
+}
+
 /// Per-type delta state.
 #[derive(Debug, Clone, Default)]
 pub struct DeltaTypeState {
@@ -41,7 +88,7 @@ pub struct DeltaTypeState {
     names: BTreeSet<String>,
     /// What the client holds (optimistically including unanswered sends),
     /// as content hashes: 8 bytes a version, compared without formatting.
-    client: BTreeMap<String, u64>,
+    client: Held,
     /// Names subscribed since the last response: always answered.
     fresh: BTreeSet<String>,
     /// Versions the client rejected, never sent again.
@@ -92,14 +139,19 @@ impl DeltaStream {
             return (Some(Event::UnknownType(request.type_url)), None);
         };
         let state = self.types.entry(type_url).or_default();
-        let resuming = !state.started && !request.initial_resource_versions.is_empty();
         if !state.started {
             state.started = true;
-            state.client = request
-                .initial_resource_versions
-                .iter()
-                .filter_map(|(name, version)| Some((name.clone(), parse_version(version)?)))
-                .collect();
+            for (name, version) in &request.initial_resource_versions {
+                if let Some(v) = parse_version(version) {
+                    state.client.set(name, Some(v));
+                }
+            }
+            if !request.initial_resource_versions.is_empty() {
+                // A resumed client holds these already: in sync with them
+                // until a response says otherwise (for proxy-status).
+                state.sent = Some(state.client.as_sent());
+                state.acked_version = state.sent.as_ref().map(|s| s.version.clone());
+            }
             // Legacy wildcard: a first request naming nothing means everything.
             if request.resource_names_subscribe.is_empty() && type_url.supports_wildcard() {
                 state.wildcard = true;
@@ -120,7 +172,7 @@ impl DeltaStream {
                 state.names.remove(name);
                 state.fresh.remove(name);
                 if !state.wildcard {
-                    state.client.remove(name);
+                    state.client.set(name, None);
                 }
             }
         }
@@ -137,10 +189,7 @@ impl DeltaStream {
                         .unwrap_or_default();
                     if let Some(error) = request.error_detail {
                         for (name, previous) in &pending.previous {
-                            match previous {
-                                Some(v) => state.client.insert(name.clone(), *v),
-                                None => state.client.remove(name),
-                            };
+                            state.client.set(name, *previous);
                         }
                         for (name, sent) in pending.sent {
                             if let Some(v) = sent {
@@ -177,20 +226,6 @@ impl DeltaStream {
         }
         let candidates = self.candidates(type_url, snapshot);
         let updates = self.diff(type_url, snapshot, true, candidates);
-        if resuming && updates.is_none() {
-            // A client that resumed holding exactly the current resources is
-            // in sync without a response: say so (for proxy-status).
-            let state = self.types.get_mut(&type_url).expect("type state exists");
-            let version = super::snapshot::version_of_map(&state.client);
-            state.acked_version = Some(version.clone());
-            state.sent = Some(Sent {
-                version,
-                version_bits: 0,
-                nonce: String::new(),
-                names_hash: 0,
-                resources: state.client.len(),
-            });
-        }
         (event, updates)
     }
 
@@ -286,7 +321,7 @@ impl DeltaStream {
         let mut sent = BTreeMap::new();
         let mut previous = BTreeMap::new();
         for (name, entry) in &desired {
-            let changed = state.client.get(*name) != Some(&entry.hash);
+            let changed = state.client.get(name) != Some(&entry.hash);
             let fresh = state.fresh.contains(*name);
             if fresh || (changed && !state.rejected.contains(&((*name).clone(), entry.hash))) {
                 resources.push(Resource {
@@ -295,7 +330,7 @@ impl DeltaStream {
                     resource: Some(entry.any.clone()),
                     ..Default::default()
                 });
-                previous.insert((*name).clone(), state.client.get(*name).copied());
+                previous.insert((*name).clone(), state.client.get(name).copied());
                 sent.insert((*name).clone(), Some(entry.hash));
             }
         }
@@ -346,15 +381,15 @@ impl DeltaStream {
         if let Some(names) = candidates {
             return names
                 .iter()
-                .filter(|n| state.client.contains_key(*n) && !desired.contains_key(n))
+                .filter(|n| state.client.contains_key(n) && !desired.contains_key(n))
                 .cloned()
                 .collect();
         }
-        let held = state.client.keys();
+        let held = state.client.versions.keys();
         let asked_missing = state
             .names
             .iter()
-            .filter(|n| !state.client.contains_key(*n) && state.fresh.contains(*n));
+            .filter(|n| !state.client.contains_key(n) && state.fresh.contains(*n));
         // A subscribed name that never existed is answered once as removed
         // ("does not exist"), while it is fresh; not on every push.
         let removed: BTreeSet<String> = held
@@ -377,18 +412,12 @@ impl DeltaStream {
         let nonce = self.nonces.to_string();
         let state = self.types.get_mut(&type_url).expect("type state exists");
         for (name, version) in &sent {
-            match version {
-                Some(v) => state.client.insert(name.clone(), *v),
-                None => state.client.remove(name),
-            };
+            state.client.set(name, *version);
         }
-        let version = super::snapshot::version_of_map(&state.client);
+        let version = state.client.version();
         state.sent = Some(Sent {
-            version: version.clone(),
             nonce: nonce.clone(),
-            version_bits: 0,
-            names_hash: 0,
-            resources: state.client.len(),
+            ..state.client.as_sent()
         });
         state
             .pending

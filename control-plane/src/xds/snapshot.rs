@@ -343,13 +343,3 @@ impl Snapshot {
         self.of(type_url).count()
     }
 }
-
-/// A version naming a whole set of (name, version) pairs, for logs and status.
-pub fn version_of_map(versions: &BTreeMap<String, u64>) -> String {
-    let mut hasher = std::hash::DefaultHasher::new();
-    for (name, version) in versions {
-        name.hash(&mut hasher);
-        version.hash(&mut hasher);
-    }
-    format!("{:016x}", hasher.finish())
-}
