@@ -29,6 +29,10 @@ pub struct NodeView {
     kept: std::collections::BTreeMap<TypeUrl, Kept>,
     /// The (empty) shared listener map under the node's own listeners.
     no_listeners: Arc<Resources>,
+    /// The sidecar inputs the inbound side was last built from, and it
+    /// (listeners, clusters): most snapshots (an endpoint change) share
+    /// them, and then nothing inbound is rebuilt.
+    inbound: Option<(Arc<SidecarInputs>, Resources, Resources)>,
 }
 
 #[derive(Debug, Default)]
@@ -87,8 +91,18 @@ impl NodeView {
         };
         if let Some(sidecar) = &self.sidecar {
             let inputs = &snapshot.sidecar;
-            let (inbound_listeners, inbound_clusters) = sidecar.inbound(inputs);
-            own_listeners.extend(inbound_listeners);
+            if !matches!(&self.inbound, Some((built_from, ..)) if Arc::ptr_eq(built_from, inputs)) {
+                let (listeners, clusters) = sidecar.inbound(inputs);
+                self.inbound = Some((inputs.clone(), listeners, clusters));
+            }
+            let (_, inbound_listeners, inbound_clusters) =
+                self.inbound.as_ref().expect("built just above");
+            own_listeners.extend(
+                inbound_listeners
+                    .iter()
+                    .map(|(n, e)| (n.clone(), e.clone())),
+            );
+            let inbound_clusters = inbound_clusters.clone();
             let clusters = self.narrowed(TypeUrl::Cluster, &inputs.clusters, inputs);
             let own = self.own(TypeUrl::Cluster, inbound_clusters);
             view = view.with_layer(TypeUrl::Cluster, clusters, own);
