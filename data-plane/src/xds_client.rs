@@ -135,6 +135,10 @@ pub async fn run(
     loop {
         match stream_once(&settings, &identity, &config).await {
             Ok(()) => backoff = Duration::from_millis(500),
+            Err(e) if refused(&e) => {
+                // Not transient: the flags (or the model) must change first.
+                tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "the control plane refused this proxy's node: check --service, --port, --app-port, --label, --dependency and --outbound against the mesh model; keeping the last good configuration");
+            }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "xDS stream to the control plane ended; keeping the last good configuration");
             }
@@ -142,6 +146,17 @@ pub async fn run(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
+}
+
+/// Whether the control plane refused the node itself (bad metadata, or an
+/// identity that may not serve the service).
+fn refused(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<tonic::Status>().is_some_and(|s| {
+        matches!(
+            s.code(),
+            tonic::Code::InvalidArgument | tonic::Code::PermissionDenied
+        )
+    })
 }
 
 fn static_type(type_url: &str) -> Option<&'static str> {
@@ -191,27 +206,33 @@ async fn stream_once(
         .into_inner();
     tracing::info!(control_plane = %settings.control_plane, resumed = held.of(CLUSTER).count() + held.of(LISTENER).count(), "xDS stream open (delta)");
     while let Some(response) = responses.message().await? {
+        // Only clusters and listeners name what to subscribe to next.
+        let follow = match response.type_url.as_str() {
+            CLUSTER => Some(ENDPOINT),
+            LISTENER => Some(ROUTE),
+            _ => None,
+        };
         let (ack, next) = apply(&config.borrow(), response);
         if let Some(next) = next {
             config.send_replace(Arc::new(next));
         }
         tx.send(ack).await?;
-        // Follow what clusters and listeners name.
+        let Some(type_url) = follow else { continue };
         let now = config.borrow().clone();
-        for (type_url, wanted, had) in [
-            (ENDPOINT, now.eds_clusters(), &mut eds),
-            (ROUTE, now.rds_routes(), &mut rds),
-        ] {
-            if wanted != *had {
-                tx.send(DeltaDiscoveryRequest {
-                    type_url: type_url.to_owned(),
-                    resource_names_subscribe: wanted.difference(had).cloned().collect(),
-                    resource_names_unsubscribe: had.difference(&wanted).cloned().collect(),
-                    ..Default::default()
-                })
-                .await?;
-                *had = wanted;
-            }
+        let (wanted, had) = if type_url == ENDPOINT {
+            (now.eds_clusters(), &mut eds)
+        } else {
+            (now.rds_routes(), &mut rds)
+        };
+        if wanted != *had {
+            tx.send(DeltaDiscoveryRequest {
+                type_url: type_url.to_owned(),
+                resource_names_subscribe: wanted.difference(had).cloned().collect(),
+                resource_names_unsubscribe: had.difference(&wanted).cloned().collect(),
+                ..Default::default()
+            })
+            .await?;
+            *had = wanted;
         }
     }
     anyhow::bail!("the control plane closed the stream")
