@@ -67,10 +67,10 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1")]
     address: std::net::IpAddr,
     /// NAME=PORT: for service port NAME, the port this proxy listens on for peers (repeatable).
-    #[arg(long = "port", value_parser = parse_pair)]
+    #[arg(long = "port", value_parser = parse_port)]
     ports: Vec<(String, String)>,
     /// NAME=PORT: for service port NAME, where the app listens on 127.0.0.1 (repeatable).
-    #[arg(long = "app-port", value_parser = parse_pair)]
+    #[arg(long = "app-port", value_parser = parse_port)]
     app_ports: Vec<(String, String)>,
     /// KEY=VALUE workload label (repeatable).
     #[arg(long = "label", value_parser = parse_pair)]
@@ -91,6 +91,15 @@ fn parse_pair(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(format!("{s:?} is not NAME=VALUE")),
+    }
+}
+
+/// `NAME=PORT` with PORT 1-65535.
+fn parse_port(s: &str) -> Result<(String, String), String> {
+    let (name, port) = parse_pair(s)?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok((name, port)),
+        _ => Err(format!("{s:?}: {port:?} is not a port (1-65535)")),
     }
 }
 

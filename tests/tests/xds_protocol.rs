@@ -459,6 +459,18 @@ async fn sidecars_register_are_checked_against_their_identity_and_scoped() {
             .contains("\"port\" (for http) is not a port"),
         "{status:?}"
     );
+    let (_tx, stream) = open_as(
+        &cp,
+        "echo",
+        sidecar_request("bad-deps", &[("rampart.dependencies", "db")], CDS),
+    )
+    .await;
+    let status = refusal(stream).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("\"db\" is not SERVICE.NAMESPACE"),
+        "{status:?}"
+    );
 
     // The echo sidecar, scoped to db: it registers, and its CDS holds its
     // inbound cluster and db's cluster, not echo's.

@@ -242,13 +242,24 @@ impl Sidecar {
                 "a sidecar serving a service needs a node id".into(),
             ));
         }
-        let dependencies = metadata(node, "rampart.dependencies")?.map(|text| {
-            text.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect()
-        });
+        let dependencies = match metadata(node, "rampart.dependencies")? {
+            None => None,
+            Some(text) => {
+                let mut names = BTreeSet::new();
+                for name in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    if name
+                        .split_once('.')
+                        .is_none_or(|(s, n)| s.is_empty() || n.is_empty())
+                    {
+                        return Err(SidecarError::Invalid(format!(
+                            "rampart.dependencies: {name:?} is not SERVICE.NAMESPACE"
+                        )));
+                    }
+                    names.insert(name.to_owned());
+                }
+                Some(names)
+            }
+        };
         Ok(Some(Sidecar {
             namespace: namespace.to_owned(),
             service_account: service_account.to_owned(),
