@@ -208,6 +208,40 @@ impl ControlPlane {
             .expect("running meshctl")
     }
 
+    /// Runs meshctl and fails the test, with meshctl's message, unless it succeeds.
+    pub fn meshctl_ok(&self, args: &[&str]) -> Output {
+        let out = self.meshctl(args);
+        assert!(
+            out.status.success(),
+            "meshctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// The meshctl command line for `args`, for scripts the tests run.
+    pub fn meshctl_argv(&self, args: &[&str]) -> Vec<String> {
+        [bin("meshctl").display().to_string(), "--data-dir".into()]
+            .into_iter()
+            .chain([self.data_dir.display().to_string()])
+            .chain(args.iter().map(|a| (*a).to_owned()))
+            .collect()
+    }
+
+    /// `meshctl certificate issue` for namespace `default`, into `out`.
+    pub fn issue_certificate(&self, service_account: &str, out: &Path) {
+        self.meshctl_ok(&[
+            "certificate",
+            "issue",
+            "--namespace",
+            "default",
+            "--service-account",
+            service_account,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+    }
+
     /// kill -9.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -337,6 +371,23 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// [`split_model`] as two files in `dir`: 80/20 (applied now) and 0/100
+/// (for the test to apply later); returns the second.
+pub fn apply_split(
+    cp: &ControlPlane,
+    dir: &Path,
+    port: (&str, u16, &str),
+    v1: u16,
+    v2: u16,
+) -> PathBuf {
+    let first = dir.join("split-80-20.yaml");
+    let second = dir.join("split-0-100.yaml");
+    std::fs::write(&first, split_model(port, v1, v2, (80, 20))).unwrap();
+    std::fs::write(&second, split_model(port, v1, v2, (0, 100))).unwrap();
+    cp.meshctl_ok(&["apply", "-f", first.to_str().unwrap()]);
+    second
 }
 
 /// The echo service on one port (`name`, `port`, `protocol`) with two

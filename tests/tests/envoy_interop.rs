@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use rampart_tests::{ControlPlane, bin, envoy, free_port, python, split_model};
+use rampart_tests::{ControlPlane, apply_split, envoy, free_port, python};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_routes_by_the_split_and_follows_its_change() {
@@ -13,39 +13,9 @@ async fn envoy_routes_by_the_split_and_follows_its_change() {
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(&dir.path().join("cp"), &[]).await;
     let (v1, v2) = (free_port(), free_port());
-    let first = dir.path().join("split-80-20.yaml");
-    let second = dir.path().join("split-0-100.yaml");
-    std::fs::write(
-        &first,
-        split_model(("http", 8080, "http"), v1, v2, (80, 20)),
-    )
-    .unwrap();
-    std::fs::write(
-        &second,
-        split_model(("http", 8080, "http"), v1, v2, (0, 100)),
-    )
-    .unwrap();
-    assert!(
-        cp.meshctl(&["apply", "-f", first.to_str().unwrap()])
-            .status
-            .success()
-    );
+    let second = apply_split(&cp, dir.path(), ("http", 8080, "http"), v1, v2);
     let cert_dir = dir.path().join("envoy-cert");
-    let out = cp.meshctl(&[
-        "certificate",
-        "issue",
-        "--namespace",
-        "default",
-        "--service-account",
-        "frontend",
-        "--out",
-        cert_dir.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cp.issue_certificate("frontend", &cert_dir);
 
     let config = serde_json::json!({
         "envoy": envoy,
@@ -56,22 +26,8 @@ async fn envoy_routes_by_the_split_and_follows_its_change() {
         "listener_port": free_port(),
         "admin_port": free_port(),
         "second_admin_port": free_port(),
-        "proxy_status": [
-            bin("meshctl").display().to_string(),
-            "--data-dir".to_owned(),
-            cp.data_dir.display().to_string(),
-            "proxy-status".to_owned(),
-            "-o".to_owned(),
-            "json".to_owned(),
-        ],
-        "reweigh": [
-            bin("meshctl").display().to_string(),
-            "--data-dir".to_owned(),
-            cp.data_dir.display().to_string(),
-            "apply".to_owned(),
-            "-f".to_owned(),
-            second.display().to_string(),
-        ],
+        "proxy_status": cp.meshctl_argv(&["proxy-status", "-o", "json"]),
+        "reweigh": cp.meshctl_argv(&["apply", "-f", second.to_str().unwrap()]),
         "work_dir": dir.path(),
     });
     let config_path = dir.path().join("config.json");

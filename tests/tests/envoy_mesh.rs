@@ -8,7 +8,7 @@
 
 use std::process::{Command, Stdio};
 
-use rampart_tests::{ControlPlane, Logs, bin, envoy, free_port, proxy, python};
+use rampart_tests::{ControlPlane, Logs, envoy, free_port, proxy, python};
 
 const MODEL: &str = r#"apiVersion: rampart.dev/v1alpha1
 kind: Service
@@ -109,7 +109,7 @@ async fn envoy_sidecars_carry_mtls_with_identity_policy_and_registration() {
         "inbound_port": free_port(),
         "outbound_port": free_port(),
         "admin_ports": {"frontend": free_port(), "echo": free_port()},
-        "meshctl": [bin("meshctl"), "--data-dir", cp.data_dir],
+        "meshctl": cp.meshctl_argv(&[]),
         "files": {
             "deny": write("deny.yaml", DENY),
             "allow": write("allow.yaml", ALLOW),

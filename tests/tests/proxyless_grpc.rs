@@ -4,57 +4,18 @@
 
 use std::process::Command;
 
-use rampart_tests::{ControlPlane, bin, free_port, python, split_model};
+use rampart_tests::{ControlPlane, apply_split, free_port, python};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_follows_the_split_and_its_changes() {
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(&dir.path().join("cp"), &[]).await;
     let (v1, v2) = (free_port(), free_port());
-    let first = dir.path().join("split-80-20.yaml");
-    let second = dir.path().join("split-0-100.yaml");
-    std::fs::write(
-        &first,
-        split_model(("grpc", 50051, "grpc"), v1, v2, (80, 20)),
-    )
-    .unwrap();
-    std::fs::write(
-        &second,
-        split_model(("grpc", 50051, "grpc"), v1, v2, (0, 100)),
-    )
-    .unwrap();
-    let out = cp.meshctl(&["apply", "-f", first.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
+    let second = apply_split(&cp, dir.path(), ("grpc", 50051, "grpc"), v1, v2);
     let cert_dir = dir.path().join("client-cert");
-    let out = cp.meshctl(&[
-        "certificate",
-        "issue",
-        "--namespace",
-        "default",
-        "--service-account",
-        "client",
-        "--out",
-        cert_dir.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cp.issue_certificate("client", &cert_dir);
 
-    let reweigh = vec![
-        bin("meshctl").display().to_string(),
-        "--data-dir".into(),
-        cp.data_dir.display().to_string(),
-        "apply".into(),
-        "-f".into(),
-        second.display().to_string(),
-    ];
+    let reweigh = cp.meshctl_argv(&["apply", "-f", second.to_str().unwrap()]);
     let config = serde_json::json!({
         "control_plane": cp.grpc_addr,
         "cert_dir": cert_dir,
