@@ -39,8 +39,8 @@ def start_app(port):
 def start_envoy(config, node_id, metadata, role):
     path = os.path.join(config["work_dir"], f"{node_id}.json")
     with open(path, "w") as f:
-        json.dump(bootstrap(node_id, metadata, config["admin_ports"][role], config["agents"][role],
-                            config["control_plane"], config["control_plane_id"]), f)
+        json.dump(bootstrap(node_id, metadata, config["admin_ports"][role], config["control_plane"],
+                            sds_socket=config["agents"][role], control_plane_id=config["control_plane_id"]), f)
     log = open(os.path.join(config["work_dir"], f"{node_id}.log"), "w")
     return subprocess.Popen(
         [config["envoy"], "-c", path, "--disable-hot-restart", "--drain-time-s", "2", "-l", os.environ.get("ENVOY_LOG_LEVEL", "info"), "--concurrency", "1"],

@@ -27,74 +27,20 @@ import time
 
 from checks import check, get, serve_http
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
+from envoy_bootstrap import bootstrap  # noqa: E402  (the one Envoy bootstrap, shared with scripts/demo.sh)
+
 
 def start_backend(name, port):
     return serve_http(port, lambda request: name)
 
 
-def bootstrap(config, node_id, listener_port, admin_port):
-    cert = config["cert_dir"]
-    host, port = config["control_plane"].rsplit(":", 1)
-    return {
-        "node": {
-            "id": node_id,
-            "cluster": "test",
-            "metadata": {
-                "rampart.outbound_listeners": f"127.0.0.1:{listener_port}=echo.default:8080",
-            },
-        },
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": "GRPC",
-                "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "rampart-control"}}],
-            },
-            "cds_config": {"ads": {}, "resource_api_version": "V3"},
-            "lds_config": {"ads": {}, "resource_api_version": "V3"},
-        },
-        "static_resources": {"clusters": [{
-            "name": "rampart-control",
-            "type": "STATIC",
-            "connect_timeout": "2s",
-            "typed_extension_protocol_options": {
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    "explicit_http_config": {"http2_protocol_options": {}},
-                },
-            },
-            "load_assignment": {"cluster_name": "rampart-control", "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": {"socket_address": {"address": host, "port_value": int(port)}}}}]}]},
-            "transport_socket": {
-                "name": "envoy.transport_sockets.tls",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                    "common_tls_context": {
-                        "tls_params": {"tls_minimum_protocol_version": "TLSv1_3",
-                                       "tls_maximum_protocol_version": "TLSv1_3"},
-                        "alpn_protocols": ["h2"],
-                        "tls_certificates": [{
-                            "certificate_chain": {"filename": os.path.join(cert, "cert-chain.pem")},
-                            "private_key": {"filename": os.path.join(cert, "key.pem")},
-                        }],
-                        "validation_context": {
-                            "trusted_ca": {"filename": os.path.join(cert, "bundle.pem")},
-                            "match_typed_subject_alt_names": [{
-                                "san_type": "URI",
-                                "matcher": {"exact": config["control_plane_id"]},
-                            }],
-                        },
-                    },
-                },
-            },
-        }]},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-    }
-
-
 def start_envoy(config, node_id, listener_port, admin_port):
     path = os.path.join(config["work_dir"], f"{node_id}.json")
     with open(path, "w") as f:
-        json.dump(bootstrap(config, node_id, listener_port, admin_port), f)
+        metadata = {"rampart.outbound_listeners": f"127.0.0.1:{listener_port}=echo.default:8080"}
+        json.dump(bootstrap(node_id, metadata, admin_port, config["control_plane"],
+                            cert_dir=config["cert_dir"], control_plane_id=config["control_plane_id"]), f)
     log = open(os.path.join(config["work_dir"], f"{node_id}.log"), "w")
     return subprocess.Popen(
         [config["envoy"], "-c", path, "--disable-hot-restart", "-l", "info", "--concurrency", "1"],
