@@ -364,6 +364,21 @@ pub fn proxy(cp: &ControlPlane, token: &str, socket: &Path) -> (Command, String)
     (cmd, admin)
 }
 
+/// Runs `tests/python/<script>` with `config` written as JSON into `dir`.
+pub fn python_checks(script: &str, config: &serde_json::Value, dir: &Path) -> Output {
+    let path = dir.join("config.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    Command::new(python())
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("python")
+                .join(script),
+        )
+        .arg(&path)
+        .output()
+        .expect("running the Python checks")
+}
+
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -3,9 +3,7 @@
 //! follows a split change without a failed request, and a rejected update
 //! shows as NACKED in proxy-status.
 
-use std::process::Command;
-
-use rampart_tests::{ControlPlane, apply_split, envoy, free_port, python};
+use rampart_tests::{ControlPlane, apply_split, envoy, free_port, python_checks};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_routes_by_the_split_and_follows_its_change() {
@@ -30,16 +28,7 @@ async fn envoy_routes_by_the_split_and_follows_its_change() {
         "reweigh": cp.meshctl_argv(&["apply", "-f", second.to_str().unwrap()]),
         "work_dir": dir.path(),
     });
-    let config_path = dir.path().join("config.json");
-    std::fs::write(&config_path, config.to_string()).unwrap();
-    let out = Command::new(python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/python/envoy_sidecar.py"
-        ))
-        .arg(&config_path)
-        .output()
-        .unwrap();
+    let out = python_checks("envoy_sidecar.py", &config, dir.path());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let envoy_log =
         std::fs::read_to_string(dir.path().join("envoy-sidecar-test.log")).unwrap_or_default();

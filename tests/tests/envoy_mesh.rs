@@ -6,9 +6,9 @@
 //! ALLOW policies give 403s; an injected fault answers for the app; the
 //! endpoint leaves after the grace period.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use rampart_tests::{ControlPlane, Logs, envoy, free_port, proxy, python};
+use rampart_tests::{ControlPlane, Logs, envoy, free_port, proxy, python_checks};
 
 const MODEL: &str = r#"apiVersion: rampart.dev/v1alpha1
 kind: Service
@@ -118,12 +118,7 @@ async fn envoy_sidecars_carry_mtls_with_identity_policy_and_registration() {
         },
         "work_dir": dir.path(),
     });
-    let config_path = write("config.json", &config.to_string());
-    let out = Command::new(python())
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/python/envoy_mesh.py"))
-        .arg(&config_path)
-        .output()
-        .unwrap();
+    let out = python_checks("envoy_mesh.py", &config, dir.path());
     for mut agent in agents {
         let _ = agent.kill();
         let _ = agent.wait();

@@ -2,9 +2,7 @@
 //! ADS over mTLS, follows the traffic split, ACKs what it gets (CSDS), and
 //! moves traffic when the split changes.
 
-use std::process::Command;
-
-use rampart_tests::{ControlPlane, apply_split, free_port, python};
+use rampart_tests::{ControlPlane, apply_split, free_port, python_checks};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_follows_the_split_and_its_changes() {
@@ -24,16 +22,7 @@ async fn grpcio_follows_the_split_and_its_changes() {
         "reweigh": reweigh,
         "work_dir": dir.path(),
     });
-    let config_path = dir.path().join("config.json");
-    std::fs::write(&config_path, config.to_string()).unwrap();
-    let out = Command::new(python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/python/proxyless_grpc.py"
-        ))
-        .arg(&config_path)
-        .output()
-        .unwrap();
+    let out = python_checks("proxyless_grpc.py", &config, dir.path());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
