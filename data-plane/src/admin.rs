@@ -1,6 +1,7 @@
 //! The proxy's admin port (loopback, default 127.0.0.1:15000): `/live` (the
 //! process is up), `/ready` (it holds an SVID), `/metrics` (Prometheus) and
-//! `/config_dump` (the xDS resources it holds, by type, with versions).
+//! `/config_dump` (the xDS resources it holds, by type, with versions) and
+//! `POST /drain` (close the listeners, let in-flight requests finish).
 //! Metric names are stable and documented in docs/metrics.md.
 
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -32,6 +33,7 @@ pub struct ProxyMetrics {
     pub renewals: Family<RenewalLabels, Counter>,
     /// Whether the proxy holds an SVID (for `/ready`).
     pub ready: AtomicBool,
+    pub traffic: crate::proxy::metrics::TrafficMetrics,
 }
 
 impl ProxyMetrics {
@@ -49,7 +51,9 @@ impl ProxyMetrics {
             "SVID renewal attempts, by result",
             renewals.clone(),
         );
+        let traffic = crate::proxy::metrics::TrafficMetrics::register(&mut registry);
         Arc::new(Self {
+            traffic,
             registry,
             certificate_expiry,
             renewals,
@@ -86,11 +90,20 @@ pub async fn serve(
     listener: TcpListener,
     metrics: Arc<ProxyMetrics>,
     config: tokio::sync::watch::Receiver<Arc<crate::xds_client::Config>>,
+    drain: Arc<tokio::sync::watch::Sender<bool>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let for_metrics = metrics.clone();
+    let draining = drain.subscribe();
     let app = Router::new()
         .route("/live", get(|| async { "live\n" }))
+        .route(
+            "/drain",
+            post(move || {
+                drain.send_replace(true);
+                async { "draining: listeners closed, in-flight requests finish\n" }
+            }),
+        )
         .route(
             "/config_dump",
             get(move || {
@@ -107,8 +120,11 @@ pub async fn serve(
             "/ready",
             get(move || {
                 let ready = metrics.ready.load(Ordering::Acquire);
+                let drained = *draining.borrow();
                 async move {
-                    if ready {
+                    if drained {
+                        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+                    } else if ready {
                         (StatusCode::OK, "ready\n").into_response()
                     } else {
                         (StatusCode::SERVICE_UNAVAILABLE, "waiting for an SVID\n").into_response()

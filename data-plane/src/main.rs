@@ -1,12 +1,14 @@
-//! `rampart-proxy`: Rampart's sidecar. For now it gets and keeps the
-//! workload's SPIFFE identity and serves the SPIFFE Workload API; traffic
-//! handling comes next.
+//! `rampart-proxy`: Rampart's sidecar. It gets and keeps the workload's
+//! SPIFFE identity, serves the SPIFFE Workload API (and SDS for an Envoy
+//! beside it), and carries the workload's traffic over mTLS as the control
+//! plane configures it over xDS (`proxy`).
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 mod admin;
 mod identity;
+mod proxy;
 mod sds;
 mod uds_authority;
 mod workload_api;
@@ -84,6 +86,9 @@ struct Args {
     /// Ask for SVIDs valid this many seconds (default: the CA's default, 24h).
     #[arg(long)]
     svid_ttl_seconds: Option<u64>,
+    /// On SIGTERM or /drain, how long in-flight requests get to finish.
+    #[arg(long, default_value_t = 5)]
+    drain_seconds: u64,
 }
 
 /// `NAME=VALUE`.
@@ -197,10 +202,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(address = %admin_listener.local_addr()?, "admin: /live /ready /metrics");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let (config_tx, config) = tokio::sync::watch::channel(Arc::new(xds_client::Config::default()));
+    let drain_tx = Arc::new(tokio::sync::watch::channel(false).0);
+    let drain = drain_tx.subscribe();
     let admin = tokio::spawn(admin::serve(
         admin_listener,
         metrics.clone(),
         config,
+        drain_tx.clone(),
         wait_for(stopped.clone()),
     ));
 
@@ -217,14 +225,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
         not_after = %identity.svid.not_after(),
         "obtained SVID"
     );
+    let tls = proxy::tls::Tls::new(&identity)?;
     let (updates, current) = tokio::sync::watch::channel(Arc::new(identity));
-    if !args.agent_only {
+    let traffic = if args.agent_only {
+        None
+    } else {
         let settings = xds_client::Settings {
             control_plane: args.control_plane.clone(),
             node: node(&args),
         };
-        tokio::spawn(xds_client::run(settings, current.clone(), config_tx));
-    }
+        let (plan_tx, plans) = tokio::sync::watch::channel(Arc::new(proxy::plan::Plan::default()));
+        let outputs = xds_client::Outputs {
+            config: config_tx,
+            plan: plan_tx,
+        };
+        tokio::spawn(xds_client::run(settings, current.clone(), outputs));
+        tokio::spawn(tls.clone().follow(current.clone()));
+        let proxy = proxy::Proxy::new(tls, metrics.clone());
+        tokio::spawn(proxy::run(proxy.clone(), plans, drain.clone()));
+        Some(proxy)
+    };
     tokio::spawn(identity::keep_renewed(client, updates, metrics));
 
     let sds = match &args.sds_socket {
@@ -255,6 +275,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     let workload_api = tokio::spawn(workload_api);
     shutdown_signal().await;
+    // Stop taking connections, let in-flight requests finish, then go.
+    drain_tx.send_replace(true);
+    if let Some(proxy) = traffic {
+        tracing::info!(
+            deadline_s = args.drain_seconds,
+            "draining: no new connections; finishing in-flight requests"
+        );
+        let left = proxy
+            .wait_idle(Duration::from_secs(args.drain_seconds))
+            .await;
+        if left > 0 {
+            tracing::warn!(
+                connections = left,
+                "drain deadline reached; closing the connections still open"
+            );
+        }
+    }
     let _ = stop.send(true);
     workload_api.await?.context("Workload API server")?;
     let _ = std::fs::remove_file(socket);

@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::identity::Identity;
+use crate::proxy::plan::{Plan, compile};
 
 pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
@@ -125,15 +126,18 @@ pub struct Settings {
     pub node: Node,
 }
 
-/// Runs the ADS client forever, publishing what it holds to `config`.
-pub async fn run(
-    settings: Settings,
-    identity: watch::Receiver<Arc<Identity>>,
-    config: watch::Sender<Arc<Config>>,
-) {
+/// Where the client publishes what it holds: the raw resources (for
+/// `/config_dump`) and their compiled plan (for the traffic path).
+pub struct Outputs {
+    pub config: watch::Sender<Arc<Config>>,
+    pub plan: watch::Sender<Arc<Plan>>,
+}
+
+/// Runs the ADS client forever, publishing what it holds.
+pub async fn run(settings: Settings, identity: watch::Receiver<Arc<Identity>>, out: Outputs) {
     let mut backoff = Duration::from_millis(500);
     loop {
-        match stream_once(&settings, &identity, &config).await {
+        match stream_once(&settings, &identity, &out).await {
             Ok(()) => backoff = Duration::from_millis(500),
             Err(e) if refused(&e) => {
                 // Not transient: the flags (or the model) must change first.
@@ -169,8 +173,9 @@ fn static_type(type_url: &str) -> Option<&'static str> {
 async fn stream_once(
     settings: &Settings,
     identity: &watch::Receiver<Arc<Identity>>,
-    config: &watch::Sender<Arc<Config>>,
+    out: &Outputs,
 ) -> anyhow::Result<()> {
+    let config = &out.config;
     let current = identity.borrow().clone();
     let trust_domain = current.bundle.trust_domain().clone();
     let tls = client_config(
@@ -213,8 +218,9 @@ async fn stream_once(
             _ => None,
         };
         let (ack, next) = apply(&config.borrow(), response);
-        if let Some(next) = next {
+        if let Some((next, plan)) = next {
             config.send_replace(Arc::new(next));
+            out.plan.send_replace(Arc::new(plan));
         }
         tx.send(ack).await?;
         let Some(type_url) = follow else { continue };
@@ -238,11 +244,12 @@ async fn stream_once(
     anyhow::bail!("the control plane closed the stream")
 }
 
-/// The ACK or NACK for `response`, and the new configuration if it applies.
+/// The ACK or NACK for `response`, and the new configuration and its plan
+/// if it applies.
 fn apply(
     current: &Config,
     response: DeltaDiscoveryResponse,
-) -> (DeltaDiscoveryRequest, Option<Config>) {
+) -> (DeltaDiscoveryRequest, Option<(Config, Plan)>) {
     let mut reply = DeltaDiscoveryRequest {
         type_url: response.type_url.clone(),
         response_nonce: response.nonce.clone(),
@@ -291,5 +298,21 @@ fn apply(
     for name in response.removed_resources {
         map.remove(&name);
     }
-    (reply, Some(next))
+    match compile(&next) {
+        Ok(plan) => (reply, Some((next, plan))),
+        Err(errors) => {
+            let message = errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            tracing::warn!(r#type = type_url, problems = %message, "rejecting an xDS update this proxy cannot carry; keeping the last good configuration");
+            reply.error_detail = Some(RpcStatus {
+                code: 3,
+                message,
+                details: Vec::new(),
+            });
+            (reply, None)
+        }
+    }
 }

@@ -5,6 +5,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod apps;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -435,4 +437,89 @@ spec:
 "#,
         weights.0, weights.1
     )
+}
+
+/// A running rampart-proxy sidecar; killed when dropped.
+pub struct Sidecar {
+    pub child: Child,
+    pub admin: String,
+    pub logs: Logs,
+}
+
+impl Sidecar {
+    /// Starts a sidecar with the identity `default/<service_account>`
+    /// (SVIDs valid `ttl` seconds if given) and `args` (service, ports,
+    /// outbound listeners...).
+    pub async fn start(
+        cp: &ControlPlane,
+        dir: &Path,
+        service_account: &str,
+        ttl: Option<u64>,
+        args: &[String],
+    ) -> Sidecar {
+        let token = cp.join_token("default", service_account, 0).await;
+        let socket = dir.join(format!("{service_account}-{}.sock", free_port()));
+        let (mut command, admin) = proxy(cp, &token, &socket);
+        if let Some(ttl) = ttl {
+            command.args(["--svid-ttl-seconds", &ttl.to_string()]);
+        }
+        let mut child = command
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting rampart-proxy");
+        let logs = Logs::default();
+        logs.capture(child.stderr.take().unwrap());
+        Sidecar { child, admin, logs }
+    }
+
+    /// Its /metrics text.
+    pub async fn metrics(&self) -> String {
+        http_get(&self.admin, "/metrics")
+            .await
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for it to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The sum of a Prometheus counter's samples whose label set contains every
+/// `label="value"` pair in `labels`.
+pub fn counter(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|p| l.contains(p)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Polls `check` every 100 ms for up to `tries` times; true once it holds.
+pub async fn eventually<F, Fut>(tries: u32, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..tries {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }

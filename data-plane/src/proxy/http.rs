@@ -1,0 +1,642 @@
+//! One HTTP request through the proxy: policy (inbound RBAC), route (by
+//! authority and path, weighted clusters, faults, mirrors), balance (pick
+//! an endpoint, honour circuit breakers) and connect (pooled, mTLS to
+//! sidecars), with retries, timeouts and outlier detection around it.
+//! Every reply the proxy makes itself says why in its body.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use rand::Rng;
+
+use super::Proxy;
+use super::metrics::{ClusterLabels, DurationLabels, OverflowLabels, RequestLabels};
+use super::plan::{App, HttpPlan, Route, Routes};
+use super::pool::{Body, BoxError, Sender, Target};
+use super::rbac::{self, Decision, Subject};
+use super::upstream::{ClusterState, Endpoint, InFlight, Outcome, RetrySlot, backoff};
+
+/// What the proxy knows of the connection a request came on.
+#[derive(Clone)]
+pub struct Downstream {
+    pub listener: String,
+    pub inbound: bool,
+    /// The caller's SPIFFE ID if it came over mTLS.
+    pub peer: Option<Arc<str>>,
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+    /// The filter chain the connection matched.
+    pub chain: usize,
+}
+
+/// Bodies up to this size are kept so a retry or a mirror can resend them.
+const REPLAYABLE: u64 = 64 * 1024;
+
+pub fn reply(status: StatusCode, why: impl Into<String>) -> Response<Body> {
+    let mut body = why.into();
+    body.push('\n');
+    let mut r = Response::new(full(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+/// Handles one request from `down`.
+pub async fn handle(
+    proxy: Arc<Proxy>,
+    down: Arc<Downstream>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let plan = proxy.plan();
+    let Some(listener) = plan.listeners.get(&down.listener) else {
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("listener {} was removed", down.listener),
+        );
+    };
+    let Some(App::Http(http)) = listener.chains.get(down.chain).map(|c| &c.app) else {
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("listener {} no longer serves HTTP here", down.listener),
+        );
+    };
+    if let Some(denied) = authorize(&proxy, &down, http, &req) {
+        return denied;
+    }
+    let table = match &http.routes {
+        Routes::Inline(t) => t.clone(),
+        Routes::Named(name) => match plan.routes.get(name) {
+            Some(t) => t.clone(),
+            None => {
+                return reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("route configuration {name} not received from the control plane yet"),
+                );
+            }
+        },
+    };
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let Some(route) = table.find(&host, &path) else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            format!("no route for {host}{path} in {}", table.name),
+        );
+    };
+    let forward_identity = http.forward_client_identity;
+    forward(&proxy, &down, route, req, host, forward_identity).await
+}
+
+/// Inbound RBAC; `Some(403)` if the request is denied.
+fn authorize(
+    proxy: &Proxy,
+    down: &Downstream,
+    http: &HttpPlan,
+    req: &Request<Incoming>,
+) -> Option<Response<Body>> {
+    if http.rbac.is_empty() {
+        return None;
+    }
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let subject = Subject {
+        peer: down.peer.as_deref(),
+        remote: down.remote.ip(),
+        local_port: down.local.port(),
+        request: Some((req.method().as_str(), path)),
+        headers: Some(req.headers()),
+    };
+    let decision = rbac::decide(&http.rbac, &subject);
+    proxy.record_authz("http", decision, down.peer.as_deref());
+    match decision {
+        Decision::Allow => None,
+        Decision::Deny { .. } => Some(reply(StatusCode::FORBIDDEN, "RBAC: access denied")),
+    }
+}
+
+fn pick_weighted(clusters: &[(String, u32)]) -> &str {
+    let total: u64 = clusters.iter().map(|(_, w)| u64::from(*w)).sum();
+    let mut at = rand::rng().random_range(0..total.max(1));
+    for (name, w) in clusters {
+        if at < u64::from(*w) {
+            return name;
+        }
+        at -= u64::from(*w);
+    }
+    &clusters[0].0
+}
+
+/// Headers that belong to one hop (RFC 9110 §7.6.1); `te: trailers` stays,
+/// gRPC needs it.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(n);
+    }
+    if headers.get(header::TE).is_some_and(|v| v != "trailers") {
+        headers.remove(header::TE);
+    }
+}
+
+/// The request, with a body that can be sent again if it was small.
+struct Outgoing {
+    parts: http::request::Parts,
+    body: Option<Bytes>,
+    stream: Option<Incoming>,
+}
+
+impl Outgoing {
+    async fn new(req: Request<Incoming>, keep: bool) -> Result<Outgoing, Response<Body>> {
+        let (parts, body) = req.into_parts();
+        let small =
+            body.is_end_stream() || body.size_hint().upper().is_some_and(|n| n <= REPLAYABLE);
+        if keep && small {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| {
+                    reply(
+                        StatusCode::BAD_REQUEST,
+                        format!("reading the request body: {e}"),
+                    )
+                })?
+                .to_bytes();
+            return Ok(Outgoing {
+                parts,
+                body: Some(bytes),
+                stream: None,
+            });
+        }
+        Ok(Outgoing {
+            parts,
+            body: None,
+            stream: Some(body),
+        })
+    }
+
+    fn replayable(&self) -> bool {
+        self.body.is_some()
+    }
+
+    /// The next attempt's request (`None` once a streamed body was sent).
+    fn take(&mut self) -> Option<Request<Body>> {
+        let body = match (&self.body, self.stream.take()) {
+            (Some(b), _) => full(b.clone()),
+            (None, Some(s)) => s.map_err(|e| Box::new(e) as BoxError).boxed(),
+            (None, None) => return None,
+        };
+        let mut r = Request::new(body);
+        *r.method_mut() = self.parts.method.clone();
+        *r.uri_mut() = self.parts.uri.clone();
+        *r.headers_mut() = self.parts.headers.clone();
+        *r.version_mut() = self.parts.version;
+        Some(r)
+    }
+}
+
+async fn forward(
+    proxy: &Arc<Proxy>,
+    down: &Arc<Downstream>,
+    route: &Route,
+    req: Request<Incoming>,
+    host: String,
+    forward_identity: bool,
+) -> Response<Body> {
+    let started = Instant::now();
+    if let Some(f) = &route.fault {
+        let roll = |percent: f64| rand::rng().random_range(0.0..100.0) < percent;
+        if let Some((delay, p)) = f.delay
+            && roll(p)
+        {
+            tokio::time::sleep(delay).await;
+        }
+        if let Some((code, p)) = f.abort
+            && roll(p)
+        {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return reply(status, "fault filter abort");
+        }
+    }
+    let cluster_name = pick_weighted(&route.clusters).to_owned();
+    let Some(cluster) = proxy.upstreams.get(&cluster_name) else {
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cluster {cluster_name} not received from the control plane yet"),
+        );
+    };
+    let mut out = match Outgoing::new(req, route.retry.is_some() || !route.mirrors.is_empty()).await
+    {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    let headers = &mut out.parts.headers;
+    strip_hop_by_hop(headers);
+    // The caller's identity is the proxy's to state, never the app's.
+    headers.remove("x-forwarded-client-cert");
+    if down.inbound
+        && forward_identity
+        && let Some(peer) = &down.peer
+    {
+        let value = format!("By={};URI={peer}", proxy.tls.own_id());
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert("x-forwarded-client-cert", v);
+        }
+    }
+    if out.replayable() {
+        for (mirror, percent) in &route.mirrors {
+            if rand::rng().random_range(0.0..100.0) < *percent
+                && let (Some(c), Some(copy)) = (proxy.upstreams.get(mirror), out.take())
+            {
+                let (proxy, host) = (proxy.clone(), host.clone());
+                tokio::spawn(async move {
+                    if let Some(endpoint) = c.pick(None, None) {
+                        let _ = attempt(&proxy, &c, &endpoint, copy, &host, None).await;
+                    }
+                });
+            }
+        }
+    }
+    let work = attempts(proxy, &cluster, route, &mut out, &host);
+    let (response, destination) = match route.timeout {
+        None => work.await,
+        Some(limit) => match tokio::time::timeout(limit, work).await {
+            Ok(r) => r,
+            Err(_) => (
+                reply(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("upstream request timeout ({} ms)", limit.as_millis()),
+                ),
+                None,
+            ),
+        },
+    };
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let (source, destination) = if down.inbound {
+        (
+            down.peer.as_deref().map(str::to_owned).unwrap_or_default(),
+            proxy.tls.own_id(),
+        )
+    } else {
+        (proxy.tls.own_id(), destination.unwrap_or_default())
+    };
+    let grpc = parts
+        .headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let labels = RequestLabels {
+        direction: if down.inbound { "inbound" } else { "outbound" },
+        source_identity: source,
+        destination_identity: destination,
+        destination_service: cluster_name,
+        response_code: parts.status.as_u16(),
+        grpc_status: grpc.unwrap_or_default(),
+    };
+    let observed = Observed {
+        inner: body,
+        proxy: proxy.clone(),
+        labels: Some(labels),
+        started,
+    };
+    Response::from_parts(parts, observed.boxed())
+}
+
+/// Why an attempt failed, for the retry decision.
+enum Failure {
+    Connect(String),
+    Reset(String),
+    Timeout,
+    Overflow(&'static str, String),
+}
+
+/// Tries the request until it succeeds or the retry policy says stop;
+/// returns the response and the upstream's SPIFFE ID.
+async fn attempts(
+    proxy: &Arc<Proxy>,
+    cluster: &Arc<ClusterState>,
+    route: &Route,
+    out: &mut Outgoing,
+    host: &str,
+) -> (Response<Body>, Option<String>) {
+    let Some(mut in_flight) = InFlight::request(cluster) else {
+        let name = cluster.plan().name.clone();
+        proxy
+            .metrics()
+            .overflows
+            .get_or_create(&OverflowLabels {
+                cluster: name.clone(),
+                limit: "max_requests",
+            })
+            .inc();
+        let mut r = reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("circuit breaker open: cluster {name} is at max_requests"),
+        );
+        r.headers_mut()
+            .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+        return (r, None);
+    };
+    let hash = hash_key(&out.parts.headers, host);
+    let mut tried = 0u32;
+    let mut avoid = None;
+    let mut _slot = None;
+    loop {
+        let Some(req) = out.take() else {
+            return (
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream failed after the request body was sent",
+                ),
+                None,
+            );
+        };
+        let Some(endpoint) = cluster.pick(hash, avoid) else {
+            return (
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("no healthy upstream in cluster {}", cluster.plan().name),
+                ),
+                None,
+            );
+        };
+        in_flight.on(endpoint.clone());
+        let per_try = route.retry.as_ref().and_then(|r| r.per_try_timeout);
+        let result = attempt(proxy, cluster, &endpoint, req, host, per_try).await;
+        let peer = endpoint.pool.peer.lock().expect("pool lock").clone();
+        let outcome = match &result {
+            Ok(r) if r.status().is_server_error() => Outcome::Failure,
+            Ok(_) => Outcome::Success,
+            Err(Failure::Overflow(..)) => Outcome::Success,
+            Err(_) => Outcome::Failure,
+        };
+        let endpoint_address = endpoint.address;
+        if cluster.record(&endpoint, outcome) {
+            proxy
+                .metrics()
+                .ejections
+                .get_or_create(&ClusterLabels {
+                    cluster: cluster.plan().name.clone(),
+                })
+                .inc();
+        }
+        let retry = route.retry.as_ref().filter(|r| {
+            tried < r.attempts
+                && out.replayable()
+                && match &result {
+                    Ok(resp) => {
+                        let code = resp.status().as_u16();
+                        (r.on_5xx && code >= 500)
+                            || (r.on_gateway_error && matches!(code, 502..=504))
+                            || resp
+                                .headers()
+                                .get("grpc-status")
+                                .and_then(|v| v.to_str().ok()?.parse::<u32>().ok())
+                                .is_some_and(|s| r.grpc_statuses.contains(&s))
+                    }
+                    Err(Failure::Connect(_)) => r.on_connect_failure,
+                    Err(Failure::Reset(_)) => r.on_reset || r.on_refused_stream,
+                    Err(Failure::Timeout) => r.on_5xx || r.on_gateway_error,
+                    Err(Failure::Overflow(..)) => false,
+                }
+        });
+        if let Some(policy) = retry {
+            match RetrySlot::take(cluster) {
+                Some(slot) => {
+                    _slot = Some(slot);
+                    tried += 1;
+                    avoid = Some(endpoint_address);
+                    proxy
+                        .metrics()
+                        .retries
+                        .get_or_create(&ClusterLabels {
+                            cluster: cluster.plan().name.clone(),
+                        })
+                        .inc();
+                    tokio::time::sleep(backoff(policy.backoff, tried)).await;
+                    continue;
+                }
+                None => {
+                    proxy
+                        .metrics()
+                        .overflows
+                        .get_or_create(&OverflowLabels {
+                            cluster: cluster.plan().name.clone(),
+                            limit: "max_retries",
+                        })
+                        .inc();
+                }
+            }
+        }
+        let response = match result {
+            Ok(r) => r,
+            Err(Failure::Connect(why)) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("upstream connect error: {why}"),
+            ),
+            Err(Failure::Reset(why)) => {
+                reply(StatusCode::BAD_GATEWAY, format!("upstream reset: {why}"))
+            }
+            Err(Failure::Timeout) => reply(StatusCode::GATEWAY_TIMEOUT, "upstream per-try timeout"),
+            Err(Failure::Overflow(limit, why)) => {
+                proxy
+                    .metrics()
+                    .overflows
+                    .get_or_create(&OverflowLabels {
+                        cluster: cluster.plan().name.clone(),
+                        limit,
+                    })
+                    .inc();
+                let mut r = reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("circuit breaker open: {why}"),
+                );
+                r.headers_mut()
+                    .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+                r
+            }
+        };
+        return (response, peer);
+    }
+}
+
+/// The consistent-hash key (for RING_HASH): the `x-rampart-hash-key`
+/// header if set, else the authority.
+fn hash_key(headers: &HeaderMap, host: &str) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let key = headers
+        .get("x-rampart-hash-key")
+        .map(|v| v.as_bytes())
+        .unwrap_or(host.as_bytes());
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    Some(h.finish())
+}
+
+/// One try against `endpoint`.
+async fn attempt(
+    proxy: &Arc<Proxy>,
+    cluster: &Arc<ClusterState>,
+    endpoint: &Endpoint,
+    mut req: Request<Body>,
+    host: &str,
+    per_try: Option<Duration>,
+) -> Result<Response<Body>, Failure> {
+    let plan = cluster.plan();
+    let target = Target {
+        address: endpoint.address,
+        mtls: endpoint.mtls.then_some(()).and(plan.mtls.as_deref()),
+        connect_timeout: plan.connect_timeout,
+        http2: plan.http2,
+        max_connections: plan.limits.max_connections,
+        connections: &cluster.connections,
+    };
+    let send = async {
+        let sender = endpoint
+            .pool
+            .sender(&target, &proxy.tls)
+            .await
+            .map_err(|e| match e {
+                super::pool::ConnectError::Overflow(n) => Failure::Overflow(
+                    "max_connections",
+                    format!("cluster {} has {n} connections open", plan.name),
+                ),
+                e => Failure::Connect(e.to_string()),
+            })?;
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        match sender {
+            Sender::H2(mut s) => {
+                *req.uri_mut() = Uri::builder()
+                    .scheme("http")
+                    .authority(host)
+                    .path_and_query(path)
+                    .build()
+                    .map_err(|e| Failure::Connect(format!("bad authority {host:?}: {e}")))?;
+                req.headers_mut().remove(header::HOST);
+                *req.version_mut() = http::Version::HTTP_2;
+                s.ready().await.map_err(|e| Failure::Reset(e.to_string()))?;
+                s.send_request(req)
+                    .await
+                    .map_err(|e| Failure::Reset(e.to_string()))
+            }
+            Sender::H1(mut s) => {
+                *req.uri_mut() =
+                    Uri::try_from(path).map_err(|e| Failure::Connect(e.to_string()))?;
+                if !req.headers().contains_key(header::HOST)
+                    && let Ok(v) = HeaderValue::from_str(host)
+                {
+                    req.headers_mut().insert(header::HOST, v);
+                }
+                *req.version_mut() = http::Version::HTTP_11;
+                let response = s.send_request(req);
+                endpoint.pool.put_back(s);
+                response.await.map_err(|e| Failure::Reset(e.to_string()))
+            }
+        }
+    };
+    let response = match per_try {
+        None => send.await?,
+        Some(limit) => tokio::time::timeout(limit, send)
+            .await
+            .map_err(|_| Failure::Timeout)??,
+    };
+    Ok(response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()))
+}
+
+/// A response body that records the request's metrics when it ends (with
+/// the gRPC status from the trailers, if any) or is dropped.
+struct Observed {
+    inner: Body,
+    proxy: Arc<Proxy>,
+    labels: Option<RequestLabels>,
+    started: Instant,
+}
+
+impl http_body::Body for Observed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(trailers) = frame.trailers_ref()
+            && let Some(status) = trailers.get("grpc-status").and_then(|v| v.to_str().ok())
+            && let Some(labels) = self.labels.as_mut()
+        {
+            labels.grpc_status = status.to_owned();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        if let Some(labels) = self.labels.take() {
+            let m = self.proxy.metrics();
+            m.duration
+                .get_or_create(&DurationLabels {
+                    direction: labels.direction,
+                    destination_service: labels.destination_service.clone(),
+                })
+                .observe(self.started.elapsed().as_secs_f64());
+            m.requests.get_or_create(&labels).inc();
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! Accepting connections: tell TLS from plaintext on the first bytes (when
+//! the listener has chains for both), terminate mTLS and learn the caller's
+//! SPIFFE ID, apply connection-level RBAC before any byte reaches the app,
+//! then serve HTTP (HTTP/1.1 or HTTP/2, detected) or proxy TCP.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::http::{self, Downstream};
+use super::metrics::{BytesLabels, ListenerLabels, TcpLabels};
+use super::plan::{App, ListenerPlan, Transport};
+use super::pool::{Stream, Target, connect};
+use super::rbac::{self, Decision, Subject};
+use super::upstream::{Endpoint, Outcome};
+use super::{Proxy, until_true};
+
+/// How long the first bytes may take to arrive before a connection is
+/// taken as plaintext (a server-speaks-first protocol sends nothing).
+const DETECT_TIMEOUT: Duration = Duration::from_secs(5);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn accept(
+    proxy: Arc<Proxy>,
+    name: String,
+    socket: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = socket.accept() => match accepted {
+                Ok((stream, remote)) => {
+                    let _ = stream.set_nodelay(true);
+                    let local = stream.local_addr().unwrap_or(remote);
+                    tokio::spawn(connection(proxy.clone(), name.clone(), stream, remote, local, drain.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = until_true(&mut stop) => return,
+        }
+    }
+}
+
+/// Whether the connection opens with a TLS handshake record.
+async fn starts_with_tls(stream: &TcpStream) -> Option<bool> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(DETECT_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => Some(first[0] == 0x16),
+        Ok(_) => Some(false),
+        Err(_) => None,
+    }
+}
+
+fn choose_chain(listener: &ListenerPlan, tls: bool) -> Option<usize> {
+    listener.chains.iter().position(|c| match c.transport {
+        Transport::Any => true,
+        Transport::Tls => tls,
+        Transport::Plaintext => !tls,
+    })
+}
+
+async fn connection(
+    proxy: Arc<Proxy>,
+    name: String,
+    stream: TcpStream,
+    remote: SocketAddr,
+    local: SocketAddr,
+    drain: watch::Receiver<bool>,
+) {
+    let _open = proxy.opened();
+    let plan = proxy.plan();
+    let Some(listener) = plan.listeners.get(&name).cloned() else {
+        return;
+    };
+    let label = || ListenerLabels {
+        listener: name.clone(),
+    };
+    let detect = listener
+        .chains
+        .iter()
+        .any(|c| c.transport != Transport::Any);
+    let tls = if detect {
+        match starts_with_tls(&stream).await {
+            Some(tls) => tls,
+            None => {
+                proxy
+                    .metrics()
+                    .detect_timeouts
+                    .get_or_create(&label())
+                    .inc();
+                false
+            }
+        }
+    } else {
+        false
+    };
+    let Some(index) = choose_chain(&listener, tls) else {
+        tracing::debug!(listener = %name, %remote, tls, "no filter chain matches; closing");
+        return;
+    };
+    let chain = &listener.chains[index];
+    let (stream, peer): (Stream, Option<Arc<str>>) = if chain.terminate_mtls {
+        let acceptor = tokio_rustls::TlsAcceptor::from(proxy.tls.server());
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => {
+                let peer = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(rampart_certs::tls::peer_spiffe_id)
+                    .map(|id| Arc::from(id.to_string()));
+                (Box::pin(tls), peer)
+            }
+            Ok(Err(e)) => {
+                proxy.metrics().tls_failures.get_or_create(&label()).inc();
+                tracing::debug!(listener = %name, %remote, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                proxy.metrics().tls_failures.get_or_create(&label()).inc();
+                return;
+            }
+        }
+    } else {
+        (Box::pin(stream), None)
+    };
+    if !chain.network_rbac.is_empty() {
+        let subject = Subject {
+            peer: peer.as_deref(),
+            remote: remote.ip(),
+            local_port: local.port(),
+            request: None,
+            headers: None,
+        };
+        let decision = rbac::decide(&chain.network_rbac, &subject);
+        proxy.record_authz("tcp", decision, peer.as_deref());
+        if decision != Decision::Allow {
+            tracing::debug!(listener = %name, %remote, peer = ?peer, "connection denied by RBAC");
+            return;
+        }
+    }
+    let down = Arc::new(Downstream {
+        listener: name.clone(),
+        inbound: listener.name.starts_with("inbound") || chain.terminate_mtls,
+        peer,
+        remote,
+        local,
+        chain: index,
+    });
+    match &chain.app {
+        App::Http(_) => serve_http(proxy, down, stream, drain).await,
+        App::Tcp { cluster } => proxy_tcp(proxy, down, cluster.clone(), stream).await,
+    }
+}
+
+async fn serve_http(
+    proxy: Arc<Proxy>,
+    down: Arc<Downstream>,
+    stream: Stream,
+    mut drain: watch::Receiver<bool>,
+) {
+    let service = service_fn(move |req| {
+        let (proxy, down) = (proxy.clone(), down.clone());
+        async move { Ok::<_, Infallible>(http::handle(proxy, down, req).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = until_true(&mut drain) => {}
+    }
+    // Draining: finish what is in flight, then close (GOAWAY on HTTP/2,
+    // `connection: close` on HTTP/1.1).
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// Counts a TCP connection against its endpoint for least-request balancing.
+struct Active(Arc<Endpoint>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Carries a TCP connection to an endpoint of `cluster` (trying up to three
+/// endpoints to connect), both directions, half-close included.
+async fn proxy_tcp(
+    proxy: Arc<Proxy>,
+    down: Arc<Downstream>,
+    cluster: String,
+    mut downstream: Stream,
+) {
+    let Some(state) = proxy.upstreams.get(&cluster) else {
+        tracing::warn!(%cluster, "TCP connection for a cluster not received yet; closing");
+        return;
+    };
+    let plan = state.plan();
+    let mut avoid = None;
+    let mut upstream = None;
+    for _ in 0..3 {
+        let Some(endpoint) = state.pick(None, avoid) else {
+            break;
+        };
+        let target = Target {
+            address: endpoint.address,
+            mtls: endpoint.mtls.then_some(()).and(plan.mtls.as_deref()),
+            connect_timeout: plan.connect_timeout,
+            http2: false,
+            max_connections: plan.limits.max_connections,
+            connections: &state.connections,
+        };
+        match connect(&target, &proxy.tls, false).await {
+            Ok((stream, _, _)) => {
+                state.record(&endpoint, Outcome::Success);
+                endpoint.active.fetch_add(1, Ordering::AcqRel);
+                upstream = Some((stream, Active(endpoint)));
+                break;
+            }
+            Err(e) => {
+                tracing::debug!(%cluster, endpoint = %endpoint.address, error = %e, "TCP upstream connect failed");
+                state.record(&endpoint, Outcome::Failure);
+                avoid = Some(endpoint.address);
+            }
+        }
+    }
+    let Some((mut upstream, _active)) = upstream else {
+        tracing::warn!(%cluster, "no TCP upstream could be reached; closing");
+        return;
+    };
+    let direction = if down.inbound { "inbound" } else { "outbound" };
+    proxy
+        .metrics()
+        .tcp_connections
+        .get_or_create(&TcpLabels {
+            direction,
+            destination_service: cluster.clone(),
+        })
+        .inc();
+    let (sent, received) = match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await
+    {
+        Ok(counts) => counts,
+        Err(e) => {
+            tracing::debug!(%cluster, error = %e, "TCP connection ended with an error");
+            (0, 0)
+        }
+    };
+    for (flow, n) in [("sent", sent), ("received", received)] {
+        proxy
+            .metrics()
+            .tcp_bytes
+            .get_or_create(&BytesLabels {
+                direction,
+                destination_service: cluster.clone(),
+                flow,
+            })
+            .inc_by(n);
+    }
+}

@@ -1,0 +1,175 @@
+//! The traffic path of rampart-proxy. Each connection goes through named
+//! steps: accept (`listener`) → detect TLS or plaintext on the first bytes
+//! → terminate mTLS and learn the caller's SPIFFE ID (`tls`) → policy
+//! (`rbac`) → route (`http`) → balance (`upstream`) → connect (`pool`).
+//! Inbound and outbound are the same steps driven by different listeners,
+//! all of them configured by the control plane over xDS (`plan` compiles
+//! what it sends). A configuration change applies to the next connection
+//! and the next request; nothing open is dropped.
+
+pub mod http;
+pub mod listener;
+pub mod metrics;
+pub mod plan;
+pub mod pool;
+pub mod rbac;
+pub mod tls;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::{Notify, watch};
+
+use crate::admin::ProxyMetrics;
+use plan::Plan;
+use rbac::Decision;
+use tls::Tls;
+use upstream::Upstreams;
+
+/// What every connection and request shares.
+pub struct Proxy {
+    plan: RwLock<Arc<Plan>>,
+    /// Connections open, for draining.
+    open: AtomicUsize,
+    closed: Notify,
+    pub upstreams: Upstreams,
+    pub tls: Arc<Tls>,
+    metrics: Arc<ProxyMetrics>,
+}
+
+impl Proxy {
+    pub fn new(tls: Arc<Tls>, metrics: Arc<ProxyMetrics>) -> Arc<Proxy> {
+        Arc::new(Proxy {
+            plan: RwLock::new(Arc::new(Plan::default())),
+            open: AtomicUsize::new(0),
+            closed: Notify::new(),
+            upstreams: Upstreams::default(),
+            tls,
+            metrics,
+        })
+    }
+
+    pub fn plan(&self) -> Arc<Plan> {
+        self.plan.read().expect("plan lock").clone()
+    }
+
+    pub fn metrics(&self) -> &metrics::TrafficMetrics {
+        &self.metrics.traffic
+    }
+
+    /// Counts a connection until the guard drops.
+    fn opened(self: &Arc<Self>) -> Open {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        Open(self.clone())
+    }
+
+    /// Waits until no connection is open or `deadline` passes; returns how
+    /// many are still open.
+    pub async fn wait_idle(&self, deadline: std::time::Duration) -> usize {
+        let wait = async {
+            loop {
+                let closed = self.closed.notified();
+                if self.open.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                closed.await;
+            }
+        };
+        let _ = tokio::time::timeout(deadline, wait).await;
+        self.open.load(Ordering::Acquire)
+    }
+
+    fn record_authz(&self, protocol: &'static str, decision: Decision, peer: Option<&str>) {
+        let labels = metrics::AuthzLabels {
+            protocol,
+            decision: match decision {
+                Decision::Allow => "allow",
+                Decision::Deny { .. } => "deny",
+            },
+            source_identity: peer.unwrap_or_default().to_owned(),
+        };
+        self.metrics().authz.get_or_create(&labels).inc();
+    }
+}
+
+/// Resolves once `flag` is true (or its sender is gone).
+pub async fn until_true(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|f| *f).await;
+}
+
+struct Open(Arc<Proxy>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.closed.notify_waiters();
+    }
+}
+
+/// A bound listener and how to stop its accept loop.
+struct Bound {
+    address: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+/// Applies every plan published on `plans` until `drain` turns true, then
+/// stops accepting; open connections finish on their own (HTTP ones are
+/// told to close after their current requests).
+pub async fn run(
+    proxy: Arc<Proxy>,
+    mut plans: watch::Receiver<Arc<Plan>>,
+    mut drain: watch::Receiver<bool>,
+) {
+    let mut bound: HashMap<String, Bound> = HashMap::new();
+    loop {
+        let plan = plans.borrow_and_update().clone();
+        proxy.upstreams.sync(&plan);
+        *proxy.plan.write().expect("plan lock") = plan.clone();
+        bound.retain(|name, b| {
+            let keep = plan.listeners.get(name).is_some_and(|l| l.address == b.address);
+            if !keep {
+                let _ = b.stop.send(true);
+                tracing::info!(listener = %name, address = %b.address, "listener removed; open connections continue");
+            }
+            keep
+        });
+        for (name, l) in &plan.listeners {
+            if bound.contains_key(name) {
+                continue;
+            }
+            match tokio::net::TcpListener::bind(l.address).await {
+                Ok(socket) => {
+                    let (stop, stopped) = watch::channel(false);
+                    tracing::info!(listener = %name, address = %l.address, "listening");
+                    tokio::spawn(listener::accept(
+                        proxy.clone(),
+                        name.clone(),
+                        socket,
+                        stopped,
+                        drain.clone(),
+                    ));
+                    bound.insert(
+                        name.clone(),
+                        Bound {
+                            address: l.address,
+                            stop,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(listener = %name, address = %l.address, error = %e, "cannot bind the listener; will retry on the next update")
+                }
+            }
+        }
+        tokio::select! {
+            changed = plans.changed() => if changed.is_err() { break },
+            _ = until_true(&mut drain) => break,
+        }
+    }
+    for (_, b) in bound {
+        let _ = b.stop.send(true);
+    }
+}

@@ -1,0 +1,796 @@
+//! The xDS resources the proxy holds, compiled into the plain structures the
+//! traffic path reads: listeners (filter chains, RBAC, where to send),
+//! route tables, clusters and their endpoints. Compiling is also how the
+//! proxy validates an update before ACKing it: anything it would not carry
+//! faithfully (an unknown filter, a route match it cannot evaluate) is an
+//! error naming the resource and the field, and the update is NACKed.
+//! A reference to something not yet received (a route, a cluster) is not an
+//! error: the request gets a 503 that says so until it arrives.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::core::v3::{Address, address, socket_address};
+use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
+use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
+use envoy_types::pb::envoy::config::rbac::v3::Rbac;
+use envoy_types::pb::envoy::config::route::v3::{
+    RouteConfiguration, route, route_action, route_match,
+};
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager, http_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    DownstreamTlsContext, UpstreamTlsContext, common_tls_context,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions, http_protocol_options,
+};
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+
+use crate::xds_client::{CLUSTER, Config, ENDPOINT, LISTENER, ROUTE};
+
+/// Everything the traffic path needs, compiled once per xDS update.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub listeners: BTreeMap<String, Arc<ListenerPlan>>,
+    pub routes: HashMap<String, Arc<RouteTable>>,
+    pub clusters: HashMap<String, Arc<ClusterPlan>>,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct ListenerPlan {
+    pub name: String,
+    pub address: SocketAddr,
+    pub chains: Vec<ChainPlan>,
+}
+
+/// Which connections a filter chain takes, told apart on the first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Any,
+    Tls,
+    Plaintext,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct ChainPlan {
+    pub name: String,
+    pub transport: Transport,
+    /// Terminate TLS, requiring a client SVID (the mesh's mTLS).
+    pub terminate_mtls: bool,
+    /// Checked once per connection, before any byte reaches the app.
+    pub network_rbac: Vec<Rbac>,
+    pub app: App,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum App {
+    Http(HttpPlan),
+    Tcp { cluster: String },
+}
+
+#[derive(Debug, PartialEq)]
+pub struct HttpPlan {
+    /// Checked per request, DENY and ALLOW in order.
+    pub rbac: Vec<Rbac>,
+    pub routes: Routes,
+    /// Tell the app the caller's SPIFFE ID (`x-forwarded-client-cert`).
+    pub forward_client_identity: bool,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Routes {
+    Named(String),
+    Inline(Arc<RouteTable>),
+}
+
+#[derive(Debug, PartialEq)]
+pub struct RouteTable {
+    pub name: String,
+    pub hosts: Vec<VirtualHost>,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct VirtualHost {
+    pub domains: Vec<String>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum PathMatch {
+    Prefix(String),
+    Exact(String),
+}
+
+#[derive(Debug, PartialEq)]
+pub struct Route {
+    pub path: PathMatch,
+    /// (cluster, weight); one entry for a plain cluster.
+    pub clusters: Vec<(String, u32)>,
+    /// Whole-request deadline (headers), `None` for none.
+    pub timeout: Option<Duration>,
+    pub retry: Option<RetryPlan>,
+    /// (cluster, percent of requests copied there).
+    pub mirrors: Vec<(String, f64)>,
+    pub fault: Option<FaultPlan>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPlan {
+    pub attempts: u32,
+    pub on_5xx: bool,
+    pub on_gateway_error: bool,
+    pub on_connect_failure: bool,
+    pub on_reset: bool,
+    pub on_refused_stream: bool,
+    /// gRPC statuses (by number) that are retried.
+    pub grpc_statuses: Vec<u32>,
+    pub per_try_timeout: Option<Duration>,
+    pub backoff: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultPlan {
+    /// (delay, percent).
+    pub delay: Option<(Duration, f64)>,
+    /// (HTTP status, percent).
+    pub abort: Option<(u16, f64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    LeastRequest,
+    RoundRobin,
+    RingHash,
+    Random,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct ClusterPlan {
+    pub name: String,
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+    /// Speak HTTP/2 to plaintext endpoints (on mTLS, ALPN decides).
+    pub http2: bool,
+    /// mTLS to endpoints marked `tls: mtls`: the SPIFFE IDs accepted.
+    pub mtls: Option<Vec<String>>,
+    pub limits: Limits,
+    pub outlier: Option<OutlierPlan>,
+    pub endpoints: Vec<EndpointPlan>,
+    /// Endpoints come over EDS (and are in `endpoints` once they have).
+    pub eds: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub max_connections: u32,
+    pub max_pending: u32,
+    pub max_requests: u32,
+    pub max_retries: u32,
+}
+
+impl Default for Limits {
+    /// Envoy's defaults.
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            max_pending: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutlierPlan {
+    pub consecutive_5xx: u32,
+    pub base_ejection: Duration,
+    pub max_ejection_percent: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointPlan {
+    pub address: SocketAddr,
+    pub weight: u32,
+    pub mtls: bool,
+}
+
+/// Why an update cannot be carried; names the resource and the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{resource}: {reason}")]
+pub struct PlanError {
+    pub resource: String,
+    pub reason: String,
+}
+
+type Result<T> = std::result::Result<T, String>;
+
+const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const TCP_PROXY: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+const NETWORK_RBAC: &str = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC";
+const HTTP_RBAC: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
+const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+const DOWNSTREAM_TLS: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
+const UPSTREAM_TLS: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+const TLS_INSPECTOR: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+const FAULT_FILTER: &str = "envoy.filters.http.fault";
+
+fn decode<M: Message + Default>(any: &Any, expected: &str) -> Result<M> {
+    if any.type_url != expected {
+        return Err(format!("is a {}, expected {expected}", any.type_url));
+    }
+    M::decode(any.value.as_slice()).map_err(|e| format!("does not decode: {e}"))
+}
+
+fn duration(d: Option<&envoy_types::pb::google::protobuf::Duration>) -> Option<Duration> {
+    d.filter(|d| d.seconds > 0 || d.nanos > 0)
+        .map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
+}
+
+fn socket_addr(address: Option<&Address>) -> Result<SocketAddr> {
+    let Some(address::Address::SocketAddress(s)) = address.and_then(|a| a.address.as_ref()) else {
+        return Err("address: only socket addresses are supported".to_owned());
+    };
+    let Some(socket_address::PortSpecifier::PortValue(port)) = s.port_specifier else {
+        return Err("address: needs a port_value".to_owned());
+    };
+    let ip: std::net::IpAddr = s
+        .address
+        .parse()
+        .map_err(|_| format!("address: {:?} is not an IP address", s.address))?;
+    let port = u16::try_from(port).map_err(|_| format!("address: port {port} is out of range"))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// Compiles what `config` holds; every problem is reported.
+pub fn compile(config: &Config) -> std::result::Result<Plan, Vec<PlanError>> {
+    let mut plan = Plan::default();
+    let mut errors = Vec::new();
+    let mut record = |resource: &str, reason: String| {
+        errors.push(PlanError {
+            resource: resource.to_owned(),
+            reason,
+        })
+    };
+    let held = |type_url: &str| {
+        config
+            .types
+            .get(type_url)
+            .into_iter()
+            .flat_map(|m| m.iter())
+    };
+    let assignments: HashMap<&str, &Any> = held(ENDPOINT)
+        .map(|(n, h)| (n.as_str(), &h.resource))
+        .collect();
+    for (name, h) in held(CLUSTER) {
+        match decode::<Cluster>(&h.resource, CLUSTER)
+            .and_then(|c| cluster_plan(&c, assignments.get(name.as_str()).copied()))
+        {
+            Ok(c) => {
+                plan.clusters.insert(name.clone(), Arc::new(c));
+            }
+            Err(e) => record(name, e),
+        }
+    }
+    for (name, h) in held(ROUTE) {
+        match decode::<RouteConfiguration>(&h.resource, ROUTE).and_then(|r| route_table(&r)) {
+            Ok(r) => {
+                plan.routes.insert(name.clone(), Arc::new(r));
+            }
+            Err(e) => record(name, e),
+        }
+    }
+    let mut bound: HashMap<SocketAddr, &str> = HashMap::new();
+    for (name, h) in held(LISTENER) {
+        match decode::<Listener>(&h.resource, LISTENER).and_then(|l| listener_plan(&l)) {
+            Ok(Some(l)) => {
+                if let Some(other) = bound.insert(l.address, name) {
+                    record(name, format!("address {} is also {other}'s", l.address));
+                    continue;
+                }
+                plan.listeners.insert(name.clone(), Arc::new(l));
+            }
+            Ok(None) => {} // an API listener: for gRPC clients, nothing to bind
+            Err(e) => record(name, e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(plan)
+    } else {
+        Err(errors)
+    }
+}
+
+fn listener_plan(listener: &Listener) -> Result<Option<ListenerPlan>> {
+    if listener.api_listener.is_some() {
+        return Ok(None);
+    }
+    let address = socket_addr(listener.address.as_ref())?;
+    for f in &listener.listener_filters {
+        match &f.config_type {
+            Some(envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType::TypedConfig(any))
+                if any.type_url == TLS_INSPECTOR => {}
+            _ => return Err(format!("listener filter {:?} is not supported (only the TLS inspector)", f.name)),
+        }
+    }
+    let mut chains = Vec::new();
+    for (i, chain) in listener.filter_chains.iter().enumerate() {
+        let at = |e: String| format!("filter_chains[{i}]: {e}");
+        let transport = match chain
+            .filter_chain_match
+            .as_ref()
+            .map(|m| m.transport_protocol.as_str())
+        {
+            None | Some("") => Transport::Any,
+            Some("tls") => Transport::Tls,
+            Some("raw_buffer") => Transport::Plaintext,
+            Some(other) => {
+                return Err(at(format!("transport_protocol {other:?} is not supported")));
+            }
+        };
+        let terminate_mtls = match &chain.transport_socket {
+            None => false,
+            Some(socket) => {
+                let Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any)) = &socket.config_type else {
+                    return Err(at("transport_socket has no typed_config".to_owned()));
+                };
+                let tls: DownstreamTlsContext = decode(any, DOWNSTREAM_TLS).map_err(at)?;
+                if !tls.require_client_certificate.is_some_and(|b| b.value) {
+                    return Err(at("TLS without a required client certificate is not supported (the mesh is mTLS)".to_owned()));
+                }
+                true
+            }
+        };
+        let mut network_rbac = Vec::new();
+        let mut app = None;
+        for f in &chain.filters {
+            let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+                return Err(at(format!("filter {:?} has no typed_config", f.name)));
+            };
+            if app.is_some() {
+                return Err(at(format!(
+                    "filter {:?} comes after the terminal filter",
+                    f.name
+                )));
+            }
+            match any.type_url.as_str() {
+                NETWORK_RBAC => {
+                    let r: NetworkRbac = decode(any, NETWORK_RBAC).map_err(at)?;
+                    if let Some(rules) = r.rules {
+                        super::rbac::validate(&rules).map_err(at)?;
+                        network_rbac.push(rules);
+                    }
+                }
+                TCP_PROXY => {
+                    let t: TcpProxy = decode(any, TCP_PROXY).map_err(at)?;
+                    match t.cluster_specifier {
+                        Some(tcp_proxy::ClusterSpecifier::Cluster(cluster)) => {
+                            app = Some(App::Tcp { cluster })
+                        }
+                        _ => return Err(at("tcp_proxy needs a single cluster".to_owned())),
+                    }
+                }
+                HCM => {
+                    let m: HttpConnectionManager = decode(any, HCM).map_err(at)?;
+                    app = Some(App::Http(http_plan(&m).map_err(at)?));
+                }
+                other => return Err(at(format!("network filter {other} is not supported"))),
+            }
+        }
+        let Some(app) = app else {
+            return Err(at(
+                "no terminal filter (http_connection_manager or tcp_proxy)".to_owned(),
+            ));
+        };
+        chains.push(ChainPlan {
+            name: chain.name.clone(),
+            transport,
+            terminate_mtls,
+            network_rbac,
+            app,
+        });
+    }
+    if chains.is_empty() {
+        return Err("no filter chains".to_owned());
+    }
+    Ok(Some(ListenerPlan {
+        name: listener.name.clone(),
+        address,
+        chains,
+    }))
+}
+
+fn http_plan(manager: &HttpConnectionManager) -> Result<HttpPlan> {
+    let mut rbac = Vec::new();
+    for f in &manager.http_filters {
+        let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+            return Err(format!("http filter {:?} has no typed_config", f.name));
+        };
+        match any.type_url.as_str() {
+            HTTP_RBAC => {
+                let r: HttpRbac = decode(any, HTTP_RBAC)?;
+                if let Some(rules) = r.rules {
+                    super::rbac::validate(&rules)?;
+                    rbac.push(rules);
+                }
+            }
+            // Faults come per route; the filter itself does nothing.
+            FAULT | ROUTER => {}
+            other => return Err(format!("http filter {other} is not supported")),
+        }
+    }
+    let routes = match &manager.route_specifier {
+        Some(http_connection_manager::RouteSpecifier::Rds(rds)) => {
+            Routes::Named(rds.route_config_name.clone())
+        }
+        Some(http_connection_manager::RouteSpecifier::RouteConfig(r)) => {
+            Routes::Inline(Arc::new(route_table(r)?))
+        }
+        _ => return Err("http_connection_manager needs rds or route_config".to_owned()),
+    };
+    Ok(HttpPlan {
+        rbac,
+        routes,
+        forward_client_identity: manager.forward_client_cert_details
+            != http_connection_manager::ForwardClientCertDetails::Sanitize as i32,
+    })
+}
+
+fn route_table(config: &RouteConfiguration) -> Result<RouteTable> {
+    let mut hosts = Vec::new();
+    for (h, host) in config.virtual_hosts.iter().enumerate() {
+        let mut routes = Vec::new();
+        for (r, route) in host.routes.iter().enumerate() {
+            let at = |e: String| format!("virtual_hosts[{h}].routes[{r}]: {e}");
+            routes.push(route_plan(route).map_err(at)?);
+        }
+        hosts.push(VirtualHost {
+            domains: host
+                .domains
+                .iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
+            routes,
+        });
+    }
+    Ok(RouteTable {
+        name: config.name.clone(),
+        hosts,
+    })
+}
+
+fn percent(p: Option<&envoy_types::pb::envoy::r#type::v3::FractionalPercent>) -> f64 {
+    use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
+    let Some(p) = p else { return 100.0 };
+    let denominator = match DenominatorType::try_from(p.denominator) {
+        Ok(DenominatorType::TenThousand) => 10_000.0,
+        Ok(DenominatorType::Million) => 1_000_000.0,
+        _ => 100.0,
+    };
+    f64::from(p.numerator) * 100.0 / denominator
+}
+
+fn route_plan(route: &envoy_types::pb::envoy::config::route::v3::Route) -> Result<Route> {
+    let m = route.r#match.as_ref().ok_or("no match")?;
+    if !m.headers.is_empty() || !m.query_parameters.is_empty() {
+        return Err("header and query matches are not supported".to_owned());
+    }
+    let path = match &m.path_specifier {
+        Some(route_match::PathSpecifier::Prefix(p)) => PathMatch::Prefix(p.clone()),
+        Some(route_match::PathSpecifier::Path(p)) => PathMatch::Exact(p.clone()),
+        _ => return Err("only prefix and path matches are supported".to_owned()),
+    };
+    let Some(route::Action::Route(action)) = &route.action else {
+        return Err("only route actions are supported".to_owned());
+    };
+    let clusters = match &action.cluster_specifier {
+        Some(route_action::ClusterSpecifier::Cluster(c)) => vec![(c.clone(), 1)],
+        Some(route_action::ClusterSpecifier::WeightedClusters(w)) => w
+            .clusters
+            .iter()
+            .map(|c| (c.name.clone(), c.weight.map_or(0, |w| w.value)))
+            .collect(),
+        _ => return Err("needs a cluster or weighted clusters".to_owned()),
+    };
+    if clusters.iter().all(|(_, w)| *w == 0) {
+        return Err("weighted clusters all have weight 0".to_owned());
+    }
+    let retry = action.retry_policy.as_ref().map(|r| {
+        let on: Vec<&str> = r.retry_on.split(',').map(str::trim).collect();
+        let has = |c: &str| on.contains(&c);
+        let grpc = [
+            ("cancelled", 1),
+            ("deadline-exceeded", 4),
+            ("resource-exhausted", 8),
+            ("internal", 13),
+            ("unavailable", 14),
+        ];
+        RetryPlan {
+            attempts: r.num_retries.map_or(1, |n| n.value),
+            on_5xx: has("5xx"),
+            on_gateway_error: has("gateway-error"),
+            on_connect_failure: has("connect-failure") || has("5xx") || has("gateway-error"),
+            on_reset: has("reset") || has("5xx") || has("gateway-error"),
+            on_refused_stream: has("refused-stream") || has("5xx"),
+            grpc_statuses: grpc
+                .iter()
+                .filter(|(name, _)| has(name))
+                .map(|(_, code)| *code)
+                .collect(),
+            per_try_timeout: duration(r.per_try_timeout.as_ref()),
+            backoff: r
+                .retry_back_off
+                .as_ref()
+                .and_then(|b| duration(b.base_interval.as_ref()))
+                .unwrap_or(Duration::from_millis(25)),
+        }
+    });
+    let mirrors = action
+        .request_mirror_policies
+        .iter()
+        .map(|m| {
+            (
+                m.cluster.clone(),
+                percent(
+                    m.runtime_fraction
+                        .as_ref()
+                        .and_then(|f| f.default_value.as_ref()),
+                ),
+            )
+        })
+        .collect();
+    let fault = match route.typed_per_filter_config.get(FAULT_FILTER) {
+        None => None,
+        Some(any) => {
+            use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay;
+            use envoy_types::pb::envoy::extensions::filters::http::fault::v3::fault_abort;
+            let f: HttpFault = decode(any, FAULT)?;
+            let delay = match f.delay {
+                None => None,
+                Some(d) => match d.fault_delay_secifier {
+                    Some(fault_delay::FaultDelaySecifier::FixedDelay(fixed)) => Some((
+                        duration(Some(&fixed)).unwrap_or_default(),
+                        percent(d.percentage.as_ref()),
+                    )),
+                    _ => return Err("fault delay: only fixed delays are supported".to_owned()),
+                },
+            };
+            let abort = match f.abort {
+                None => None,
+                Some(a) => match a.error_type {
+                    Some(fault_abort::ErrorType::HttpStatus(code)) => {
+                        let code = u16::try_from(code)
+                            .ok()
+                            .filter(|c| (200..600).contains(c))
+                            .ok_or(format!("fault abort: {code} is not an HTTP status"))?;
+                        Some((code, percent(a.percentage.as_ref())))
+                    }
+                    _ => return Err("fault abort: only HTTP statuses are supported".to_owned()),
+                },
+            };
+            Some(FaultPlan { delay, abort })
+        }
+    };
+    Ok(Route {
+        path,
+        clusters,
+        timeout: duration(action.timeout.as_ref()),
+        retry,
+        mirrors,
+        fault,
+    })
+}
+
+fn cluster_plan(cluster: &Cluster, assignment: Option<&Any>) -> Result<ClusterPlan> {
+    use cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy};
+    let eds = match cluster.cluster_discovery_type {
+        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32 => true,
+        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Static as i32 => false,
+        _ => return Err("only STATIC and EDS clusters are supported".to_owned()),
+    };
+    let balance = match LbPolicy::try_from(cluster.lb_policy) {
+        Ok(LbPolicy::LeastRequest) => Balance::LeastRequest,
+        Ok(LbPolicy::RoundRobin) => Balance::RoundRobin,
+        Ok(LbPolicy::RingHash) => Balance::RingHash,
+        Ok(LbPolicy::Random) => Balance::Random,
+        _ => return Err(format!("lb_policy {} is not supported", cluster.lb_policy)),
+    };
+    let http2 = match cluster.typed_extension_protocol_options.get(HTTP_OPTIONS) {
+        None => false,
+        Some(any) => {
+            let o: HttpProtocolOptions = decode(
+                any,
+                "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            )?;
+            use http_protocol_options::{
+                UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
+            };
+            matches!(
+                o.upstream_protocol_options,
+                Some(UpstreamProtocolOptions::ExplicitHttpConfig(c))
+                    if matches!(c.protocol_config, Some(ProtocolConfig::Http2ProtocolOptions(_)))
+            )
+        }
+    };
+    let mut mtls = None;
+    for m in &cluster.transport_socket_matches {
+        let wants_mtls = m
+            .r#match
+            .as_ref()
+            .and_then(|s| s.fields.get("tls"))
+            .is_some_and(|v| {
+                matches!(&v.kind, Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) if s == "mtls")
+            });
+        if !wants_mtls {
+            return Err(format!(
+                "transport_socket_matches {:?}: only the match tls=mtls is supported",
+                m.name
+            ));
+        }
+        let Some(
+            envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
+                any,
+            ),
+        ) = m
+            .transport_socket
+            .as_ref()
+            .and_then(|s| s.config_type.as_ref())
+        else {
+            return Err(format!(
+                "transport_socket_matches {:?}: no typed_config",
+                m.name
+            ));
+        };
+        let tls: UpstreamTlsContext = decode(any, UPSTREAM_TLS)?;
+        mtls = Some(expected_sans(&tls)?);
+    }
+    if cluster.transport_socket.is_some() {
+        return Err(
+            "a cluster-wide transport_socket is not supported (use transport_socket_matches)"
+                .to_owned(),
+        );
+    }
+    let limits = cluster
+        .circuit_breakers
+        .as_ref()
+        .and_then(|c| c.thresholds.first())
+        .map(|t| {
+            let d = Limits::default();
+            Limits {
+                max_connections: t.max_connections.map_or(d.max_connections, |v| v.value),
+                max_pending: t.max_pending_requests.map_or(d.max_pending, |v| v.value),
+                max_requests: t.max_requests.map_or(d.max_requests, |v| v.value),
+                max_retries: t.max_retries.map_or(d.max_retries, |v| v.value),
+            }
+        })
+        .unwrap_or_default();
+    let outlier = cluster.outlier_detection.as_ref().map(|o| OutlierPlan {
+        consecutive_5xx: o.consecutive_5xx.map_or(5, |v| v.value),
+        base_ejection: duration(o.base_ejection_time.as_ref()).unwrap_or(Duration::from_secs(30)),
+        max_ejection_percent: o.max_ejection_percent.map_or(10, |v| v.value),
+    });
+    let endpoints = match (eds, assignment, &cluster.load_assignment) {
+        (true, Some(any), _) => {
+            let a: ClusterLoadAssignment = decode(any, ENDPOINT)?;
+            endpoint_plans(&a).map_err(|e| format!("endpoints: {e}"))?
+        }
+        (true, None, _) => Vec::new(),
+        (false, _, Some(a)) => endpoint_plans(a)?,
+        (false, _, None) => return Err("a STATIC cluster needs a load_assignment".to_owned()),
+    };
+    Ok(ClusterPlan {
+        name: cluster.name.clone(),
+        balance,
+        connect_timeout: duration(cluster.connect_timeout.as_ref())
+            .unwrap_or(Duration::from_secs(5)),
+        http2,
+        mtls,
+        limits,
+        outlier,
+        endpoints,
+        eds,
+    })
+}
+
+/// The URI SANs an upstream TLS context requires of the server.
+fn expected_sans(tls: &UpstreamTlsContext) -> Result<Vec<String>> {
+    use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+    let common = tls
+        .common_tls_context
+        .as_ref()
+        .ok_or("mTLS without a common_tls_context")?;
+    let Some(common_tls_context::ValidationContextType::CombinedValidationContext(combined)) =
+        &common.validation_context_type
+    else {
+        return Err(
+            "mTLS needs a combined validation context (ROOTCA plus SAN matchers)".to_owned(),
+        );
+    };
+    let mut out = Vec::new();
+    for m in combined
+        .default_validation_context
+        .iter()
+        .flat_map(|v| &v.match_typed_subject_alt_names)
+    {
+        match m.matcher.as_ref().and_then(|s| s.match_pattern.as_ref()) {
+            Some(MatchPattern::Exact(id)) => out.push(id.clone()),
+            _ => return Err("SAN matchers must be exact SPIFFE IDs".to_owned()),
+        }
+    }
+    Ok(out)
+}
+
+fn endpoint_plans(assignment: &ClusterLoadAssignment) -> Result<Vec<EndpointPlan>> {
+    let mut out = Vec::new();
+    for locality in &assignment.endpoints {
+        for e in &locality.lb_endpoints {
+            let Some(lb_endpoint::HostIdentifier::Endpoint(endpoint)) = &e.host_identifier else {
+                return Err("an endpoint without an address".to_owned());
+            };
+            let mtls = e
+                .metadata
+                .as_ref()
+                .and_then(|m| m.filter_metadata.get("envoy.transport_socket_match"))
+                .and_then(|s| s.fields.get("tls"))
+                .is_some_and(|v| matches!(&v.kind, Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) if s == "mtls"));
+            out.push(EndpointPlan {
+                address: socket_addr(endpoint.address.as_ref())?,
+                weight: e.load_balancing_weight.map_or(1, |w| w.value.max(1)),
+                mtls,
+            });
+        }
+    }
+    Ok(out)
+}
+
+impl RouteTable {
+    /// The route for `host` (port stripped, lower-case) and `path`:
+    /// exact domain, then `*.suffix`/`prefix*` wildcards, then `*`.
+    pub fn find(&self, host: &str, path: &str) -> Option<&Route> {
+        let host = host.to_ascii_lowercase();
+        let bare = host.rsplit_once(':').map_or(host.as_str(), |(h, p)| {
+            if p.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                host.as_str()
+            }
+        });
+        let matches = |d: &str| {
+            d == host
+                || d == bare
+                || d.strip_prefix('*')
+                    .is_some_and(|s| !s.is_empty() && bare.ends_with(s))
+                || d.strip_suffix('*')
+                    .is_some_and(|p| !p.is_empty() && bare.starts_with(p))
+        };
+        let vhost = self
+            .hosts
+            .iter()
+            .find(|v| v.domains.iter().any(|d| d != "*" && matches(d)))
+            .or_else(|| {
+                self.hosts
+                    .iter()
+                    .find(|v| v.domains.iter().any(|d| d == "*"))
+            })?;
+        let path_only = path.split(['?', '#']).next().unwrap_or(path);
+        vhost.routes.iter().find(|r| match &r.path {
+            PathMatch::Prefix(p) => path_only.starts_with(p.as_str()),
+            PathMatch::Exact(p) => path_only == p,
+        })
+    }
+}

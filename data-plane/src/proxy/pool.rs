@@ -1,0 +1,202 @@
+//! Connections to one endpoint: HTTP/2 connections are shared by every
+//! request (multiplexed), HTTP/1.1 connections are reused one request at a
+//! time. On an mTLS hop the proxy offers `h2` and `http/1.1` and speaks what
+//! the peer picks, so HTTP/1.1 from the app rides HTTP/2 between sidecars.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use super::tls::{H2, Tls};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// A byte stream, plaintext or TLS.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+pub type Stream = Pin<Box<dyn Io>>;
+
+/// How to reach an endpoint.
+pub struct Target<'a> {
+    pub address: SocketAddr,
+    /// `Some(accepted server IDs)` for mTLS.
+    pub mtls: Option<&'a [String]>,
+    pub connect_timeout: Duration,
+    /// Speak HTTP/2 to this endpoint in plaintext.
+    pub http2: bool,
+    pub max_connections: u32,
+    pub connections: &'a Arc<AtomicU32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connection limit reached ({0} connections)")]
+    Overflow(u32),
+    #[error("connecting to {0} timed out")]
+    Timeout(SocketAddr),
+    #[error("connecting to {0}: {1}")]
+    Io(SocketAddr, std::io::Error),
+    #[error("TLS handshake with {0}: {1}")]
+    Tls(SocketAddr, String),
+    #[error("HTTP handshake with {0}: {1}")]
+    Http(SocketAddr, hyper::Error),
+}
+
+/// A connection's open-count, released when the connection ends.
+struct Counted(Arc<AtomicU32>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Opens a stream to `target` (TLS when it is mTLS), returning it and the
+/// peer's SPIFFE ID and whether it agreed to HTTP/2.
+pub async fn connect(
+    target: &Target<'_>,
+    tls: &Tls,
+    http: bool,
+) -> Result<(Stream, Option<String>, bool), ConnectError> {
+    let address = target.address;
+    let tcp = tokio::time::timeout(target.connect_timeout, TcpStream::connect(address))
+        .await
+        .map_err(|_| ConnectError::Timeout(address))?
+        .map_err(|e| ConnectError::Io(address, e))?;
+    let _ = tcp.set_nodelay(true);
+    let Some(expected) = target.mtls else {
+        return Ok((Box::pin(tcp), None, target.http2));
+    };
+    let config = tls
+        .client(expected, http)
+        .map_err(|e| ConnectError::Tls(address, format!("{e:#}")))?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    // The peer is checked by SPIFFE ID, not by name; any valid name will do.
+    let name = rustls_pki_types::ServerName::IpAddress(address.ip().into());
+    let stream = tokio::time::timeout(target.connect_timeout, connector.connect(name, tcp))
+        .await
+        .map_err(|_| ConnectError::Timeout(address))?
+        .map_err(|e| ConnectError::Tls(address, e.to_string()))?;
+    let (_, session) = stream.get_ref();
+    let peer = session
+        .peer_certificates()
+        .and_then(rampart_certs::tls::peer_spiffe_id)
+        .map(|id| id.to_string());
+    let h2 = session.alpn_protocol() == Some(H2);
+    Ok((Box::pin(stream), peer, h2))
+}
+
+pub enum Sender {
+    H1(http1::SendRequest<Body>),
+    H2(http2::SendRequest<Body>),
+}
+
+#[derive(Default)]
+pub struct Pool {
+    h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
+    h1: Mutex<Vec<http1::SendRequest<Body>>>,
+    /// The peer answered HTTP/1.1 last time: no need to queue for an h2 slot.
+    h1_peer: AtomicBool,
+    /// The SPIFFE ID the endpoint last presented.
+    pub peer: Mutex<Option<String>>,
+}
+
+/// Idle HTTP/1.1 connections kept per endpoint.
+const MAX_IDLE_H1: usize = 64;
+
+impl Pool {
+    /// A sender for one request: a shared HTTP/2 connection, an idle
+    /// HTTP/1.1 one, or a new connection.
+    pub async fn sender(&self, target: &Target<'_>, tls: &Tls) -> Result<Sender, ConnectError> {
+        if let Some(s) = self.idle_h1() {
+            return Ok(Sender::H1(s));
+        }
+        let may_be_h2 = (target.mtls.is_some() && !self.h1_peer.load(Ordering::Relaxed))
+            || (target.mtls.is_none() && target.http2);
+        if !may_be_h2 {
+            return self.open(target, tls).await;
+        }
+        // One connection attempt at a time, so a burst shares one h2 connection.
+        let mut slot = self.h2.lock().await;
+        if let Some(s) = slot.as_ref()
+            && !s.is_closed()
+        {
+            return Ok(Sender::H2(s.clone()));
+        }
+        let sender = self.open(target, tls).await?;
+        if let Sender::H2(s) = &sender {
+            *slot = Some(s.clone());
+        }
+        Ok(sender)
+    }
+
+    fn idle_h1(&self) -> Option<http1::SendRequest<Body>> {
+        let mut idle = self.h1.lock().expect("pool lock");
+        idle.retain(|s| !s.is_closed());
+        let ready = idle.iter().position(|s| s.is_ready())?;
+        Some(idle.swap_remove(ready))
+    }
+
+    /// Returns an HTTP/1.1 connection for reuse (it becomes ready again
+    /// once its response body has been read).
+    pub fn put_back(&self, sender: http1::SendRequest<Body>) {
+        let mut idle = self.h1.lock().expect("pool lock");
+        if idle.len() < MAX_IDLE_H1 && !sender.is_closed() {
+            idle.push(sender);
+        }
+    }
+
+    async fn open(&self, target: &Target<'_>, tls: &Tls) -> Result<Sender, ConnectError> {
+        let open = target.connections.fetch_add(1, Ordering::AcqRel);
+        let counted = Counted(target.connections.clone());
+        if open >= target.max_connections {
+            return Err(ConnectError::Overflow(target.max_connections));
+        }
+        let (stream, peer, h2) = connect(target, tls, true).await?;
+        if peer.is_some() {
+            *self.peer.lock().expect("pool lock") = peer;
+        }
+        let io = TokioIo::new(stream);
+        let address = target.address;
+        if h2 {
+            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(30))
+                .handshake(io)
+                .await
+                .map_err(|e| ConnectError::Http(address, e))?;
+            tokio::spawn(async move {
+                let _counted = counted;
+                if let Err(e) = connection.await {
+                    tracing::debug!(endpoint = %address, error = %e, "HTTP/2 upstream connection ended");
+                }
+            });
+            Ok(Sender::H2(sender))
+        } else {
+            if target.mtls.is_some() {
+                self.h1_peer.store(true, Ordering::Relaxed);
+            }
+            let (sender, connection) = http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(|e| ConnectError::Http(address, e))?;
+            tokio::spawn(async move {
+                let _counted = counted;
+                if let Err(e) = connection.with_upgrades().await {
+                    tracing::debug!(endpoint = %address, error = %e, "HTTP/1.1 upstream connection ended");
+                }
+            });
+            Ok(Sender::H1(sender))
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Upstream clusters as the traffic path sees them: endpoints with their
+//! live state (requests in flight, consecutive failures, ejection), load
+//! balancing, circuit-breaker counters and connection pools. The state
+//! outlives configuration updates: an endpoint that stays in its cluster
+//! keeps its pool and counters, so an xDS push drops nothing.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use super::plan::{Balance, ClusterPlan, Plan};
+use super::pool::Pool;
+
+/// Every cluster's live state, by name.
+#[derive(Default)]
+pub struct Upstreams {
+    clusters: RwLock<HashMap<String, Arc<ClusterState>>>,
+}
+
+impl Upstreams {
+    /// Brings the live state in line with `plan`, keeping what is unchanged.
+    pub fn sync(&self, plan: &Plan) {
+        let mut clusters = self.clusters.write().expect("upstreams lock");
+        clusters.retain(|name, _| plan.clusters.contains_key(name));
+        for (name, cluster) in &plan.clusters {
+            match clusters.get(name) {
+                Some(state) => state.update(cluster.clone()),
+                None => {
+                    clusters.insert(name.clone(), Arc::new(ClusterState::new(cluster.clone())));
+                }
+            }
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<ClusterState>> {
+        self.clusters
+            .read()
+            .expect("upstreams lock")
+            .get(name)
+            .cloned()
+    }
+}
+
+pub struct ClusterState {
+    plan: RwLock<Arc<ClusterPlan>>,
+    endpoints: RwLock<Arc<Vec<Arc<Endpoint>>>>,
+    next: AtomicUsize,
+    /// Requests in flight (for `max_requests`).
+    pub requests: AtomicU32,
+    /// Retries in flight (for `max_retries`).
+    pub retries: AtomicU32,
+    /// Open connections, all endpoints (for `max_connections`).
+    pub connections: Arc<AtomicU32>,
+}
+
+pub struct Endpoint {
+    pub address: SocketAddr,
+    pub mtls: bool,
+    weight: AtomicU32,
+    /// Requests in flight, for least-request balancing.
+    pub active: AtomicU32,
+    consecutive_failures: AtomicU32,
+    ejections: AtomicU32,
+    ejected_until: Mutex<Option<Instant>>,
+    pub pool: Pool,
+}
+
+impl Endpoint {
+    fn ejected(&self, now: Instant) -> bool {
+        self.ejected_until
+            .lock()
+            .expect("ejection lock")
+            .is_some_and(|until| until > now)
+    }
+}
+
+/// What a finished attempt tells outlier detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// A 5xx, a reset or a failed connection.
+    Failure,
+}
+
+impl ClusterState {
+    fn new(plan: Arc<ClusterPlan>) -> ClusterState {
+        let state = ClusterState {
+            plan: RwLock::new(plan.clone()),
+            endpoints: RwLock::new(Arc::new(Vec::new())),
+            next: AtomicUsize::new(0),
+            requests: AtomicU32::new(0),
+            retries: AtomicU32::new(0),
+            connections: Arc::new(AtomicU32::new(0)),
+        };
+        state.update(plan);
+        state
+    }
+
+    fn update(&self, plan: Arc<ClusterPlan>) {
+        let old = self.endpoints.read().expect("endpoints lock").clone();
+        let by_address: HashMap<(SocketAddr, bool), &Arc<Endpoint>> =
+            old.iter().map(|e| ((e.address, e.mtls), e)).collect();
+        let endpoints = plan
+            .endpoints
+            .iter()
+            .map(|e| match by_address.get(&(e.address, e.mtls)) {
+                Some(kept) => {
+                    kept.weight.store(e.weight, Ordering::Relaxed);
+                    Arc::clone(kept)
+                }
+                None => Arc::new(Endpoint {
+                    address: e.address,
+                    mtls: e.mtls,
+                    weight: AtomicU32::new(e.weight),
+                    active: AtomicU32::new(0),
+                    consecutive_failures: AtomicU32::new(0),
+                    ejections: AtomicU32::new(0),
+                    ejected_until: Mutex::new(None),
+                    pool: Pool::default(),
+                }),
+            })
+            .collect();
+        *self.endpoints.write().expect("endpoints lock") = Arc::new(endpoints);
+        *self.plan.write().expect("cluster plan lock") = plan;
+    }
+
+    pub fn plan(&self) -> Arc<ClusterPlan> {
+        self.plan.read().expect("cluster plan lock").clone()
+    }
+
+    /// Picks an endpoint, avoiding ejected ones and `avoid` (the one a
+    /// retry just failed on) while others exist. `hash` keys RING_HASH.
+    pub fn pick(&self, hash: Option<u64>, avoid: Option<SocketAddr>) -> Option<Arc<Endpoint>> {
+        let all = self.endpoints.read().expect("endpoints lock").clone();
+        let now = Instant::now();
+        let mut healthy: Vec<&Arc<Endpoint>> = all.iter().filter(|e| !e.ejected(now)).collect();
+        if healthy.is_empty() {
+            // Every endpoint ejected: Envoy's "panic mode", use them all.
+            healthy = all.iter().collect();
+        }
+        if healthy.len() > 1 && avoid.is_some() {
+            healthy.retain(|e| Some(e.address) != avoid);
+        }
+        let n = healthy.len();
+        if n == 0 {
+            return None;
+        }
+        let chosen = match self.plan().balance {
+            _ if n == 1 => healthy[0],
+            Balance::RoundRobin => healthy[self.next.fetch_add(1, Ordering::Relaxed) % n],
+            Balance::Random => healthy[rand::rng().random_range(0..n)],
+            Balance::LeastRequest => {
+                // Power of two choices, weighted by endpoint weight.
+                let mut rng = rand::rng();
+                let a = rng.random_range(0..n);
+                let b = (a + rng.random_range(1..n)) % n;
+                let load = |e: &Endpoint| {
+                    f64::from(e.active.load(Ordering::Relaxed) + 1)
+                        / f64::from(e.weight.load(Ordering::Relaxed).max(1))
+                };
+                if load(healthy[b]) < load(healthy[a]) {
+                    healthy[b]
+                } else {
+                    healthy[a]
+                }
+            }
+            Balance::RingHash => {
+                // Rendezvous hashing: the same key keeps its endpoint, and
+                // losing one endpoint moves only that endpoint's keys.
+                let key = hash.unwrap_or_else(|| rand::rng().random());
+                healthy
+                    .iter()
+                    .max_by_key(|e| mix(key, &e.address))
+                    .copied()
+                    .expect("n > 0")
+            }
+        };
+        Some(chosen.clone())
+    }
+
+    /// Records an attempt's outcome; returns true if it ejected the endpoint.
+    pub fn record(&self, endpoint: &Endpoint, outcome: Outcome) -> bool {
+        let Some(outlier) = self.plan().outlier else {
+            return false;
+        };
+        if outcome == Outcome::Success {
+            endpoint.consecutive_failures.store(0, Ordering::Relaxed);
+            return false;
+        }
+        let failures = endpoint
+            .consecutive_failures
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        if failures < outlier.consecutive_5xx {
+            return false;
+        }
+        let now = Instant::now();
+        let all = self.endpoints.read().expect("endpoints lock").clone();
+        let ejected = all.iter().filter(|e| e.ejected(now)).count();
+        // Envoy ejects at least one endpoint whatever the percentage.
+        let allowed = ((all.len() as u64 * u64::from(outlier.max_ejection_percent)) / 100).max(1);
+        if ejected as u64 >= allowed || endpoint.ejected(now) {
+            return false;
+        }
+        let times = endpoint.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let time = outlier.base_ejection.saturating_mul(times.min(10));
+        *endpoint.ejected_until.lock().expect("ejection lock") = Some(now + time);
+        endpoint.consecutive_failures.store(0, Ordering::Relaxed);
+        tracing::warn!(cluster = %self.plan().name, endpoint = %endpoint.address, ejected_for_ms = time.as_millis() as u64, "outlier detection ejected an endpoint");
+        true
+    }
+}
+
+fn mix(key: u64, address: &SocketAddr) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    address.hash(&mut h);
+    h.finish()
+}
+
+/// Held while a request is in flight against a cluster and an endpoint.
+pub struct InFlight {
+    counter: Arc<ClusterState>,
+    endpoint: Option<Arc<Endpoint>>,
+}
+
+impl InFlight {
+    /// Counts a request against `max_requests`; `None` if the breaker is open.
+    pub fn request(cluster: &Arc<ClusterState>) -> Option<InFlight> {
+        let max = cluster.plan().limits.max_requests;
+        if cluster.requests.fetch_add(1, Ordering::AcqRel) >= max {
+            cluster.requests.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(InFlight {
+            counter: cluster.clone(),
+            endpoint: None,
+        })
+    }
+
+    pub fn on(&mut self, endpoint: Arc<Endpoint>) {
+        if let Some(old) = self.endpoint.take() {
+            old.active.fetch_sub(1, Ordering::AcqRel);
+        }
+        endpoint.active.fetch_add(1, Ordering::AcqRel);
+        self.endpoint = Some(endpoint);
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.counter.requests.fetch_sub(1, Ordering::AcqRel);
+        if let Some(e) = &self.endpoint {
+            e.active.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Tries to take a retry slot (`max_retries`); released on drop.
+pub struct RetrySlot(Arc<ClusterState>);
+
+impl RetrySlot {
+    pub fn take(cluster: &Arc<ClusterState>) -> Option<RetrySlot> {
+        let max = cluster.plan().limits.max_retries;
+        if cluster.retries.fetch_add(1, Ordering::AcqRel) >= max {
+            cluster.retries.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(RetrySlot(cluster.clone()))
+    }
+}
+
+impl Drop for RetrySlot {
+    fn drop(&mut self) {
+        self.0.retries.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Backoff before retry `n` (1-based): exponential with full jitter, capped
+/// at ten times the base, as Envoy does.
+pub fn backoff(base: Duration, n: u32) -> Duration {
+    let ceiling = base.saturating_mul(1 << n.min(10)).min(base * 10);
+    let millis = ceiling.as_millis().max(1) as u64;
+    Duration::from_millis(rand::rng().random_range(0..=millis))
+}

@@ -1,0 +1,190 @@
+//! Real app servers and clients for data-plane scenarios: an HTTP echo
+//! server (HTTP/1.1 and HTTP/2) that says who it is and what it saw, a TCP
+//! server that answers after the client half-closes, and HTTP clients that
+//! speak HTTP/1.1 or HTTP/2 with prior knowledge.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A running echo server.
+pub struct Echo {
+    pub port: u16,
+    /// Requests it has answered.
+    pub hits: Arc<AtomicU64>,
+}
+
+/// Starts an HTTP echo server named `name` on a free loopback port.
+///
+/// - any path: 200, body `name=<name> version=<HTTP/x> method=<M> path=<P> xfcc=<header>`
+/// - `/status/NNN`: answers with that status
+/// - `/slow/MS`: answers after MS milliseconds
+pub async fn echo(name: &str) -> Echo {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicU64::new(0));
+    let (name, counter) = (Arc::<str>::from(name), hits.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (name, counter) = (name.clone(), counter.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (name, counter) = (name.clone(), counter.clone());
+                    async move {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        let path = req.uri().path().to_owned();
+                        let mut status = 200;
+                        if let Some(code) = path.strip_prefix("/status/") {
+                            status = code.parse().unwrap_or(500);
+                        }
+                        if let Some(ms) = path.strip_prefix("/slow/") {
+                            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0)))
+                                .await;
+                        }
+                        let xfcc = req
+                            .headers()
+                            .get("x-forwarded-client-cert")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned();
+                        let body = format!(
+                            "name={name} version={:?} method={} path={path} xfcc={xfcc}\n",
+                            req.version(),
+                            req.method()
+                        );
+                        let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
+                        *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Echo { port, hits }
+}
+
+/// Starts a TCP server that reads until the client half-closes, then
+/// answers `got N bytes: <what it read>` and closes. Returns its port.
+pub async fn tcp_echo() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                if stream.read_to_end(&mut got).await.is_ok() {
+                    let answer =
+                        format!("got {} bytes: {}", got.len(), String::from_utf8_lossy(&got));
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Sends `data`, half-closes, and returns everything the peer sends back.
+pub async fn tcp_exchange(addr: &str, data: &[u8]) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.write_all(data).await?;
+    stream.shutdown().await?;
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).await?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// A status and body, or what went wrong.
+pub type Answer = Result<(u16, String), String>;
+
+/// One HTTP/1.1 GET on a new connection.
+pub async fn get_h1(addr: &str, host: &str, path: &str) -> Answer {
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    answer(sender.send_request(req).await).await
+}
+
+/// One HTTP/2 (prior knowledge) GET on a new connection.
+pub async fn get_h2(addr: &str, host: &str, path: &str) -> Answer {
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(format!("http://{host}{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    answer(sender.send_request(req).await).await
+}
+
+async fn answer(response: Result<hyper::Response<hyper::body::Incoming>, hyper::Error>) -> Answer {
+    let response = response.map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A keep-alive HTTP/1.1 client on one connection, reconnecting if the
+/// connection closes (as a real app's client pool does).
+pub struct KeepAlive {
+    addr: String,
+    sender: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
+}
+
+impl KeepAlive {
+    pub fn new(addr: &str) -> KeepAlive {
+        KeepAlive {
+            addr: addr.to_owned(),
+            sender: None,
+        }
+    }
+
+    pub async fn get(&mut self, host: &str, path: &str) -> Answer {
+        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+            let stream = TcpStream::connect(&self.addr)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            self.sender = Some(sender);
+        }
+        let sender = self.sender.as_mut().expect("connected above");
+        sender.ready().await.map_err(|e| e.to_string())?;
+        let req = hyper::Request::get(path)
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        answer(sender.send_request(req).await).await
+    }
+}
