@@ -23,11 +23,21 @@ pub struct Echo {
 }
 
 /// Starts an HTTP echo server named `name` on a free loopback port.
+/// (`echo_failing` starts one that answers every request with 503.)
 ///
 /// - any path: 200, body `name=<name> version=<HTTP/x> method=<M> path=<P> xfcc=<header>`
 /// - `/status/NNN`: answers with that status
 /// - `/slow/MS`: answers after MS milliseconds
 pub async fn echo(name: &str) -> Echo {
+    serve_echo(name, false).await
+}
+
+/// An echo server that fails every request with 503.
+pub async fn echo_failing(name: &str) -> Echo {
+    serve_echo(name, true).await
+}
+
+async fn serve_echo(name: &str, failing: bool) -> Echo {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let hits = Arc::new(AtomicU64::new(0));
@@ -44,7 +54,7 @@ pub async fn echo(name: &str) -> Echo {
                     async move {
                         counter.fetch_add(1, Ordering::Relaxed);
                         let path = req.uri().path().to_owned();
-                        let mut status = 200;
+                        let mut status = if failing { 503 } else { 200 };
                         if let Some(code) = path.strip_prefix("/status/") {
                             status = code.parse().unwrap_or(500);
                         }

@@ -1,0 +1,310 @@
+//! What rampart-proxy does when things go wrong, seen by an app calling
+//! through it: failing endpoints hidden by retries and then ejected, a
+//! slow one cut off by the route timeout; and traffic that keeps flowing,
+//! with no failed request, while weights move from v1 to v2, certificates
+//! rotate and the control plane is killed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use rampart_tests::apps::{self, KeepAlive, get_h1};
+use rampart_tests::{ControlPlane, Sidecar, counter, eventually, free_port};
+
+fn flaky_model(good: u16, bad: u16, dead: u16) -> String {
+    format!(
+        r#"apiVersion: rampart.dev/v1alpha1
+kind: Service
+metadata: {{name: flaky, namespace: default}}
+spec:
+  ports: [{{name: http, port: 8080, protocol: http}}]
+---
+apiVersion: rampart.dev/v1alpha1
+kind: WorkloadEntry
+metadata: {{name: good, namespace: default}}
+spec: {{service: flaky, address: 127.0.0.1, ports: {{http: {good}}}}}
+---
+apiVersion: rampart.dev/v1alpha1
+kind: WorkloadEntry
+metadata: {{name: bad, namespace: default}}
+spec: {{service: flaky, address: 127.0.0.1, ports: {{http: {bad}}}}}
+---
+apiVersion: rampart.dev/v1alpha1
+kind: WorkloadEntry
+metadata: {{name: dead, namespace: default}}
+spec: {{service: flaky, address: 127.0.0.1, ports: {{http: {dead}}}}}
+---
+apiVersion: rampart.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {{name: flaky, namespace: default}}
+spec:
+  service: flaky
+  loadBalancer: ROUND_ROBIN
+  timeout: 1s
+  retries: {{attempts: 3, retryOn: [5xx, connect-failure]}}
+  outlierDetection: {{consecutive5xx: 2, baseEjectionTime: 60s, maxEjectionPercent: 100}}
+"#
+    )
+}
+
+const CLUSTER: &str = "outbound|8080||flaky.default";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_hide_failures_outliers_are_ejected_and_timeouts_fire() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let cp = ControlPlane::start(dir.path(), &["--grpc-addr", &addr]).await;
+    let good = apps::echo("good").await;
+    let bad = apps::echo_failing("bad").await;
+    let dead = free_port(); // nothing listens here
+    let model = dir.path().join("flaky.yaml");
+    std::fs::write(&model, flaky_model(good.port, bad.port, dead)).unwrap();
+    cp.meshctl_ok(&["apply", "-f", model.to_str().unwrap()]);
+
+    let out = free_port();
+    let client = Sidecar::start(
+        &cp,
+        dir.path(),
+        "client",
+        None,
+        &[
+            "--node-id".into(),
+            "client-1".into(),
+            "--outbound".into(),
+            format!("127.0.0.1:{out}=flaky.default:8080"),
+        ],
+    )
+    .await;
+    let out = format!("127.0.0.1:{out}");
+    let up = eventually(150, || async {
+        matches!(get_h1(&out, "flaky", "/").await, Ok((200, _)))
+    })
+    .await;
+    assert!(
+        up,
+        "the outbound listener never answered\n{}",
+        client.logs.text()
+    );
+
+    // Every request succeeds although two of three endpoints fail.
+    let mut codes = Vec::new();
+    for _ in 0..30 {
+        codes.push(get_h1(&out, "flaky", "/ok").await.map(|(c, _)| c));
+    }
+    assert!(
+        codes.iter().all(|c| *c == Ok(200)),
+        "{codes:?}\n{}",
+        client.logs.text()
+    );
+    let metrics = client.metrics().await;
+    let cluster = format!("cluster=\"{CLUSTER}\"");
+    assert!(
+        counter(&metrics, "rampart_proxy_retries_total", &[&cluster]) >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        counter(
+            &metrics,
+            "rampart_proxy_outlier_ejections_total",
+            &[&cluster]
+        ) >= 2.0,
+        "{metrics}"
+    );
+
+    // Ejected: the failing endpoint gets no more requests.
+    let before = bad.hits.load(Ordering::Relaxed);
+    for _ in 0..20 {
+        assert_eq!(get_h1(&out, "flaky", "/ok").await.map(|(c, _)| c), Ok(200));
+    }
+    assert_eq!(
+        bad.hits.load(Ordering::Relaxed),
+        before,
+        "an ejected endpoint must get no traffic"
+    );
+
+    // The route's 1 s timeout cuts off a 3 s answer.
+    let (code, body) = get_h1(&out, "flaky", "/slow/3000").await.unwrap();
+    assert_eq!(code, 504, "{body}");
+    assert!(body.contains("upstream request timeout"), "{body}");
+}
+
+const SPLIT: &str = r#"apiVersion: rampart.dev/v1alpha1
+kind: Service
+metadata: {name: echo, namespace: default}
+spec:
+  ports: [{name: http, port: 8080, protocol: http}]
+  serviceAccounts: [echo]
+---
+apiVersion: rampart.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: echo-split, namespace: default}
+spec:
+  service: echo
+  split: [{subset: {version: v1}, weight: V1}, {subset: {version: v2}, weight: V2}]
+"#;
+
+/// Tallies of a load run.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    v1: AtomicU64,
+    v2: AtomicU64,
+    failed: AtomicU64,
+    last_failure: std::sync::Mutex<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_fails_while_weights_move_certificates_rotate_and_the_control_plane_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cp = ControlPlane::start(dir.path(), &["--grpc-addr", &addr]).await;
+    let apply = |v1: u32, v2: u32| {
+        let path = dir.path().join(format!("split-{v1}-{v2}.yaml"));
+        std::fs::write(
+            &path,
+            SPLIT
+                .replace("V1", &v1.to_string())
+                .replace("V2", &v2.to_string()),
+        )
+        .unwrap();
+        cp.meshctl_ok(&["apply", "-f", path.to_str().unwrap()]);
+    };
+    apply(100, 0);
+
+    // Short-lived SVIDs: each proxy renews several times during the run.
+    let ttl = Some(16);
+    let mut sidecars = Vec::new();
+    for version in ["v1", "v2"] {
+        let app = apps::echo(version).await;
+        sidecars.push(
+            Sidecar::start(
+                &cp,
+                dir.path(),
+                "echo",
+                ttl,
+                &[
+                    "--node-id".into(),
+                    format!("echo-{version}"),
+                    "--service".into(),
+                    "echo".into(),
+                    "--label".into(),
+                    format!("version={version}"),
+                    "--port".into(),
+                    format!("http={}", free_port()),
+                    "--app-port".into(),
+                    format!("http={}", app.port),
+                ],
+            )
+            .await,
+        );
+    }
+    let out = free_port();
+    let client = Sidecar::start(
+        &cp,
+        dir.path(),
+        "client",
+        ttl,
+        &[
+            "--node-id".into(),
+            "client-1".into(),
+            "--outbound".into(),
+            format!("127.0.0.1:{out}=echo.default:8080"),
+        ],
+    )
+    .await;
+    let out = format!("127.0.0.1:{out}");
+    let up = eventually(150, || async {
+        matches!(get_h1(&out, "echo", "/").await, Ok((200, b)) if b.contains("name=v1"))
+    })
+    .await;
+    assert!(up, "no answer from v1\n{}", client.logs.text());
+
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (tally, stop, out) = (tally.clone(), stop.clone(), out.clone());
+        load.push(tokio::spawn(async move {
+            let mut client = KeepAlive::new(&out);
+            while !stop.load(Ordering::Relaxed) {
+                match client.get("echo.default:8080", "/load").await {
+                    Ok((200, body)) => {
+                        tally.ok.fetch_add(1, Ordering::Relaxed);
+                        let v = if body.contains("name=v1") {
+                            &tally.v1
+                        } else {
+                            &tally.v2
+                        };
+                        v.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => {
+                        tally.failed.fetch_add(1, Ordering::Relaxed);
+                        *tally.last_failure.lock().unwrap() = format!("{other:?}");
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 100/0 -> 0/100: once it lands, only v2 answers.
+    apply(0, 100);
+    let moved = eventually(100, || async {
+        let v1 = tally.v1.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tally.v1.load(Ordering::Relaxed) == v1 && tally.v2.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    assert!(moved, "traffic never moved to v2\n{}", client.logs.text());
+
+    // Every proxy renews its SVID under load.
+    let renewed = eventually(300, || async {
+        let mut all = true;
+        for s in sidecars.iter().chain([&client]) {
+            all &= counter(
+                &s.metrics().await,
+                "rampart_proxy_svid_renewals_total",
+                &["result=\"ok\""],
+            ) >= 1.0;
+        }
+        all
+    })
+    .await;
+    assert!(
+        renewed,
+        "not every proxy renewed its SVID\n{}",
+        client.logs.text()
+    );
+
+    // The control plane dies; traffic continues on the last configuration.
+    cp.kill9();
+    let before = tally.ok.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = tally.ok.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+
+    let failed = tally.failed.load(Ordering::Relaxed);
+    eprintln!(
+        "load: {} ok ({} v1, {} v2), {failed} failed; {} answered in the 3 s after the control plane died",
+        tally.ok.load(Ordering::Relaxed),
+        tally.v1.load(Ordering::Relaxed),
+        tally.v2.load(Ordering::Relaxed),
+        after - before
+    );
+    assert_eq!(
+        failed,
+        0,
+        "{failed} requests failed (of {}); last: {}\n{}",
+        tally.ok.load(Ordering::Relaxed),
+        tally.last_failure.lock().unwrap(),
+        client.logs.text()
+    );
+    assert!(
+        after > before + 100,
+        "traffic stalled after the control plane died: {before} -> {after}"
+    );
+}
