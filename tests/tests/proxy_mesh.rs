@@ -6,7 +6,7 @@
 //! and ALLOW policies, and the metrics that show it.
 
 use rampart_tests::apps::{self, get_h1, get_h2, tcp_exchange};
-use rampart_tests::{ControlPlane, Sidecar, counter, eventually, free_port};
+use rampart_tests::{ControlPlane, Sidecar, counter, eventually, free_port, python_checks};
 
 const HELLO: &str = r#"apiVersion: rampart.dev/v1alpha1
 kind: Service
@@ -244,5 +244,85 @@ async fn two_proxies_carry_http_h2_and_tcp_over_mtls_under_policy() {
             &["direction=\"outbound\""]
         ) >= 1.0,
         "{outbound}"
+    );
+}
+
+const GRPC: &str = r#"apiVersion: rampart.dev/v1alpha1
+kind: Service
+metadata: {name: mesh, namespace: default}
+spec:
+  ports: [{name: grpc, port: 50051, protocol: grpc}]
+  serviceAccounts: [mesh]
+"#;
+
+/// grpcio's client and server (tests/python/grpc_through_proxies.py) on
+/// both ends: unary, server, client and bidirectional streaming, metadata
+/// and statuses all cross the two sidecars intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unary_and_streaming_cross_two_proxies() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp"), &[]).await;
+    let model = dir.path().join("grpc.yaml");
+    std::fs::write(&model, GRPC).unwrap();
+    cp.meshctl_ok(&["apply", "-f", model.to_str().unwrap()]);
+    let app_port = free_port();
+    let server = Sidecar::start(
+        &cp,
+        dir.path(),
+        "mesh",
+        None,
+        &[
+            "--node-id".into(),
+            "mesh-1".into(),
+            "--service".into(),
+            "mesh".into(),
+            "--port".into(),
+            format!("grpc={}", free_port()),
+            "--app-port".into(),
+            format!("grpc={app_port}"),
+        ],
+    )
+    .await;
+    let out = free_port();
+    let client = Sidecar::start(
+        &cp,
+        dir.path(),
+        "frontend",
+        None,
+        &[
+            "--node-id".into(),
+            "frontend-1".into(),
+            "--outbound".into(),
+            format!("127.0.0.1:{out}=mesh.default:50051"),
+        ],
+    )
+    .await;
+    let config = serde_json::json!({"app_port": app_port, "outbound": format!("127.0.0.1:{out}")});
+    let result = python_checks("grpc_through_proxies.py", &config, dir.path());
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(
+        result.status.success() && stdout.contains("all checks passed"),
+        "{stdout}\n{}\nclient sidecar:\n{}\nserver sidecar:\n{}",
+        String::from_utf8_lossy(&result.stderr),
+        client.logs.text(),
+        server.logs.text()
+    );
+    // The status of every RPC is counted, trailers included.
+    let metrics = client.metrics().await;
+    assert!(
+        counter(
+            &metrics,
+            "rampart_proxy_requests_total",
+            &["grpc_status=\"0\""]
+        ) >= 4.0,
+        "{metrics}"
+    );
+    assert!(
+        counter(
+            &metrics,
+            "rampart_proxy_requests_total",
+            &["grpc_status=\"5\""]
+        ) >= 1.0,
+        "{metrics}"
     );
 }
