@@ -28,6 +28,8 @@ pub struct Echo {
 /// - any path: 200, body `name=<name> version=<HTTP/x> method=<M> path=<P> xfcc=<header>`
 /// - `/status/NNN`: answers with that status
 /// - `/slow/MS`: answers after MS milliseconds
+/// - an HTTP/1.1 `Upgrade` request: `101 Switching Protocols`, then echoes
+///   every byte back until the client closes
 pub async fn echo(name: &str) -> Echo {
     serve_echo(name, false).await
 }
@@ -49,10 +51,27 @@ async fn serve_echo(name: &str, failing: bool) -> Echo {
             };
             let (name, counter) = (name.clone(), counter.clone());
             tokio::spawn(async move {
-                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                     let (name, counter) = (name.clone(), counter.clone());
                     async move {
                         counter.fetch_add(1, Ordering::Relaxed);
+                        if let Some(protocol) = req.headers().get("upgrade").cloned() {
+                            let upgraded = hyper::upgrade::on(&mut req);
+                            tokio::spawn(async move {
+                                if let Ok(io) = upgraded.await {
+                                    let (mut r, mut w) = tokio::io::split(TokioIo::new(io));
+                                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                                    let _ = w.shutdown().await;
+                                }
+                            });
+                            let mut response = hyper::Response::new(Full::new(Bytes::new()));
+                            *response.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+                            response.headers_mut().insert("upgrade", protocol);
+                            response
+                                .headers_mut()
+                                .insert("connection", "upgrade".parse().unwrap());
+                            return Ok::<_, Infallible>(response);
+                        }
                         let path = req.uri().path().to_owned();
                         let mut status = if failing { 503 } else { 200 };
                         if let Some(code) = path.strip_prefix("/status/") {
@@ -79,7 +98,7 @@ async fn serve_echo(name: &str, failing: bool) -> Echo {
                     }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .await;
             });
         }
@@ -197,4 +216,39 @@ impl KeepAlive {
             .unwrap();
         answer(sender.send_request(req).await).await
     }
+}
+
+/// Asks `addr` to upgrade to `protocol` (HTTP/1.1), then sends `data`,
+/// half-closes and returns the status line and everything read after the
+/// response headers.
+pub async fn upgrade_exchange(
+    addr: &str,
+    protocol: &str,
+    data: &[u8],
+) -> std::io::Result<(String, Vec<u8>)> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\n\r\n").as_bytes())
+        .await?;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        if stream.read(&mut byte).await? == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let status = String::from_utf8_lossy(&head)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    if !status.contains(" 101 ") {
+        return Ok((status, Vec::new()));
+    }
+    stream.write_all(data).await?;
+    stream.shutdown().await?;
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).await?;
+    Ok((status, rest))
 }

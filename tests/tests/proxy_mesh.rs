@@ -2,7 +2,7 @@
 //! through its sidecar's outbound listeners; the calls cross mTLS to the
 //! hello sidecar, which checks the caller against the authorization
 //! policy and hands them to the hello app. HTTP/1.1, HTTP/2, raw TCP with
-//! half-close, the caller's identity at the app, plaintext refused, DENY
+//! half-close, HTTP/1.1 upgrades, the caller's identity at the app, plaintext refused, DENY
 //! and ALLOW policies, and the metrics that show it.
 
 use rampart_tests::apps::{self, get_h1, get_h2, tcp_exchange};
@@ -147,6 +147,13 @@ async fn two_proxies_carry_http_h2_and_tcp_over_mtls_under_policy() {
         body.contains("version=HTTP/2.0") && body.contains("path=/two"),
         "{body}"
     );
+
+    // An HTTP/1.1 upgrade (as WebSocket does): 101, then bytes both ways.
+    let (status, echoed) = apps::upgrade_exchange(&http_out, "echo", b"framed bytes")
+        .await
+        .unwrap();
+    assert!(status.contains(" 101 "), "{status}");
+    assert_eq!(echoed, b"framed bytes");
 
     // Raw TCP: the app answers only after our half-close, which must cross both proxies.
     let answer = tcp_exchange(&format!("127.0.0.1:{tcp_out}"), b"ping over tcp")

@@ -16,12 +16,13 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use rand::Rng;
 
 use super::Proxy;
 use super::metrics::{ClusterLabels, DurationLabels, OverflowLabels, RequestLabels};
 use super::plan::{App, HttpPlan, Route, Routes};
-use super::pool::{Body, BoxError, Sender, Target};
+use super::pool::{Body, BoxError, Sender};
 use super::rbac::{self, Decision, Subject};
 use super::upstream::{ClusterState, Endpoint, InFlight, Outcome, RetrySlot, backoff};
 
@@ -112,7 +113,105 @@ pub async fn handle(
         );
     };
     let forward_identity = http.forward_client_identity;
+    if is_upgrade(&req) {
+        return upgrade(&proxy, &down, route, req, &host, forward_identity).await;
+    }
     forward(&proxy, &down, route, req, host, forward_identity).await
+}
+
+/// An HTTP/1.1 request to switch protocols (WebSocket and the like).
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == http::Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// Carries an upgrade on a connection of its own (HTTP/1.1 on every hop,
+/// mTLS between sidecars); after `101 Switching Protocols` both sides are
+/// spliced byte for byte until either closes.
+async fn upgrade(
+    proxy: &Arc<Proxy>,
+    down: &Arc<Downstream>,
+    route: &Route,
+    mut req: Request<Incoming>,
+    host: &str,
+    forward_identity: bool,
+) -> Response<Body> {
+    let cluster_name = pick_weighted(&route.clusters).to_owned();
+    let Some(cluster) = proxy.upstreams.get(&cluster_name) else {
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cluster {cluster_name} not received from the control plane yet"),
+        );
+    };
+    let Some(endpoint) = cluster.pick(None, None) else {
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no healthy upstream in cluster {cluster_name}"),
+        );
+    };
+    let plan = cluster.plan();
+    let mut sender = match endpoint
+        .pool
+        .dedicated_h1(&endpoint.target(&plan, &cluster), &proxy.tls)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            return reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("upstream connect error: {e}"),
+            );
+        }
+    };
+    let downstream = hyper::upgrade::on(&mut req);
+    let (parts, _) = req.into_parts();
+    let mut up = Request::new(full(Bytes::new()));
+    *up.method_mut() = parts.method;
+    *up.uri_mut() = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .parse()
+        .unwrap_or_default();
+    *up.headers_mut() = parts.headers;
+    let headers = up.headers_mut();
+    headers.remove("x-forwarded-client-cert");
+    if down.inbound
+        && forward_identity
+        && let Some(peer) = &down.peer
+        && let Ok(v) = HeaderValue::from_str(&format!("By={};URI={peer}", proxy.tls.own_id()))
+    {
+        headers.insert("x-forwarded-client-cert", v);
+    }
+    if !headers.contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(host)
+    {
+        headers.insert(header::HOST, v);
+    }
+    let mut response = match sender.send_request(up).await {
+        Ok(r) => r,
+        Err(e) => return reply(StatusCode::BAD_GATEWAY, format!("upstream reset: {e}")),
+    };
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            let (Ok(down), Ok(up)) = (downstream.await, upstream.await) else {
+                return;
+            };
+            let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+            let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+        });
+    }
+    response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())
 }
 
 /// Inbound RBAC; `Some(403)` if the request is denied.
@@ -525,14 +624,7 @@ async fn attempt(
     per_try: Option<Duration>,
 ) -> Result<Response<Body>, Failure> {
     let plan = cluster.plan();
-    let target = Target {
-        address: endpoint.address,
-        mtls: endpoint.mtls.then_some(()).and(plan.mtls.as_deref()),
-        connect_timeout: plan.connect_timeout,
-        http2: plan.http2,
-        max_connections: plan.limits.max_connections,
-        connections: &cluster.connections,
-    };
+    let target = endpoint.target(&plan, cluster);
     let send = async {
         let sender = endpoint
             .pool

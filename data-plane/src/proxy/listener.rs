@@ -17,8 +17,9 @@ use tokio::sync::watch;
 use super::http::{self, Downstream};
 use super::metrics::{BytesLabels, ListenerLabels, TcpLabels};
 use super::plan::{App, ListenerPlan, Transport};
-use super::pool::{Stream, Target, connect};
+use super::pool::{Stream, connect};
 use super::rbac::{self, Decision, Subject};
+use super::tls::Alpn;
 use super::upstream::{Endpoint, Outcome};
 use super::{Proxy, until_true};
 
@@ -215,15 +216,8 @@ async fn proxy_tcp(
         let Some(endpoint) = state.pick(None, avoid) else {
             break;
         };
-        let target = Target {
-            address: endpoint.address,
-            mtls: endpoint.mtls.then_some(()).and(plan.mtls.as_deref()),
-            connect_timeout: plan.connect_timeout,
-            http2: false,
-            max_connections: plan.limits.max_connections,
-            connections: &state.connections,
-        };
-        match connect(&target, &proxy.tls, false).await {
+        let target = endpoint.target(&plan, &state);
+        match connect(&target, &proxy.tls, Alpn::None).await {
             Ok((stream, _, _)) => {
                 state.record(&endpoint, Outcome::Success);
                 endpoint.active.fetch_add(1, Ordering::AcqRel);

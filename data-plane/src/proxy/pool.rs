@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::tls::{H2, Tls};
+use super::tls::{Alpn, H2, Tls};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -66,7 +66,7 @@ impl Drop for Counted {
 pub async fn connect(
     target: &Target<'_>,
     tls: &Tls,
-    http: bool,
+    alpn: Alpn,
 ) -> Result<(Stream, Option<String>, bool), ConnectError> {
     let address = target.address;
     let tcp = tokio::time::timeout(target.connect_timeout, TcpStream::connect(address))
@@ -75,10 +75,10 @@ pub async fn connect(
         .map_err(|e| ConnectError::Io(address, e))?;
     let _ = tcp.set_nodelay(true);
     let Some(expected) = target.mtls else {
-        return Ok((Box::pin(tcp), None, target.http2));
+        return Ok((Box::pin(tcp), None, target.http2 && alpn == Alpn::Http));
     };
     let config = tls
-        .client(expected, http)
+        .client(expected, alpn)
         .map_err(|e| ConnectError::Tls(address, format!("{e:#}")))?;
     let connector = tokio_rustls::TlsConnector::from(config);
     // The peer is checked by SPIFFE ID, not by name; any valid name will do.
@@ -156,13 +156,38 @@ impl Pool {
         }
     }
 
+    /// A new HTTP/1.1 connection of its own, for a request that upgrades
+    /// it (WebSocket): the connection then belongs to that request.
+    pub async fn dedicated_h1(
+        &self,
+        target: &Target<'_>,
+        tls: &Tls,
+    ) -> Result<http1::SendRequest<Body>, ConnectError> {
+        let open = target.connections.fetch_add(1, Ordering::AcqRel);
+        let counted = Counted(target.connections.clone());
+        if open >= target.max_connections {
+            return Err(ConnectError::Overflow(target.max_connections));
+        }
+        let (stream, _, _) = connect(target, tls, Alpn::Http1).await?;
+        let address = target.address;
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ConnectError::Http(address, e))?;
+        tokio::spawn(async move {
+            let _counted = counted;
+            let _ = connection.with_upgrades().await;
+        });
+        Ok(sender)
+    }
+
     async fn open(&self, target: &Target<'_>, tls: &Tls) -> Result<Sender, ConnectError> {
         let open = target.connections.fetch_add(1, Ordering::AcqRel);
         let counted = Counted(target.connections.clone());
         if open >= target.max_connections {
             return Err(ConnectError::Overflow(target.max_connections));
         }
-        let (stream, peer, h2) = connect(target, tls, true).await?;
+        let (stream, peer, h2) = connect(target, tls, Alpn::Http).await?;
         if peer.is_some() {
             *self.peer.lock().expect("pool lock") = peer;
         }

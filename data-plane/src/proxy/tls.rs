@@ -23,8 +23,19 @@ pub struct Tls {
     state: RwLock<Arc<State>>,
 }
 
-/// A client config's (accepted server IDs, whether it offers HTTP ALPN).
-type ClientKey = (Vec<String>, bool);
+/// What a client offers in ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Alpn {
+    /// Nothing: a TCP connection.
+    None,
+    /// `h2` and `http/1.1`: the peer picks.
+    Http,
+    /// `http/1.1` only: for HTTP/1.1 upgrades (WebSocket).
+    Http1,
+}
+
+/// A client config's accepted server IDs and ALPN offer.
+type ClientKey = (Vec<String>, Alpn);
 
 struct State {
     own_id: String,
@@ -88,10 +99,10 @@ impl Tls {
     }
 
     /// A client config accepting `expected` servers (any SVID of the trust
-    /// domain if empty), offering HTTP ALPN if `http`.
-    pub fn client(&self, expected: &[String], http: bool) -> anyhow::Result<Arc<ClientConfig>> {
+    /// domain if empty), offering `alpn`.
+    pub fn client(&self, expected: &[String], alpn: Alpn) -> anyhow::Result<Arc<ClientConfig>> {
         let state = self.current();
-        let key = (expected.to_vec(), http);
+        let key = (expected.to_vec(), alpn);
         if let Some(c) = state.clients.lock().expect("client cache lock").get(&key) {
             return Ok(c.clone());
         }
@@ -106,10 +117,10 @@ impl Tls {
             )
         };
         let mut config = client_config(Some(state.svid.clone()), &state.bundle, policy)?;
-        config.alpn_protocols = if http {
-            vec![H2.to_vec(), HTTP1.to_vec()]
-        } else {
-            Vec::new()
+        config.alpn_protocols = match alpn {
+            Alpn::None => Vec::new(),
+            Alpn::Http => vec![H2.to_vec(), HTTP1.to_vec()],
+            Alpn::Http1 => vec![HTTP1.to_vec()],
         };
         let config = Arc::new(config);
         state

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use super::plan::{Balance, ClusterPlan, Plan};
-use super::pool::Pool;
+use super::pool::{Pool, Target};
 
 /// Every cluster's live state, by name.
 #[derive(Default)]
@@ -75,6 +75,24 @@ impl Endpoint {
             .lock()
             .expect("ejection lock")
             .is_some_and(|until| until > now)
+    }
+}
+
+impl Endpoint {
+    /// How to reach this endpoint of `cluster` (whose plan is `plan`).
+    pub fn target<'a>(&self, plan: &'a ClusterPlan, cluster: &'a ClusterState) -> Target<'a> {
+        Target {
+            address: self.address,
+            mtls: if self.mtls {
+                plan.mtls.as_deref()
+            } else {
+                None
+            },
+            connect_timeout: plan.connect_timeout,
+            http2: plan.http2,
+            max_connections: plan.limits.max_connections,
+            connections: &cluster.connections,
+        }
     }
 }
 
