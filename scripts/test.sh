@@ -16,6 +16,10 @@ missing=()
 command -v openssl >/dev/null || missing+=(openssl)
 # HAProxy: the third sidecar pair of the data-plane benchmark (tests/benches/sidecar_pair.rs).
 command -v haproxy >/dev/null || missing+=(haproxy)
+# Traffic capture is tested in a network namespace with real iptables rules (as root).
+command -v iptables-restore >/dev/null || missing+=(iptables)
+command -v ip >/dev/null || missing+=(iproute2)
+command -v setpriv >/dev/null || missing+=(util-linux)
 command -v python3 >/dev/null || missing+=(python3 python3-venv)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then

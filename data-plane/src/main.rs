@@ -8,6 +8,7 @@
 
 mod admin;
 mod identity;
+mod init;
 mod proxy;
 mod sds;
 mod uds_authority;
@@ -90,6 +91,15 @@ struct Args {
     /// a small workload usually wants 1 or 2.
     #[arg(long, env = "RAMPART_PROXY_THREADS")]
     threads: Option<usize>,
+    /// Take the traffic `rampart-proxy init` redirects: inbound on
+    /// --inbound-capture-port, outbound on --outbound-capture-port. Inbound
+    /// listeners are then reached by the port a connection was going to.
+    #[arg(long)]
+    capture: bool,
+    #[arg(long, default_value_t = 15006)]
+    inbound_capture_port: u16,
+    #[arg(long, default_value_t = 15001)]
+    outbound_capture_port: u16,
     /// On SIGTERM or /drain, how long in-flight requests get to finish.
     #[arg(long, default_value_t = 5)]
     drain_seconds: u64,
@@ -172,6 +182,16 @@ fn node(args: &Args) -> envoy_types::pb::envoy::config::core::v3::Node {
 }
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("init") {
+        let args = init::InitArgs::parse_from(std::env::args().skip(1));
+        return match init::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rampart-proxy init: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = Args::parse();
     // One thread: a current-thread runtime (no work stealing, no cross-thread
     // wake-ups); more: a multi-thread runtime with that many workers.
@@ -262,6 +282,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let settings = xds_client::Settings {
             control_plane: args.control_plane.clone(),
             node: node(&args),
+            capture: args.capture,
         };
         let (plan_tx, plans) = tokio::sync::watch::channel(Arc::new(proxy::plan::Plan::default()));
         let outputs = xds_client::Outputs {
@@ -270,7 +291,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         };
         tokio::spawn(xds_client::run(settings, current.clone(), outputs));
         tokio::spawn(tls.clone().follow(current.clone()));
-        let proxy = proxy::Proxy::new(tls, metrics.clone());
+        let proxy = proxy::Proxy::new(tls, metrics.clone(), args.capture);
+        if args.capture {
+            use proxy::capture::{Direction, accept};
+            for (port, direction) in [
+                (args.inbound_capture_port, Direction::Inbound),
+                (args.outbound_capture_port, Direction::Outbound),
+            ] {
+                let socket = tokio::net::TcpListener::bind(("0.0.0.0", port))
+                    .await
+                    .with_context(|| format!("binding the capture port {port}"))?;
+                tokio::spawn(accept(proxy.clone(), socket, direction, drain.clone()));
+            }
+            tracing::info!(
+                inbound = args.inbound_capture_port,
+                outbound = args.outbound_capture_port,
+                "taking captured traffic"
+            );
+        }
         tokio::spawn(proxy::run(proxy.clone(), plans, drain.clone()));
         Some(proxy)
     };

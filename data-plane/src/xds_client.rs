@@ -69,9 +69,21 @@ impl Config {
             .collect()
     }
 
-    /// Names of the route configurations the listeners take over RDS.
-    fn rds_routes(&self) -> BTreeSet<String> {
+    /// Names of the route configurations the listeners take over RDS; with
+    /// traffic capture also every service port's (`SVC.NS:PORT`, named after
+    /// the cluster `outbound|PORT||SVC.NS`): captured HTTP calls use them.
+    fn rds_routes(&self, capture: bool) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
+        if capture {
+            for (name, _) in self.of(CLUSTER) {
+                let mut parts = name.splitn(4, '|');
+                if let (Some("outbound"), Some(port), Some(""), Some(host)) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                {
+                    out.insert(format!("{host}:{port}"));
+                }
+            }
+        }
         for (_, held) in self.of(LISTENER) {
             let Ok(listener) = Listener::decode(held.resource.value.as_slice()) else {
                 continue;
@@ -124,6 +136,8 @@ fn check(type_url: &str, resource: &Any) -> Result<(), String> {
 pub struct Settings {
     pub control_plane: String,
     pub node: Node,
+    /// The proxy takes captured traffic (see `rds_routes`).
+    pub capture: bool,
 }
 
 /// Where the client publishes what it holds: the raw resources (for
@@ -198,7 +212,7 @@ async fn stream_once(
         ..Default::default()
     };
     let mut eds = held.eds_clusters();
-    let mut rds = held.rds_routes();
+    let mut rds = held.rds_routes(settings.capture);
     tx.send(first(SECRET, vec!["ROOTCA".to_owned()])).await?;
     tx.send(first(CLUSTER, Vec::new())).await?;
     tx.send(first(LISTENER, Vec::new())).await?;
@@ -211,11 +225,13 @@ async fn stream_once(
         .into_inner();
     tracing::info!(control_plane = %settings.control_plane, resumed = held.of(CLUSTER).count() + held.of(LISTENER).count(), "xDS stream open (delta)");
     while let Some(response) = responses.message().await? {
-        // Only clusters and listeners name what to subscribe to next.
-        let follow = match response.type_url.as_str() {
-            CLUSTER => Some(ENDPOINT),
-            LISTENER => Some(ROUTE),
-            _ => None,
+        // Only clusters and listeners name what to subscribe to next (with
+        // capture, clusters name routes too).
+        let follow: &[&str] = match response.type_url.as_str() {
+            CLUSTER if settings.capture => &[ENDPOINT, ROUTE],
+            CLUSTER => &[ENDPOINT],
+            LISTENER => &[ROUTE],
+            _ => &[],
         };
         let (ack, next) = apply(&config.borrow(), response);
         if let Some((next, plan)) = next {
@@ -223,22 +239,23 @@ async fn stream_once(
             out.plan.send_replace(Arc::new(plan));
         }
         tx.send(ack).await?;
-        let Some(type_url) = follow else { continue };
         let now = config.borrow().clone();
-        let (wanted, had) = if type_url == ENDPOINT {
-            (now.eds_clusters(), &mut eds)
-        } else {
-            (now.rds_routes(), &mut rds)
-        };
-        if wanted != *had {
-            tx.send(DeltaDiscoveryRequest {
-                type_url: type_url.to_owned(),
-                resource_names_subscribe: wanted.difference(had).cloned().collect(),
-                resource_names_unsubscribe: had.difference(&wanted).cloned().collect(),
-                ..Default::default()
-            })
-            .await?;
-            *had = wanted;
+        for &type_url in follow {
+            let (wanted, had) = if type_url == ENDPOINT {
+                (now.eds_clusters(), &mut eds)
+            } else {
+                (now.rds_routes(settings.capture), &mut rds)
+            };
+            if wanted != *had {
+                tx.send(DeltaDiscoveryRequest {
+                    type_url: type_url.to_owned(),
+                    resource_names_subscribe: wanted.difference(had).cloned().collect(),
+                    resource_names_unsubscribe: had.difference(&wanted).cloned().collect(),
+                    ..Default::default()
+                })
+                .await?;
+                *had = wanted;
+            }
         }
     }
     anyhow::bail!("the control plane closed the stream")

@@ -31,16 +31,21 @@ pub struct Echo {
 /// - an HTTP/1.1 `Upgrade` request: `101 Switching Protocols`, then echoes
 ///   every byte back until the client closes
 pub async fn echo(name: &str) -> Echo {
-    serve_echo(name, false).await
+    serve_echo(name, false, "127.0.0.1:0").await
 }
 
 /// An echo server that fails every request with 503.
 pub async fn echo_failing(name: &str) -> Echo {
-    serve_echo(name, true).await
+    serve_echo(name, true, "127.0.0.1:0").await
 }
 
-async fn serve_echo(name: &str, failing: bool) -> Echo {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// An echo server on `bind` (IP:PORT, port 0 for any).
+pub async fn echo_at(name: &str, bind: &str) -> Echo {
+    serve_echo(name, false, bind).await
+}
+
+async fn serve_echo(name: &str, failing: bool, bind: &str) -> Echo {
+    let listener = TcpListener::bind(bind).await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let hits = Arc::new(AtomicU64::new(0));
     let (name, counter) = (Arc::<str>::from(name), hits.clone());

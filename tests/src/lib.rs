@@ -473,6 +473,29 @@ impl Sidecar {
         Sidecar { child, admin, logs }
     }
 
+    /// A sidecar for `service_account` (node id `<account>-1`) with one
+    /// outbound listener to `target` (`SVC.NS:PORT`); returns it and the
+    /// address the app calls.
+    pub async fn caller(
+        cp: &ControlPlane,
+        dir: &Path,
+        service_account: &str,
+        ttl: Option<u64>,
+        target: &str,
+    ) -> (Sidecar, String) {
+        let entry = format!("127.0.0.1:{}", free_port());
+        let args = [
+            "--node-id".to_owned(),
+            format!("{service_account}-1"),
+            "--outbound".to_owned(),
+            format!("{entry}={target}"),
+        ];
+        (
+            Sidecar::start(cp, dir, service_account, ttl, &args).await,
+            entry,
+        )
+    }
+
     /// Its /metrics text.
     pub async fn metrics(&self) -> String {
         http_get(&self.admin, "/metrics")

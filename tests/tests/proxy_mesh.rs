@@ -290,21 +290,9 @@ async fn grpc_unary_and_streaming_cross_two_proxies() {
         ],
     )
     .await;
-    let out = free_port();
-    let client = Sidecar::start(
-        &cp,
-        dir.path(),
-        "frontend",
-        None,
-        &[
-            "--node-id".into(),
-            "frontend-1".into(),
-            "--outbound".into(),
-            format!("127.0.0.1:{out}=mesh.default:50051"),
-        ],
-    )
-    .await;
-    let config = serde_json::json!({"app_port": app_port, "outbound": format!("127.0.0.1:{out}")});
+    let (client, out) =
+        Sidecar::caller(&cp, dir.path(), "frontend", None, "mesh.default:50051").await;
+    let config = serde_json::json!({"app_port": app_port, "outbound": out});
     let result = python_checks("grpc_through_proxies.py", &config, dir.path());
     let stdout = String::from_utf8_lossy(&result.stdout);
     assert!(

@@ -61,21 +61,8 @@ async fn retries_hide_failures_outliers_are_ejected_and_timeouts_fire() {
     std::fs::write(&model, flaky_model(good.port, bad.port, dead)).unwrap();
     cp.meshctl_ok(&["apply", "-f", model.to_str().unwrap()]);
 
-    let out = free_port();
-    let client = Sidecar::start(
-        &cp,
-        dir.path(),
-        "client",
-        None,
-        &[
-            "--node-id".into(),
-            "client-1".into(),
-            "--outbound".into(),
-            format!("127.0.0.1:{out}=flaky.default:8080"),
-        ],
-    )
-    .await;
-    let out = format!("127.0.0.1:{out}");
+    let (client, out) =
+        Sidecar::caller(&cp, dir.path(), "client", None, "flaky.default:8080").await;
     let up = eventually(150, || async {
         matches!(get_h1(&out, "flaky", "/").await, Ok((200, _)))
     })
@@ -198,21 +185,7 @@ async fn no_request_fails_while_weights_move_certificates_rotate_and_the_control
             .await,
         );
     }
-    let out = free_port();
-    let client = Sidecar::start(
-        &cp,
-        dir.path(),
-        "client",
-        ttl,
-        &[
-            "--node-id".into(),
-            "client-1".into(),
-            "--outbound".into(),
-            format!("127.0.0.1:{out}=echo.default:8080"),
-        ],
-    )
-    .await;
-    let out = format!("127.0.0.1:{out}");
+    let (client, out) = Sidecar::caller(&cp, dir.path(), "client", ttl, "echo.default:8080").await;
     let up = eventually(150, || async {
         matches!(get_h1(&out, "echo", "/").await, Ok((200, b)) if b.contains("name=v1"))
     })

@@ -71,7 +71,7 @@ fn choose_chain(listener: &ListenerPlan, tls: bool) -> Option<usize> {
     })
 }
 
-async fn connection(
+pub async fn connection(
     proxy: Arc<Proxy>,
     name: String,
     stream: TcpStream,

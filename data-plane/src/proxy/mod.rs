@@ -7,6 +7,7 @@
 //! what it sends). A configuration change applies to the next connection
 //! and the next request; nothing open is dropped.
 
+pub mod capture;
 pub mod http;
 pub mod listener;
 pub mod metrics;
@@ -32,6 +33,9 @@ use upstream::Upstreams;
 /// What every connection and request shares.
 pub struct Proxy {
     plan: RwLock<Arc<Plan>>,
+    /// Traffic arrives through the capture ports: inbound listeners are
+    /// reached by port through 15006 instead of being bound.
+    capture: bool,
     /// Connections open, for draining.
     open: AtomicUsize,
     closed: Notify,
@@ -41,9 +45,10 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(tls: Arc<Tls>, metrics: Arc<ProxyMetrics>) -> Arc<Proxy> {
+    pub fn new(tls: Arc<Tls>, metrics: Arc<ProxyMetrics>, capture: bool) -> Arc<Proxy> {
         Arc::new(Proxy {
             plan: RwLock::new(Arc::new(Plan::default())),
+            capture,
             open: AtomicUsize::new(0),
             closed: Notify::new(),
             upstreams: Upstreams::default(),
@@ -137,7 +142,8 @@ pub async fn run(
             keep
         });
         for (name, l) in &plan.listeners {
-            if bound.contains_key(name) {
+            let captured_inbound = proxy.capture && name.starts_with("inbound|");
+            if bound.contains_key(name) || !l.bind || captured_inbound {
                 continue;
             }
             match tokio::net::TcpListener::bind(l.address).await {

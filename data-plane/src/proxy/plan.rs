@@ -42,6 +42,9 @@ use crate::xds_client::{CLUSTER, Config, ENDPOINT, LISTENER, ROUTE};
 #[derive(Debug, Default)]
 pub struct Plan {
     pub listeners: BTreeMap<String, Arc<ListenerPlan>>,
+    /// With traffic capture: for each service endpoint address, the
+    /// (unbound) listener that handles connections redirected there.
+    pub captured: HashMap<SocketAddr, Arc<ListenerPlan>>,
     pub routes: HashMap<String, Arc<RouteTable>>,
     pub clusters: HashMap<String, Arc<ClusterPlan>>,
 }
@@ -51,6 +54,8 @@ pub struct ListenerPlan {
     pub name: String,
     pub address: SocketAddr,
     pub chains: Vec<ChainPlan>,
+    /// Bound to its address (false: only reached through capture).
+    pub bind: bool,
 }
 
 /// Which connections a filter chain takes, told apart on the first bytes.
@@ -309,10 +314,70 @@ pub fn compile(config: &Config) -> std::result::Result<Plan, Vec<PlanError>> {
             Err(e) => record(name, e),
         }
     }
-    if errors.is_empty() {
-        Ok(plan)
-    } else {
-        Err(errors)
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    capture_listeners(&mut plan);
+    Ok(plan)
+}
+
+/// The listeners redirected outbound connections take, by destination: an
+/// endpoint of a service port goes to that port's routes (HTTP) or cluster
+/// (TCP). Subset clusters (`outbound|PORT|SUBSET|...`) are skipped: the
+/// service's own cluster holds every endpoint.
+fn capture_listeners(plan: &mut Plan) {
+    let mut names: Vec<&String> = plan.clusters.keys().collect();
+    names.sort();
+    for name in names {
+        let mut parts = name.splitn(4, '|');
+        let (Some("outbound"), Some(port), Some(""), Some(host)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let route = format!("{host}:{port}");
+        let app = if plan.routes.contains_key(&route) {
+            App::Http(HttpPlan {
+                rbac: Vec::new(),
+                routes: Routes::Named(route),
+                forward_client_identity: false,
+            })
+        } else {
+            App::Tcp {
+                cluster: name.clone(),
+            }
+        };
+        let Some(endpoint) = plan.clusters[name].endpoints.first().map(|e| e.address) else {
+            continue;
+        };
+        let listener = Arc::new(ListenerPlan {
+            name: format!("capture|{name}"),
+            address: endpoint,
+            chains: vec![ChainPlan {
+                name: "captured".to_owned(),
+                transport: Transport::Any,
+                terminate_mtls: false,
+                network_rbac: Vec::new(),
+                app,
+            }],
+            bind: false,
+        });
+        for e in &plan.clusters[name].endpoints {
+            plan.captured
+                .entry(e.address)
+                .or_insert_with(|| listener.clone());
+        }
+        plan.listeners.insert(listener.name.clone(), listener);
+    }
+}
+
+impl Plan {
+    /// The inbound listener for connections that were going to `port`.
+    pub fn inbound_for_port(&self, port: u16) -> Option<String> {
+        self.listeners
+            .values()
+            .find(|l| l.bind && l.name.starts_with("inbound|") && l.address.port() == port)
+            .map(|l| l.name.clone())
     }
 }
 
@@ -412,6 +477,7 @@ fn listener_plan(listener: &Listener) -> Result<Option<ListenerPlan>> {
         name: listener.name.clone(),
         address,
         chains,
+        bind: true,
     }))
 }
 
