@@ -25,12 +25,29 @@ pub struct RenewalLabels {
     pub result: &'static str,
 }
 
+/// Labels of an xDS update the proxy received.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct XdsLabels {
+    /// `cds`, `eds`, `lds`, `rds` or `sds`.
+    pub r#type: &'static str,
+    /// `ack` or `nack`.
+    pub result: &'static str,
+}
+
+/// Labels of the resources held, by type.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabels {
+    pub r#type: &'static str,
+}
+
 /// The proxy's metrics.
 pub struct ProxyMetrics {
     registry: Registry,
     /// notAfter of the SVID in use, seconds since the Unix epoch.
     pub certificate_expiry: Gauge,
     pub renewals: Family<RenewalLabels, Counter>,
+    pub xds_updates: Family<XdsLabels, Counter>,
+    pub xds_resources: Family<TypeLabels, Gauge>,
     /// Whether the proxy holds an SVID (for `/ready`).
     pub ready: AtomicBool,
     pub traffic: crate::proxy::metrics::TrafficMetrics,
@@ -51,9 +68,23 @@ impl ProxyMetrics {
             "SVID renewal attempts, by result",
             renewals.clone(),
         );
+        let xds_updates = Family::<XdsLabels, Counter>::default();
+        registry.register(
+            "rampart_proxy_xds_updates",
+            "xDS responses received, by type and whether the proxy applied (ack) or refused (nack) them",
+            xds_updates.clone(),
+        );
+        let xds_resources = Family::<TypeLabels, Gauge>::default();
+        registry.register(
+            "rampart_proxy_xds_resources",
+            "xDS resources held, by type",
+            xds_resources.clone(),
+        );
         let traffic = crate::proxy::metrics::TrafficMetrics::register(&mut registry);
         Arc::new(Self {
             traffic,
+            xds_updates,
+            xds_resources,
             registry,
             certificate_expiry,
             renewals,

@@ -288,6 +288,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let outputs = xds_client::Outputs {
             config: config_tx,
             plan: plan_tx,
+            metrics: metrics.clone(),
         };
         tokio::spawn(xds_client::run(settings, current.clone(), outputs));
         tokio::spawn(tls.clone().follow(current.clone()));

@@ -32,6 +32,7 @@ use rampart_certs::well_known::control_plane_id;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::admin::{ProxyMetrics, TypeLabels, XdsLabels};
 use crate::identity::Identity;
 use crate::proxy::plan::{Plan, compile};
 
@@ -145,6 +146,19 @@ pub struct Settings {
 pub struct Outputs {
     pub config: watch::Sender<Arc<Config>>,
     pub plan: watch::Sender<Arc<Plan>>,
+    pub metrics: Arc<ProxyMetrics>,
+}
+
+/// The short name of a type, for metrics.
+fn short(type_url: &str) -> &'static str {
+    match type_url {
+        CLUSTER => "cds",
+        ENDPOINT => "eds",
+        LISTENER => "lds",
+        ROUTE => "rds",
+        SECRET => "sds",
+        _ => "other",
+    }
 }
 
 /// Runs the ADS client forever, publishing what it holds.
@@ -233,8 +247,28 @@ async fn stream_once(
             LISTENER => &[ROUTE],
             _ => &[],
         };
+        let kind = short(&response.type_url);
         let (ack, next) = apply(&config.borrow(), response);
+        let result = if ack.error_detail.is_some() {
+            "nack"
+        } else {
+            "ack"
+        };
+        out.metrics
+            .xds_updates
+            .get_or_create(&XdsLabels {
+                r#type: kind,
+                result,
+            })
+            .inc();
         if let Some((next, plan)) = next {
+            for t in [SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE] {
+                let held = next.of(t).count() as i64;
+                out.metrics
+                    .xds_resources
+                    .get_or_create(&TypeLabels { r#type: short(t) })
+                    .set(held);
+            }
             config.send_replace(Arc::new(next));
             out.plan.send_replace(Arc::new(plan));
         }

@@ -281,3 +281,81 @@ async fn no_request_fails_while_weights_move_certificates_rotate_and_the_control
         "traffic stalled after the control plane died: {before} -> {after}"
     );
 }
+
+const HELLO: &str = r#"apiVersion: rampart.dev/v1alpha1
+kind: Service
+metadata: {name: hello, namespace: default}
+spec:
+  ports: [{name: http, port: 8080, protocol: http}]
+"#;
+
+/// SIGTERM: the proxy stops taking connections, lets the request in flight
+/// finish, then exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp"), &[]).await;
+    let model = dir.path().join("hello.yaml");
+    std::fs::write(&model, HELLO).unwrap();
+    cp.meshctl_ok(&["apply", "-f", model.to_str().unwrap()]);
+    let app = apps::echo("hello").await;
+    let _server = Sidecar::start(
+        &cp,
+        dir.path(),
+        "hello",
+        None,
+        &[
+            "--node-id".into(),
+            "hello-1".into(),
+            "--service".into(),
+            "hello".into(),
+            "--port".into(),
+            format!("http={}", free_port()),
+            "--app-port".into(),
+            format!("http={}", app.port),
+        ],
+    )
+    .await;
+    let (mut caller, out) =
+        Sidecar::caller(&cp, dir.path(), "frontend", None, "hello.default:8080").await;
+    let up = eventually(150, || async {
+        matches!(get_h1(&out, "hello", "/").await, Ok((200, _)))
+    })
+    .await;
+    assert!(up, "{}", caller.logs.text());
+
+    let slow = {
+        let out = out.clone();
+        tokio::spawn(async move { get_h1(&out, "hello", "/slow/1500").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = std::process::Command::new("kill")
+        .arg(caller.child.id().to_string())
+        .status();
+    // Listeners close at once...
+    let closed = eventually(50, || async {
+        tokio::net::TcpStream::connect(&out).await.is_err()
+    })
+    .await;
+    assert!(closed, "the listener still accepts after SIGTERM");
+    // ...the request in flight still gets its answer...
+    let answer = slow.await.unwrap();
+    assert!(
+        matches!(&answer, Ok((200, body)) if body.contains("path=/slow/1500")),
+        "{answer:?}\n{}",
+        caller.logs.text()
+    );
+    // ...and the proxy exits cleanly.
+    let status = tokio::task::spawn_blocking(move || {
+        let status = caller.child.wait().unwrap();
+        (status, caller)
+    })
+    .await
+    .unwrap();
+    assert!(
+        status.0.success(),
+        "exit {:?}\n{}",
+        status.0,
+        status.1.logs.text()
+    );
+}

@@ -114,6 +114,23 @@ async fn the_proxy_takes_acks_keeps_and_resumes_its_configuration() {
         "{states:?}\nproxy log:\n{}",
         logs.text()
     );
+    // Its metrics say what it applied.
+    let metrics = http_get(&admin, "/metrics")
+        .await
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    for t in ["cds", "eds", "lds", "sds"] {
+        let acked = rampart_tests::counter(
+            &metrics,
+            "rampart_proxy_xds_updates_total",
+            &[&format!("type=\"{t}\""), "result=\"ack\""],
+        );
+        assert!(acked >= 1.0, "no {t} update counted as applied:\n{metrics}");
+    }
+    assert!(
+        rampart_tests::counter(&metrics, "rampart_proxy_xds_resources", &["type=\"lds\""]) >= 1.0,
+        "{metrics}"
+    );
     // Its own endpoint is in what it holds: it registered itself.
     let config = cp.meshctl(&["proxy-config", "hello-1", "--type", "eds", "-o", "json"]);
     assert!(
