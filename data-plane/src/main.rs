@@ -91,6 +91,10 @@ struct Args {
     /// a small workload usually wants 1 or 2.
     #[arg(long, env = "RAMPART_PROXY_THREADS")]
     threads: Option<usize>,
+    /// Use state-of-the-world ADS instead of delta (for control planes
+    /// without delta support).
+    #[arg(long)]
+    xds_sotw: bool,
     /// Take the traffic `rampart-proxy init` redirects: inbound on
     /// --inbound-capture-port, outbound on --outbound-capture-port. Inbound
     /// listeners are then reached by the port a connection was going to.
@@ -283,6 +287,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             control_plane: args.control_plane.clone(),
             node: node(&args),
             capture: args.capture,
+            sotw: args.xds_sotw,
         };
         let (plan_tx, plans) = tokio::sync::watch::channel(Arc::new(proxy::plan::Plan::default()));
         let outputs = xds_client::Outputs {

@@ -139,6 +139,8 @@ pub struct Settings {
     pub node: Node,
     /// The proxy takes captured traffic (see `rds_routes`).
     pub capture: bool,
+    /// State-of-the-world ADS instead of delta.
+    pub sotw: bool,
 }
 
 /// Where the client publishes what it holds: the raw resources (for
@@ -165,7 +167,12 @@ fn short(type_url: &str) -> &'static str {
 pub async fn run(settings: Settings, identity: watch::Receiver<Arc<Identity>>, out: Outputs) {
     let mut backoff = Duration::from_millis(500);
     loop {
-        match stream_once(&settings, &identity, &out).await {
+        let result = if settings.sotw {
+            stream_once_sotw(&settings, &identity, &out).await
+        } else {
+            stream_once(&settings, &identity, &out).await
+        };
+        match result {
             Ok(()) => backoff = Duration::from_millis(500),
             Err(e) if refused(&e) => {
                 // Not transient: the flags (or the model) must change first.
@@ -197,13 +204,11 @@ fn static_type(type_url: &str) -> Option<&'static str> {
         .find(|t| *t == type_url)
 }
 
-/// One connection: subscribe, resume, ACK/NACK until the stream ends.
-async fn stream_once(
+/// An mTLS channel to the control plane, checking its SPIFFE ID.
+async fn channel(
     settings: &Settings,
     identity: &watch::Receiver<Arc<Identity>>,
-    out: &Outputs,
-) -> anyhow::Result<()> {
-    let config = &out.config;
+) -> anyhow::Result<tonic::transport::Channel> {
     let current = identity.borrow().clone();
     let trust_domain = current.bundle.trust_domain().clone();
     let tls = client_config(
@@ -211,9 +216,90 @@ async fn stream_once(
         &current.bundle,
         PeerPolicy::exactly(control_plane_id(&trust_domain)),
     )?;
-    let channel = rampart_api::connect(&settings.control_plane, tls).await?;
+    Ok(rampart_api::connect(&settings.control_plane, tls).await?)
+}
+
+/// Which types a response of `type_url` may change the subscriptions of:
+/// clusters name endpoints (and, with capture, routes); listeners name routes.
+fn follow(type_url: &str, capture: bool) -> &'static [&'static str] {
+    match type_url {
+        CLUSTER if capture => &[ENDPOINT, ROUTE],
+        CLUSTER => &[ENDPOINT],
+        LISTENER => &[ROUTE],
+        _ => &[],
+    }
+}
+
+/// The names to subscribe to for EDS and RDS, given what is held.
+struct Subscriptions {
+    eds: BTreeSet<String>,
+    rds: BTreeSet<String>,
+}
+
+impl Subscriptions {
+    fn of(held: &Config, capture: bool) -> Subscriptions {
+        Subscriptions {
+            eds: held.eds_clusters(),
+            rds: held.rds_routes(capture),
+        }
+    }
+
+    /// Recomputes `type_url`'s names from `held`; `Some((old, new))` if they changed.
+    fn update(
+        &mut self,
+        type_url: &str,
+        held: &Config,
+        capture: bool,
+    ) -> Option<(BTreeSet<String>, BTreeSet<String>)> {
+        let (wanted, had) = if type_url == ENDPOINT {
+            (held.eds_clusters(), &mut self.eds)
+        } else {
+            (held.rds_routes(capture), &mut self.rds)
+        };
+        (wanted != *had).then(|| (std::mem::replace(had, wanted.clone()), wanted))
+    }
+}
+
+/// Applies a response (as delta), counts it, publishes what applies and
+/// returns the delta-form ACK or NACK.
+fn take(out: &Outputs, response: DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
+    let kind = short(&response.type_url);
+    let (ack, next) = apply(&out.config.borrow(), response);
+    let result = if ack.error_detail.is_some() {
+        "nack"
+    } else {
+        "ack"
+    };
+    out.metrics
+        .xds_updates
+        .get_or_create(&XdsLabels {
+            r#type: kind,
+            result,
+        })
+        .inc();
+    if let Some((next, plan)) = next {
+        for t in [SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE] {
+            let held = next.of(t).count() as i64;
+            out.metrics
+                .xds_resources
+                .get_or_create(&TypeLabels { r#type: short(t) })
+                .set(held);
+        }
+        out.config.send_replace(Arc::new(next));
+        out.plan.send_replace(Arc::new(plan));
+    }
+    ack
+}
+
+/// One delta connection: subscribe, resume, ACK/NACK until the stream ends.
+async fn stream_once(
+    settings: &Settings,
+    identity: &watch::Receiver<Arc<Identity>>,
+    out: &Outputs,
+) -> anyhow::Result<()> {
+    let channel = channel(settings, identity).await?;
     let (tx, rx) = mpsc::channel(16);
-    let held = config.borrow().clone();
+    let held = out.config.borrow().clone();
     // Wildcard types first, then what they name; each resumes from what is held.
     let first = |type_url: &str, names: Vec<String>| DeltaDiscoveryRequest {
         node: Some(settings.node.clone()),
@@ -225,71 +311,171 @@ async fn stream_once(
             .collect::<HashMap<_, _>>(),
         ..Default::default()
     };
-    let mut eds = held.eds_clusters();
-    let mut rds = held.rds_routes(settings.capture);
+    let mut subscriptions = Subscriptions::of(&held, settings.capture);
     tx.send(first(SECRET, vec!["ROOTCA".to_owned()])).await?;
     tx.send(first(CLUSTER, Vec::new())).await?;
     tx.send(first(LISTENER, Vec::new())).await?;
-    tx.send(first(ENDPOINT, eds.iter().cloned().collect()))
+    tx.send(first(ENDPOINT, subscriptions.eds.iter().cloned().collect()))
         .await?;
-    tx.send(first(ROUTE, rds.iter().cloned().collect())).await?;
+    tx.send(first(ROUTE, subscriptions.rds.iter().cloned().collect()))
+        .await?;
     let mut responses = AggregatedDiscoveryServiceClient::new(channel)
         .delta_aggregated_resources(ReceiverStream::new(rx))
         .await?
         .into_inner();
     tracing::info!(control_plane = %settings.control_plane, resumed = held.of(CLUSTER).count() + held.of(LISTENER).count(), "xDS stream open (delta)");
     while let Some(response) = responses.message().await? {
-        // Only clusters and listeners name what to subscribe to next (with
-        // capture, clusters name routes too).
-        let follow: &[&str] = match response.type_url.as_str() {
-            CLUSTER if settings.capture => &[ENDPOINT, ROUTE],
-            CLUSTER => &[ENDPOINT],
-            LISTENER => &[ROUTE],
-            _ => &[],
-        };
-        let kind = short(&response.type_url);
-        let (ack, next) = apply(&config.borrow(), response);
-        let result = if ack.error_detail.is_some() {
-            "nack"
-        } else {
-            "ack"
-        };
-        out.metrics
-            .xds_updates
-            .get_or_create(&XdsLabels {
-                r#type: kind,
-                result,
-            })
-            .inc();
-        if let Some((next, plan)) = next {
-            for t in [SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE] {
-                let held = next.of(t).count() as i64;
-                out.metrics
-                    .xds_resources
-                    .get_or_create(&TypeLabels { r#type: short(t) })
-                    .set(held);
-            }
-            config.send_replace(Arc::new(next));
-            out.plan.send_replace(Arc::new(plan));
-        }
-        tx.send(ack).await?;
-        let now = config.borrow().clone();
-        for &type_url in follow {
-            let (wanted, had) = if type_url == ENDPOINT {
-                (now.eds_clusters(), &mut eds)
-            } else {
-                (now.rds_routes(settings.capture), &mut rds)
-            };
-            if wanted != *had {
+        let follows = follow(&response.type_url, settings.capture);
+        tx.send(take(out, response)).await?;
+        let now = out.config.borrow().clone();
+        for &type_url in follows {
+            if let Some((had, wanted)) = subscriptions.update(type_url, &now, settings.capture) {
                 tx.send(DeltaDiscoveryRequest {
                     type_url: type_url.to_owned(),
-                    resource_names_subscribe: wanted.difference(had).cloned().collect(),
+                    resource_names_subscribe: wanted.difference(&had).cloned().collect(),
                     resource_names_unsubscribe: had.difference(&wanted).cloned().collect(),
                     ..Default::default()
                 })
                 .await?;
-                *had = wanted;
             }
+        }
+    }
+    anyhow::bail!("the control plane closed the stream")
+}
+
+/// A resource's name, from the message itself (SotW responses carry none).
+fn resource_name(type_url: &str, any: &Any) -> Result<String, String> {
+    let bytes = any.value.as_slice();
+    let name = match type_url {
+        SECRET => Secret::decode(bytes).map(|r| r.name),
+        CLUSTER => Cluster::decode(bytes).map(|r| r.name),
+        ENDPOINT => ClusterLoadAssignment::decode(bytes).map(|r| r.cluster_name),
+        LISTENER => Listener::decode(bytes).map(|r| r.name),
+        ROUTE => RouteConfiguration::decode(bytes).map(|r| r.name),
+        other => return Err(format!("{other} is not a type this proxy uses")),
+    };
+    name.map_err(|e| format!("does not decode: {e}"))
+}
+
+/// One state-of-the-world connection. Each response is the whole set of a
+/// type's resources the proxy asked for: it is applied as a delta against
+/// what is held (absent = removed), and ACKed with its version or NACKed
+/// with the last accepted one.
+async fn stream_once_sotw(
+    settings: &Settings,
+    identity: &watch::Receiver<Arc<Identity>>,
+    out: &Outputs,
+) -> anyhow::Result<()> {
+    use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Resource};
+    let channel = channel(settings, identity).await?;
+    let (tx, rx) = mpsc::channel(16);
+    let held = out.config.borrow().clone();
+    let mut subscriptions = Subscriptions::of(&held, settings.capture);
+    // Per type: (accepted version, last nonce).
+    let mut state: HashMap<&'static str, (String, String)> = HashMap::new();
+    let names = |type_url: &str, s: &Subscriptions| -> Vec<String> {
+        match type_url {
+            SECRET => vec!["ROOTCA".to_owned()],
+            ENDPOINT => s.eds.iter().cloned().collect(),
+            ROUTE => s.rds.iter().cloned().collect(),
+            _ => Vec::new(),
+        }
+    };
+    for type_url in [SECRET, CLUSTER, LISTENER, ENDPOINT, ROUTE] {
+        // EDS and RDS are not wildcard types: ask once there are names.
+        if matches!(type_url, ENDPOINT | ROUTE) && names(type_url, &subscriptions).is_empty() {
+            continue;
+        }
+        tx.send(DiscoveryRequest {
+            node: Some(settings.node.clone()),
+            type_url: type_url.to_owned(),
+            resource_names: names(type_url, &subscriptions),
+            ..Default::default()
+        })
+        .await?;
+    }
+    let mut responses = AggregatedDiscoveryServiceClient::new(channel)
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    tracing::info!(control_plane = %settings.control_plane, "xDS stream open (state of the world)");
+    while let Some(response) = responses.message().await? {
+        let Some(type_url) = static_type(&response.type_url) else {
+            continue;
+        };
+        let mut resources = Vec::new();
+        let mut problems = Vec::new();
+        for any in &response.resources {
+            match resource_name(type_url, any) {
+                Ok(name) => resources.push(Resource {
+                    name,
+                    version: response.version_info.clone(),
+                    resource: Some(any.clone()),
+                    ..Default::default()
+                }),
+                Err(e) => problems.push(e),
+            }
+        }
+        let present: BTreeSet<&str> = resources.iter().map(|r| r.name.as_str()).collect();
+        let removed = out
+            .config
+            .borrow()
+            .of(type_url)
+            .map(|(n, _)| n.clone())
+            .filter(|n| !present.contains(n.as_str()))
+            .collect();
+        let ack = if problems.is_empty() {
+            take(
+                out,
+                DeltaDiscoveryResponse {
+                    type_url: type_url.to_owned(),
+                    nonce: response.nonce.clone(),
+                    resources,
+                    removed_resources: removed,
+                    ..Default::default()
+                },
+            )
+        } else {
+            DeltaDiscoveryRequest {
+                error_detail: Some(RpcStatus {
+                    code: 3,
+                    message: problems.join("; "),
+                    details: Vec::new(),
+                }),
+                ..Default::default()
+            }
+        };
+        let entry = state.entry(type_url).or_default();
+        if ack.error_detail.is_none() {
+            entry.0 = response.version_info.clone();
+        }
+        entry.1 = response.nonce.clone();
+        let now = out.config.borrow().clone();
+        let changed: Vec<&str> = follow(type_url, settings.capture)
+            .iter()
+            .copied()
+            .filter(|f| subscriptions.update(f, &now, settings.capture).is_some())
+            .collect();
+        tx.send(DiscoveryRequest {
+            type_url: type_url.to_owned(),
+            version_info: entry.0.clone(),
+            response_nonce: entry.1.clone(),
+            resource_names: names(type_url, &subscriptions),
+            error_detail: ack.error_detail,
+            ..Default::default()
+        })
+        .await?;
+        // A changed subscription is a new request for that type.
+        for follow in changed {
+            let (version, nonce) = state.get(follow).cloned().unwrap_or_default();
+            tx.send(DiscoveryRequest {
+                type_url: follow.to_owned(),
+                version_info: version,
+                response_nonce: nonce,
+                resource_names: names(follow, &subscriptions),
+                ..Default::default()
+            })
+            .await?;
         }
     }
     anyhow::bail!("the control plane closed the stream")

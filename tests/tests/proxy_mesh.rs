@@ -3,7 +3,8 @@
 //! hello sidecar, which checks the caller against the authorization
 //! policy and hands them to the hello app. HTTP/1.1, HTTP/2, raw TCP with
 //! half-close, HTTP/1.1 upgrades, the caller's identity at the app, plaintext refused, DENY
-//! and ALLOW policies, and the metrics that show it.
+//! and ALLOW policies, and the metrics that show it. One sidecar speaks
+//! state-of-the-world ADS, the other delta.
 
 use rampart_tests::apps::{self, get_h1, get_h2, tcp_exchange};
 use rampart_tests::{ControlPlane, Sidecar, counter, eventually, free_port, python_checks};
@@ -61,6 +62,8 @@ async fn two_proxies_carry_http_h2_and_tcp_over_mtls_under_policy() {
         "hello",
         None,
         &[
+            // This sidecar uses state-of-the-world ADS, the other delta.
+            "--xds-sotw".into(),
             "--node-id".into(),
             "hello-1".into(),
             "--service".into(),
@@ -208,6 +211,15 @@ async fn two_proxies_carry_http_h2_and_tcp_over_mtls_under_policy() {
     assert!(
         !tcp.contains("got"),
         "TCP must be closed by policy: {tcp:?}"
+    );
+
+    assert!(
+        hello
+            .logs
+            .text()
+            .contains("xDS stream open (state of the world)"),
+        "{}",
+        hello.logs.text()
     );
 
     // What an operator sees.
