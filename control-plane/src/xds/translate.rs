@@ -438,21 +438,36 @@ fn build_cluster(
         Flavour::Plain => &[][..],
         Flavour::Sidecar { expected } => expected,
     };
-    let circuit_breakers =
-        policy
-            .and_then(|p| p.circuit_breakers.as_ref())
-            .map(|cb| CircuitBreakers {
-                thresholds: vec![circuit_breakers::Thresholds {
-                    max_connections: cb.max_connections.map(|value| UInt32Value { value }),
-                    max_pending_requests: cb
-                        .max_pending_requests
-                        .map(|value| UInt32Value { value }),
-                    max_requests: cb.max_requests.map(|value| UInt32Value { value }),
-                    max_retries: cb.max_retries.map(|value| UInt32Value { value }),
-                    ..Default::default()
-                }],
+    // Limits, and the retry budget (which Envoy keeps beside them).
+    let limits = policy.and_then(|p| p.circuit_breakers.as_ref());
+    let budget = policy
+        .and_then(|p| p.retries.as_ref())
+        .and_then(|r| r.budget_percent);
+    let circuit_breakers = (limits.is_some() || budget.is_some()).then(|| CircuitBreakers {
+        thresholds: vec![circuit_breakers::Thresholds {
+            max_connections: limits
+                .and_then(|cb| cb.max_connections)
+                .map(|value| UInt32Value { value }),
+            max_pending_requests: limits
+                .and_then(|cb| cb.max_pending_requests)
+                .map(|value| UInt32Value { value }),
+            max_requests: limits
+                .and_then(|cb| cb.max_requests)
+                .map(|value| UInt32Value { value }),
+            max_retries: limits
+                .and_then(|cb| cb.max_retries)
+                .map(|value| UInt32Value { value }),
+            retry_budget: budget.map(|percent| circuit_breakers::thresholds::RetryBudget {
+                budget_percent: Some(envoy_types::pb::envoy::r#type::v3::Percent {
+                    value: f64::from(percent),
+                }),
+                min_retry_concurrency: Some(UInt32Value { value: 3 }),
                 ..Default::default()
-            });
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
     let outlier_detection =
         policy
             .and_then(|p| p.outlier_detection.as_ref())
@@ -877,6 +892,25 @@ mod tests {
                 nanos: 0
             })
         );
+    }
+
+    #[test]
+    fn a_retry_budget_goes_to_the_cluster_circuit_breakers() {
+        let yaml = format!(
+            "{MODEL}\n---\n{}",
+            r#"apiVersion: rampart.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: echo-retries, namespace: default}
+spec:
+  service: echo
+  retries: {attempts: 2, budgetPercent: 25}
+"#
+        );
+        let s = snapshot(&yaml);
+        let cluster = decoded::<Cluster>(&s, TypeUrl::Cluster, "outbound|8080||echo.default");
+        let budget = cluster.circuit_breakers.unwrap().thresholds[0].retry_budget.unwrap();
+        assert_eq!(budget.budget_percent.unwrap().value, 25.0);
+        assert_eq!(budget.min_retry_concurrency.unwrap().value, 3);
     }
 
     #[test]

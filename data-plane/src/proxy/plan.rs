@@ -181,6 +181,15 @@ pub struct Limits {
     pub max_pending: u32,
     pub max_requests: u32,
     pub max_retries: u32,
+    /// Retries in flight at most this percent of requests in flight (but
+    /// always `min` allowed); replaces `max_retries` when set, as in Envoy.
+    pub retry_budget: Option<RetryBudget>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    pub percent: f64,
+    pub min: u32,
 }
 
 impl Default for Limits {
@@ -191,6 +200,7 @@ impl Default for Limits {
             max_pending: 1024,
             max_requests: 1024,
             max_retries: 3,
+            retry_budget: None,
         }
     }
 }
@@ -742,6 +752,10 @@ fn cluster_plan(cluster: &Cluster, assignment: Option<&Any>) -> Result<ClusterPl
                 max_pending: t.max_pending_requests.map_or(d.max_pending, |v| v.value),
                 max_requests: t.max_requests.map_or(d.max_requests, |v| v.value),
                 max_retries: t.max_retries.map_or(d.max_retries, |v| v.value),
+                retry_budget: t.retry_budget.map(|b| RetryBudget {
+                    percent: b.budget_percent.map_or(20.0, |p| p.value),
+                    min: b.min_retry_concurrency.map_or(3, |v| v.value),
+                }),
             }
         })
         .unwrap_or_default();

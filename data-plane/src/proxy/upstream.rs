@@ -279,12 +279,20 @@ impl Drop for InFlight {
     }
 }
 
-/// Tries to take a retry slot (`max_retries`); released on drop.
+/// Tries to take a retry slot (`max_retries`, or the retry budget);
+/// released on drop.
 pub struct RetrySlot(Arc<ClusterState>);
 
 impl RetrySlot {
     pub fn take(cluster: &Arc<ClusterState>) -> Option<RetrySlot> {
-        let max = cluster.plan().limits.max_retries;
+        let limits = cluster.plan().limits;
+        let max = match limits.retry_budget {
+            None => limits.max_retries,
+            Some(b) => {
+                let active = f64::from(cluster.requests.load(Ordering::Acquire));
+                ((active * b.percent / 100.0) as u32).max(b.min)
+            }
+        };
         if cluster.retries.fetch_add(1, Ordering::AcqRel) >= max {
             cluster.retries.fetch_sub(1, Ordering::AcqRel);
             return None;
@@ -305,4 +313,62 @@ pub fn backoff(base: Duration, n: u32) -> Duration {
     let ceiling = base.saturating_mul(1 << n.min(10)).min(base * 10);
     let millis = ceiling.as_millis().max(1) as u64;
     Duration::from_millis(rand::rng().random_range(0..=millis))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::plan::{Limits, RetryBudget};
+
+    fn cluster(limits: Limits) -> Arc<ClusterState> {
+        Arc::new(ClusterState::new(Arc::new(ClusterPlan {
+            name: "c".to_owned(),
+            balance: Balance::RoundRobin,
+            connect_timeout: Duration::from_secs(1),
+            http2: false,
+            mtls: None,
+            limits,
+            outlier: None,
+            endpoints: Vec::new(),
+            eds: true,
+        })))
+    }
+
+    #[test]
+    fn the_retry_budget_scales_with_requests_in_flight() {
+        let limits = Limits {
+            retry_budget: Some(RetryBudget {
+                percent: 20.0,
+                min: 2,
+            }),
+            ..Limits::default()
+        };
+        let c = cluster(limits);
+        // Few requests: the minimum applies.
+        let slots: Vec<_> = std::iter::from_fn(|| RetrySlot::take(&c))
+            .take(10)
+            .collect();
+        assert_eq!(slots.len(), 2);
+        drop(slots);
+        // 50 in flight: 20 % of them.
+        let in_flight: Vec<_> = (0..50).map(|_| InFlight::request(&c).unwrap()).collect();
+        let slots: Vec<_> = std::iter::from_fn(|| RetrySlot::take(&c))
+            .take(100)
+            .collect();
+        assert_eq!(slots.len(), 10);
+        drop(in_flight);
+    }
+
+    #[test]
+    fn max_requests_opens_the_breaker() {
+        let c = cluster(Limits {
+            max_requests: 2,
+            ..Limits::default()
+        });
+        let a = InFlight::request(&c).unwrap();
+        let _b = InFlight::request(&c).unwrap();
+        assert!(InFlight::request(&c).is_none());
+        drop(a);
+        assert!(InFlight::request(&c).is_some());
+    }
 }
