@@ -359,3 +359,73 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         status.1.logs.text()
     );
 }
+
+/// A circuit breaker at one request in flight: a second concurrent request
+/// is refused at once with 503 and the reason, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_circuit_breaker_refuses_what_is_over_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp"), &[]).await;
+    let app = apps::echo("narrow").await;
+    let model = dir.path().join("narrow.yaml");
+    std::fs::write(
+        &model,
+        format!(
+            r#"apiVersion: rampart.dev/v1alpha1
+kind: Service
+metadata: {{name: narrow, namespace: default}}
+spec:
+  ports: [{{name: http, port: 8080, protocol: http}}]
+---
+apiVersion: rampart.dev/v1alpha1
+kind: WorkloadEntry
+metadata: {{name: narrow-1, namespace: default}}
+spec: {{service: narrow, address: 127.0.0.1, ports: {{http: {}}}}}
+---
+apiVersion: rampart.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {{name: narrow, namespace: default}}
+spec:
+  service: narrow
+  circuitBreakers: {{maxRequests: 1}}
+"#,
+            app.port
+        ),
+    )
+    .unwrap();
+    cp.meshctl_ok(&["apply", "-f", model.to_str().unwrap()]);
+    let (client, out) =
+        Sidecar::caller(&cp, dir.path(), "client", None, "narrow.default:8080").await;
+    let up = eventually(150, || async {
+        matches!(get_h1(&out, "narrow", "/").await, Ok((200, _)))
+    })
+    .await;
+    assert!(up, "{}", client.logs.text());
+
+    let slow = {
+        let out = out.clone();
+        tokio::spawn(async move { get_h1(&out, "narrow", "/slow/1000").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, body) = get_h1(&out, "narrow", "/now").await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("circuit breaker open") && body.contains("max_requests"),
+        "{body}"
+    );
+    assert!(matches!(slow.await.unwrap(), Ok((200, _))));
+    let metrics = client.metrics().await;
+    assert!(
+        counter(
+            &metrics,
+            "rampart_proxy_circuit_breaker_overflows_total",
+            &["limit=\"max_requests\""]
+        ) >= 1.0,
+        "{metrics}"
+    );
+    // Under the limit again, requests pass.
+    assert!(matches!(
+        get_h1(&out, "narrow", "/after").await,
+        Ok((200, _))
+    ));
+}

@@ -908,7 +908,9 @@ spec:
         );
         let s = snapshot(&yaml);
         let cluster = decoded::<Cluster>(&s, TypeUrl::Cluster, "outbound|8080||echo.default");
-        let budget = cluster.circuit_breakers.unwrap().thresholds[0].retry_budget.unwrap();
+        let budget = cluster.circuit_breakers.unwrap().thresholds[0]
+            .retry_budget
+            .unwrap();
         assert_eq!(budget.budget_percent.unwrap().value, 25.0);
         assert_eq!(budget.min_retry_concurrency.unwrap().value, 3);
     }

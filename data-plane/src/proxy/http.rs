@@ -24,7 +24,7 @@ use super::metrics::{ClusterLabels, DurationLabels, OverflowLabels, RequestLabel
 use super::plan::{App, HttpPlan, Route, Routes};
 use super::pool::{Body, BoxError, Sender};
 use super::rbac::{self, Decision, Subject};
-use super::upstream::{ClusterState, Endpoint, InFlight, Outcome, RetrySlot, backoff};
+use super::upstream::{ClusterState, Endpoint, InFlight, Outcome, Pending, RetrySlot, backoff};
 
 /// What the proxy knows of the connection a request came on.
 #[derive(Clone)]
@@ -626,6 +626,13 @@ async fn attempt(
     let plan = cluster.plan();
     let target = endpoint.target(&plan, cluster);
     let send = async {
+        // Waiting for a connection counts against max_pending_requests.
+        let Some(pending) = Pending::take(cluster) else {
+            return Err(Failure::Overflow(
+                "max_pending_requests",
+                format!("cluster {} is at max_pending_requests", plan.name),
+            ));
+        };
         let sender = endpoint
             .pool
             .sender(&target, &proxy.tls)
@@ -637,6 +644,7 @@ async fn attempt(
                 ),
                 e => Failure::Connect(e.to_string()),
             })?;
+        drop(pending);
         let path = req
             .uri()
             .path_and_query()

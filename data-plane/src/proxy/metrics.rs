@@ -56,7 +56,7 @@ pub struct ClusterLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OverflowLabels {
     pub cluster: String,
-    /// `max_requests`, `max_connections` or `max_retries`.
+    /// `max_requests`, `max_pending_requests`, `max_connections` or `max_retries`.
     pub limit: &'static str,
 }
 

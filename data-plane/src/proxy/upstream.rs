@@ -53,6 +53,8 @@ pub struct ClusterState {
     pub requests: AtomicU32,
     /// Retries in flight (for `max_retries`).
     pub retries: AtomicU32,
+    /// Requests waiting for a connection (for `max_pending_requests`).
+    pub pending: AtomicU32,
     /// Open connections, all endpoints (for `max_connections`).
     pub connections: Arc<AtomicU32>,
 }
@@ -112,6 +114,7 @@ impl ClusterState {
             next: AtomicUsize::new(0),
             requests: AtomicU32::new(0),
             retries: AtomicU32::new(0),
+            pending: AtomicU32::new(0),
             connections: Arc::new(AtomicU32::new(0)),
         };
         state.update(plan);
@@ -276,6 +279,26 @@ impl Drop for InFlight {
         if let Some(e) = &self.endpoint {
             e.active.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+}
+
+/// Held while a request waits for a connection (`max_pending_requests`).
+pub struct Pending(Arc<ClusterState>);
+
+impl Pending {
+    pub fn take(cluster: &Arc<ClusterState>) -> Option<Pending> {
+        let max = cluster.plan().limits.max_pending;
+        if cluster.pending.fetch_add(1, Ordering::AcqRel) >= max {
+            cluster.pending.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Pending(cluster.clone()))
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
