@@ -264,6 +264,23 @@ async fn two_proxies_carry_http_h2_and_tcp_over_mtls_under_policy() {
         ) >= 1.0,
         "{outbound}"
     );
+    // 13 bytes went out, "got 13 bytes: ping over tcp" (27) came back.
+    assert!(
+        counter(
+            &outbound,
+            "rampart_proxy_tcp_bytes_total",
+            &["flow=\"sent\""]
+        ) >= 13.0,
+        "{outbound}"
+    );
+    assert!(
+        counter(
+            &outbound,
+            "rampart_proxy_tcp_bytes_total",
+            &["flow=\"received\""]
+        ) >= 27.0,
+        "{outbound}"
+    );
 }
 
 const GRPC: &str = r#"apiVersion: rampart.dev/v1alpha1

@@ -199,12 +199,7 @@ impl Drop for Active {
 
 /// Carries a TCP connection to an endpoint of `cluster` (trying up to three
 /// endpoints to connect), both directions, half-close included.
-async fn proxy_tcp(
-    proxy: Arc<Proxy>,
-    down: Arc<Downstream>,
-    cluster: String,
-    mut downstream: Stream,
-) {
+async fn proxy_tcp(proxy: Arc<Proxy>, down: Arc<Downstream>, cluster: String, downstream: Stream) {
     let Some(state) = proxy.upstreams.get(&cluster) else {
         tracing::warn!(%cluster, "TCP connection for a cluster not received yet; closing");
         return;
@@ -244,14 +239,13 @@ async fn proxy_tcp(
             destination_service: cluster.clone(),
         })
         .inc();
-    let (sent, received) = match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await
-    {
-        Ok(counts) => counts,
-        Err(e) => {
-            tracing::debug!(%cluster, error = %e, "TCP connection ended with an error");
-            (0, 0)
-        }
-    };
+    // Count what was read from each side as it goes, so a connection that
+    // ends in an error (a reset) still has its bytes counted.
+    let mut downstream = Counting::new(downstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+        tracing::debug!(%cluster, error = %e, "TCP connection ended with an error");
+    }
+    let (sent, received) = (downstream.read, downstream.written);
     for (flow, n) in [("sent", sent), ("received", received)] {
         proxy
             .metrics()
@@ -262,5 +256,63 @@ async fn proxy_tcp(
                 flow,
             })
             .inc_by(n);
+    }
+}
+
+/// A stream that counts the bytes read from it and written to it.
+struct Counting {
+    inner: Stream,
+    read: u64,
+    written: u64,
+}
+
+impl Counting {
+    fn new(inner: Stream) -> Self {
+        Counting {
+            inner,
+            read: 0,
+            written: 0,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Counting {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = self.inner.as_mut().poll_read(cx, buf);
+        self.read += (buf.filled().len() - before) as u64;
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Counting {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = self.inner.as_mut().poll_write(cx, data);
+        if let std::task::Poll::Ready(Ok(n)) = &polled {
+            self.written += *n as u64;
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.inner.as_mut().poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.inner.as_mut().poll_shutdown(cx)
     }
 }
