@@ -84,7 +84,7 @@ impl JoinTokens {
         self.tree
             .insert(hash_key(&token)?, value)
             .map_err(StoreError::from)?;
-        self.tree.flush_async().await.map_err(StoreError::from)?;
+        super::flush(&self.tree).await?;
         Ok((token, record))
     }
 
@@ -122,7 +122,7 @@ impl JoinTokens {
                 .compare_and_swap(key, Some(raw), Some(new))
                 .map_err(StoreError::from)?;
             if swapped.is_ok() {
-                self.tree.flush_async().await.map_err(StoreError::from)?;
+                super::flush(&self.tree).await?;
                 return Ok(used);
             }
             // Someone else changed it between get and swap: look again.

@@ -110,7 +110,7 @@ impl MeshStore for SledMeshStore {
             Ok::<_, ConflictableTransactionError<StoreError>>(outcomes)
         }))?;
         if !dry_run && outcomes.iter().any(|o| *o != ApplyOutcome::Unchanged) {
-            self.tree.flush_async().await?;
+            super::flush(&self.tree).await?;
             self.changed();
         }
         Ok(outcomes)
@@ -152,7 +152,7 @@ impl MeshStore for SledMeshStore {
             Ok::<_, ConflictableTransactionError<StoreError>>(existed)
         }))?;
         if existed.iter().any(|e| *e) {
-            self.tree.flush_async().await?;
+            super::flush(&self.tree).await?;
             self.changed();
         }
         Ok(existed)

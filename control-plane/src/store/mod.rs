@@ -58,7 +58,22 @@ impl Store {
 impl Store {
     /// Flushes everything to disk (on shutdown).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+        flush(&self.db).await
     }
+}
+
+/// Waits until everything written to `tree` is on disk.
+///
+/// sled 0.34's own `flush_async` deadlocks when several run at once: each
+/// waits on sled's small thread pool for a write that needs a thread of
+/// that same pool (spacejam/sled#1308, fixed only on its unreleased main).
+/// Found here as a hung control plane under 12 concurrent token
+/// redemptions. A blocking `flush` on tokio's blocking pool leaves sled's
+/// pool free to do the write.
+pub async fn flush(tree: &sled::Tree) -> Result<(), StoreError> {
+    let tree = tree.clone();
+    tokio::task::spawn_blocking(move || tree.flush())
+        .await
+        .map_err(|e| StoreError::Sled(sled::Error::Io(std::io::Error::other(e))))??;
+    Ok(())
 }
