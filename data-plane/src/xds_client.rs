@@ -34,7 +34,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::admin::{ProxyMetrics, TypeLabels, XdsLabels};
 use crate::identity::Identity;
-use crate::proxy::plan::{Plan, compile};
+use crate::proxy::plan::{Plan, compile, service_route};
 
 pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
@@ -76,14 +76,7 @@ impl Config {
     fn rds_routes(&self, capture: bool) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
         if capture {
-            for (name, _) in self.of(CLUSTER) {
-                let mut parts = name.splitn(4, '|');
-                if let (Some("outbound"), Some(port), Some(""), Some(host)) =
-                    (parts.next(), parts.next(), parts.next(), parts.next())
-                {
-                    out.insert(format!("{host}:{port}"));
-                }
-            }
+            out.extend(self.of(CLUSTER).filter_map(|(name, _)| service_route(name)));
         }
         for (_, held) in self.of(LISTENER) {
             let Ok(listener) = Listener::decode(held.resource.value.as_slice()) else {

@@ -20,11 +20,11 @@ use hyper_util::rt::TokioIo;
 use rand::Rng;
 
 use super::Proxy;
-use super::metrics::{ClusterLabels, DurationLabels, OverflowLabels, RequestLabels};
-use super::plan::{App, HttpPlan, Route, Routes};
+use super::metrics::{ClusterLabels, DurationLabels, RequestLabels};
+use super::plan::{App, Balance, HttpPlan, Route, Routes};
 use super::pool::{Body, BoxError, Sender};
 use super::rbac::{self, Decision, Subject};
-use super::upstream::{ClusterState, Endpoint, InFlight, Outcome, Pending, RetrySlot, backoff};
+use super::upstream::{ClusterState, Endpoint, InFlight, Limit, Outcome, Slot, backoff};
 
 /// What the proxy knows of the connection a request came on.
 #[derive(Clone)]
@@ -50,6 +50,48 @@ pub fn reply(status: StatusCode, why: impl Into<String>) -> Response<Body> {
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     r
+}
+
+/// 503 from a circuit breaker, counted: Envoy's `x-envoy-overloaded` and the reason.
+fn overflow(proxy: &Proxy, cluster: &str, limit: &'static str, why: String) -> Response<Body> {
+    proxy.record_overflow(cluster, limit);
+    let mut r = reply(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("circuit breaker open: {why}"),
+    );
+    r.headers_mut()
+        .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+    r
+}
+
+/// The route's cluster for this request (weighted pick), or why there is
+/// none yet (for a 503).
+fn cluster_for(proxy: &Proxy, route: &Route) -> Result<(String, Arc<ClusterState>), String> {
+    let name = pick_weighted(&route.clusters);
+    match proxy.upstreams.get(name) {
+        Some(c) => Ok((name.to_owned(), c)),
+        None => Err(format!(
+            "cluster {name} not received from the control plane yet"
+        )),
+    }
+}
+
+/// The caller's identity is the proxy's to state, never the app's: drop
+/// any `x-forwarded-client-cert` and, inbound over mTLS, set the verified one.
+fn set_client_identity(
+    proxy: &Proxy,
+    down: &Downstream,
+    forward_identity: bool,
+    headers: &mut HeaderMap,
+) {
+    headers.remove("x-forwarded-client-cert");
+    if down.inbound
+        && forward_identity
+        && let Some(peer) = &down.peer
+        && let Ok(v) = HeaderValue::from_str(&format!("By={};URI={peer}", proxy.tls.own_id()))
+    {
+        headers.insert("x-forwarded-client-cert", v);
+    }
 }
 
 fn full(bytes: Bytes) -> Body {
@@ -101,12 +143,8 @@ pub async fn handle(
                 .map(str::to_owned)
         })
         .unwrap_or_default();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let Some(route) = table.find(&host, &path) else {
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let Some(route) = table.find(&host, path) else {
         return reply(
             StatusCode::NOT_FOUND,
             format!("no route for {host}{path} in {}", table.name),
@@ -145,12 +183,9 @@ async fn upgrade(
     host: &str,
     forward_identity: bool,
 ) -> Response<Body> {
-    let cluster_name = pick_weighted(&route.clusters).to_owned();
-    let Some(cluster) = proxy.upstreams.get(&cluster_name) else {
-        return reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("cluster {cluster_name} not received from the control plane yet"),
-        );
+    let (cluster_name, cluster) = match cluster_for(proxy, route) {
+        Ok(c) => c,
+        Err(why) => return reply(StatusCode::SERVICE_UNAVAILABLE, why),
     };
     let Some(endpoint) = cluster.pick(None, None) else {
         return reply(
@@ -184,14 +219,7 @@ async fn upgrade(
         .unwrap_or_default();
     *up.headers_mut() = parts.headers;
     let headers = up.headers_mut();
-    headers.remove("x-forwarded-client-cert");
-    if down.inbound
-        && forward_identity
-        && let Some(peer) = &down.peer
-        && let Ok(v) = HeaderValue::from_str(&format!("By={};URI={peer}", proxy.tls.own_id()))
-    {
-        headers.insert("x-forwarded-client-cert", v);
-    }
+    set_client_identity(proxy, down, forward_identity, headers);
     if !headers.contains_key(header::HOST)
         && let Ok(v) = HeaderValue::from_str(host)
     {
@@ -358,31 +386,17 @@ async fn forward(
             return reply(status, "fault filter abort");
         }
     }
-    let cluster_name = pick_weighted(&route.clusters).to_owned();
-    let Some(cluster) = proxy.upstreams.get(&cluster_name) else {
-        return reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("cluster {cluster_name} not received from the control plane yet"),
-        );
+    let (cluster_name, cluster) = match cluster_for(proxy, route) {
+        Ok(c) => c,
+        Err(why) => return reply(StatusCode::SERVICE_UNAVAILABLE, why),
     };
     let mut out = match Outgoing::new(req, route.retry.is_some() || !route.mirrors.is_empty()).await
     {
         Ok(o) => o,
         Err(r) => return r,
     };
-    let headers = &mut out.parts.headers;
-    strip_hop_by_hop(headers);
-    // The caller's identity is the proxy's to state, never the app's.
-    headers.remove("x-forwarded-client-cert");
-    if down.inbound
-        && forward_identity
-        && let Some(peer) = &down.peer
-    {
-        let value = format!("By={};URI={peer}", proxy.tls.own_id());
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert("x-forwarded-client-cert", v);
-        }
-    }
+    strip_hop_by_hop(&mut out.parts.headers);
+    set_client_identity(proxy, down, forward_identity, &mut out.parts.headers);
     if out.replayable() {
         for (mirror, percent) in &route.mirrors {
             if rand::rng().random_range(0.0..100.0) < *percent
@@ -460,25 +474,13 @@ async fn attempts(
     out: &mut Outgoing,
     host: &str,
 ) -> (Response<Body>, Option<String>) {
+    let plan = cluster.plan();
+    let name = plan.name.as_str();
     let Some(mut in_flight) = InFlight::request(cluster) else {
-        let name = cluster.plan().name.clone();
-        proxy
-            .metrics()
-            .overflows
-            .get_or_create(&OverflowLabels {
-                cluster: name.clone(),
-                limit: "max_requests",
-            })
-            .inc();
-        let mut r = reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("circuit breaker open: cluster {name} is at max_requests"),
-        );
-        r.headers_mut()
-            .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
-        return (r, None);
+        let why = format!("cluster {name} is at max_requests");
+        return (overflow(proxy, name, "max_requests", why), None);
     };
-    let hash = hash_key(&out.parts.headers, host);
+    let hash = (plan.balance == Balance::RingHash).then(|| hash_key(&out.parts.headers, host));
     let mut tried = 0u32;
     let mut avoid = None;
     let mut _slot = None;
@@ -496,7 +498,7 @@ async fn attempts(
             return (
                 reply(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    format!("no healthy upstream in cluster {}", cluster.plan().name),
+                    format!("no healthy upstream in cluster {name}"),
                 ),
                 None,
             );
@@ -517,7 +519,7 @@ async fn attempts(
                 .metrics()
                 .ejections
                 .get_or_create(&ClusterLabels {
-                    cluster: cluster.plan().name.clone(),
+                    cluster: name.to_owned(),
                 })
                 .inc();
         }
@@ -542,7 +544,7 @@ async fn attempts(
                 }
         });
         if let Some(policy) = retry {
-            match RetrySlot::take(cluster) {
+            match Slot::take(cluster, Limit::Retry) {
                 Some(slot) => {
                     _slot = Some(slot);
                     tried += 1;
@@ -551,22 +553,13 @@ async fn attempts(
                         .metrics()
                         .retries
                         .get_or_create(&ClusterLabels {
-                            cluster: cluster.plan().name.clone(),
+                            cluster: name.to_owned(),
                         })
                         .inc();
                     tokio::time::sleep(backoff(policy.backoff, tried)).await;
                     continue;
                 }
-                None => {
-                    proxy
-                        .metrics()
-                        .overflows
-                        .get_or_create(&OverflowLabels {
-                            cluster: cluster.plan().name.clone(),
-                            limit: "max_retries",
-                        })
-                        .inc();
-                }
+                None => proxy.record_overflow(name, "max_retries"),
             }
         }
         let response = match result {
@@ -579,23 +572,7 @@ async fn attempts(
                 reply(StatusCode::BAD_GATEWAY, format!("upstream reset: {why}"))
             }
             Err(Failure::Timeout) => reply(StatusCode::GATEWAY_TIMEOUT, "upstream per-try timeout"),
-            Err(Failure::Overflow(limit, why)) => {
-                proxy
-                    .metrics()
-                    .overflows
-                    .get_or_create(&OverflowLabels {
-                        cluster: cluster.plan().name.clone(),
-                        limit,
-                    })
-                    .inc();
-                let mut r = reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("circuit breaker open: {why}"),
-                );
-                r.headers_mut()
-                    .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
-                r
-            }
+            Err(Failure::Overflow(limit, why)) => overflow(proxy, name, limit, why),
         };
         return (response, peer);
     }
@@ -603,7 +580,7 @@ async fn attempts(
 
 /// The consistent-hash key (for RING_HASH): the `x-rampart-hash-key`
 /// header if set, else the authority.
-fn hash_key(headers: &HeaderMap, host: &str) -> Option<u64> {
+fn hash_key(headers: &HeaderMap, host: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let key = headers
         .get("x-rampart-hash-key")
@@ -611,7 +588,7 @@ fn hash_key(headers: &HeaderMap, host: &str) -> Option<u64> {
         .unwrap_or(host.as_bytes());
     let mut h = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut h);
-    Some(h.finish())
+    h.finish()
 }
 
 /// One try against `endpoint`.
@@ -627,7 +604,7 @@ async fn attempt(
     let target = endpoint.target(&plan, cluster);
     let send = async {
         // Waiting for a connection counts against max_pending_requests.
-        let Some(pending) = Pending::take(cluster) else {
+        let Some(pending) = Slot::take(cluster, Limit::Pending) else {
             return Err(Failure::Overflow(
                 "max_pending_requests",
                 format!("cluster {} is at max_pending_requests", plan.name),

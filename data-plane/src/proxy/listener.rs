@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use super::http::{self, Downstream};
 use super::metrics::{BytesLabels, ListenerLabels, TcpLabels};
 use super::plan::{App, ListenerPlan, Transport};
-use super::pool::{Stream, connect};
+use super::pool::{ConnectError, Stream, connect};
 use super::rbac::{self, Decision, Subject};
 use super::tls::Alpn;
 use super::upstream::{Endpoint, Outcome};
@@ -153,7 +153,7 @@ pub async fn connection(
     }
     let down = Arc::new(Downstream {
         listener: name.clone(),
-        inbound: listener.name.starts_with("inbound") || chain.terminate_mtls,
+        inbound: listener.inbound || chain.terminate_mtls,
         peer,
         remote,
         local,
@@ -213,11 +213,17 @@ async fn proxy_tcp(proxy: Arc<Proxy>, down: Arc<Downstream>, cluster: String, do
         };
         let target = endpoint.target(&plan, &state);
         match connect(&target, &proxy.tls, Alpn::None).await {
-            Ok((stream, _, _)) => {
+            Ok(connected) => {
                 state.record(&endpoint, Outcome::Success);
                 endpoint.active.fetch_add(1, Ordering::AcqRel);
-                upstream = Some((stream, Active(endpoint)));
+                upstream = Some((connected, Active(endpoint)));
                 break;
+            }
+            Err(ConnectError::Overflow(n)) => {
+                // The cluster's limit, not the endpoint's fault: no retry.
+                proxy.record_overflow(&cluster, "max_connections");
+                tracing::warn!(%cluster, max_connections = n, "TCP connection refused by the circuit breaker; closing");
+                return;
             }
             Err(e) => {
                 tracing::debug!(%cluster, endpoint = %endpoint.address, error = %e, "TCP upstream connect failed");
@@ -226,7 +232,7 @@ async fn proxy_tcp(proxy: Arc<Proxy>, down: Arc<Downstream>, cluster: String, do
             }
         }
     }
-    let Some((mut upstream, _active)) = upstream else {
+    let Some((connected, _active)) = upstream else {
         tracing::warn!(%cluster, "no TCP upstream could be reached; closing");
         return;
     };
@@ -242,6 +248,8 @@ async fn proxy_tcp(proxy: Arc<Proxy>, down: Arc<Downstream>, cluster: String, do
     // Count what was read from each side as it goes, so a connection that
     // ends in an error (a reset) still has its bytes counted.
     let mut downstream = Counting::new(downstream);
+    // `_counted` holds the connection's place in max_connections until it ends.
+    let (mut upstream, _counted) = (connected.stream, connected.counted);
     if let Err(e) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
         tracing::debug!(%cluster, error = %e, "TCP connection ended with an error");
     }

@@ -87,6 +87,15 @@ impl Proxy {
         self.open.load(Ordering::Acquire)
     }
 
+    /// Counts a request or connection refused by a circuit breaker.
+    fn record_overflow(&self, cluster: &str, limit: &'static str) {
+        let labels = metrics::OverflowLabels {
+            cluster: cluster.to_owned(),
+            limit,
+        };
+        self.metrics().overflows.get_or_create(&labels).inc();
+    }
+
     fn record_authz(&self, protocol: &'static str, decision: Decision, peer: Option<&str>) {
         let labels = metrics::AuthzLabels {
             protocol,
@@ -142,7 +151,7 @@ pub async fn run(
             keep
         });
         for (name, l) in &plan.listeners {
-            let captured_inbound = proxy.capture && name.starts_with("inbound|");
+            let captured_inbound = proxy.capture && l.inbound;
             if bound.contains_key(name) || !l.bind || captured_inbound {
                 continue;
             }

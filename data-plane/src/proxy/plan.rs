@@ -56,6 +56,9 @@ pub struct ListenerPlan {
     pub chains: Vec<ChainPlan>,
     /// Bound to its address (false: only reached through capture).
     pub bind: bool,
+    /// A sidecar's inbound listener (`inbound|PORT`): with capture it is
+    /// reached through the inbound capture port instead of being bound.
+    pub inbound: bool,
 }
 
 /// Which connections a filter chain takes, told apart on the first bytes.
@@ -339,13 +342,9 @@ fn capture_listeners(plan: &mut Plan) {
     let mut names: Vec<&String> = plan.clusters.keys().collect();
     names.sort();
     for name in names {
-        let mut parts = name.splitn(4, '|');
-        let (Some("outbound"), Some(port), Some(""), Some(host)) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let Some(route) = service_route(name) else {
             continue;
         };
-        let route = format!("{host}:{port}");
         let app = if plan.routes.contains_key(&route) {
             App::Http(HttpPlan {
                 rbac: Vec::new(),
@@ -371,6 +370,7 @@ fn capture_listeners(plan: &mut Plan) {
                 app,
             }],
             bind: false,
+            inbound: false,
         });
         for e in &plan.clusters[name].endpoints {
             plan.captured
@@ -381,12 +381,22 @@ fn capture_listeners(plan: &mut Plan) {
     }
 }
 
+/// The route configuration (`SVC.NS:PORT`) of a service port's own cluster
+/// (`outbound|PORT||SVC.NS`); `None` for subset and inbound clusters.
+pub fn service_route(cluster: &str) -> Option<String> {
+    let mut parts = cluster.splitn(4, '|');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("outbound"), Some(port), Some(""), Some(host)) => Some(format!("{host}:{port}")),
+        _ => None,
+    }
+}
+
 impl Plan {
     /// The inbound listener for connections that were going to `port`.
     pub fn inbound_for_port(&self, port: u16) -> Option<String> {
         self.listeners
             .values()
-            .find(|l| l.bind && l.name.starts_with("inbound|") && l.address.port() == port)
+            .find(|l| l.inbound && l.address.port() == port)
             .map(|l| l.name.clone())
     }
 }
@@ -488,6 +498,7 @@ fn listener_plan(listener: &Listener) -> Result<Option<ListenerPlan>> {
         address,
         chains,
         bind: true,
+        inbound: listener.name.starts_with("inbound|"),
     }))
 }
 

@@ -52,8 +52,9 @@ pub enum ConnectError {
     Http(SocketAddr, hyper::Error),
 }
 
-/// A connection's open-count, released when the connection ends.
-struct Counted(Arc<AtomicU32>);
+/// A connection's place in its cluster's `max_connections`, given back
+/// when the connection ends (when this is dropped).
+pub struct Counted(Arc<AtomicU32>);
 
 impl Drop for Counted {
     fn drop(&mut self) {
@@ -61,13 +62,29 @@ impl Drop for Counted {
     }
 }
 
-/// Opens a stream to `target` (TLS when it is mTLS), returning it and the
-/// peer's SPIFFE ID and whether it agreed to HTTP/2.
+/// An open connection to an endpoint.
+pub struct Connected {
+    pub stream: Stream,
+    /// The peer's SPIFFE ID (mTLS only).
+    pub peer: Option<String>,
+    /// The peer agreed to HTTP/2.
+    pub h2: bool,
+    /// Keep for as long as the connection is open.
+    pub counted: Counted,
+}
+
+/// Opens a stream to `target` (TLS when it is mTLS), counted against the
+/// cluster's `max_connections`: every HTTP and TCP connection goes here.
 pub async fn connect(
     target: &Target<'_>,
     tls: &Tls,
     alpn: Alpn,
-) -> Result<(Stream, Option<String>, bool), ConnectError> {
+) -> Result<Connected, ConnectError> {
+    let open = target.connections.fetch_add(1, Ordering::AcqRel);
+    let counted = Counted(target.connections.clone());
+    if open >= target.max_connections {
+        return Err(ConnectError::Overflow(target.max_connections));
+    }
     let address = target.address;
     let tcp = tokio::time::timeout(target.connect_timeout, TcpStream::connect(address))
         .await
@@ -75,7 +92,12 @@ pub async fn connect(
         .map_err(|e| ConnectError::Io(address, e))?;
     let _ = tcp.set_nodelay(true);
     let Some(expected) = target.mtls else {
-        return Ok((Box::pin(tcp), None, target.http2 && alpn == Alpn::Http));
+        return Ok(Connected {
+            stream: Box::pin(tcp),
+            peer: None,
+            h2: target.http2 && alpn == Alpn::Http,
+            counted,
+        });
     };
     let config = tls
         .client(expected, alpn)
@@ -93,7 +115,12 @@ pub async fn connect(
         .and_then(rampart_certs::tls::peer_spiffe_id)
         .map(|id| id.to_string());
     let h2 = session.alpn_protocol() == Some(H2);
-    Ok((Box::pin(stream), peer, h2))
+    Ok(Connected {
+        stream: Box::pin(stream),
+        peer,
+        h2,
+        counted,
+    })
 }
 
 pub enum Sender {
@@ -124,7 +151,7 @@ impl Pool {
         let may_be_h2 = (target.mtls.is_some() && !self.h1_peer.load(Ordering::Relaxed))
             || (target.mtls.is_none() && target.http2);
         if !may_be_h2 {
-            return self.open(target, tls).await;
+            return self.open(target, tls, Alpn::Http).await;
         }
         // One connection attempt at a time, so a burst shares one h2 connection.
         let mut slot = self.h2.lock().await;
@@ -133,7 +160,7 @@ impl Pool {
         {
             return Ok(Sender::H2(s.clone()));
         }
-        let sender = self.open(target, tls).await?;
+        let sender = self.open(target, tls, Alpn::Http).await?;
         if let Sender::H2(s) = &sender {
             *slot = Some(s.clone());
         }
@@ -163,31 +190,24 @@ impl Pool {
         target: &Target<'_>,
         tls: &Tls,
     ) -> Result<http1::SendRequest<Body>, ConnectError> {
-        let open = target.connections.fetch_add(1, Ordering::AcqRel);
-        let counted = Counted(target.connections.clone());
-        if open >= target.max_connections {
-            return Err(ConnectError::Overflow(target.max_connections));
+        match self.open(target, tls, Alpn::Http1).await? {
+            Sender::H1(s) => Ok(s),
+            Sender::H2(_) => unreachable!("only http/1.1 was offered"),
         }
-        let (stream, _, _) = connect(target, tls, Alpn::Http1).await?;
-        let address = target.address;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ConnectError::Http(address, e))?;
-        tokio::spawn(async move {
-            let _counted = counted;
-            let _ = connection.with_upgrades().await;
-        });
-        Ok(sender)
     }
 
-    async fn open(&self, target: &Target<'_>, tls: &Tls) -> Result<Sender, ConnectError> {
-        let open = target.connections.fetch_add(1, Ordering::AcqRel);
-        let counted = Counted(target.connections.clone());
-        if open >= target.max_connections {
-            return Err(ConnectError::Overflow(target.max_connections));
-        }
-        let (stream, peer, h2) = connect(target, tls, Alpn::Http).await?;
+    async fn open(
+        &self,
+        target: &Target<'_>,
+        tls: &Tls,
+        alpn: Alpn,
+    ) -> Result<Sender, ConnectError> {
+        let Connected {
+            stream,
+            peer,
+            h2,
+            counted,
+        } = connect(target, tls, alpn).await?;
         if peer.is_some() {
             *self.peer.lock().expect("pool lock") = peer;
         }
@@ -208,7 +228,8 @@ impl Pool {
             });
             Ok(Sender::H2(sender))
         } else {
-            if target.mtls.is_some() {
+            // A peer that answers an offer of h2 with HTTP/1.1 will again.
+            if target.mtls.is_some() && alpn == Alpn::Http {
                 self.h1_peer.store(true, Ordering::Relaxed);
             }
             let (sender, connection) = http1::Builder::new()

@@ -282,51 +282,59 @@ impl Drop for InFlight {
     }
 }
 
-/// Held while a request waits for a connection (`max_pending_requests`).
-pub struct Pending(Arc<ClusterState>);
+/// Which of a cluster's limits a [`Slot`] counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// Retries in flight: `max_retries`, or the retry budget when set.
+    Retry,
+    /// Requests waiting for a connection: `max_pending_requests`.
+    Pending,
+}
 
-impl Pending {
-    pub fn take(cluster: &Arc<ClusterState>) -> Option<Pending> {
-        let max = cluster.plan().limits.max_pending;
-        if cluster.pending.fetch_add(1, Ordering::AcqRel) >= max {
-            cluster.pending.fetch_sub(1, Ordering::AcqRel);
-            return None;
+/// A place under one of a cluster's limits, given back on drop.
+pub struct Slot {
+    cluster: Arc<ClusterState>,
+    limit: Limit,
+}
+
+impl ClusterState {
+    fn counter(&self, limit: Limit) -> &AtomicU32 {
+        match limit {
+            Limit::Retry => &self.retries,
+            Limit::Pending => &self.pending,
         }
-        Some(Pending(cluster.clone()))
     }
 }
 
-impl Drop for Pending {
-    fn drop(&mut self) {
-        self.0.pending.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Tries to take a retry slot (`max_retries`, or the retry budget);
-/// released on drop.
-pub struct RetrySlot(Arc<ClusterState>);
-
-impl RetrySlot {
-    pub fn take(cluster: &Arc<ClusterState>) -> Option<RetrySlot> {
+impl Slot {
+    /// A place under `limit`, or `None` if the cluster is at it.
+    pub fn take(cluster: &Arc<ClusterState>, limit: Limit) -> Option<Slot> {
         let limits = cluster.plan().limits;
-        let max = match limits.retry_budget {
-            None => limits.max_retries,
-            Some(b) => {
+        let max = match (limit, limits.retry_budget) {
+            (Limit::Pending, _) => limits.max_pending,
+            (Limit::Retry, None) => limits.max_retries,
+            (Limit::Retry, Some(b)) => {
                 let active = f64::from(cluster.requests.load(Ordering::Acquire));
                 ((active * b.percent / 100.0) as u32).max(b.min)
             }
         };
-        if cluster.retries.fetch_add(1, Ordering::AcqRel) >= max {
-            cluster.retries.fetch_sub(1, Ordering::AcqRel);
+        let counter = cluster.counter(limit);
+        if counter.fetch_add(1, Ordering::AcqRel) >= max {
+            counter.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        Some(RetrySlot(cluster.clone()))
+        Some(Slot {
+            cluster: cluster.clone(),
+            limit,
+        })
     }
 }
 
-impl Drop for RetrySlot {
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.retries.fetch_sub(1, Ordering::AcqRel);
+        self.cluster
+            .counter(self.limit)
+            .fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -368,14 +376,14 @@ mod tests {
         };
         let c = cluster(limits);
         // Few requests: the minimum applies.
-        let slots: Vec<_> = std::iter::from_fn(|| RetrySlot::take(&c))
+        let slots: Vec<_> = std::iter::from_fn(|| Slot::take(&c, Limit::Retry))
             .take(10)
             .collect();
         assert_eq!(slots.len(), 2);
         drop(slots);
         // 50 in flight: 20 % of them.
         let in_flight: Vec<_> = (0..50).map(|_| InFlight::request(&c).unwrap()).collect();
-        let slots: Vec<_> = std::iter::from_fn(|| RetrySlot::take(&c))
+        let slots: Vec<_> = std::iter::from_fn(|| Slot::take(&c, Limit::Retry))
             .take(100)
             .collect();
         assert_eq!(slots.len(), 10);
