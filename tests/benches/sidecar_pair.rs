@@ -30,7 +30,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use rampart_tests::apps::get_h1;
-use rampart_tests::{ControlPlane, Sidecar, envoy, eventually, free_port, python};
+use rampart_tests::{ControlPlane, EnvoySidecar, Sidecar, eventually, free_port};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -202,8 +202,9 @@ struct Pair {
     /// The two proxies (measured).
     pids: Vec<u32>,
     children: Vec<Child>,
-    /// Sidecars and SDS agents kept running.
+    /// Sidecars kept running.
     _sidecars: Vec<Sidecar>,
+    _envoys: Vec<EnvoySidecar>,
 }
 
 impl Drop for Pair {
@@ -282,6 +283,7 @@ async fn rampart_pair(cp: &ControlPlane, dir: &Path, app: u16) -> Pair {
         pids,
         children: Vec::new(),
         _sidecars: vec![client, server],
+        _envoys: Vec::new(),
     }
 }
 
@@ -315,83 +317,28 @@ async fn envoy_pair(cp: &ControlPlane, dir: &Path, app: u16) -> Pair {
             )],
         ),
     ];
-    let (mut children, mut agents, mut pids) = (Vec::new(), Vec::new(), Vec::new());
+    let mut envoys = Vec::new();
     for (role, sa, metadata) in roles {
-        let sds = dir.join(format!("envoy-{role}-sds.sock"));
-        let agent = Sidecar::start(
-            cp,
-            dir,
-            sa,
-            None,
-            &[
-                "--agent-only".into(),
-                "--sds-socket".into(),
-                sds.display().to_string(),
-            ],
-        )
-        .await;
-        assert!(
-            eventually(100, || async { sds.exists() }).await,
-            "no SDS socket:\n{}",
-            agent.logs.text()
+        let node = format!("bench-envoy-{role}");
+        envoys.push(
+            EnvoySidecar::start(cp, dir, &node, sa, &metadata, &["taskset", "-c", "1"]).await,
         );
-        agents.push(agent);
-        let bootstrap = Command::new(python())
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/envoy_bootstrap.py"))
-            .args([
-                &format!("bench-envoy-{role}"),
-                &free_port().to_string(),
-                sds.to_str().unwrap(),
-                &cp.grpc_addr,
-            ])
-            .arg("rampart.sidecar=true")
-            .args(&metadata)
-            .output()
-            .unwrap();
-        assert!(
-            bootstrap.status.success(),
-            "{}",
-            String::from_utf8_lossy(&bootstrap.stderr)
-        );
-        let config = dir.join(format!("envoy-{role}.json"));
-        std::fs::write(&config, &bootstrap.stdout).unwrap();
-        let child = spawn_logged(
-            dir,
-            &format!("envoy-{role}"),
-            Command::new("taskset")
-                .args(["-c", "1"])
-                .arg(envoy())
-                .arg("-c")
-                .arg(&config)
-                .args([
-                    "--disable-hot-restart",
-                    "--concurrency",
-                    "1",
-                    "-l",
-                    "warning",
-                ]),
-        );
-        pids.push(child.id());
-        children.push(child);
     }
+    let pids = envoys.iter().map(|e| e.envoy.id()).collect();
     let entry = format!("127.0.0.1:{out}");
-    let log = |role: &str| {
-        std::fs::read_to_string(dir.join(format!("envoy-{role}.log"))).unwrap_or_default()
-    };
     assert!(
         answers(&entry).await,
-        "Envoy pair never answered:
-{}
-{}",
-        log("client"),
-        log("server")
+        "Envoy pair never answered:\n{}\n{}",
+        envoys[0].log(),
+        envoys[1].log()
     );
     Pair {
         name: "envoy",
         entry,
         pids,
-        children,
-        _sidecars: agents,
+        children: Vec::new(),
+        _sidecars: Vec::new(),
+        _envoys: envoys,
     }
 }
 
@@ -451,6 +398,7 @@ async fn haproxy_pair(cp: &ControlPlane, dir: &Path, app: u16) -> Pair {
         pids,
         children,
         _sidecars: Vec::new(),
+        _envoys: Vec::new(),
     }
 }
 
@@ -501,7 +449,7 @@ fn main() {
                 continue;
             }
             let pair = match kind {
-                "direct" => Pair { name: "direct", entry: format!("127.0.0.1:{app}"), pids: Vec::new(), children: Vec::new(), _sidecars: Vec::new() },
+                "direct" => Pair { name: "direct", entry: format!("127.0.0.1:{app}"), pids: Vec::new(), children: Vec::new(), _sidecars: Vec::new(), _envoys: Vec::new() },
                 "rampart" => rampart_pair(&cp, dir.path(), app).await,
                 "envoy" => envoy_pair(&cp, dir.path(), app).await,
                 _ => haproxy_pair(&cp, dir.path(), app).await,

@@ -546,3 +546,94 @@ where
     }
     false
 }
+
+/// A real Envoy sidecar configured by rampart-control, with a rampart-proxy
+/// as its local SDS agent (`--agent-only --sds-socket`, as istio-agent is
+/// for Istio's Envoy); both are killed when this is dropped.
+pub struct EnvoySidecar {
+    pub agent: Sidecar,
+    pub envoy: Child,
+    log: PathBuf,
+}
+
+impl EnvoySidecar {
+    /// Starts the agent for `default/<service_account>`, then an Envoy with
+    /// node id `node_id`, node metadata `rampart.sidecar=true` plus
+    /// `metadata` (`KEY=VALUE`), bootstrapped by scripts/envoy_bootstrap.py.
+    /// `prefix` runs before Envoy's command line (e.g. `taskset -c 1`).
+    pub async fn start(
+        cp: &ControlPlane,
+        dir: &Path,
+        node_id: &str,
+        service_account: &str,
+        metadata: &[String],
+        prefix: &[&str],
+    ) -> EnvoySidecar {
+        let sds = dir.join(format!("{node_id}-sds.sock"));
+        let agent_args = [
+            "--agent-only".to_owned(),
+            "--sds-socket".to_owned(),
+            sds.display().to_string(),
+        ];
+        let agent = Sidecar::start(cp, dir, service_account, None, &agent_args).await;
+        let socket = eventually(100, || async { sds.exists() }).await;
+        assert!(
+            socket,
+            "no SDS socket from the agent:\n{}",
+            agent.logs.text()
+        );
+        let bootstrap = Command::new(python())
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/envoy_bootstrap.py"))
+            .args([
+                node_id,
+                &free_port().to_string(),
+                sds.to_str().unwrap(),
+                &cp.grpc_addr,
+            ])
+            .arg("rampart.sidecar=true")
+            .args(metadata)
+            .output()
+            .expect("running scripts/envoy_bootstrap.py");
+        assert!(
+            bootstrap.status.success(),
+            "{}",
+            String::from_utf8_lossy(&bootstrap.stderr)
+        );
+        let config = dir.join(format!("{node_id}-envoy.json"));
+        std::fs::write(&config, &bootstrap.stdout).unwrap();
+        let log = dir.join(format!("{node_id}-envoy.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let (program, args) = match prefix.split_first() {
+            Some((first, rest)) => (
+                PathBuf::from(first),
+                rest.iter()
+                    .map(|a| a.into())
+                    .chain([envoy().into_os_string()])
+                    .collect::<Vec<std::ffi::OsString>>(),
+            ),
+            None => (envoy(), Vec::new()),
+        };
+        let envoy = Command::new(program)
+            .args(args)
+            .arg("-c")
+            .arg(&config)
+            .args(["--disable-hot-restart", "--concurrency", "1", "-l", "info"])
+            .stdout(out.try_clone().unwrap())
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("starting Envoy");
+        EnvoySidecar { agent, envoy, log }
+    }
+
+    /// Envoy's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for EnvoySidecar {
+    fn drop(&mut self) {
+        let _ = self.envoy.kill();
+        let _ = self.envoy.wait();
+    }
+}
