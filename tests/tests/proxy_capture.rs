@@ -141,7 +141,8 @@ apiVersion: rampart.dev/v1alpha1
 kind: Service
 metadata: {{name: outside, namespace: default}}
 spec:
-  ports: [{{name: http, port: 9090, protocol: http}}]
+  # No protocol (auto): the proxy must detect the captured call as HTTP.
+  ports: [{{name: http, port: 9090}}]
 ---
 apiVersion: rampart.dev/v1alpha1
 kind: WorkloadEntry
@@ -254,8 +255,9 @@ async fn iptables_capture_sends_all_traffic_through_the_proxy() {
         "plaintext reached the app past the capture: {direct:?}"
     );
 
-    // From inside, a plain call to the outside service's endpoint is routed
-    // by the proxy; a call elsewhere passes through.
+    // From inside, a plain call to the outside service's endpoint is
+    // detected as HTTP and routed by the proxy; a call elsewhere passes
+    // through.
     let answer = ns.get(&format!(
         "http://{}:{}/from-inside",
         ns.host_ip, outside.port

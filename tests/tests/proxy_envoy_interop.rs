@@ -10,14 +10,14 @@ const MODEL: &str = r#"apiVersion: rampart.dev/v1alpha1
 kind: Service
 metadata: {name: viaenvoy, namespace: default}
 spec:
-  ports: [{name: http, port: 8080, protocol: http}]
+  ports: [{name: http, port: 8080, protocol: http}, {name: web, port: 8090}]
   serviceAccounts: [viaenvoy]
 ---
 apiVersion: rampart.dev/v1alpha1
 kind: Service
 metadata: {name: viarampart, namespace: default}
 spec:
-  ports: [{name: http, port: 8080, protocol: http}]
+  ports: [{name: http, port: 8080, protocol: http}, {name: web, port: 8090}]
   serviceAccounts: [viarampart]
 "#;
 
@@ -31,7 +31,7 @@ async fn rampart_proxy_and_envoy_talk_mtls_both_ways() {
 
     // The rampart-proxy side: serves viarampart, calls viaenvoy.
     let rampart_app = apps::echo("rampart-app").await;
-    let to_envoy = free_port();
+    let (to_envoy, to_envoy_auto) = (free_port(), free_port());
     let rampart = Sidecar::start(
         &cp,
         dir.path(),
@@ -46,21 +46,32 @@ async fn rampart_proxy_and_envoy_talk_mtls_both_ways() {
             format!("http={}", free_port()),
             "--app-port".into(),
             format!("http={}", rampart_app.port),
+            "--port".into(),
+            format!("web={}", free_port()),
+            "--app-port".into(),
+            format!("web={}", rampart_app.port),
             "--outbound".into(),
             format!("127.0.0.1:{to_envoy}=viaenvoy.default:8080"),
+            "--outbound".into(),
+            format!("127.0.0.1:{to_envoy_auto}=viaenvoy.default:8090"),
         ],
     )
     .await;
 
     // The Envoy side (with its SDS agent): serves viaenvoy, calls viarampart.
     let envoy_app = apps::echo("envoy-app").await;
-    let to_rampart = free_port();
+    let (to_rampart, to_rampart_auto) = (free_port(), free_port());
     let metadata = [
         "rampart.service=viaenvoy".to_owned(),
         "rampart.address=127.0.0.1".to_owned(),
-        format!("rampart.ports=http={}", free_port()),
-        format!("rampart.app_ports=http={}", envoy_app.port),
-        format!("rampart.outbound_listeners=127.0.0.1:{to_rampart}=viarampart.default:8080"),
+        format!("rampart.ports=http={},web={}", free_port(), free_port()),
+        format!(
+            "rampart.app_ports=http={},web={}",
+            envoy_app.port, envoy_app.port
+        ),
+        format!(
+            "rampart.outbound_listeners=127.0.0.1:{to_rampart}=viarampart.default:8080,127.0.0.1:{to_rampart_auto}=viarampart.default:8090"
+        ),
     ];
     let envoy =
         EnvoySidecar::start(&cp, dir.path(), "viaenvoy-1", "viaenvoy", &metadata, &[]).await;
@@ -105,4 +116,33 @@ async fn rampart_proxy_and_envoy_talk_mtls_both_ways() {
         body.contains("URI=spiffe://cluster.local/ns/default/sa/viaenvoy"),
         "rampart-proxy must see Envoy's SPIFFE ID: {body}"
     );
+
+    // The `auto` ports. rampart-proxy detects HTTP and offers h2 on the
+    // mTLS hop, so Envoy's inbound takes it as HTTP (and adds the caller's
+    // identity); Envoy's HTTP inspector sends HTTP through its routes, and
+    // its cluster offers no ALPN, so rampart-proxy carries it as TCP to the
+    // app, which still gets the request intact.
+    let auto = [
+        (
+            to_envoy_auto,
+            "viaenvoy",
+            "name=envoy-app",
+            "URI=spiffe://cluster.local/ns/default/sa/viarampart",
+        ),
+        (
+            to_rampart_auto,
+            "viarampart",
+            "name=rampart-app",
+            "path=/auto",
+        ),
+    ];
+    for (port, host, app, seen) in auto {
+        let answer = get_h1(&format!("127.0.0.1:{port}"), host, "/auto").await;
+        assert!(
+            matches!(&answer, Ok((200, body)) if body.contains(app) && body.contains(seen)),
+            "{host} on its auto port: {answer:?}\nrampart-proxy:\n{}\nenvoy:\n{}",
+            rampart.logs.text(),
+            envoy_log()
+        );
+    }
 }

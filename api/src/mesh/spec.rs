@@ -59,18 +59,25 @@ pub struct ServicePort {
     pub name: String,
     /// 1-65535.
     pub port: u16,
-    /// How the traffic is spoken.
+    /// How the traffic is spoken; `auto` (the default) when not given.
+    #[serde(default)]
     pub protocol: Protocol,
 }
 
 /// Application protocol of a port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Http,
     Http2,
     Grpc,
     Tcp,
+    /// Not declared: the client's sidecar tells HTTP/1.1 and HTTP/2 from
+    /// anything else on the first bytes of each connection and carries the
+    /// rest as opaque TCP. Declare server-speaks-first protocols `tcp`:
+    /// their connections wait out the detection timeout.
+    #[default]
+    Auto,
 }
 
 /// A standalone endpoint of a service (a VM or process without Kubernetes).

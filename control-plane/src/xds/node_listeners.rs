@@ -15,11 +15,16 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener, filter,
+};
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::util::pack_any;
 
+use rampart_api::mesh::Protocol;
+
+use super::sidecar::http_inspector;
 use super::snapshot::{Resources, Snapshot, TypeUrl};
 use super::translate::{cluster_name, listener_name, rds_manager, socket};
 
@@ -78,41 +83,62 @@ pub fn requested(node: &Node) -> Result<Option<Vec<Outbound>>, String> {
     Ok(Some(out))
 }
 
-/// The listeners for `requested`, given which service ports are HTTP (have
-/// routes in the snapshot).
+/// The listeners for `requested`: HTTP ports (those with routes in the
+/// snapshot) get the HTTP connection manager, TCP ports the TCP proxy, and
+/// `auto` ports both, the HTTP inspector telling which a connection takes.
 pub fn listeners(requested: &[Outbound], snapshot: &Snapshot) -> Resources {
     let mut built = Snapshot::default();
     for o in requested {
         let name = format!("outbound|{}", o.local);
         let route = listener_name(&o.service, &o.namespace, o.port);
-        let filter =
-            if snapshot.get(TypeUrl::Route, &route).is_some() {
-                let manager = rds_manager(&name, &route);
-                Filter {
-                    name: "envoy.filters.network.http_connection_manager".to_owned(),
-                    config_type: Some(filter::ConfigType::TypedConfig(pack_any(manager))),
-                }
-            } else {
-                let proxy =
-                    TcpProxy {
-                        stat_prefix: name.clone(),
-                        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(
-                            cluster_name(&o.service, &o.namespace, o.port, &BTreeMap::new()),
-                        )),
-                        ..Default::default()
-                    };
-                Filter {
-                    name: "envoy.filters.network.tcp_proxy".to_owned(),
-                    config_type: Some(filter::ConfigType::TypedConfig(pack_any(proxy))),
-                }
+        let http = || {
+            let manager = rds_manager(&name, &route);
+            Filter {
+                name: "envoy.filters.network.http_connection_manager".to_owned(),
+                config_type: Some(filter::ConfigType::TypedConfig(pack_any(manager))),
+            }
+        };
+        let tcp = || {
+            let cluster = cluster_name(&o.service, &o.namespace, o.port, &BTreeMap::new());
+            let proxy = TcpProxy {
+                stat_prefix: name.clone(),
+                cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster)),
+                ..Default::default()
             };
+            Filter {
+                name: "envoy.filters.network.tcp_proxy".to_owned(),
+                config_type: Some(filter::ConfigType::TypedConfig(pack_any(proxy))),
+            }
+        };
+        let chain = |filter: Filter, protocols: &[&str]| FilterChain {
+            filters: vec![filter],
+            filter_chain_match: (!protocols.is_empty()).then(|| FilterChainMatch {
+                application_protocols: protocols.iter().map(|p| (*p).to_owned()).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let auto = snapshot
+            .sidecar
+            .services
+            .get(&(o.namespace.clone(), o.service.clone()))
+            .and_then(|s| s.ports.iter().find(|p| p.port == o.port))
+            .is_some_and(|p| p.protocol == Protocol::Auto);
+        let (filter_chains, listener_filters) = if snapshot.get(TypeUrl::Route, &route).is_none() {
+            (vec![chain(tcp(), &[])], Vec::new())
+        } else if auto {
+            (
+                vec![chain(http(), &["http/1.1", "h2c"]), chain(tcp(), &[])],
+                vec![http_inspector()],
+            )
+        } else {
+            (vec![chain(http(), &[])], Vec::new())
+        };
         let listener = Listener {
             name: name.clone(),
             address: Some(socket(&o.local.ip().to_string(), o.local.port())),
-            filter_chains: vec![FilterChain {
-                filters: vec![filter],
-                ..Default::default()
-            }],
+            filter_chains,
+            listener_filters,
             ..Default::default()
         };
         built.insert(TypeUrl::Listener, name, listener);

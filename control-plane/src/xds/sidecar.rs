@@ -39,6 +39,7 @@ use envoy_types::pb::envoy::config::listener::v3::{
 };
 use envoy_types::pb::envoy::config::route::v3::{RouteAction, route_action};
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
+use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, http_connection_manager, http_filter,
@@ -384,12 +385,8 @@ impl Sidecar {
                 cluster.clone(),
                 Entry::new(app_cluster(&cluster, app, port)),
             );
-            let rules = rbac::rules_for_port(
-                &policies,
-                port.port,
-                port.protocol != Protocol::Tcp,
-                &inputs.trust_domain,
-            );
+            let rules =
+                |http| rbac::rules_for_port(&policies, port.port, http, &inputs.trust_domain);
             let name = format!("inbound|{listen}");
             let listener = inbound_listener(
                 &name,
@@ -397,7 +394,7 @@ impl Sidecar {
                 listen,
                 port.protocol,
                 &cluster,
-                &rules,
+                rules,
                 inputs.mtls,
             );
             listeners.insert(name, Entry::new(listener));
@@ -507,65 +504,70 @@ fn app_cluster(name: &str, port: u16, service_port: &ServicePort) -> Cluster {
     }
 }
 
+/// The inbound listener of one service port: mTLS (and, PERMISSIVE, also
+/// plaintext told apart by the TLS inspector) into the HTTP connection
+/// manager or the TCP proxy. An `auto` port has both: HTTP for connections
+/// that are HTTP (the ALPN under mTLS, the HTTP inspector in plaintext),
+/// TCP for the rest.
 fn inbound_listener(
     name: &str,
     address: IpAddr,
     port: u16,
     protocol: Protocol,
     cluster: &str,
-    rules: &[envoy_types::pb::envoy::config::rbac::v3::Rbac],
+    rules: impl Fn(bool) -> Vec<envoy_types::pb::envoy::config::rbac::v3::Rbac>,
     mtls: MtlsMode,
 ) -> Listener {
-    let filters = if protocol == Protocol::Tcp {
-        let mut filters: Vec<Filter> = rules
-            .iter()
-            .map(|r| Filter {
-                name: "envoy.filters.network.rbac".to_owned(),
-                config_type: Some(filter::ConfigType::TypedConfig(pack_any(NetworkRbac {
-                    rules: Some(r.clone()),
-                    stat_prefix: format!("{name}."),
-                    ..Default::default()
-                }))),
-            })
-            .collect();
-        filters.push(Filter {
-            name: "envoy.filters.network.tcp_proxy".to_owned(),
-            config_type: Some(filter::ConfigType::TypedConfig(pack_any(TcpProxy {
-                stat_prefix: name.to_owned(),
-                cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_owned())),
-                ..Default::default()
-            }))),
-        });
-        filters
-    } else {
-        vec![inbound_http(name, cluster, rules)]
+    let permissive = mtls == MtlsMode::Permissive;
+    let auto = protocol == Protocol::Auto;
+    let stacks: &[bool] = match protocol {
+        Protocol::Tcp => &[false],
+        Protocol::Auto => &[true, false],
+        Protocol::Http | Protocol::Http2 | Protocol::Grpc => &[true],
     };
     let tls = DownstreamTlsContext {
         common_tls_context: Some(common_tls(None, &["h2", "http/1.1"])),
         require_client_certificate: Some(BoolValue { value: true }),
         ..Default::default()
     };
-    let mut chains = vec![FilterChain {
-        name: "mtls".to_owned(),
-        filter_chain_match: (mtls == MtlsMode::Permissive).then(|| FilterChainMatch {
-            transport_protocol: "tls".to_owned(),
-            ..Default::default()
-        }),
-        filters: filters.clone(),
-        transport_socket: Some(tls_socket(pack_any(tls))),
-        ..Default::default()
-    }];
-    let mut listener_filters = Vec::new();
-    if mtls == MtlsMode::Permissive {
-        chains.push(FilterChain {
-            name: "plaintext".to_owned(),
-            filter_chain_match: Some(FilterChainMatch {
-                transport_protocol: "raw_buffer".to_owned(),
+    let mut chains = Vec::new();
+    for &http in stacks {
+        let filters = if http {
+            vec![inbound_http(name, cluster, &rules(true))]
+        } else {
+            inbound_tcp(name, cluster, &rules(false))
+        };
+        let suffix = if auto && http { "-http" } else { "" };
+        let matching = |transport: &str, protocols: &[&str]| {
+            let m = FilterChainMatch {
+                transport_protocol: transport.to_owned(),
+                application_protocols: if auto && http {
+                    protocols.iter().map(|p| (*p).to_owned()).collect()
+                } else {
+                    Vec::new()
+                },
                 ..Default::default()
-            }),
-            filters,
+            };
+            (m != FilterChainMatch::default()).then_some(m)
+        };
+        chains.push(FilterChain {
+            name: format!("mtls{suffix}"),
+            filter_chain_match: matching(if permissive { "tls" } else { "" }, &["h2", "http/1.1"]),
+            filters: filters.clone(),
+            transport_socket: Some(tls_socket(pack_any(tls.clone()))),
             ..Default::default()
         });
+        if permissive {
+            chains.push(FilterChain {
+                name: format!("plaintext{suffix}"),
+                filter_chain_match: matching("raw_buffer", &["http/1.1", "h2c"]),
+                filters,
+                ..Default::default()
+            });
+        }
+    }
+    let mut listener_filters = Vec::new();
+    if permissive || auto {
         listener_filters.push(ListenerFilter {
             name: "envoy.filters.listener.tls_inspector".to_owned(),
             config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(
@@ -574,6 +576,9 @@ fn inbound_listener(
             ..Default::default()
         });
     }
+    if permissive && auto {
+        listener_filters.push(http_inspector());
+    }
     Listener {
         name: name.to_owned(),
         address: Some(socket(&address.to_string(), port)),
@@ -581,6 +586,46 @@ fn inbound_listener(
         listener_filters,
         ..Default::default()
     }
+}
+
+/// Envoy's HTTP inspector: names plaintext HTTP/1.1 and HTTP/2 (`http/1.1`,
+/// `h2c`) for `application_protocols` matching.
+pub(super) fn http_inspector() -> ListenerFilter {
+    ListenerFilter {
+        name: "envoy.filters.listener.http_inspector".to_owned(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(
+            HttpInspector::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+/// Network RBAC filters, then the TCP proxy to the app.
+fn inbound_tcp(
+    name: &str,
+    cluster: &str,
+    rules: &[envoy_types::pb::envoy::config::rbac::v3::Rbac],
+) -> Vec<Filter> {
+    let mut filters: Vec<Filter> = rules
+        .iter()
+        .map(|r| Filter {
+            name: "envoy.filters.network.rbac".to_owned(),
+            config_type: Some(filter::ConfigType::TypedConfig(pack_any(NetworkRbac {
+                rules: Some(r.clone()),
+                stat_prefix: format!("{name}."),
+                ..Default::default()
+            }))),
+        })
+        .collect();
+    filters.push(Filter {
+        name: "envoy.filters.network.tcp_proxy".to_owned(),
+        config_type: Some(filter::ConfigType::TypedConfig(pack_any(TcpProxy {
+            stat_prefix: name.to_owned(),
+            cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_owned())),
+            ..Default::default()
+        }))),
+    });
+    filters
 }
 
 /// HTTP connection manager: RBAC filters, then the router to the app.

@@ -353,12 +353,26 @@ fn lb_policy(policy: Option<&TrafficPolicySpec>, flavour: Flavour<'_>) -> cluste
 /// The endpoint metadata that selects the mTLS transport socket.
 const TLS_MATCH: (&str, &str) = ("tls", "mtls");
 
+/// Marks the cluster of an `auto` port, for rampart-proxy's traffic
+/// capture (Envoy ignores it).
+fn auto_metadata() -> Metadata {
+    Metadata {
+        filter_metadata: [("rampart".to_owned(), one_string("protocol", "auto"))].into(),
+        ..Default::default()
+    }
+}
+
 fn tls_match() -> Struct {
+    one_string(TLS_MATCH.0, TLS_MATCH.1)
+}
+
+/// `{key: "value"}`.
+fn one_string(key: &str, value: &str) -> Struct {
     Struct {
         fields: [(
-            TLS_MATCH.0.to_owned(),
+            key.to_owned(),
             Value {
-                kind: Some(value::Kind::StringValue(TLS_MATCH.1.to_owned())),
+                kind: Some(value::Kind::StringValue(value.to_owned())),
             },
         )]
         .into(),
@@ -380,7 +394,9 @@ fn upstream_mtls(expected: &[String], protocol: Protocol) -> UpstreamTlsContext 
     let alpn: &[&str] = match protocol {
         Protocol::Http2 | Protocol::Grpc => &["h2"],
         Protocol::Http => &["http/1.1"],
-        Protocol::Tcp => &[],
+        // The connection may carry HTTP or not; no ALPN makes the peer's
+        // sidecar take it as opaque TCP, which is right either way.
+        Protocol::Tcp | Protocol::Auto => &[],
     };
     UpstreamTlsContext {
         common_tls_context: Some(sidecar::common_tls(Some(expected), alpn)),
@@ -397,7 +413,7 @@ pub(super) fn http_options(protocol: Protocol) -> Option<HttpProtocolOptions> {
         ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config,
     };
     let options = match protocol {
-        Protocol::Tcp | Protocol::Http => return None,
+        Protocol::Tcp | Protocol::Http | Protocol::Auto => return None,
         Protocol::Http2 | Protocol::Grpc => {
             UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
                 protocol_config: Some(explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
@@ -499,6 +515,7 @@ fn build_cluster(
         circuit_breakers,
         outlier_detection,
         typed_extension_protocol_options: protocol_options(protocol),
+        metadata: (protocol == Protocol::Auto).then(auto_metadata),
         transport_socket_matches: if expected.is_empty() {
             Vec::new()
         } else {

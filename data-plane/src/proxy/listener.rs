@@ -14,12 +14,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::detect;
 use super::http::{self, Downstream};
 use super::metrics::{BytesLabels, ListenerLabels, TcpLabels};
 use super::plan::{App, ListenerPlan, Transport};
 use super::pool::{ConnectError, Stream, connect};
 use super::rbac::{self, Decision, Subject};
-use super::tls::Alpn;
+use super::tls::{Alpn, H2, HTTP1};
 use super::upstream::{Endpoint, Outcome};
 use super::{Proxy, until_true};
 
@@ -27,6 +28,10 @@ use super::{Proxy, until_true};
 /// taken as plaintext (a server-speaks-first protocol sends nothing).
 const DETECT_TIMEOUT: Duration = Duration::from_secs(5);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a plaintext connection on an `auto` port may take to show
+/// whether it is HTTP; after it, it is carried as opaque TCP (a
+/// server-speaks-first protocol waits this long for its first byte).
+const SNIFF_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub async fn accept(
     proxy: Arc<Proxy>,
@@ -63,12 +68,18 @@ async fn starts_with_tls(stream: &TcpStream) -> Option<bool> {
     }
 }
 
-fn choose_chain(listener: &ListenerPlan, tls: bool) -> Option<usize> {
-    listener.chains.iter().position(|c| match c.transport {
-        Transport::Any => true,
-        Transport::Tls => tls,
-        Transport::Plaintext => !tls,
-    })
+/// The chains a connection can take on its transport, in order.
+fn candidates(listener: &ListenerPlan, tls: bool) -> impl Iterator<Item = usize> + '_ {
+    listener
+        .chains
+        .iter()
+        .enumerate()
+        .filter(move |(_, c)| match c.transport {
+            Transport::Any => true,
+            Transport::Tls => tls,
+            Transport::Plaintext => !tls,
+        })
+        .map(|(i, _)| i)
 }
 
 pub async fn connection(
@@ -87,40 +98,58 @@ pub async fn connection(
     let label = || ListenerLabels {
         listener: name.clone(),
     };
-    let detect = listener
+    let timed_out = || {
+        proxy
+            .metrics()
+            .detect_timeouts
+            .get_or_create(&label())
+            .inc();
+    };
+    let detect_tls = listener
         .chains
         .iter()
         .any(|c| c.transport != Transport::Any);
-    let tls = if detect {
-        match starts_with_tls(&stream).await {
-            Some(tls) => tls,
-            None => {
-                proxy
-                    .metrics()
-                    .detect_timeouts
-                    .get_or_create(&label())
-                    .inc();
-                false
-            }
-        }
+    let tls = if detect_tls {
+        starts_with_tls(&stream).await.unwrap_or_else(|| {
+            timed_out();
+            false
+        })
     } else {
         false
     };
-    let Some(index) = choose_chain(&listener, tls) else {
+    let candidates: Vec<usize> = candidates(&listener, tls).collect();
+    let Some(&first) = candidates.first() else {
         tracing::debug!(listener = %name, %remote, tls, "no filter chain matches; closing");
         return;
     };
-    let chain = &listener.chains[index];
-    let (stream, peer): (Stream, Option<Arc<str>>) = if chain.terminate_mtls {
+    // Chains told apart by application protocol: in plaintext, by the
+    // first bytes (before anything is read); under mTLS, by the ALPN the
+    // handshake settles (the plan has every such chain terminate alike).
+    let by_protocol = candidates
+        .iter()
+        .any(|&i| !listener.chains[i].application_protocols.is_empty());
+    let terminate = listener.chains[first].terminate_mtls;
+    let mut protocol = None;
+    if by_protocol && !terminate {
+        match detect::sniff(&stream, SNIFF_TIMEOUT).await {
+            Some(detected) => protocol = detected.application_protocol(),
+            None => timed_out(),
+        }
+    }
+    let (stream, peer): (Stream, Option<Arc<str>>) = if terminate {
         let acceptor = tokio_rustls::TlsAcceptor::from(proxy.tls.server());
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => {
-                let peer = tls
-                    .get_ref()
-                    .1
+                let session = tls.get_ref().1;
+                let peer = session
                     .peer_certificates()
                     .and_then(rampart_certs::tls::peer_spiffe_id)
                     .map(|id| Arc::from(id.to_string()));
+                protocol = match session.alpn_protocol() {
+                    Some(H2) => Some("h2"),
+                    Some(HTTP1) => Some("http/1.1"),
+                    _ => None,
+                };
                 (Box::pin(tls), peer)
             }
             Ok(Err(e)) => {
@@ -136,6 +165,14 @@ pub async fn connection(
     } else {
         (Box::pin(stream), None)
     };
+    let Some(index) = candidates.into_iter().find(|&i| {
+        let wanted = &listener.chains[i].application_protocols;
+        wanted.is_empty() || protocol.is_some_and(|p| wanted.iter().any(|w| w == p))
+    }) else {
+        tracing::debug!(listener = %name, %remote, ?protocol, "no filter chain takes this protocol; closing");
+        return;
+    };
+    let chain = &listener.chains[index];
     if !chain.network_rbac.is_empty() {
         let subject = Subject {
             peer: peer.as_deref(),

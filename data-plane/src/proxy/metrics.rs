@@ -139,7 +139,7 @@ impl TrafficMetrics {
         );
         registry.register(
             "rampart_proxy_protocol_detect_timeouts",
-            "Connections whose first bytes did not arrive in time to tell TLS from plaintext",
+            "Connections whose first bytes did not tell their protocol in time (TLS or plaintext; HTTP or opaque on auto ports)",
             m.detect_timeouts.clone(),
         );
         registry.register(

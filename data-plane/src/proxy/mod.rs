@@ -8,6 +8,7 @@
 //! and the next request; nothing open is dropped.
 
 pub mod capture;
+pub mod detect;
 pub mod http;
 pub mod listener;
 pub mod metrics;

@@ -73,6 +73,10 @@ pub enum Transport {
 pub struct ChainPlan {
     pub name: String,
     pub transport: Transport,
+    /// The application protocols the chain takes (`filter_chain_match.
+    /// application_protocols`; empty: any): under TLS the ALPN negotiated,
+    /// in plaintext `http/1.1` or `h2c` as detected on the first bytes.
+    pub application_protocols: Vec<String>,
     /// Terminate TLS, requiring a client SVID (the mesh's mTLS).
     pub terminate_mtls: bool,
     /// Checked once per connection, before any byte reaches the app.
@@ -176,6 +180,10 @@ pub struct ClusterPlan {
     pub endpoints: Vec<EndpointPlan>,
     /// Endpoints come over EDS (and are in `endpoints` once they have).
     pub eds: bool,
+    /// The service port is declared `auto` (cluster metadata
+    /// `rampart.protocol`): a captured connection to it is told HTTP from
+    /// opaque TCP on its first bytes.
+    pub detect_protocol: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -243,9 +251,13 @@ const DOWNSTREAM_TLS: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
 const UPSTREAM_TLS: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+const HTTP_INSPECTOR: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector";
 const TLS_INSPECTOR: &str =
     "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
 const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+/// Where the control plane puts what only Rampart reads.
+pub const METADATA_NAMESPACE: &str = "rampart";
 const FAULT_FILTER: &str = "envoy.filters.http.fault";
 
 fn decode<M: Message + Default>(any: &Any, expected: &str) -> Result<M> {
@@ -336,7 +348,8 @@ pub fn compile(config: &Config) -> std::result::Result<Plan, Vec<PlanError>> {
 
 /// The listeners redirected outbound connections take, by destination: an
 /// endpoint of a service port goes to that port's routes (HTTP) or cluster
-/// (TCP). Subset clusters (`outbound|PORT|SUBSET|...`) are skipped: the
+/// (TCP); for an `auto` port, to the routes if the first bytes are HTTP,
+/// else to the cluster. Subset clusters (`outbound|PORT|SUBSET|...`) are skipped: the
 /// service's own cluster holds every endpoint.
 fn capture_listeners(plan: &mut Plan) {
     let mut names: Vec<&String> = plan.clusters.keys().collect();
@@ -345,16 +358,29 @@ fn capture_listeners(plan: &mut Plan) {
         let Some(route) = service_route(name) else {
             continue;
         };
-        let app = if plan.routes.contains_key(&route) {
+        let cluster = &plan.clusters[name];
+        let chain = |app_protocols: &[&str], app: App| ChainPlan {
+            name: "captured".to_owned(),
+            transport: Transport::Any,
+            application_protocols: app_protocols.iter().map(|p| (*p).to_owned()).collect(),
+            terminate_mtls: false,
+            network_rbac: Vec::new(),
+            app,
+        };
+        let http = || {
             App::Http(HttpPlan {
                 rbac: Vec::new(),
-                routes: Routes::Named(route),
+                routes: Routes::Named(route.clone()),
                 forward_client_identity: false,
             })
-        } else {
-            App::Tcp {
-                cluster: name.clone(),
-            }
+        };
+        let tcp = || App::Tcp {
+            cluster: name.clone(),
+        };
+        let chains = match (plan.routes.contains_key(&route), cluster.detect_protocol) {
+            (true, true) => vec![chain(&["http/1.1", "h2c"], http()), chain(&[], tcp())],
+            (true, false) => vec![chain(&[], http())],
+            (false, _) => vec![chain(&[], tcp())],
         };
         let Some(endpoint) = plan.clusters[name].endpoints.first().map(|e| e.address) else {
             continue;
@@ -362,13 +388,7 @@ fn capture_listeners(plan: &mut Plan) {
         let listener = Arc::new(ListenerPlan {
             name: format!("capture|{name}"),
             address: endpoint,
-            chains: vec![ChainPlan {
-                name: "captured".to_owned(),
-                transport: Transport::Any,
-                terminate_mtls: false,
-                network_rbac: Vec::new(),
-                app,
-            }],
+            chains,
             bind: false,
             inbound: false,
         });
@@ -409,25 +429,39 @@ fn listener_plan(listener: &Listener) -> Result<Option<ListenerPlan>> {
     for f in &listener.listener_filters {
         match &f.config_type {
             Some(envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType::TypedConfig(any))
-                if any.type_url == TLS_INSPECTOR => {}
-            _ => return Err(format!("listener filter {:?} is not supported (only the TLS inspector)", f.name)),
+                if any.type_url == TLS_INSPECTOR || any.type_url == HTTP_INSPECTOR => {}
+            _ => return Err(format!("listener filter {:?} is not supported (only the TLS and HTTP inspectors)", f.name)),
         }
     }
     let mut chains = Vec::new();
     for (i, chain) in listener.filter_chains.iter().enumerate() {
         let at = |e: String| format!("filter_chains[{i}]: {e}");
-        let transport = match chain
-            .filter_chain_match
-            .as_ref()
-            .map(|m| m.transport_protocol.as_str())
-        {
-            None | Some("") => Transport::Any,
-            Some("tls") => Transport::Tls,
-            Some("raw_buffer") => Transport::Plaintext,
-            Some(other) => {
+        let matching = chain.filter_chain_match.clone().unwrap_or_default();
+        let transport = match matching.transport_protocol.as_str() {
+            "" => Transport::Any,
+            "tls" => Transport::Tls,
+            "raw_buffer" => Transport::Plaintext,
+            other => {
                 return Err(at(format!("transport_protocol {other:?} is not supported")));
             }
         };
+        let unsupported = [
+            ("destination_port", matching.destination_port.is_some()),
+            ("prefix_ranges", !matching.prefix_ranges.is_empty()),
+            (
+                "direct_source_prefix_ranges",
+                !matching.direct_source_prefix_ranges.is_empty(),
+            ),
+            (
+                "source_prefix_ranges",
+                !matching.source_prefix_ranges.is_empty(),
+            ),
+            ("source_ports", !matching.source_ports.is_empty()),
+            ("server_names", !matching.server_names.is_empty()),
+        ];
+        if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
+            return Err(at(format!("filter_chain_match.{field} is not supported")));
+        }
         let terminate_mtls = match &chain.transport_socket {
             None => false,
             Some(socket) => {
@@ -482,9 +516,16 @@ fn listener_plan(listener: &Listener) -> Result<Option<ListenerPlan>> {
                 "no terminal filter (http_connection_manager or tcp_proxy)".to_owned(),
             ));
         };
+        if !matching.application_protocols.is_empty()
+            && transport == Transport::Tls
+            && !terminate_mtls
+        {
+            return Err(at("application_protocols on TLS passed through is not supported (the proxy matches the ALPN it negotiates itself)".to_owned()));
+        }
         chains.push(ChainPlan {
             name: chain.name.clone(),
             transport,
+            application_protocols: matching.application_protocols,
             terminate_mtls,
             network_rbac,
             app,
@@ -492,6 +533,24 @@ fn listener_plan(listener: &Listener) -> Result<Option<ListenerPlan>> {
     }
     if chains.is_empty() {
         return Err("no filter chains".to_owned());
+    }
+    // Chains told apart by ALPN are chosen after the handshake, so the
+    // handshake must not depend on which one is chosen.
+    for tls in [true, false] {
+        let on = |c: &&ChainPlan| match c.transport {
+            Transport::Any => true,
+            Transport::Tls => tls,
+            Transport::Plaintext => !tls,
+        };
+        let by_protocol = chains
+            .iter()
+            .filter(on)
+            .any(|c| !c.application_protocols.is_empty());
+        let mut terminate = chains.iter().filter(on).map(|c| c.terminate_mtls);
+        let first = terminate.next();
+        if by_protocol && terminate.any(|t| Some(t) != first) {
+            return Err("filter chains that differ in application_protocols must all terminate mTLS or none (the chain is chosen by the negotiated ALPN)".to_owned());
+        }
     }
     Ok(Some(ListenerPlan {
         name: listener.name.clone(),
@@ -714,6 +773,14 @@ fn cluster_plan(cluster: &Cluster, assignment: Option<&Any>) -> Result<ClusterPl
             )
         }
     };
+    let detect_protocol = cluster
+        .metadata
+        .as_ref()
+        .and_then(|m| m.filter_metadata.get(METADATA_NAMESPACE))
+        .and_then(|s| s.fields.get("protocol"))
+        .is_some_and(|v| {
+            matches!(&v.kind, Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(p)) if p == "auto")
+        });
     let mut mtls = None;
     for m in &cluster.transport_socket_matches {
         let wants_mtls = m
@@ -795,6 +862,7 @@ fn cluster_plan(cluster: &Cluster, assignment: Option<&Any>) -> Result<ClusterPl
         outlier,
         endpoints,
         eds,
+        detect_protocol,
     })
 }
 

@@ -362,6 +362,7 @@ mod tests {
             outlier: None,
             endpoints: Vec::new(),
             eds: true,
+            detect_protocol: false,
         })))
     }
 
