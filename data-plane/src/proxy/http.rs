@@ -20,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use rand::Rng;
 
 use super::Proxy;
+use super::local_reply::{for_grpc, is_grpc, reply};
 use super::metrics::{ClusterLabels, DurationLabels, RequestLabels};
 use super::plan::{App, Balance, HttpPlan, Route, Routes};
 use super::pool::{Body, BoxError, Sender};
@@ -41,16 +42,6 @@ pub struct Downstream {
 
 /// Bodies up to this size are kept so a retry or a mirror can resend them.
 const REPLAYABLE: u64 = 64 * 1024;
-
-pub fn reply(status: StatusCode, why: impl Into<String>) -> Response<Body> {
-    let mut body = why.into();
-    body.push('\n');
-    let mut r = Response::new(full(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    r
-}
 
 /// 503 from a circuit breaker, counted: Envoy's `x-envoy-overloaded` and the reason.
 fn overflow(proxy: &Proxy, cluster: &str, limit: &'static str, why: String) -> Response<Body> {
@@ -100,6 +91,16 @@ fn full(bytes: Bytes) -> Body {
 
 /// Handles one request from `down`.
 pub async fn handle(
+    proxy: Arc<Proxy>,
+    down: Arc<Downstream>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let grpc = is_grpc(req.headers());
+    let response = route_request(proxy, down, req).await;
+    if grpc { for_grpc(response) } else { response }
+}
+
+async fn route_request(
     proxy: Arc<Proxy>,
     down: Arc<Downstream>,
     req: Request<Incoming>,
@@ -372,6 +373,7 @@ async fn forward(
     forward_identity: bool,
 ) -> Response<Body> {
     let started = Instant::now();
+    let grpc = is_grpc(req.headers());
     if let Some(f) = &route.fault {
         let roll = |percent: f64| rand::rng().random_range(0.0..100.0) < percent;
         if let Some((delay, p)) = f.delay
@@ -425,6 +427,8 @@ async fn forward(
             ),
         },
     };
+    // Converted here already so the metrics count what the caller sees.
+    let response = if grpc { for_grpc(response) } else { response };
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let (source, destination) = if down.inbound {
@@ -463,6 +467,16 @@ enum Failure {
     Reset(String),
     Timeout,
     Overflow(&'static str, String),
+}
+
+/// A trailers-only gRPC error that maps to a 5xx (UNKNOWN, DEADLINE_EXCEEDED,
+/// UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS): outlier detection counts
+/// it like one, as Envoy does, since gRPC errors come with HTTP 200.
+fn grpc_server_error(headers: &HeaderMap) -> bool {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok()?.parse::<u32>().ok())
+        .is_some_and(|s| matches!(s, 2 | 4 | 12 | 13 | 14 | 15))
 }
 
 /// Tries the request until it succeeds or the retry policy says stop;
@@ -508,7 +522,9 @@ async fn attempts(
         let result = attempt(proxy, cluster, &endpoint, req, host, per_try).await;
         let peer = endpoint.pool.peer.lock().expect("pool lock").clone();
         let outcome = match &result {
-            Ok(r) if r.status().is_server_error() => Outcome::Failure,
+            Ok(r) if r.status().is_server_error() || grpc_server_error(r.headers()) => {
+                Outcome::Failure
+            }
             Ok(_) => Outcome::Success,
             Err(Failure::Overflow(..)) => Outcome::Success,
             Err(_) => Outcome::Failure,

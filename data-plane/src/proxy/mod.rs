@@ -11,6 +11,7 @@ pub mod capture;
 pub mod detect;
 pub mod http;
 pub mod listener;
+mod local_reply;
 pub mod metrics;
 pub mod plan;
 pub mod pool;

@@ -1,0 +1,116 @@
+//! Replies the proxy makes itself (no route, denied, circuit open, upstream
+//! unreachable or too slow). Each says why in its body; a gRPC caller gets
+//! it as gRPC instead, as Envoy does: a gRPC client reads its status from
+//! `grpc-status`, and a bare HTTP 503 would reach it as an unexplained
+//! INTERNAL or UNKNOWN.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+
+use super::pool::Body;
+
+/// Marks a response as the proxy's own, with its reason.
+#[derive(Clone)]
+struct LocalReply(String);
+
+pub fn reply(status: StatusCode, why: impl Into<String>) -> Response<Body> {
+    let why = why.into();
+    let body = Full::new(Bytes::from(format!("{why}\n")))
+        .map_err(|never| match never {})
+        .boxed();
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r.extensions_mut().insert(LocalReply(why));
+    r
+}
+
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// The gRPC status for an HTTP status, as the gRPC spec maps them.
+fn grpc_status(status: StatusCode) -> u16 {
+    match status.as_u16() {
+        400 => 13,                   // INTERNAL
+        401 => 16,                   // UNAUTHENTICATED
+        403 => 7,                    // PERMISSION_DENIED
+        404 => 12,                   // UNIMPLEMENTED
+        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
+        _ => 2,                      // UNKNOWN
+    }
+}
+
+/// `grpc-message` encoding: printable ASCII but `%` as is, the rest as `%XX`.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A local reply as a gRPC trailers-only response (HTTP 200, the status in
+/// the headers, no body); any other response as it is.
+pub fn for_grpc(response: Response<Body>) -> Response<Body> {
+    let Some(LocalReply(why)) = response.extensions().get::<LocalReply>().cloned() else {
+        return response;
+    };
+    let (mut parts, _) = response.into_parts();
+    let code = grpc_status(parts.status);
+    parts.status = StatusCode::OK;
+    parts.extensions.remove::<LocalReply>();
+    let headers = &mut parts.headers;
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from(code));
+    if let Ok(message) = HeaderValue::from_str(&percent_encode(&why)) {
+        headers.insert("grpc-message", message);
+    }
+    let empty = Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed();
+    Response::from_parts(parts, empty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_replies_become_grpc_statuses() {
+        let r = for_grpc(reply(StatusCode::FORBIDDEN, "RBAC: access denied"));
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["grpc-status"], "7");
+        assert_eq!(r.headers()["grpc-message"], "RBAC: access denied");
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/grpc");
+        let r = for_grpc(reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy upstream: 100%",
+        ));
+        assert_eq!(r.headers()["grpc-status"], "14");
+        assert_eq!(r.headers()["grpc-message"], "no healthy upstream: 100%25");
+        // An upstream's own response is not touched.
+        let upstream = Response::builder()
+            .status(503)
+            .body(
+                Empty::<Bytes>::new()
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+            .unwrap();
+        assert_eq!(for_grpc(upstream).status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+}
