@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/rampart/ca/v1/ca.proto",
         "proto/rampart/admin/v1/admin.proto",
         "proto/spiffe/workload.proto",
+        "proto/rampart/demo/v1/demo.proto",
     ];
     let descriptors = protox::compile(protos, ["proto"])?;
     tonic_prost_build::configure()

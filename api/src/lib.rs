@@ -27,6 +27,12 @@ pub mod admin {
     tonic::include_proto!("rampart.admin.v1");
 }
 
+/// The backend service of `meshctl demo` (`rampart.demo.v1`).
+pub mod demo {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("rampart.demo.v1");
+}
+
 /// The SPIFFE Workload API. The spec gives it no proto package.
 pub mod workload {
     #![allow(missing_docs, clippy::all)]

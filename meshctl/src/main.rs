@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod client;
 mod commands;
+mod demo;
 mod mesh;
 mod proxy_config;
 mod proxy_status;
@@ -87,6 +88,18 @@ enum Command {
     },
     /// Print the meshctl version.
     Version,
+    /// Run the whole mesh locally on the embedded store, with live traffic;
+    /// with a step, change the running demo.
+    Demo {
+        #[command(subcommand)]
+        step: Option<demo::Step>,
+        /// Requests per second from the demo's client.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        rate: u32,
+        /// How the live view prints.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: demo::View,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -130,6 +143,14 @@ struct IdentityArgs {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo {
+            step: None,
+            rate,
+            output,
+        } => demo::run(&cli.target, rate, output).await,
+        Command::Demo {
+            step: Some(step), ..
+        } => demo::step(&cli.target, step).await,
         Command::Version => {
             println!("meshctl {}", env!("CARGO_PKG_VERSION"));
             Ok(())
