@@ -108,6 +108,13 @@ impl Metrics {
                 result: "issued",
             });
         }
+        for type_url in crate::xds::snapshot::TypeUrl::ORDER {
+            let labels = XdsLabels {
+                type_url: type_url.as_str().to_owned(),
+            };
+            let _ = xds_pushes.get_or_create(&labels);
+            let _ = xds_nacks.get_or_create(&labels);
+        }
         Arc::new(Self {
             registry,
             certificates,

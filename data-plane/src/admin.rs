@@ -43,8 +43,9 @@ pub struct TypeLabels {
 /// The proxy's metrics.
 pub struct ProxyMetrics {
     registry: Registry,
-    /// notAfter of the SVID in use, seconds since the Unix epoch.
-    pub certificate_expiry: Gauge,
+    /// notBefore and notAfter of the SVID in use, seconds since the Unix epoch.
+    certificate_start: Gauge,
+    certificate_expiry: Gauge,
     pub renewals: Family<RenewalLabels, Counter>,
     pub xds_updates: Family<XdsLabels, Counter>,
     pub xds_resources: Family<TypeLabels, Gauge>,
@@ -56,6 +57,12 @@ pub struct ProxyMetrics {
 impl ProxyMetrics {
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::default();
+        let certificate_start = Gauge::default();
+        registry.register(
+            "rampart_proxy_certificate_start_timestamp_seconds",
+            "notBefore of the SVID the proxy uses, seconds since the Unix epoch",
+            certificate_start.clone(),
+        );
         let certificate_expiry = Gauge::default();
         registry.register(
             "rampart_proxy_certificate_expiry_timestamp_seconds",
@@ -81,15 +88,34 @@ impl ProxyMetrics {
             xds_resources.clone(),
         );
         let traffic = crate::proxy::metrics::TrafficMetrics::register(&mut registry);
+        // The series alerts watch exist at zero from the start, so "no
+        // failures yet" is a value and not an empty result.
+        for result in ["ok", "error"] {
+            let _ = renewals.get_or_create(&RenewalLabels { result });
+        }
+        for r#type in ["cds", "eds", "lds", "rds", "sds"] {
+            for result in ["ack", "nack"] {
+                let _ = xds_updates.get_or_create(&XdsLabels { r#type, result });
+            }
+        }
         Arc::new(Self {
             traffic,
             xds_updates,
             xds_resources,
             registry,
+            certificate_start,
             certificate_expiry,
             renewals,
             ready: AtomicBool::new(false),
         })
+    }
+
+    /// Records the validity of the SVID now in use.
+    pub fn svid_in_use(&self, svid: &rampart_certs::Svid) {
+        self.certificate_start
+            .set(svid.not_before().unix_timestamp());
+        self.certificate_expiry
+            .set(svid.not_after().unix_timestamp());
     }
 
     fn render(&self) -> String {

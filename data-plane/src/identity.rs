@@ -164,9 +164,7 @@ pub async fn keep_renewed(
                 );
                 deadline = identity.svid.renewal_deadline();
                 backoff = Duration::from_secs(1);
-                metrics
-                    .certificate_expiry
-                    .set(identity.svid.not_after().unix_timestamp());
+                metrics.svid_in_use(&identity.svid);
                 metrics
                     .renewals
                     .get_or_create(&RenewalLabels { result: "ok" })

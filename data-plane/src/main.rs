@@ -266,9 +266,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     ));
 
     let identity = bootstrap(&client, &args.join_token).await?;
-    metrics
-        .certificate_expiry
-        .set(identity.svid.not_after().unix_timestamp());
+    metrics.svid_in_use(&identity.svid);
     metrics
         .ready
         .store(true, std::sync::atomic::Ordering::Release);

@@ -257,7 +257,8 @@ impl Subscriptions {
 /// returns the delta-form ACK or NACK.
 fn take(out: &Outputs, response: DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
     let kind = short(&response.type_url);
-    let (ack, next) = apply(&out.config.borrow(), response);
+    let previous = out.plan.borrow().clone();
+    let (ack, next) = apply(&out.config.borrow(), &previous, response);
     let result = if ack.error_detail.is_some() {
         "nack"
     } else {
@@ -478,6 +479,7 @@ async fn stream_once_sotw(
 /// if it applies.
 fn apply(
     current: &Config,
+    previous: &Plan,
     response: DeltaDiscoveryResponse,
 ) -> (DeltaDiscoveryRequest, Option<(Config, Plan)>) {
     let mut reply = DeltaDiscoveryRequest {
@@ -528,7 +530,7 @@ fn apply(
     for name in response.removed_resources {
         map.remove(&name);
     }
-    match compile(&next) {
+    match compile(&next, previous) {
         Ok(plan) => (reply, Some((next, plan))),
         Err(errors) => {
             let message = errors

@@ -180,6 +180,8 @@ pub struct ClusterPlan {
     pub endpoints: Vec<EndpointPlan>,
     /// Endpoints come over EDS (and are in `endpoints` once they have).
     pub eds: bool,
+    /// An EDS cluster whose endpoints have not arrived yet.
+    pub warming: bool,
     /// The service port is declared `auto` (cluster metadata
     /// `rampart.protocol`): a captured connection to it is told HTTP from
     /// opaque TCP on its first bytes.
@@ -288,7 +290,7 @@ fn socket_addr(address: Option<&Address>) -> Result<SocketAddr> {
 }
 
 /// Compiles what `config` holds; every problem is reported.
-pub fn compile(config: &Config) -> std::result::Result<Plan, Vec<PlanError>> {
+pub fn compile(config: &Config, previous: &Plan) -> std::result::Result<Plan, Vec<PlanError>> {
     let mut plan = Plan::default();
     let mut errors = Vec::new();
     let mut record = |resource: &str, reason: String| {
@@ -325,6 +327,7 @@ pub fn compile(config: &Config) -> std::result::Result<Plan, Vec<PlanError>> {
             Err(e) => record(name, e),
         }
     }
+    keep_routes_until_clusters_warm(&mut plan, previous);
     let mut bound: HashMap<SocketAddr, &str> = HashMap::new();
     for (name, h) in held(LISTENER) {
         match decode::<Listener>(&h.resource, LISTENER).and_then(|l| listener_plan(&l)) {
@@ -344,6 +347,29 @@ pub fn compile(config: &Config) -> std::result::Result<Plan, Vec<PlanError>> {
     }
     capture_listeners(&mut plan);
     Ok(plan)
+}
+
+/// Make before break: a route table that sends traffic to a cluster the
+/// proxy does not hold yet, or whose endpoints have not arrived (they are
+/// asked for only once the cluster has), keeps its previous version until
+/// they have, as Envoy warms clusters; a new traffic split then never
+/// answers 503 while it settles. A route table that is new has no previous
+/// version and is used as it is.
+fn keep_routes_until_clusters_warm(plan: &mut Plan, previous: &Plan) {
+    let ready = |table: &RouteTable, clusters: &HashMap<String, Arc<ClusterPlan>>| {
+        table
+            .clusters()
+            .all(|c| clusters.get(c).is_some_and(|p| !p.warming))
+    };
+    let clusters = plan.clusters.clone();
+    for (name, table) in plan.routes.iter_mut() {
+        if !ready(table, &clusters)
+            && let Some(old) = previous.routes.get(name)
+            && ready(old, &clusters)
+        {
+            *table = old.clone();
+        }
+    }
 }
 
 /// The listeners redirected outbound connections take, by destination: an
@@ -862,6 +888,7 @@ fn cluster_plan(cluster: &Cluster, assignment: Option<&Any>) -> Result<ClusterPl
         outlier,
         endpoints,
         eds,
+        warming: eds && assignment.is_none(),
         detect_protocol,
     })
 }
@@ -918,6 +945,15 @@ fn endpoint_plans(assignment: &ClusterLoadAssignment) -> Result<Vec<EndpointPlan
 }
 
 impl RouteTable {
+    /// Every cluster its routes send requests to.
+    pub fn clusters(&self) -> impl Iterator<Item = &str> {
+        self.hosts
+            .iter()
+            .flat_map(|h| &h.routes)
+            .flat_map(|r| &r.clusters)
+            .map(|(c, _)| c.as_str())
+    }
+
     /// The route for `host` (port stripped, lower-case) and `path`:
     /// exact domain, then `*.suffix`/`prefix*` wildcards, then `*`.
     pub fn find(&self, host: &str, path: &str) -> Option<&Route> {

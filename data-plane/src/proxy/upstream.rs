@@ -362,6 +362,7 @@ mod tests {
             outlier: None,
             endpoints: Vec::new(),
             eds: true,
+            warming: false,
             detect_protocol: false,
         })))
     }
