@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apps;
+pub mod demo;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -4,130 +4,13 @@
 //! outlier detection; Ctrl-C stops every process; a second run finds the
 //! CA, the policies and an unused join token of the first.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rampart_tests::demo::{CLIENT, Demo, GRPC, HTTP, meshctl, route, share, success};
 use rampart_tests::{bin, counter, free_port, http_get};
 use serde_json::Value;
-
-/// A running `meshctl demo -o json`, its snapshots arriving on a channel.
-struct Demo {
-    child: Child,
-    snapshots: mpsc::Receiver<Value>,
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Demo {
-    fn start(dir: &Path) -> Demo {
-        let mut child = Command::new(bin("meshctl"))
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["demo", "-o", "json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting meshctl demo");
-        let stdout: ChildStdout = child.stdout.take().unwrap();
-        let (tx, snapshots) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    let _ = tx.send(v);
-                }
-            }
-        });
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let err = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        Demo {
-            child,
-            snapshots,
-            stderr,
-        }
-    }
-
-    /// Waits (up to `seconds`) for a snapshot satisfying `check`; panics
-    /// with the last one and the demo's output if none does.
-    fn until(&self, what: &str, seconds: u64, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(seconds);
-        let mut last = Value::Null;
-        while Instant::now() < deadline {
-            if let Ok(v) = self.snapshots.recv_timeout(Duration::from_secs(1)) {
-                if check(&v) {
-                    return v;
-                }
-                last = v;
-            }
-        }
-        panic!(
-            "{what}: not seen in {seconds} s\nlast snapshot: {last:#}\ndemo stderr:\n{}",
-            self.stderr.lock().unwrap()
-        );
-    }
-
-    /// Ctrl-C; the demo's exit status.
-    fn interrupt(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn meshctl(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(bin("meshctl"))
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "meshctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn route<'a>(snapshot: &'a Value, name: &str) -> &'a Value {
-    snapshot["routes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["route"] == name)
-        .unwrap_or_else(|| panic!("no route {name} in {snapshot}"))
-}
-
-const HTTP: &str = "frontend -> backend (http)";
-const GRPC: &str = "frontend -> backend (grpc)";
-const CLIENT: &str = "client -> frontend (http)";
-
-fn share(snapshot: &Value, route_name: &str, version: &str) -> f64 {
-    route(snapshot, route_name)["versions"][version]
-        .as_f64()
-        .unwrap_or(0.0)
-}
-
-fn success(snapshot: &Value, route_name: &str) -> f64 {
-    route(snapshot, route_name)["success"].as_f64().unwrap()
-}
 
 /// Every process the demo recorded in demo.json.
 fn recorded_pids(dir: &Path) -> Vec<u32> {
@@ -181,12 +64,41 @@ fn the_getting_started_walk_through() {
     );
     let bundle = meshctl(&dir, &["ca", "bundle"]);
 
-    // 2. A split: the shares follow it.
-    let applied = meshctl(&dir, &["demo", "split", "v1=10,v2=90"]);
-    assert!(applied.contains("weight: 90"), "{applied}");
+    // 2. A split: the shares follow it, and no call fails while the new
+    // subset clusters arrive, nor when they go away again (three times).
+    let failed = std::cell::RefCell::new(Vec::new());
+    let no_failures = |s: &Value| {
+        for r in [CLIENT, HTTP, GRPC] {
+            if success(s, r) < 100.0 {
+                failed
+                    .borrow_mut()
+                    .push(format!("{r}: {}", route(s, r)["failures"]));
+            }
+        }
+    };
+    for _ in 0..2 {
+        let applied = meshctl(&dir, &["demo", "split", "v1=10,v2=90"]);
+        assert!(applied.contains("weight: 90"), "{applied}");
+        demo.until("v2 taking about 90% after the split", 60, |s| {
+            no_failures(s);
+            [HTTP, GRPC].iter().all(|r| share(s, r, "v2") >= 75.0)
+        });
+        meshctl(&dir, &["demo", "reset"]);
+        demo.until("both versions after the reset", 60, |s| {
+            no_failures(s);
+            [HTTP, GRPC].iter().all(|r| share(s, r, "v1") >= 30.0)
+        });
+    }
+    meshctl(&dir, &["demo", "split", "v1=10,v2=90"]);
     demo.until("v2 taking about 90% after the split", 60, |s| {
+        no_failures(s);
         [HTTP, GRPC].iter().all(|r| share(s, r, "v2") >= 75.0)
     });
+    assert!(
+        failed.borrow().is_empty(),
+        "calls failed while the split changed: {:?}",
+        failed.borrow()
+    );
 
     // 3. A deny policy: 403s on the HTTP route only, counted by the sidecars.
     meshctl(&dir, &["demo", "deny"]);

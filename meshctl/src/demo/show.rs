@@ -246,6 +246,13 @@ fn table(s: &Snapshot, dir: &Path) -> String {
     line(&mut t, String::new());
     let metrics: Vec<String> = s.metrics.iter().map(|(n, u)| format!("{n} {u}")).collect();
     line(&mut t, format!("metrics: {}", metrics.join(" | ")));
+    line(
+        &mut t,
+        format!(
+            "Prometheus: prometheus --config.file=deploy/prometheus/prometheus.yml (targets in {}); Grafana: deploy/grafana/",
+            dir.join(super::supervisor::PROMETHEUS_TARGETS).display()
+        ),
+    );
     let ctl = format!("meshctl --data-dir {} demo", dir.display());
     line(
         &mut t,

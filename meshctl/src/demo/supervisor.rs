@@ -20,6 +20,9 @@ use super::show::{self, Snapshot};
 use super::{AppState, State, VERSIONS, View, data_dir, model, running, state_path};
 use crate::client::Target;
 
+/// The demo's metrics endpoints for Prometheus, in the data directory.
+pub const PROMETHEUS_TARGETS: &str = "prometheus-targets.json";
+
 /// The demo's processes, by name; all killed when the demo stops.
 #[derive(Default)]
 struct Children(BTreeMap<String, Child>);
@@ -153,6 +156,7 @@ impl Demo {
         eprintln!("starting the apps and their rampart-proxy sidecars ...");
         let entry = self.start_workloads(&mut admin).await?;
         self.save()?;
+        self.write_prometheus_targets()?;
 
         let started = std::time::Instant::now();
         let stats = Arc::new(Stats::default());
@@ -402,6 +406,25 @@ impl Demo {
             .sidecars
             .insert(name.to_owned(), admin_addr.to_string());
         Ok(())
+    }
+
+    /// Every metrics endpoint, as a Prometheus file_sd target list
+    /// (deploy/prometheus/prometheus.yml reads it), labelled with what
+    /// the dashboards select on: component, namespace, workload.
+    fn write_prometheus_targets(&self) -> anyhow::Result<()> {
+        let mut groups = vec![serde_json::json!({
+            "targets": [self.state.control_plane_metrics],
+            "labels": {"component": "control-plane"},
+        })];
+        for (workload, admin) in &self.state.sidecars {
+            groups.push(serde_json::json!({
+                "targets": [admin],
+                "labels": {"component": "proxy", "namespace": model::NAMESPACE, "workload": workload},
+            }));
+        }
+        let path = self.dir.join(PROMETHEUS_TARGETS);
+        std::fs::write(&path, serde_json::to_vec_pretty(&groups)?)
+            .with_context(|| format!("writing {}", path.display()))
     }
 
     fn save(&self) -> anyhow::Result<()> {
