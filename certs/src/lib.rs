@@ -9,6 +9,7 @@
 mod bundle;
 pub mod ca;
 pub mod csr;
+pub mod inspect;
 mod spiffe_id;
 mod svid;
 pub mod tls;

@@ -49,6 +49,8 @@ pub struct ProxyMetrics {
     pub renewals: Family<RenewalLabels, Counter>,
     pub xds_updates: Family<XdsLabels, Counter>,
     pub xds_resources: Family<TypeLabels, Gauge>,
+    /// The certificate chain of the SVID in use, PEM (public; for `/certs`).
+    chain_pem: std::sync::RwLock<String>,
     /// Whether the proxy holds an SVID (for `/ready`).
     pub ready: AtomicBool,
     pub traffic: crate::proxy::metrics::TrafficMetrics,
@@ -106,6 +108,7 @@ impl ProxyMetrics {
             certificate_start,
             certificate_expiry,
             renewals,
+            chain_pem: std::sync::RwLock::new(String::new()),
             ready: AtomicBool::new(false),
         })
     }
@@ -116,6 +119,12 @@ impl ProxyMetrics {
             .set(svid.not_before().unix_timestamp());
         self.certificate_expiry
             .set(svid.not_after().unix_timestamp());
+        let pem: String = svid
+            .chain()
+            .iter()
+            .map(|c| rampart_certs::der_to_pem(c))
+            .collect();
+        *self.chain_pem.write().expect("chain lock") = pem;
     }
 
     fn render(&self) -> String {
@@ -151,9 +160,25 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let for_metrics = metrics.clone();
+    let for_certs = metrics.clone();
     let draining = drain.subscribe();
     let app = Router::new()
         .route("/live", get(|| async { "live\n" }))
+        // The SVID chain in use (certificates only; the key never leaves the proxy).
+        .route(
+            "/certs",
+            get(move || {
+                let pem = for_certs.chain_pem.read().expect("chain lock").clone();
+                async move {
+                    if pem.is_empty() {
+                        (StatusCode::SERVICE_UNAVAILABLE, "no SVID yet\n".to_owned())
+                            .into_response()
+                    } else {
+                        ([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response()
+                    }
+                }
+            }),
+        )
         .route(
             "/drain",
             post(move || {

@@ -144,7 +144,11 @@ fn node(args: &Args) -> envoy_types::pb::envoy::config::core::v3::Node {
             .collect::<Vec<_>>()
             .join(",")
     };
-    let mut fields = vec![("rampart.sidecar", "true".to_owned())];
+    let mut fields = vec![
+        ("rampart.sidecar", "true".to_owned()),
+        // Where operators reach this proxy's admin endpoints (meshctl identity).
+        ("rampart.admin", args.admin_addr.to_string()),
+    ];
     if let Some(service) = &args.service {
         fields.push(("rampart.service", service.clone()));
         fields.push(("rampart.address", args.address.to_string()));
@@ -237,7 +241,7 @@ async fn start(args: Args) -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(mut args: Args) -> anyhow::Result<()> {
     let anchor_pem = std::fs::read(&args.trust_anchor)
         .with_context(|| format!("reading the trust anchor {}", args.trust_anchor.display()))?;
     let trust_anchor = TrustBundle::from_pem_detect(&anchor_pem)
@@ -252,7 +256,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let admin_listener = tokio::net::TcpListener::bind(args.admin_addr)
         .await
         .with_context(|| format!("binding the admin address {}", args.admin_addr))?;
-    tracing::info!(address = %admin_listener.local_addr()?, "admin: /live /ready /metrics");
+    // The address actually bound (port 0 picks one), for the node metadata.
+    args.admin_addr = admin_listener.local_addr()?;
+    tracing::info!(address = %args.admin_addr, "admin: /live /ready /metrics /certs /config_dump");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let (config_tx, config) = tokio::sync::watch::channel(Arc::new(xds_client::Config::default()));
     let drain_tx = Arc::new(tokio::sync::watch::channel(false).0);

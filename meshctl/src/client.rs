@@ -28,6 +28,8 @@ pub struct Target {
 #[derive(serde::Deserialize)]
 struct Discovery {
     grpc_addr: String,
+    #[serde(default)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Target {
@@ -60,6 +62,17 @@ impl Target {
                 "no control plane given: pass --data-dir DIR (local) or --control-plane HOST:PORT --credentials DIR"
             ),
         }
+    }
+
+    /// The metrics endpoint of a local control plane (from its data
+    /// directory); `None` for a remote one.
+    pub fn local_metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        if self.control_plane.is_some() {
+            return None;
+        }
+        let text =
+            std::fs::read_to_string(self.data_dir.as_ref()?.join("control-plane.json")).ok()?;
+        serde_json::from_str::<Discovery>(&text).ok()?.metrics_addr
     }
 
     /// An authenticated admin client.

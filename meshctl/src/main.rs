@@ -5,9 +5,12 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod check;
 mod client;
 mod commands;
 mod demo;
+mod http;
+mod identity;
 mod mesh;
 mod proxy_config;
 mod proxy_status;
@@ -88,6 +91,26 @@ enum Command {
     },
     /// Print the meshctl version.
     Version,
+    /// Check the mesh: control plane reachable, CA and root expiry, proxies
+    /// connected and accepting their configuration, clock skew.
+    Check {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: mesh::Output,
+    },
+    /// The SVID a connected proxy holds: SPIFFE ID, serial, validity, chain.
+    Identity {
+        /// The proxy's node id (see proxy-status).
+        node: String,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: mesh::Output,
+    },
+    /// Print a shell completion script, e.g. `meshctl completions bash > /etc/bash_completion.d/meshctl`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Run the whole mesh locally on the embedded store, with live traffic;
     /// with a step, change the running demo.
     Demo {
@@ -151,6 +174,18 @@ async fn main() -> ExitCode {
         Command::Demo {
             step: Some(step), ..
         } => demo::step(&cli.target, step).await,
+        Command::Check { output } => check::check(&cli.target, output).await,
+        Command::Identity { node, output } => identity::identity(&cli.target, &node, output).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "meshctl",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Command::Version => {
             println!("meshctl {}", env!("CARGO_PKG_VERSION"));
             Ok(())

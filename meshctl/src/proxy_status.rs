@@ -7,16 +7,21 @@ use rampart_api::admin::{ProxyStatus, ProxyStatusRequest};
 use crate::client::Target;
 use crate::mesh::Output;
 
-/// Prints the status of every open ADS stream.
-pub async fn proxy_status(target: &Target, output: Output) -> anyhow::Result<()> {
-    let proxies = target
+/// Every open ADS stream, as the control plane sees it.
+pub async fn proxies(target: &Target) -> anyhow::Result<Vec<ProxyStatus>> {
+    Ok(target
         .admin()
         .await?
         .proxy_status(ProxyStatusRequest {})
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.message()))?
         .into_inner()
-        .proxies;
+        .proxies)
+}
+
+/// Prints the status of every open ADS stream.
+pub async fn proxy_status(target: &Target, output: Output) -> anyhow::Result<()> {
+    let proxies = proxies(target).await?;
     match output {
         Output::Json | Output::Yaml => {
             let value: Vec<serde_json::Value> = proxies.iter().map(to_json).collect();

@@ -62,6 +62,18 @@ impl StreamRegistry {
             status.user_agent = format!("{} {}", node.user_agent_name, version_of(node))
                 .trim()
                 .to_owned();
+            status.admin_addr = node
+                .metadata
+                .as_ref()
+                .and_then(|m| m.fields.get("rampart.admin"))
+                .and_then(|v| match &v.kind {
+                    Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) => s
+                        .parse::<std::net::SocketAddr>()
+                        .ok()
+                        .map(|a| a.to_string()),
+                    _ => None,
+                })
+                .unwrap_or_default();
         }
         status.types = types
             .iter()

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -20,7 +20,9 @@ use rampart_api::demo::backend_client::BackendClient;
 use rampart_api::demo::backend_server::{Backend, BackendServer};
 use rampart_api::demo::{WorkReply, WorkRequest};
 use serde::{Deserialize, Serialize};
-use tokio::net::{TcpListener, TcpStream};
+
+use crate::http::get;
+use tokio::net::TcpListener;
 
 /// The caller's SPIFFE ID from `x-forwarded-client-cert` (`...;URI=<id>`).
 fn caller(xfcc: Option<&str>) -> String {
@@ -210,31 +212,4 @@ fn failed(outcome: String, millis: f64) -> Call {
         ok: false,
         millis,
     }
-}
-
-/// One HTTP/1.1 GET on a new connection: (status, body).
-pub async fn get(addr: SocketAddr, path: &str) -> Result<(u16, Bytes), String> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
-    let request = Request::get(path)
-        .header("host", addr.to_string())
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("request: {e}"))?;
-    let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("body: {e}"))?
-        .to_bytes();
-    Ok((status, body))
 }

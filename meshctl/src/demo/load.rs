@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::apps::{Call, FrontendReply, get};
+use super::apps::{Call, FrontendReply};
+use crate::http::get;
 
 /// The routes the demo shows, in order.
 pub const ROUTES: [&str; 3] = [

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::apps::get;
 use super::load::{RouteStats, WINDOW};
 use super::{State, View};
+use crate::http::get;
 
 /// One mTLS hop, as the server's sidecar saw it.
 #[derive(Debug, Clone, Serialize)]

@@ -1,0 +1,324 @@
+//! `meshctl check`: is the mesh healthy, and if not, what to do. Each check
+//! says what it found; a warning or a failure also says how to fix it. The
+//! exit status is non-zero when any check fails.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use rampart_api::admin::GetTrustBundleRequest;
+use rampart_certs::inspect::describe;
+use serde::Serialize;
+
+use crate::client::Target;
+use crate::http::get_with_headers;
+use crate::mesh::Output;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Skipped,
+    Warning,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub check: &'static str,
+    pub status: Status,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+fn finding(check: &'static str, status: Status, detail: String, fix: Option<&str>) -> Finding {
+    Finding {
+        check,
+        status,
+        detail,
+        fix: fix.map(str::to_owned),
+    }
+}
+
+/// Certificates: warn this long before expiry, fail this long before.
+const WARN_DAYS: i64 = 30;
+const FAIL_DAYS: i64 = 7;
+/// Clocks further apart than this make fresh certificates look not yet valid.
+const MAX_SKEW: Duration = Duration::from_secs(5);
+
+fn days_left(not_after_unix: i64, now: i64) -> i64 {
+    (not_after_unix - now).div_euclid(86_400)
+}
+
+fn expiry(check: &'static str, what: &str, not_after_unix: i64, now: i64) -> Finding {
+    let days = days_left(not_after_unix, now);
+    let date = time::OffsetDateTime::from_unix_timestamp(not_after_unix)
+        .map(|d| d.date().to_string())
+        .unwrap_or_default();
+    let detail = format!("{what} expires {date} ({days} days)");
+    if days < FAIL_DAYS {
+        finding(
+            check,
+            Status::Failed,
+            detail,
+            Some("rotate it now: SVIDs chained to it stop validating when it expires"),
+        )
+    } else if days < WARN_DAYS {
+        finding(
+            check,
+            Status::Warning,
+            detail,
+            Some(
+                "plan the rotation: new roots must reach every workload before the old one expires",
+            ),
+        )
+    } else {
+        finding(check, Status::Ok, detail, None)
+    }
+}
+
+pub async fn check(target: &Target, output: Output) -> anyhow::Result<()> {
+    let findings = run(target).await;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&findings)?),
+        Output::Yaml => print!("{}", serde_saphyr::to_string(&findings)?),
+        Output::Table => {
+            let rows: Vec<Vec<String>> = findings
+                .iter()
+                .map(|f| {
+                    let status = match f.status {
+                        Status::Ok => "ok",
+                        Status::Skipped => "skipped",
+                        Status::Warning => "WARNING",
+                        Status::Failed => "FAILED",
+                    };
+                    vec![status.to_owned(), f.check.to_owned(), f.detail.clone()]
+                })
+                .collect();
+            crate::table::print(&["STATUS", "CHECK", "FOUND"], &rows);
+            for f in findings.iter().filter(|f| f.fix.is_some()) {
+                println!("\n{}: {}", f.check, f.fix.as_deref().unwrap_or_default());
+            }
+        }
+    }
+    let failed = findings
+        .iter()
+        .filter(|f| f.status == Status::Failed)
+        .count();
+    if failed > 0 {
+        anyhow::bail!("{failed} check(s) failed");
+    }
+    Ok(())
+}
+
+async fn run(target: &Target) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let started = Instant::now();
+    let connected = async {
+        let proxies = crate::proxy_status::proxies(target).await?;
+        anyhow::Ok((target.admin().await?, proxies))
+    }
+    .await;
+    let (mut admin, proxies) = match connected {
+        Ok(c) => c,
+        Err(e) => {
+            out.push(finding(
+                "control plane",
+                Status::Failed,
+                format!("{e:#}"),
+                Some("start rampart-control (--data-dir DIR), or pass --data-dir / --control-plane and --credentials that match it"),
+            ));
+            return out;
+        }
+    };
+    out.push(finding(
+        "control plane",
+        Status::Ok,
+        format!(
+            "reachable over mTLS, answered in {} ms",
+            started.elapsed().as_millis()
+        ),
+        None,
+    ));
+
+    // The trust bundle's roots.
+    match admin.get_trust_bundle(GetTrustBundleRequest {}).await {
+        Ok(bundle) => {
+            let bundle = bundle.into_inner();
+            for der in &bundle.roots_der {
+                match describe(der) {
+                    Ok(root) => out.push(expiry(
+                        "trust root",
+                        &format!("root {} (serial {})", root.subject, root.serial),
+                        root.not_after.unix_timestamp(),
+                        now,
+                    )),
+                    Err(e) => out.push(finding(
+                        "trust root",
+                        Status::Failed,
+                        format!("the bundle holds a certificate that does not parse: {e}"),
+                        Some("check the CA's files in the control plane's data directory"),
+                    )),
+                }
+            }
+        }
+        Err(e) => out.push(finding(
+            "trust root",
+            Status::Failed,
+            e.message().to_owned(),
+            None,
+        )),
+    }
+
+    // The signing chain and the clock: from the local control plane's metrics endpoint.
+    match target.local_metrics_addr() {
+        Some(addr) => match get_with_headers(addr, "/metrics").await {
+            Ok((200, headers, body)) => {
+                let text = String::from_utf8_lossy(&body);
+                let value = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("rampart_ca_expiry_timestamp_seconds "))
+                    .and_then(|v| v.trim().parse::<f64>().ok());
+                match value {
+                    Some(v) => out.push(expiry(
+                        "CA signing chain",
+                        "the signing chain",
+                        v as i64,
+                        now,
+                    )),
+                    None => out.push(finding(
+                        "CA signing chain",
+                        Status::Warning,
+                        "the control plane does not export rampart_ca_expiry_timestamp_seconds"
+                            .into(),
+                        None,
+                    )),
+                }
+                out.push(clock(&headers, now));
+            }
+            Ok((status, _, _)) => out.push(finding(
+                "CA signing chain",
+                Status::Warning,
+                format!("metrics endpoint {addr} answered {status}"),
+                None,
+            )),
+            Err(e) => out.push(finding(
+                "CA signing chain",
+                Status::Warning,
+                format!("metrics endpoint {addr}: {e}"),
+                None,
+            )),
+        },
+        None => {
+            for check in ["CA signing chain", "clock skew"] {
+                out.push(finding(
+                    check,
+                    Status::Skipped,
+                    "needs the control plane's metrics endpoint (use --data-dir on its host)"
+                        .into(),
+                    None,
+                ));
+            }
+        }
+    }
+
+    // The proxies.
+    if proxies.is_empty() {
+        out.push(finding(
+            "proxies",
+            Status::Warning,
+            "no proxy is connected".into(),
+            Some("start rampart-proxy with a join token (meshctl token create), or meshctl demo"),
+        ));
+    } else {
+        out.push(finding(
+            "proxies",
+            Status::Ok,
+            format!("{} connected", proxies.len()),
+            None,
+        ));
+    }
+    let mut nacked = Vec::new();
+    let mut stale = Vec::new();
+    for p in &proxies {
+        for t in &p.types {
+            match t.state.as_str() {
+                "NACKED" => nacked.push(format!("{} {}: {}", p.node_id, t.r#type, t.nack_message)),
+                "STALE" => stale.push(format!("{} {}", p.node_id, t.r#type)),
+                _ => {}
+            }
+        }
+    }
+    out.push(if nacked.is_empty() {
+        finding("configuration accepted", Status::Ok, "no proxy rejected its configuration".into(), None)
+    } else {
+        finding(
+            "configuration accepted",
+            Status::Failed,
+            nacked.join("; "),
+            Some("meshctl proxy-config NODE shows what was sent; fix the resource the message names (the proxies keep their last good configuration meanwhile)"),
+        )
+    });
+    out.push(if stale.is_empty() {
+        finding("configuration current", Status::Ok, "every proxy acknowledged the latest version".into(), None)
+    } else {
+        finding(
+            "configuration current",
+            Status::Warning,
+            format!("not acknowledged yet: {}", stale.join(", ")),
+            Some("normal for a moment after a change; if it persists, look at those proxies' logs and meshctl proxy-status"),
+        )
+    });
+    out
+}
+
+/// The control plane's clock (its HTTP `Date`) against ours.
+fn clock(headers: &hyper::header::HeaderMap, now: i64) -> Finding {
+    let theirs = headers
+        .get(hyper::header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs() as i64);
+    match theirs {
+        None => finding(
+            "clock skew",
+            Status::Skipped,
+            "the control plane sent no Date".into(),
+            None,
+        ),
+        Some(t) => {
+            let skew = (t - now).unsigned_abs();
+            let detail = format!("control plane and this host differ by about {skew} s");
+            if Duration::from_secs(skew) > MAX_SKEW {
+                finding(
+                    "clock skew",
+                    Status::Warning,
+                    detail,
+                    Some(
+                        "synchronise clocks (NTP): SVIDs are valid from the CA's time, so a host behind it sees new certificates as not yet valid",
+                    ),
+                )
+            } else {
+                finding("clock skew", Status::Ok, detail, None)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_warns_then_fails() {
+        let day = 86_400;
+        assert_eq!(expiry("c", "x", 100 * day, 0).status, Status::Ok);
+        assert_eq!(expiry("c", "x", 20 * day, 0).status, Status::Warning);
+        assert_eq!(expiry("c", "x", 3 * day, 0).status, Status::Failed);
+        assert_eq!(expiry("c", "x", -day, 0).status, Status::Failed);
+        assert!(expiry("c", "x", 20 * day, 0).detail.contains("20 days"));
+    }
+}
