@@ -6,14 +6,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
-mod admin;
-mod identity;
-mod init;
-mod proxy;
-mod sds;
-mod uds_authority;
-mod workload_api;
-mod xds_client;
+use rampart_proxy::{admin, identity, init, proxy, sds, uds_authority, workload_api, xds_client};
 
 use std::path::PathBuf;
 use std::process::ExitCode;

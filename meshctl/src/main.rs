@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod authz;
 mod check;
 mod client;
 mod commands;
@@ -106,6 +107,9 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: mesh::Output,
     },
+    /// Authorization questions, answered by the proxies' own policy evaluator.
+    #[command(subcommand)]
+    Authz(AuthzCommand),
     /// Print a shell completion script, e.g. `meshctl completions bash > /etc/bash_completion.d/meshctl`.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -123,6 +127,12 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: demo::View,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuthzCommand {
+    /// Would a call from --from to --to be allowed, and which policy decides?
+    Check(authz::CheckArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -175,6 +185,7 @@ async fn main() -> ExitCode {
             step: Some(step), ..
         } => demo::step(&cli.target, step).await,
         Command::Check { output } => check::check(&cli.target, output).await,
+        Command::Authz(AuthzCommand::Check(args)) => authz::check(&cli.target, args).await,
         Command::Identity { node, output } => identity::identity(&cli.target, &node, output).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;

@@ -75,6 +75,110 @@ fn check_identity_and_completions() {
         "{err}"
     );
 
+    // authz check: the proxies' own evaluator on the listeners they are served.
+    let frontend = "spiffe://cluster.local/ns/demo/sa/frontend";
+    let authz = |args: &[&str]| -> Vec<Value> {
+        let mut all = vec!["--data-dir", d, "authz", "check", "-o", "json"];
+        all.extend_from_slice(args);
+        let (ok, json, err) = meshctl(&all);
+        assert!(ok, "authz check {args:?}: {err}");
+        serde_json::from_str(&json).unwrap()
+    };
+    let to_api = [
+        "--from",
+        frontend,
+        "--to",
+        "backend.demo",
+        "--path",
+        "/api/work",
+    ];
+    let verdicts = authz(&to_api);
+    assert_eq!(
+        verdicts.len(),
+        2,
+        "one verdict per backend proxy: {verdicts:?}"
+    );
+    assert!(
+        verdicts.iter().all(|v| v["allowed"] == true),
+        "{verdicts:?}"
+    );
+    let (ok, _, _) = meshctl(&["--data-dir", d, "demo", "deny"]);
+    assert!(ok);
+    let denied = |v: &Vec<Value>, why: &str| {
+        v.iter()
+            .all(|x| x["allowed"] == false && x["why"].as_str().unwrap().contains(why))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !denied(
+        &authz(&to_api),
+        "denied by DENY policy demo/deny-frontend-api",
+    ) {
+        assert!(std::time::Instant::now() < deadline, "{:?}", authz(&to_api));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // The same caller on the gRPC port is still allowed: the policy names /api/* only.
+    let grpc = authz(&[
+        "--from",
+        frontend,
+        "--to",
+        "backend.demo",
+        "--port",
+        "grpc",
+        "--method",
+        "POST",
+        "--path",
+        "/rampart.demo.v1.Backend/Work",
+    ]);
+    assert!(grpc.iter().all(|v| v["allowed"] == true), "{grpc:?}");
+    // An ALLOW policy for someone else: the frontend matches none of its rules.
+    let allow = tmp.path().join("allow.yaml");
+    std::fs::write(
+        &allow,
+        "apiVersion: rampart.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: only-client, namespace: demo}\nspec:\n  selector: {app: backend}\n  action: ALLOW\n  rules: [{from: [{principals: [\"spiffe://cluster.local/ns/demo/sa/client\"]}]}]\n",
+    )
+    .unwrap();
+    let (ok, _, err) = meshctl(&["--data-dir", d, "apply", "-f", allow.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let to_grpc = ["--from", frontend, "--to", "backend.demo", "--port", "9090"];
+    while !denied(
+        &authz(&to_grpc),
+        "no rule of the ALLOW policies demo/only-client matches",
+    ) {
+        assert!(
+            std::time::Instant::now() < deadline + std::time::Duration::from_secs(20),
+            "{:?}",
+            authz(&to_grpc)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let client = authz(&[
+        "--from",
+        "spiffe://cluster.local/ns/demo/sa/client",
+        "--to",
+        "backend.demo",
+        "--port",
+        "grpc",
+    ]);
+    assert!(
+        client.iter().all(|v| v["allowed"] == true
+            && v["why"]
+                .as_str()
+                .unwrap()
+                .contains("ALLOW policies demo/only-client")),
+        "{client:?}"
+    );
+    let (ok, _, err) = meshctl(&[
+        "--data-dir",
+        d,
+        "authz",
+        "check",
+        "--from",
+        "frontend",
+        "--to",
+        "backend.demo",
+    ]);
+    assert!(!ok && err.contains("not a SPIFFE ID"), "{err}");
+
     // A control plane that is not there: the check fails and says what to do.
     let missing = tmp.path().join("nothing-here");
     let (ok, table, _) = meshctl(&["--data-dir", missing.to_str().unwrap(), "check"]);

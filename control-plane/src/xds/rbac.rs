@@ -8,11 +8,11 @@
 //! some policy of that action selects the workload.
 //!
 //! Each filter holds a single Envoy policy whose principals are an OR over
-//! the rules. A rule's ports are resolved here (each listener serves one
-//! port), so what is left of a rule, its callers and its methods and paths,
-//! fits Envoy's principal matchers. One policy also keeps the encoding
-//! deterministic: Envoy's `policies` is a map, and prost writes a map in
-//! hash order.
+//! the rules, named after the AuthorizationPolicy it comes from (DENY: a
+//! filter per policy; ALLOW: one filter for all, named after them all), so
+//! a decision can say which policy made it. A rule's ports are resolved
+//! here (each listener serves one port), so what is left of a rule, its
+//! callers and its methods and paths, fits Envoy's principal matchers.
 //!
 //! On a TCP port methods and paths cannot be seen. An ALLOW rule that needs
 //! them then matches nothing (fail closed); a DENY rule ignores them and
@@ -35,7 +35,7 @@ use rampart_api::mesh::{
 pub fn selecting<'a>(
     policies: &'a [Object<AuthorizationPolicySpec>],
     labels: &BTreeMap<String, String>,
-) -> Vec<&'a AuthorizationPolicySpec> {
+) -> Vec<&'a Object<AuthorizationPolicySpec>> {
     policies
         .iter()
         .filter(|p| {
@@ -44,51 +44,76 @@ pub fn selecting<'a>(
                 .iter()
                 .all(|(k, v)| labels.get(k) == Some(v))
         })
-        .map(|p| &p.spec)
         .collect()
 }
 
-/// The RBAC configurations (DENY first, then ALLOW) for `port`.
+/// `namespace/name`: the Envoy policy name, so a decision names its policy.
+fn policy_name(p: &Object<AuthorizationPolicySpec>) -> String {
+    format!("{}/{}", p.metadata.namespace, p.metadata.name)
+}
+
+/// The RBAC configurations for `port`: one DENY filter per DENY policy
+/// (any of them denies, and a denial names its policy), then one ALLOW
+/// filter whose single policy is named after every ALLOW policy (a request
+/// must match any of them).
 pub fn rules_for_port(
-    policies: &[&AuthorizationPolicySpec],
+    policies: &[&Object<AuthorizationPolicySpec>],
     port: u16,
     http: bool,
     trust_domain: &str,
 ) -> Vec<Rbac> {
-    let mut out = Vec::new();
-    for action in [AuthorizationAction::Deny, AuthorizationAction::Allow] {
-        let selected: Vec<_> = policies.iter().filter(|p| p.action == action).collect();
-        if selected.is_empty() {
-            continue;
-        }
-        let principals: Vec<Principal> = selected
+    let principals = |p: &Object<AuthorizationPolicySpec>| -> Vec<Principal> {
+        p.spec
+            .rules
             .iter()
-            .flat_map(|p| &p.rules)
-            .filter_map(|rule| rule_principal(rule, action, port, http, trust_domain))
-            .collect();
-        let mut policies = HashMap::new();
+            .filter_map(|rule| rule_principal(rule, p.spec.action, port, http, trust_domain))
+            .collect()
+    };
+    let mut out = Vec::new();
+    for p in policies
+        .iter()
+        .filter(|p| p.spec.action == AuthorizationAction::Deny)
+    {
+        let principals = principals(p);
         if !principals.is_empty() {
-            policies.insert(
-                "rampart".to_owned(),
-                Policy {
-                    permissions: vec![Permission {
-                        rule: Some(permission::Rule::Any(true)),
-                    }],
-                    principals: vec![or(principals)],
-                    ..Default::default()
-                },
-            );
+            out.push(filter(rbac::Action::Deny, policy_name(p), principals));
         }
-        out.push(Rbac {
-            action: match action {
-                AuthorizationAction::Allow => rbac::Action::Allow,
-                AuthorizationAction::Deny => rbac::Action::Deny,
-            } as i32,
-            policies,
-            ..Default::default()
-        });
+    }
+    let allow: Vec<_> = policies
+        .iter()
+        .filter(|p| p.spec.action == AuthorizationAction::Allow)
+        .collect();
+    if !allow.is_empty() {
+        let mut names: Vec<String> = allow.iter().map(|p| policy_name(p)).collect();
+        names.sort();
+        let principals = allow.iter().flat_map(|p| principals(p)).collect();
+        out.push(filter(rbac::Action::Allow, names.join(","), principals));
     }
     out
+}
+
+/// One RBAC filter with one policy (none if nothing can match: for ALLOW,
+/// that allows nothing). One policy per filter also keeps the encoding
+/// deterministic: `policies` is a map, and prost writes maps in hash order.
+fn filter(action: rbac::Action, name: String, principals: Vec<Principal>) -> Rbac {
+    let mut policies = HashMap::new();
+    if !principals.is_empty() {
+        policies.insert(
+            name,
+            Policy {
+                permissions: vec![Permission {
+                    rule: Some(permission::Rule::Any(true)),
+                }],
+                principals: vec![or(principals)],
+                ..Default::default()
+            },
+        );
+    }
+    Rbac {
+        action: action as i32,
+        policies,
+        ..Default::default()
+    }
 }
 
 /// One rule as a principal matcher, or `None` if it cannot match on this port.
@@ -283,6 +308,7 @@ spec:
         let on_8080 = rules_for_port(&selected, 8080, true, "example.org");
         assert_eq!(on_8080.len(), 2);
         assert_eq!(on_8080[0].action, rbac::Action::Deny as i32);
+        assert!(on_8080[0].policies.contains_key("default/deny-legacy"));
         assert_eq!(on_8080[1].action, rbac::Action::Allow as i32);
         assert_eq!(on_8080[1].policies.len(), 1);
         // On another port the ALLOW rule cannot match: an ALLOW filter with

@@ -447,7 +447,8 @@ impl Plan {
     }
 }
 
-fn listener_plan(listener: &Listener) -> Result<Option<ListenerPlan>> {
+/// Compiles one listener (`None` for an API listener, which binds nothing).
+pub fn listener_plan(listener: &Listener) -> Result<Option<ListenerPlan>> {
     if listener.api_listener.is_some() {
         return Ok(None);
     }

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use envoy_types::pb::envoy::config::core::v3::CidrRange;
 use envoy_types::pb::envoy::config::rbac::v3::{
-    Permission, Principal, Rbac, permission, principal, rbac,
+    Permission, Policy, Principal, Rbac, permission, principal, rbac,
 };
 use envoy_types::pb::envoy::config::route::v3::{HeaderMatcher, header_matcher};
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, path_matcher, string_matcher};
@@ -36,13 +36,14 @@ pub enum Decision {
     },
 }
 
+fn matches(p: &Policy, subject: &Subject<'_>) -> bool {
+    p.permissions.iter().any(|x| permits(x, subject)) && p.principals.iter().any(|x| is(x, subject))
+}
+
 /// Applies `rules` in order.
 pub fn decide(rules: &[Rbac], subject: &Subject<'_>) -> Decision {
     for r in rules {
-        let matched = r.policies.values().any(|p| {
-            p.permissions.iter().any(|x| permits(x, subject))
-                && p.principals.iter().any(|x| is(x, subject))
-        });
+        let matched = r.policies.values().any(|p| matches(p, subject));
         match rbac::Action::try_from(r.action) {
             Ok(rbac::Action::Deny) if matched => return Decision::Deny { by_deny_rule: true },
             Ok(rbac::Action::Allow) if !matched => {
@@ -54,6 +55,58 @@ pub fn decide(rules: &[Rbac], subject: &Subject<'_>) -> Decision {
         }
     }
     Decision::Allow
+}
+
+/// The decision `decide` makes, and which policy made it, in words (for
+/// `meshctl authz check`). The control plane names each Envoy policy after
+/// the AuthorizationPolicies it comes from.
+pub fn explain(rules: &[Rbac], subject: &Subject<'_>) -> (Decision, String) {
+    let mut allowed_by = None;
+    for r in rules {
+        let matched = r
+            .policies
+            .iter()
+            .find(|(_, p)| matches(p, subject))
+            .map(|(name, _)| name.as_str());
+        let names = || {
+            let mut n: Vec<&str> = r.policies.keys().map(String::as_str).collect();
+            n.sort();
+            n.join(",")
+        };
+        match (rbac::Action::try_from(r.action), matched) {
+            (Ok(rbac::Action::Deny), Some(name)) => {
+                return (
+                    Decision::Deny { by_deny_rule: true },
+                    format!("denied by DENY policy {name}"),
+                );
+            }
+            (Ok(rbac::Action::Allow), None) if r.policies.is_empty() => {
+                return (
+                    Decision::Deny {
+                        by_deny_rule: false,
+                    },
+                    "denied: ALLOW policies select this workload, and none has a rule for this port and protocol".to_owned(),
+                );
+            }
+            (Ok(rbac::Action::Allow), None) => {
+                return (
+                    Decision::Deny {
+                        by_deny_rule: false,
+                    },
+                    format!("denied: no rule of the ALLOW policies {} matches", names()),
+                );
+            }
+            (Ok(rbac::Action::Allow), Some(name)) => allowed_by = Some(name.to_owned()),
+            _ => {}
+        }
+    }
+    let why = match allowed_by {
+        Some(names) => format!("allowed by a rule of the ALLOW policies {names}"),
+        None => {
+            "allowed: no DENY policy matches and no ALLOW policy selects this workload".to_owned()
+        }
+    };
+    (Decision::Allow, why)
 }
 
 fn is(p: &Principal, s: &Subject<'_>) -> bool {
