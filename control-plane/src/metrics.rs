@@ -26,6 +26,13 @@ pub struct XdsLabels {
     pub type_url: String,
 }
 
+/// Labels of `rampart_build_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct BuildLabels {
+    pub component: &'static str,
+    pub version: &'static str,
+}
+
 /// All control-plane metrics.
 pub struct Metrics {
     registry: Registry,
@@ -100,6 +107,18 @@ impl Metrics {
             "From a model change being accepted to every affected xDS stream answering the push",
             xds_convergence.clone(),
         );
+        let build = Family::<BuildLabels, Gauge>::default();
+        registry.register(
+            "rampart_build_info",
+            "Always 1; the version of rampart-control in a label",
+            build.clone(),
+        );
+        build
+            .get_or_create(&BuildLabels {
+                component: "rampart-control",
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
         // Export the common series at zero from the start, so rates and alerts
         // work before the first request.
         for proof in ["join_token", "svid", "admin"] {

@@ -75,6 +75,11 @@ impl Target {
         serde_json::from_str::<Discovery>(&text).ok()?.metrics_addr
     }
 
+    /// The control plane's gRPC address.
+    pub fn address(&self) -> anyhow::Result<String> {
+        Ok(self.resolve()?.0)
+    }
+
     /// An authenticated admin client.
     pub async fn admin(&self) -> anyhow::Result<AdminServiceClient<Channel>> {
         let (addr, credentials) = self.resolve()?;

@@ -13,8 +13,10 @@ mod demo;
 mod http;
 mod identity;
 mod mesh;
+mod metrics;
 mod proxy_config;
 mod proxy_status;
+mod status;
 mod table;
 
 /// Operate a Rampart mesh.
@@ -90,8 +92,15 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: mesh::Output,
     },
-    /// Print the meshctl version.
+    /// Print the meshctl version, and with --data-dir or --control-plane the
+    /// control plane's and its proxies'.
     Version,
+    /// The mesh at a glance: control plane, trust, proxies, resources.
+    Status {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: mesh::Output,
+    },
     /// Check the mesh: control plane reachable, CA and root expiry, proxies
     /// connected and accepting their configuration, clock skew.
     Check {
@@ -197,10 +206,8 @@ async fn main() -> ExitCode {
             );
             Ok(())
         }
-        Command::Version => {
-            println!("meshctl {}", env!("CARGO_PKG_VERSION"));
-            Ok(())
-        }
+        Command::Version => status::version(&cli.target).await,
+        Command::Status { output } => status::status(&cli.target, output).await,
         Command::Token(TokenCommand::Create(id)) => {
             commands::token_create(&cli.target, &id.namespace, &id.service_account, id.ttl).await
         }

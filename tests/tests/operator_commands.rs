@@ -52,6 +52,24 @@ fn check_identity_and_completions() {
     }
     assert!(findings.iter().all(|f| f["status"] == "ok"), "{json}");
 
+    // status and version: the mesh at a glance.
+    let (ok, json, err) = meshctl(&["--data-dir", d, "status", "-o", "json"]);
+    assert!(ok, "{err}");
+    let status: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(status["proxies"], 4, "{json}");
+    assert_eq!(status["trustDomain"], "cluster.local", "{json}");
+    assert_eq!(status["resources"]["Service"], 2, "{json}");
+    assert_eq!(
+        status["controlPlaneVersion"],
+        env!("CARGO_PKG_VERSION"),
+        "{json}"
+    );
+    let (ok, version, _) = meshctl(&["--data-dir", d, "version"]);
+    assert!(
+        ok && version.contains("rampart-control") && version.contains("4 x rampart-proxy"),
+        "{version}"
+    );
+
     // identity: the SVID the frontend's proxy holds, signed by the mesh's root.
     let (ok, json, err) = meshctl(&["--data-dir", d, "identity", "frontend", "-o", "json"]);
     assert!(ok, "{err}");

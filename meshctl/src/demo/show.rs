@@ -13,6 +13,7 @@ use serde::Serialize;
 use super::load::{RouteStats, WINDOW};
 use super::{State, View};
 use crate::http::get;
+use crate::metrics::sum;
 
 /// One mTLS hop, as the server's sidecar saw it.
 #[derive(Debug, Clone, Serialize)]
@@ -62,21 +63,6 @@ async fn scrape(addr: &str) -> String {
         Ok(Ok((200, body))) => String::from_utf8_lossy(&body).into_owned(),
         _ => String::new(),
     }
-}
-
-/// The sum of the samples of `name` whose labels contain all of `labels`.
-pub fn sum(metrics: &str, name: &str, labels: &[&str]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|l| labels.iter().all(|p| l.contains(p)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>()
-        + 0.0 // an empty sum is -0.0
 }
 
 impl Snapshot {
@@ -261,25 +247,4 @@ fn table(s: &Snapshot, dir: &Path) -> String {
         ),
     );
     t
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sums_only_the_named_metric_with_the_labels() {
-        let text = "# HELP x\nrampart_proxy_requests_total{direction=\"inbound\",code=\"200\"} 3\nrampart_proxy_requests_total{direction=\"outbound\"} 5\nrampart_proxy_requests_total_other 7\nrampart_xds_connected_streams 4\n";
-        assert_eq!(
-            sum(
-                text,
-                "rampart_proxy_requests_total",
-                &["direction=\"inbound\""]
-            ),
-            3.0
-        );
-        assert_eq!(sum(text, "rampart_proxy_requests_total", &[]), 8.0);
-        assert_eq!(sum(text, "rampart_xds_connected_streams", &[]), 4.0);
-        assert_eq!(sum(text, "missing", &[]), 0.0);
-    }
 }
