@@ -2,6 +2,7 @@
 //! its steps, and the routes it reports.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
@@ -30,6 +31,8 @@ impl Demo {
             .args(["demo", "-o", "json"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own process group, so a test that fails can kill it all.
+            .process_group(0)
             .spawn()
             .expect("starting meshctl demo");
         let stdout: ChildStdout = child.stdout.take().unwrap();
@@ -87,8 +90,24 @@ impl Demo {
 }
 
 impl Drop for Demo {
+    /// Ctrl-C (the demo stops what it started), and if it has not exited
+    /// within 10 s, SIGKILL to its whole process group.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-INT", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .status();
         let _ = self.child.wait();
     }
 }

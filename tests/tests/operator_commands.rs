@@ -197,6 +197,47 @@ fn check_identity_and_completions() {
     ]);
     assert!(!ok && err.contains("not a SPIFFE ID"), "{err}");
 
+    // A demo killed with SIGKILL cannot stop its processes; the next run on
+    // the same directory does.
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("demo.json")).unwrap()).unwrap();
+    let left: Vec<u64> = state["children"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    assert!(
+        left.len() == 8,
+        "control plane, 4 sidecars, 3 apps: {state}"
+    );
+    let mut demo = demo;
+    demo.child.kill().unwrap();
+    demo.child.wait().unwrap();
+    assert!(
+        left.iter()
+            .all(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+    );
+    let again = Demo::start(&dir);
+    again.until("traffic again", 120, |s| {
+        route(s, HTTP)["requests"].as_u64() > Some(10)
+    });
+    assert!(
+        again
+            .stderr
+            .lock()
+            .unwrap()
+            .contains("processes an earlier demo"),
+        "{}",
+        again.stderr.lock().unwrap()
+    );
+    for p in &left {
+        let alive =
+            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| !s.contains(") Z "));
+        assert!(!alive, "pid {p} of the killed demo is still running");
+    }
+    drop(again);
+
     // A control plane that is not there: the check fails and says what to do.
     let missing = tmp.path().join("nothing-here");
     let (ok, table, _) = meshctl(&["--data-dir", missing.to_str().unwrap(), "check"]);

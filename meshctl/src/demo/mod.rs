@@ -82,6 +82,9 @@ pub enum View {
 pub struct State {
     pub pid: u32,
     pub apps: std::collections::BTreeMap<String, AppState>,
+    /// Every process it started (apps included), by name.
+    #[serde(default)]
+    pub children: std::collections::BTreeMap<String, u32>,
     pub sidecars: std::collections::BTreeMap<String, String>,
     pub control_plane_metrics: String,
 }

@@ -43,6 +43,13 @@ impl Children {
         Ok(pid)
     }
 
+    fn pids(&self) -> BTreeMap<String, u32> {
+        self.0
+            .iter()
+            .filter_map(|(n, c)| Some((n.clone(), c.id()?)))
+            .collect()
+    }
+
     /// Names of the processes that have exited.
     fn exited(&mut self) -> Vec<String> {
         self.0
@@ -112,6 +119,7 @@ pub async fn run(target: &Target, rate: u32, view: View) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(dir.join("logs"))
         .with_context(|| format!("creating {}", dir.display()))?;
+    stop_leftovers(&dir);
     let earlier = dir.join("ca").exists();
     let mut demo = Demo {
         bins: Bins::locate()?,
@@ -427,7 +435,8 @@ impl Demo {
             .with_context(|| format!("writing {}", path.display()))
     }
 
-    fn save(&self) -> anyhow::Result<()> {
+    fn save(&mut self) -> anyhow::Result<()> {
+        self.state.children = self.children.pids();
         let path = state_path(&self.dir);
         std::fs::write(&path, serde_json::to_vec_pretty(&self.state)?)
             .with_context(|| format!("writing {}", path.display()))
@@ -453,6 +462,44 @@ impl Demo {
         }
         Ok(())
     }
+}
+
+/// Stops what an earlier demo on `dir` left running when it could not
+/// clean up (it was killed with SIGKILL): the processes its state file
+/// lists that are still the demo's (their command line says so).
+fn stop_leftovers(dir: &Path) {
+    let Ok(text) = std::fs::read_to_string(state_path(dir)) else {
+        return;
+    };
+    let Ok(state) = serde_json::from_str::<State>(&text) else {
+        return;
+    };
+    let marker = dir.display().to_string();
+    let mut stopped = 0;
+    for (name, pid) in &state.children {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .unwrap_or_default();
+        let ours = cmdline.contains(&marker)
+            || state.apps.get(name).is_some_and(|a| {
+                cmdline.contains("demo app") && cmdline.contains(&a.args.join(" "))
+            });
+        if ours
+            && std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status()
+                .is_ok_and(|s| s.success())
+        {
+            stopped += 1;
+        }
+    }
+    if stopped > 0 {
+        eprintln!(
+            "stopped {stopped} processes an earlier demo on {} left running",
+            dir.display()
+        );
+    }
+    let _ = std::fs::remove_file(state_path(dir));
 }
 
 #[derive(serde::Deserialize)]
