@@ -42,6 +42,8 @@ fn finding(check: &'static str, status: Status, detail: String, fix: Option<&str
 /// Certificates: warn this long before expiry, fail this long before.
 const WARN_DAYS: i64 = 30;
 const FAIL_DAYS: i64 = 7;
+/// A version sent and not acknowledged for this long is stale, not settling.
+const STALE_AFTER: i64 = 30;
 /// Clocks further apart than this make fresh certificates look not yet valid.
 const MAX_SKEW: Duration = Duration::from_secs(5);
 
@@ -242,11 +244,20 @@ async fn run(target: &Target) -> Vec<Finding> {
     }
     let mut nacked = Vec::new();
     let mut stale = Vec::new();
+    let mut settling = Vec::new();
     for p in &proxies {
         for t in &p.types {
             match t.state.as_str() {
                 "NACKED" => nacked.push(format!("{} {}: {}", p.node_id, t.r#type, t.nack_message)),
-                "STALE" => stale.push(format!("{} {}", p.node_id, t.r#type)),
+                "STALE" => {
+                    let age = now - t.stale_since_unix;
+                    let entry = format!("{} {} ({age} s)", p.node_id, t.r#type);
+                    if age >= STALE_AFTER {
+                        stale.push(entry);
+                    } else {
+                        settling.push(entry);
+                    }
+                }
                 _ => {}
             }
         }
@@ -261,15 +272,25 @@ async fn run(target: &Target) -> Vec<Finding> {
             Some("meshctl proxy-config NODE shows what was sent; fix the resource the message names (the proxies keep their last good configuration meanwhile)"),
         )
     });
-    out.push(if stale.is_empty() {
-        finding("configuration current", Status::Ok, "every proxy acknowledged the latest version".into(), None)
-    } else {
-        finding(
+    out.push(match (stale.is_empty(), settling.is_empty()) {
+        (true, true) => finding(
+            "configuration current",
+            Status::Ok,
+            "every proxy acknowledged the latest version".into(),
+            None,
+        ),
+        (true, false) => finding(
+            "configuration current",
+            Status::Ok,
+            format!("just sent, waiting for the ACK: {}", settling.join(", ")),
+            None,
+        ),
+        (false, _) => finding(
             "configuration current",
             Status::Warning,
-            format!("not acknowledged yet: {}", stale.join(", ")),
-            Some("normal for a moment after a change; if it persists, look at those proxies' logs and meshctl proxy-status"),
-        )
+            format!("not acknowledged for {STALE_AFTER} s or more: {}", stale.join(", ")),
+            Some("the proxy is stuck or overloaded: look at its log and meshctl proxy-status; it keeps serving its previous configuration"),
+        ),
     });
     out
 }

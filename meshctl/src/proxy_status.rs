@@ -46,6 +46,7 @@ fn to_json(p: &ProxyStatus) -> serde_json::Value {
         "nodeId": p.node_id,
         "userAgent": p.user_agent,
         "connectedAtUnix": p.connected_at_unix,
+        "adminAddr": p.admin_addr,
         "types": p.types.iter().map(|t| serde_json::json!({
             "type": t.r#type,
             "state": t.state,
@@ -53,6 +54,7 @@ fn to_json(p: &ProxyStatus) -> serde_json::Value {
             "ackedVersion": t.acked_version,
             "nackMessage": t.nack_message,
             "resources": t.resources,
+            "staleSinceUnix": t.stale_since_unix,
         })).collect::<Vec<_>>(),
     })
 }

@@ -75,6 +75,8 @@ impl StreamRegistry {
                 })
                 .unwrap_or_default();
         }
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let previous = std::mem::take(&mut status.types);
         status.types = types
             .iter()
             .filter_map(|(t, sent, acked, nack)| {
@@ -88,8 +90,22 @@ impl StreamRegistry {
                 } else {
                     "STALE"
                 };
+                // When this version was first seen unacknowledged, kept
+                // across updates so "stale for N s" can be told from "just sent".
+                let stale_since_unix = match label {
+                    "STALE" => previous
+                        .iter()
+                        .find(|p| {
+                            p.r#type == t.short()
+                                && p.sent_version == sent.version
+                                && p.state == "STALE"
+                        })
+                        .map_or(now, |p| p.stale_since_unix),
+                    _ => 0,
+                };
                 Some(TypeStatus {
                     r#type: t.short().to_owned(),
+                    stale_since_unix,
                     state: label.to_owned(),
                     sent_version: sent.version.clone(),
                     acked_version: acked,
@@ -140,5 +156,54 @@ fn version_of(node: &Node) -> String {
             .map(|v| format!("{}.{}.{}", v.major_number, v.minor_number, v.patch))
             .unwrap_or_default(),
         None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xds::snapshot::TypeUrl;
+    use crate::xds::sotw::Sent;
+
+    fn sent(version: &str) -> Sent {
+        Sent {
+            version: version.to_owned(),
+            version_bits: 0,
+            nonce: "n".to_owned(),
+            names_hash: 0,
+            resources: 1,
+        }
+    }
+
+    #[test]
+    fn a_stale_version_keeps_the_time_it_was_first_seen() {
+        let registry = StreamRegistry::default();
+        let (id, _requests) = registry.open("spiffe://x/ns/a/sa/b".to_owned(), "delta");
+        let (v1, v2) = (sent("v1"), sent("v2"));
+        registry.update(id, None, &[(TypeUrl::Cluster, Some(&v1), None, None)]);
+        let first = registry.list()[0].types[0].clone();
+        assert_eq!(first.state, "STALE");
+        assert!(first.stale_since_unix > 0);
+        // Backdate it, as if sent a minute ago; another update keeps it.
+        registry.lock().get_mut(&id).unwrap().status.types[0].stale_since_unix -= 60;
+        registry.update(id, None, &[(TypeUrl::Cluster, Some(&v1), None, None)]);
+        assert_eq!(
+            registry.list()[0].types[0].stale_since_unix,
+            first.stale_since_unix - 60
+        );
+        // Acknowledged: no longer stale. A new version starts afresh.
+        let acked = "v1".to_owned();
+        registry.update(
+            id,
+            None,
+            &[(TypeUrl::Cluster, Some(&v1), Some(&acked), None)],
+        );
+        assert_eq!(registry.list()[0].types[0].stale_since_unix, 0);
+        registry.update(
+            id,
+            None,
+            &[(TypeUrl::Cluster, Some(&v2), Some(&acked), None)],
+        );
+        assert!(registry.list()[0].types[0].stale_since_unix >= first.stale_since_unix);
     }
 }
