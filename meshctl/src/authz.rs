@@ -62,7 +62,7 @@ pub async fn check(target: &Target, args: CheckArgs) -> anyhow::Result<()> {
             name: service.to_owned(),
         })
         .await
-        .map_err(|e| anyhow::anyhow!("{}", e.message()))?
+        .map_err(crate::client::rpc_error)?
         .into_inner()
         .resources_json;
     let Some(json) = found.first() else {
@@ -80,9 +80,14 @@ pub async fn check(target: &Target, args: CheckArgs) -> anyhow::Result<()> {
         }),
     }
     .with_context(|| {
+        let known: Vec<String> = ports
+            .iter()
+            .map(|p| format!("{} ({})", p["name"].as_str().unwrap_or("?"), p["port"]))
+            .collect();
         format!(
-            "{service}.{namespace} has no port {}",
-            args.port.as_deref().unwrap_or("")
+            "{service}.{namespace} has no port {}; its ports: {}",
+            args.port.as_deref().unwrap_or("at all"),
+            known.join(", ")
         )
     })?;
     let port_name = port["name"].as_str().unwrap_or_default().to_owned();
@@ -96,7 +101,7 @@ pub async fn check(target: &Target, args: CheckArgs) -> anyhow::Result<()> {
                 node_id: proxy.node_id.clone(),
             })
             .await
-            .map_err(|e| anyhow::anyhow!("{}", e.message()))?
+            .map_err(crate::client::rpc_error)?
             .into_inner();
         for r in served.resources.iter().filter(|r| r.r#type == "lds") {
             let listener = Listener::decode(r.value.as_slice())

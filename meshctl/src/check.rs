@@ -179,11 +179,7 @@ async fn run(target: &Target) -> Vec<Finding> {
         Some(addr) => match get_with_headers(addr, "/metrics").await {
             Ok((200, headers, body)) => {
                 let text = String::from_utf8_lossy(&body);
-                let value = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("rampart_ca_expiry_timestamp_seconds "))
-                    .and_then(|v| v.trim().parse::<f64>().ok());
-                match value {
+                match crate::metrics::value(&text, "rampart_ca_expiry_timestamp_seconds") {
                     Some(v) => out.push(expiry(
                         "CA signing chain",
                         "the signing chain",

@@ -11,6 +11,19 @@ use rampart_certs::well_known::control_plane_id;
 use rampart_certs::{Svid, TrustBundle};
 use tonic::transport::Channel;
 
+/// An error from the control plane's admin API, for people. Its message
+/// says what was wrong; the code is added where it tells more (permission,
+/// authentication, availability).
+pub fn rpc_error(e: tonic::Status) -> anyhow::Error {
+    use tonic::Code;
+    match e.code() {
+        Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition => {
+            anyhow::anyhow!("{}", e.message())
+        }
+        code => anyhow::anyhow!("{code:?}: {}", e.message()),
+    }
+}
+
 /// Which control plane to talk to, and as whom.
 #[derive(clap::Args, Debug)]
 pub struct Target {

@@ -7,11 +7,7 @@ use anyhow::Context;
 use rampart_api::admin::{CreateJoinTokenRequest, GetTrustBundleRequest, IssueCertificateRequest};
 use rampart_certs::{KeyAndCsr, der_to_pem, key_to_pem};
 
-use crate::client::Target;
-
-fn status(e: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", e.code(), e.message())
-}
+use crate::client::{Target, rpc_error};
 
 /// `meshctl token create`: prints only the token, for `$(...)`.
 pub async fn token_create(
@@ -29,7 +25,7 @@ pub async fn token_create(
             ttl_seconds: ttl.map_or(0, |d| d.as_secs() as i64),
         })
         .await
-        .map_err(status)?
+        .map_err(rpc_error)?
         .into_inner();
     println!("{}", response.token);
     Ok(())
@@ -42,7 +38,7 @@ pub async fn ca_bundle(target: &Target) -> anyhow::Result<()> {
         .await?
         .get_trust_bundle(GetTrustBundleRequest {})
         .await
-        .map_err(status)?
+        .map_err(rpc_error)?
         .into_inner();
     for root in response.roots_der {
         print!("{}", der_to_pem(&root));
@@ -69,7 +65,7 @@ pub async fn certificate_issue(
             ttl_seconds: ttl.map_or(0, |d| d.as_secs() as i64),
         })
         .await
-        .map_err(status)?
+        .map_err(rpc_error)?
         .into_inner();
     write_private_files(
         out,

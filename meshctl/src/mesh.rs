@@ -12,7 +12,7 @@ use rampart_api::admin::{
 use rampart_api::mesh::{Resource, parse_documents};
 use serde_json::Value;
 
-use crate::client::Target;
+use crate::client::{Target, rpc_error};
 
 /// Output formats of `get`.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -20,11 +20,6 @@ pub enum Output {
     Table,
     Yaml,
     Json,
-}
-
-fn status(e: tonic::Status) -> anyhow::Error {
-    // The control plane's message already says which document and field.
-    anyhow::anyhow!("{}", e.message())
 }
 
 /// Reads `-` (stdin), a file, or every *.yaml/*.yml/*.json in a directory (sorted).
@@ -82,7 +77,7 @@ pub async fn apply(target: &Target, files: &[PathBuf], dry_run: bool) -> anyhow:
         .await?
         .apply_resources(ApplyResourcesRequest { sources, dry_run })
         .await
-        .map_err(status)?
+        .map_err(rpc_error)?
         .into_inner();
     for warning in &response.warnings {
         eprintln!("warning: {warning}");
@@ -121,7 +116,7 @@ pub async fn get(
             name: name.unwrap_or_default().to_owned(),
         })
         .await
-        .map_err(status)?
+        .map_err(rpc_error)?
         .into_inner();
     let objects: Vec<Value> = response
         .resources_json
@@ -273,7 +268,7 @@ pub async fn delete(
         .await?
         .delete_resources(DeleteResourcesRequest { refs })
         .await
-        .map_err(status)?
+        .map_err(rpc_error)?
         .into_inner();
     for r in &response.deleted {
         println!("{} deleted", describe(r));

@@ -15,6 +15,14 @@ pub fn sum(metrics: &str, name: &str, labels: &[&str]) -> f64 {
         + 0.0 // an empty sum is -0.0
 }
 
+/// The value of an unlabelled sample of `name`, if it is exported.
+pub fn value(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// The value of `label` on the first sample of `name` (e.g. the version in
 /// `rampart_build_info{component="rampart-control",version="0.1.0"} 1`).
 pub fn label(metrics: &str, name: &str, label: &str) -> Option<String> {
@@ -46,6 +54,16 @@ mod tests {
         assert_eq!(sum(text, "rampart_proxy_requests_total", &[]), 8.0);
         assert_eq!(sum(text, "rampart_xds_connected_streams", &[]), 4.0);
         assert_eq!(sum(text, "missing", &[]), 0.0);
+    }
+
+    #[test]
+    fn reads_a_value() {
+        let text = "rampart_ca_expiry_timestamp_seconds 2111175300\nrampart_ca_expiry_timestamp_seconds_x 1\n";
+        assert_eq!(
+            value(text, "rampart_ca_expiry_timestamp_seconds"),
+            Some(2111175300.0)
+        );
+        assert_eq!(value(text, "rampart_missing"), None);
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub async fn proxy_config(
             node_id: node_id.to_owned(),
         })
         .await
-        .map_err(|e| anyhow::anyhow!("{}", e.message()))?
+        .map_err(crate::client::rpc_error)?
         .into_inner();
     let resources: Vec<&ProxyResource> = response
         .resources

@@ -14,7 +14,7 @@ pub async fn proxies(target: &Target) -> anyhow::Result<Vec<ProxyStatus>> {
         .await?
         .proxy_status(ProxyStatusRequest {})
         .await
-        .map_err(|e| anyhow::anyhow!("{}", e.message()))?
+        .map_err(crate::client::rpc_error)?
         .into_inner()
         .proxies)
 }

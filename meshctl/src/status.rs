@@ -54,7 +54,7 @@ pub async fn status(target: &Target, output: Output) -> anyhow::Result<()> {
     let bundle = admin
         .get_trust_bundle(GetTrustBundleRequest {})
         .await
-        .map_err(|e| anyhow::anyhow!("{}", e.message()))?
+        .map_err(crate::client::rpc_error)?
         .into_inner();
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -73,7 +73,7 @@ pub async fn status(target: &Target, output: Output) -> anyhow::Result<()> {
     let all = admin
         .get_resources(GetResourcesRequest::default())
         .await
-        .map_err(|e| anyhow::anyhow!("{}", e.message()))?
+        .map_err(crate::client::rpc_error)?
         .into_inner()
         .resources_json;
     for json in all {

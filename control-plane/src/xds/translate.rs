@@ -459,20 +459,15 @@ fn build_cluster(
     let budget = policy
         .and_then(|p| p.retries.as_ref())
         .and_then(|r| r.budget_percent);
+    let limit = |field: fn(&rampart_api::mesh::CircuitBreakers) -> Option<u32>| {
+        limits.and_then(field).map(|value| UInt32Value { value })
+    };
     let circuit_breakers = (limits.is_some() || budget.is_some()).then(|| CircuitBreakers {
         thresholds: vec![circuit_breakers::Thresholds {
-            max_connections: limits
-                .and_then(|cb| cb.max_connections)
-                .map(|value| UInt32Value { value }),
-            max_pending_requests: limits
-                .and_then(|cb| cb.max_pending_requests)
-                .map(|value| UInt32Value { value }),
-            max_requests: limits
-                .and_then(|cb| cb.max_requests)
-                .map(|value| UInt32Value { value }),
-            max_retries: limits
-                .and_then(|cb| cb.max_retries)
-                .map(|value| UInt32Value { value }),
+            max_connections: limit(|cb| cb.max_connections),
+            max_pending_requests: limit(|cb| cb.max_pending_requests),
+            max_requests: limit(|cb| cb.max_requests),
+            max_retries: limit(|cb| cb.max_retries),
             retry_budget: budget.map(|percent| circuit_breakers::thresholds::RetryBudget {
                 budget_percent: Some(envoy_types::pb::envoy::r#type::v3::Percent {
                     value: f64::from(percent),

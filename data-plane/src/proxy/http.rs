@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body::{Body as _, Frame, SizeHint};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use rand::Rng;
@@ -23,7 +23,7 @@ use super::Proxy;
 use super::local_reply::{for_grpc, is_grpc, reply};
 use super::metrics::{ClusterLabels, DurationLabels, RequestLabels};
 use super::plan::{App, Balance, HttpPlan, Route, Routes};
-use super::pool::{Body, BoxError, Sender};
+use super::pool::{Body, BoxError, Sender, full};
 use super::rbac::{self, Decision, Subject};
 use super::upstream::{ClusterState, Endpoint, InFlight, Limit, Outcome, Slot, backoff};
 
@@ -85,10 +85,6 @@ fn set_client_identity(
     }
 }
 
-fn full(bytes: Bytes) -> Body {
-    Full::new(bytes).map_err(|never| match never {}).boxed()
-}
-
 /// Handles one request from `down`.
 pub async fn handle(
     proxy: Arc<Proxy>,
@@ -96,7 +92,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let grpc = is_grpc(req.headers());
-    let response = route_request(proxy, down, req).await;
+    let response = route_request(proxy, down, req, grpc).await;
     if grpc { for_grpc(response) } else { response }
 }
 
@@ -104,6 +100,7 @@ async fn route_request(
     proxy: Arc<Proxy>,
     down: Arc<Downstream>,
     req: Request<Incoming>,
+    grpc: bool,
 ) -> Response<Body> {
     let plan = proxy.plan();
     let Some(listener) = plan.listeners.get(&down.listener) else {
@@ -155,7 +152,7 @@ async fn route_request(
     if is_upgrade(&req) {
         return upgrade(&proxy, &down, route, req, &host, forward_identity).await;
     }
-    forward(&proxy, &down, route, req, host, forward_identity).await
+    forward(&proxy, &down, route, req, host, forward_identity, grpc).await
 }
 
 /// An HTTP/1.1 request to switch protocols (WebSocket and the like).
@@ -371,9 +368,9 @@ async fn forward(
     req: Request<Incoming>,
     host: String,
     forward_identity: bool,
+    grpc: bool,
 ) -> Response<Body> {
     let started = Instant::now();
-    let grpc = is_grpc(req.headers());
     if let Some(f) = &route.fault {
         let roll = |percent: f64| rand::rng().random_range(0.0..100.0) < percent;
         if let Some((delay, p)) = f.delay
@@ -439,7 +436,7 @@ async fn forward(
     } else {
         (proxy.tls.own_id(), destination.unwrap_or_default())
     };
-    let grpc = parts
+    let grpc_status = parts
         .headers
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
@@ -450,7 +447,7 @@ async fn forward(
         destination_identity: destination,
         destination_service: cluster_name,
         response_code: parts.status.as_u16(),
-        grpc_status: grpc.unwrap_or_default(),
+        grpc_status: grpc_status.unwrap_or_default(),
     };
     let observed = Observed {
         inner: body,
@@ -469,14 +466,19 @@ enum Failure {
     Overflow(&'static str, String),
 }
 
-/// A trailers-only gRPC error that maps to a 5xx (UNKNOWN, DEADLINE_EXCEEDED,
-/// UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS): outlier detection counts
-/// it like one, as Envoy does, since gRPC errors come with HTTP 200.
-fn grpc_server_error(headers: &HeaderMap) -> bool {
+/// The status of a trailers-only gRPC response (an error: a normal one
+/// carries its status in the trailers).
+fn grpc_status_in_headers(headers: &HeaderMap) -> Option<u32> {
     headers
         .get("grpc-status")
-        .and_then(|v| v.to_str().ok()?.parse::<u32>().ok())
-        .is_some_and(|s| matches!(s, 2 | 4 | 12 | 13 | 14 | 15))
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+}
+
+/// gRPC statuses that map to a 5xx (UNKNOWN, DEADLINE_EXCEEDED,
+/// UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS): outlier detection counts
+/// them like one, as Envoy does, since gRPC errors come with HTTP 200.
+fn is_grpc_server_error(status: u32) -> bool {
+    matches!(status, 2 | 4 | 12 | 13 | 14 | 15)
 }
 
 /// Tries the request until it succeeds or the retry policy says stop;
@@ -521,8 +523,15 @@ async fn attempts(
         let per_try = route.retry.as_ref().and_then(|r| r.per_try_timeout);
         let result = attempt(proxy, cluster, &endpoint, req, host, per_try).await;
         let peer = endpoint.pool.peer.lock().expect("pool lock").clone();
+        let grpc_status = result
+            .as_ref()
+            .ok()
+            .and_then(|r| grpc_status_in_headers(r.headers()));
         let outcome = match &result {
-            Ok(r) if r.status().is_server_error() || grpc_server_error(r.headers()) => {
+            Ok(r)
+                if r.status().is_server_error()
+                    || grpc_status.is_some_and(is_grpc_server_error) =>
+            {
                 Outcome::Failure
             }
             Ok(_) => Outcome::Success,
@@ -547,11 +556,7 @@ async fn attempts(
                         let code = resp.status().as_u16();
                         (r.on_5xx && code >= 500)
                             || (r.on_gateway_error && matches!(code, 502..=504))
-                            || resp
-                                .headers()
-                                .get("grpc-status")
-                                .and_then(|v| v.to_str().ok()?.parse::<u32>().ok())
-                                .is_some_and(|s| r.grpc_statuses.contains(&s))
+                            || grpc_status.is_some_and(|s| r.grpc_statuses.contains(&s))
                     }
                     Err(Failure::Connect(_)) => r.on_connect_failure,
                     Err(Failure::Reset(_)) => r.on_reset || r.on_refused_stream,

@@ -74,11 +74,7 @@ fn candidates(listener: &ListenerPlan, tls: bool) -> impl Iterator<Item = usize>
         .chains
         .iter()
         .enumerate()
-        .filter(move |(_, c)| match c.transport {
-            Transport::Any => true,
-            Transport::Tls => tls,
-            Transport::Plaintext => !tls,
-        })
+        .filter(move |(_, c)| c.transport.takes(tls))
         .map(|(i, _)| i)
 }
 

@@ -4,12 +4,10 @@
 //! `grpc-status`, and a bare HTTP 503 would reach it as an unexplained
 //! INTERNAL or UNKNOWN.
 
+use super::pool::{Body, full};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
-
-use super::pool::Body;
 
 /// Marks a response as the proxy's own, with its reason.
 #[derive(Clone)]
@@ -17,10 +15,7 @@ struct LocalReply(String);
 
 pub fn reply(status: StatusCode, why: impl Into<String>) -> Response<Body> {
     let why = why.into();
-    let body = Full::new(Bytes::from(format!("{why}\n")))
-        .map_err(|never| match never {})
-        .boxed();
-    let mut r = Response::new(body);
+    let mut r = Response::new(full(Bytes::from(format!("{why}\n"))));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -79,10 +74,7 @@ pub fn for_grpc(response: Response<Body>) -> Response<Body> {
     if let Ok(message) = HeaderValue::from_str(&percent_encode(&why)) {
         headers.insert("grpc-message", message);
     }
-    let empty = Empty::<Bytes>::new()
-        .map_err(|never| match never {})
-        .boxed();
-    Response::from_parts(parts, empty)
+    Response::from_parts(parts, full(Bytes::new()))
 }
 
 #[cfg(test)]
@@ -105,11 +97,7 @@ mod tests {
         // An upstream's own response is not touched.
         let upstream = Response::builder()
             .status(503)
-            .body(
-                Empty::<Bytes>::new()
-                    .map_err(|never| match never {})
-                    .boxed(),
-            )
+            .body(full(Bytes::new()))
             .unwrap();
         assert_eq!(for_grpc(upstream).status(), StatusCode::SERVICE_UNAVAILABLE);
     }

@@ -69,6 +69,18 @@ pub enum Transport {
     Plaintext,
 }
 
+impl Transport {
+    /// Whether a chain of this transport takes a connection that is (or is
+    /// not) TLS.
+    pub fn takes(self, tls: bool) -> bool {
+        match self {
+            Transport::Any => true,
+            Transport::Tls => tls,
+            Transport::Plaintext => !tls,
+        }
+    }
+}
+
 #[derive(Debug, PartialEq)]
 pub struct ChainPlan {
     pub name: String,
@@ -356,16 +368,18 @@ pub fn compile(config: &Config, previous: &Plan) -> std::result::Result<Plan, Ve
 /// answers 503 while it settles. A route table that is new has no previous
 /// version and is used as it is.
 fn keep_routes_until_clusters_warm(plan: &mut Plan, previous: &Plan) {
-    let ready = |table: &RouteTable, clusters: &HashMap<String, Arc<ClusterPlan>>| {
+    let Plan {
+        routes, clusters, ..
+    } = plan;
+    let ready = |table: &RouteTable| {
         table
             .clusters()
             .all(|c| clusters.get(c).is_some_and(|p| !p.warming))
     };
-    let clusters = plan.clusters.clone();
-    for (name, table) in plan.routes.iter_mut() {
-        if !ready(table, &clusters)
+    for (name, table) in routes.iter_mut() {
+        if !ready(table)
             && let Some(old) = previous.routes.get(name)
-            && ready(old, &clusters)
+            && ready(old)
         {
             *table = old.clone();
         }
@@ -564,11 +578,7 @@ pub fn listener_plan(listener: &Listener) -> Result<Option<ListenerPlan>> {
     // Chains told apart by ALPN are chosen after the handshake, so the
     // handshake must not depend on which one is chosen.
     for tls in [true, false] {
-        let on = |c: &&ChainPlan| match c.transport {
-            Transport::Any => true,
-            Transport::Tls => tls,
-            Transport::Plaintext => !tls,
-        };
+        let on = |c: &&ChainPlan| c.transport.takes(tls);
         let by_protocol = chains
             .iter()
             .filter(on)

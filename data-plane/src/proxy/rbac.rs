@@ -40,27 +40,12 @@ fn matches(p: &Policy, subject: &Subject<'_>) -> bool {
     p.permissions.iter().any(|x| permits(x, subject)) && p.principals.iter().any(|x| is(x, subject))
 }
 
-/// Applies `rules` in order.
-pub fn decide(rules: &[Rbac], subject: &Subject<'_>) -> Decision {
-    for r in rules {
-        let matched = r.policies.values().any(|p| matches(p, subject));
-        match rbac::Action::try_from(r.action) {
-            Ok(rbac::Action::Deny) if matched => return Decision::Deny { by_deny_rule: true },
-            Ok(rbac::Action::Allow) if !matched => {
-                return Decision::Deny {
-                    by_deny_rule: false,
-                };
-            }
-            _ => {}
-        }
-    }
-    Decision::Allow
-}
+/// What decided: the rule set (filter) and the policy in it that matched,
+/// if one did. For an allowed request, the last ALLOW filter, if any.
+type Decider<'r> = Option<(&'r Rbac, Option<&'r str>)>;
 
-/// The decision `decide` makes, and which policy made it, in words (for
-/// `meshctl authz check`). The control plane names each Envoy policy after
-/// the AuthorizationPolicies it comes from.
-pub fn explain(rules: &[Rbac], subject: &Subject<'_>) -> (Decision, String) {
+/// Applies `rules` in order: the decision, and what made it.
+fn evaluate<'r>(rules: &'r [Rbac], subject: &Subject<'_>) -> (Decision, Decider<'r>) {
     let mut allowed_by = None;
     for r in rules {
         let matched = r
@@ -68,45 +53,54 @@ pub fn explain(rules: &[Rbac], subject: &Subject<'_>) -> (Decision, String) {
             .iter()
             .find(|(_, p)| matches(p, subject))
             .map(|(name, _)| name.as_str());
-        let names = || {
-            let mut n: Vec<&str> = r.policies.keys().map(String::as_str).collect();
-            n.sort();
-            n.join(",")
-        };
-        match (rbac::Action::try_from(r.action), matched) {
-            (Ok(rbac::Action::Deny), Some(name)) => {
-                return (
-                    Decision::Deny { by_deny_rule: true },
-                    format!("denied by DENY policy {name}"),
-                );
+        match rbac::Action::try_from(r.action) {
+            Ok(rbac::Action::Deny) if matched.is_some() => {
+                return (Decision::Deny { by_deny_rule: true }, Some((r, matched)));
             }
-            (Ok(rbac::Action::Allow), None) if r.policies.is_empty() => {
-                return (
-                    Decision::Deny {
-                        by_deny_rule: false,
-                    },
-                    "denied: ALLOW policies select this workload, and none has a rule for this port and protocol".to_owned(),
-                );
+            Ok(rbac::Action::Allow) if matched.is_none() => {
+                let denied = Decision::Deny {
+                    by_deny_rule: false,
+                };
+                return (denied, Some((r, None)));
             }
-            (Ok(rbac::Action::Allow), None) => {
-                return (
-                    Decision::Deny {
-                        by_deny_rule: false,
-                    },
-                    format!("denied: no rule of the ALLOW policies {} matches", names()),
-                );
-            }
-            (Ok(rbac::Action::Allow), Some(name)) => allowed_by = Some(name.to_owned()),
+            Ok(rbac::Action::Allow) => allowed_by = Some((r, matched)),
             _ => {}
         }
     }
-    let why = match allowed_by {
-        Some(names) => format!("allowed by a rule of the ALLOW policies {names}"),
-        None => {
+    (Decision::Allow, allowed_by)
+}
+
+/// Applies `rules` in order.
+pub fn decide(rules: &[Rbac], subject: &Subject<'_>) -> Decision {
+    evaluate(rules, subject).0
+}
+
+/// The decision `decide` makes, and which policy made it, in words (for
+/// `meshctl authz check`). The control plane names each Envoy policy after
+/// the AuthorizationPolicies it comes from.
+pub fn explain(rules: &[Rbac], subject: &Subject<'_>) -> (Decision, String) {
+    let (decision, decider) = evaluate(rules, subject);
+    let why = match (decision, decider) {
+        (Decision::Deny { by_deny_rule: true }, Some((_, Some(name)))) => {
+            format!("denied by DENY policy {name}")
+        }
+        (Decision::Deny { .. }, Some((r, _))) if r.policies.is_empty() => {
+            "denied: ALLOW policies select this workload, and none has a rule for this port and protocol".to_owned()
+        }
+        (Decision::Deny { .. }, Some((r, _))) => {
+            let mut names: Vec<&str> = r.policies.keys().map(String::as_str).collect();
+            names.sort();
+            format!("denied: no rule of the ALLOW policies {} matches", names.join(","))
+        }
+        (Decision::Deny { .. }, None) => "denied".to_owned(),
+        (Decision::Allow, Some((_, Some(name)))) => {
+            format!("allowed by a rule of the ALLOW policies {name}")
+        }
+        (Decision::Allow, _) => {
             "allowed: no DENY policy matches and no ALLOW policy selects this workload".to_owned()
         }
     };
-    (Decision::Allow, why)
+    (decision, why)
 }
 
 fn is(p: &Principal, s: &Subject<'_>) -> bool {

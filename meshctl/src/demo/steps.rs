@@ -80,7 +80,8 @@ pub async fn step(target: &Target, step: Step) -> anyhow::Result<()> {
                 &[("reset", model::backend_policy(None))],
             )
             .await?;
-            let _ = delete_deny(&target).await;
+            // Absent is fine (the control plane reports it as not found, not an error).
+            delete_deny(&target).await?;
             for version in VERSIONS {
                 let name = format!("backend-{version}");
                 let down = running(&dir)
@@ -119,7 +120,7 @@ async fn delete_deny(target: &Target) -> anyhow::Result<()> {
             }],
         })
         .await
-        .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+        .map_err(crate::client::rpc_error)?;
     Ok(())
 }
 

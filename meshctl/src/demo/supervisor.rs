@@ -537,6 +537,6 @@ pub async fn apply(
             dry_run: false,
         })
         .await
-        .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+        .map_err(crate::client::rpc_error)?;
     Ok(())
 }
