@@ -226,10 +226,14 @@ impl Demo {
                 return Ok(d);
             }
             if !self.children.exited().is_empty() {
-                bail!(
-                    "rampart-control exited at start:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                if log.contains("could not acquire lock") {
+                    bail!(
+                        "another rampart-control is using {}: stop it (or its meshctl demo) first, or pass another --data-dir",
+                        self.dir.display()
+                    );
+                }
+                bail!("rampart-control exited at start:\n{log}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -475,7 +479,7 @@ fn stop_leftovers(dir: &Path) {
         return;
     };
     let marker = dir.display().to_string();
-    let mut stopped = 0;
+    let mut stopped = Vec::new();
     for (name, pid) in &state.children {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
             .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
@@ -490,12 +494,27 @@ fn stop_leftovers(dir: &Path) {
                 .status()
                 .is_ok_and(|s| s.success())
         {
-            stopped += 1;
+            stopped.push(*pid);
         }
     }
-    if stopped > 0 {
+    if !stopped.is_empty() {
+        // A killed process holds its files (the store's lock) until it has
+        // exited: wait for that (a zombie holds nothing) before starting again.
+        let running = |pid: &u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+                !state.starts_with('Z')
+            })
+        };
+        for _ in 0..100 {
+            if !stopped.iter().any(running) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         eprintln!(
-            "stopped {stopped} processes an earlier demo on {} left running",
+            "stopped {} processes an earlier demo on {} left running",
+            stopped.len(),
             dir.display()
         );
     }
