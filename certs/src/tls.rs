@@ -89,6 +89,25 @@ pub fn peer_spiffe_id(certs: &[CertificateDer<'_>]) -> Option<SpiffeId> {
     spiffe_id_of_leaf(certs.first()?).ok()
 }
 
+/// Checks `chain` (leaf first) against `bundle` now, as a peer holding that
+/// bundle would check it: e.g. that a new trust bundle still accepts this
+/// workload's own SVID before it is put in use.
+pub fn verify_chain(chain: &[CertificateDer<'_>], bundle: &TrustBundle) -> Result<(), TlsError> {
+    let (leaf, intermediates) = chain
+        .split_first()
+        .ok_or_else(|| TlsError::Rustls("the certificate chain is empty".into()))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(bundle.root_store()?),
+        crypto_provider(),
+    )
+    .build()
+    .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    verifier
+        .verify_client_cert(leaf, intermediates, UnixTime::now())
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    Ok(())
+}
+
 /// The workload's current SVID for rustls, swapped in place on renewal so that
 /// new handshakes use the new certificate and open connections are untouched.
 #[derive(Debug)]

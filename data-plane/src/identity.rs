@@ -26,7 +26,8 @@ pub struct Identity {
 #[derive(Clone)]
 pub struct CaClient {
     pub control_plane: String,
-    /// Roots used to authenticate the control plane.
+    /// Roots that authenticate the control plane at bootstrap (renewals use
+    /// the bundle in use).
     pub trust_anchor: TrustBundle,
     /// Requested SVID lifetime; `None` for the CA default.
     pub svid_ttl: Option<Duration>,
@@ -42,10 +43,12 @@ pub enum BootstrapError {
 }
 
 impl CaClient {
+    /// Signs a new key's CSR, verifying the control plane against `roots`.
     async fn sign(
         &self,
         identity: Option<&Svid>,
         token: Option<&str>,
+        roots: &TrustBundle,
     ) -> Result<(Svid, TrustBundle), tonic::Status> {
         let request = KeyAndCsr::generate().map_err(|e| tonic::Status::internal(e.to_string()))?;
         let client_svid = match identity {
@@ -54,8 +57,8 @@ impl CaClient {
             }
             None => None,
         };
-        let server = PeerPolicy::exactly(control_plane_id(self.trust_anchor.trust_domain()));
-        let tls = client_config(client_svid, &self.trust_anchor, server)
+        let server = PeerPolicy::exactly(control_plane_id(roots.trust_domain()));
+        let tls = client_config(client_svid, roots, server)
             .map_err(|e| tonic::Status::internal(e.to_string()))?;
         let channel = rampart_api::connect(&self.control_plane, tls)
             .await
@@ -78,13 +81,13 @@ impl CaClient {
             .sign(sign)
             .await?
             .into_inner();
-        into_identity(response, request.key, &self.trust_anchor)
+        into_identity(response, request.key, roots)
             .map_err(|e| tonic::Status::internal(format!("the CA's answer is unusable: {e:#}")))
     }
 
     /// Gets the first SVID with a join token.
     pub async fn bootstrap(&self, join_token: &str) -> Result<Identity, BootstrapError> {
-        match self.sign(None, Some(join_token)).await {
+        match self.sign(None, Some(join_token), &self.trust_anchor).await {
             Ok((svid, bundle)) => Ok(Identity { svid, bundle }),
             Err(s)
                 if matches!(
@@ -104,9 +107,14 @@ impl CaClient {
         }
     }
 
-    /// Renews an SVID, proving identity with it.
-    pub async fn renew(&self, current: &Svid) -> Result<Identity, tonic::Status> {
-        let (svid, bundle) = self.sign(Some(current), None).await?;
+    /// Renews an SVID, proving identity with it. The control plane is
+    /// verified with the bundle in use, which follows root rotations
+    /// (`ROOTCA`), not with the anchor the proxy started with.
+    pub async fn renew(&self, current: &Identity) -> Result<Identity, tonic::Status> {
+        let (svid, bundle) = self
+            .sign(Some(&current.svid), None, &current.bundle)
+            .await?;
+        let current = &current.svid;
         if svid.spiffe_id() != current.spiffe_id() {
             return Err(tonic::Status::internal(format!(
                 "renewal returned {} instead of {}",
@@ -154,7 +162,7 @@ pub async fn keep_renewed(
     loop {
         tokio::time::sleep(until(deadline)).await;
         let current = updates.borrow().clone();
-        match client.renew(&current.svid).await {
+        match client.renew(&current).await {
             Ok(identity) => {
                 tracing::info!(
                     spiffe_id = %identity.svid.spiffe_id(),

@@ -290,9 +290,10 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         let outputs = xds_client::Outputs {
             config: config_tx,
             plan: plan_tx,
+            identity: updates.clone(),
             metrics: metrics.clone(),
         };
-        tokio::spawn(xds_client::run(settings, current.clone(), outputs));
+        tokio::spawn(xds_client::run(settings, outputs));
         tokio::spawn(tls.clone().follow(current.clone()));
         let proxy = proxy::Proxy::new(tls, metrics.clone(), args.capture);
         if args.capture {

@@ -12,14 +12,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::core::v3::{DataSource, Node, data_source};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager,
 };
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, Secret, secret,
+};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
@@ -27,7 +29,8 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use prost::Message;
-use rampart_certs::tls::{CurrentSvid, PeerPolicy, client_config};
+use rampart_certs::TrustBundle;
+use rampart_certs::tls::{CurrentSvid, PeerPolicy, client_config, verify_chain};
 use rampart_certs::well_known::control_plane_id;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -41,6 +44,9 @@ pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+
+/// The one secret the proxy asks for: the mesh's trust bundle.
+pub const ROOTCA: &str = "ROOTCA";
 
 /// One held resource: its version and its encoded message.
 #[derive(Debug, Clone, PartialEq)]
@@ -137,10 +143,13 @@ pub struct Settings {
 }
 
 /// Where the client publishes what it holds: the raw resources (for
-/// `/config_dump`) and their compiled plan (for the traffic path).
+/// `/config_dump`), their compiled plan (for the traffic path) and the
+/// trust bundle of `ROOTCA`, into the identity everything else follows
+/// (TLS, the Workload API, SDS).
 pub struct Outputs {
     pub config: watch::Sender<Arc<Config>>,
     pub plan: watch::Sender<Arc<Plan>>,
+    pub identity: watch::Sender<Arc<Identity>>,
     pub metrics: Arc<ProxyMetrics>,
 }
 
@@ -157,13 +166,13 @@ fn short(type_url: &str) -> &'static str {
 }
 
 /// Runs the ADS client forever, publishing what it holds.
-pub async fn run(settings: Settings, identity: watch::Receiver<Arc<Identity>>, out: Outputs) {
+pub async fn run(settings: Settings, out: Outputs) {
     let mut backoff = Duration::from_millis(500);
     loop {
         let result = if settings.sotw {
-            stream_once_sotw(&settings, &identity, &out).await
+            stream_once_sotw(&settings, &out).await
         } else {
-            stream_once(&settings, &identity, &out).await
+            stream_once(&settings, &out).await
         };
         match result {
             Ok(()) => backoff = Duration::from_millis(500),
@@ -200,7 +209,7 @@ fn static_type(type_url: &str) -> Option<&'static str> {
 /// An mTLS channel to the control plane, checking its SPIFFE ID.
 async fn channel(
     settings: &Settings,
-    identity: &watch::Receiver<Arc<Identity>>,
+    identity: &watch::Sender<Arc<Identity>>,
 ) -> anyhow::Result<tonic::transport::Channel> {
     let current = identity.borrow().clone();
     let trust_domain = current.bundle.trust_domain().clone();
@@ -258,7 +267,8 @@ impl Subscriptions {
 fn take(out: &Outputs, response: DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
     let kind = short(&response.type_url);
     let previous = out.plan.borrow().clone();
-    let (ack, next) = apply(&out.config.borrow(), &previous, response);
+    let identity = out.identity.borrow().clone();
+    let (ack, next) = apply(&out.config.borrow(), &previous, &identity, response);
     let result = if ack.error_detail.is_some() {
         "nack"
     } else {
@@ -271,7 +281,7 @@ fn take(out: &Outputs, response: DeltaDiscoveryResponse) -> DeltaDiscoveryReques
             result,
         })
         .inc();
-    if let Some((next, plan)) = next {
+    if let Some((next, plan, trust)) = next {
         for t in [SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE] {
             let held = next.of(t).count() as i64;
             out.metrics
@@ -281,17 +291,25 @@ fn take(out: &Outputs, response: DeltaDiscoveryResponse) -> DeltaDiscoveryReques
         }
         out.config.send_replace(Arc::new(next));
         out.plan.send_replace(Arc::new(plan));
+        if let Some(bundle) = trust {
+            tracing::info!(
+                roots = bundle.roots().len(),
+                "trust bundle updated from ROOTCA; new connections verify peers against it"
+            );
+            out.identity.send_modify(|identity| {
+                *identity = Arc::new(Identity {
+                    svid: identity.svid.clone(),
+                    bundle,
+                })
+            });
+        }
     }
     ack
 }
 
 /// One delta connection: subscribe, resume, ACK/NACK until the stream ends.
-async fn stream_once(
-    settings: &Settings,
-    identity: &watch::Receiver<Arc<Identity>>,
-    out: &Outputs,
-) -> anyhow::Result<()> {
-    let channel = channel(settings, identity).await?;
+async fn stream_once(settings: &Settings, out: &Outputs) -> anyhow::Result<()> {
+    let channel = channel(settings, &out.identity).await?;
     let (tx, rx) = mpsc::channel(16);
     let held = out.config.borrow().clone();
     // Wildcard types first, then what they name; each resumes from what is held.
@@ -306,7 +324,7 @@ async fn stream_once(
         ..Default::default()
     };
     let mut subscriptions = Subscriptions::of(&held, settings.capture);
-    tx.send(first(SECRET, vec!["ROOTCA".to_owned()])).await?;
+    tx.send(first(SECRET, vec![ROOTCA.to_owned()])).await?;
     tx.send(first(CLUSTER, Vec::new())).await?;
     tx.send(first(LISTENER, Vec::new())).await?;
     tx.send(first(ENDPOINT, subscriptions.eds.iter().cloned().collect()))
@@ -355,13 +373,9 @@ fn resource_name(type_url: &str, any: &Any) -> Result<String, String> {
 /// type's resources the proxy asked for: it is applied as a delta against
 /// what is held (absent = removed), and ACKed with its version or NACKed
 /// with the last accepted one.
-async fn stream_once_sotw(
-    settings: &Settings,
-    identity: &watch::Receiver<Arc<Identity>>,
-    out: &Outputs,
-) -> anyhow::Result<()> {
+async fn stream_once_sotw(settings: &Settings, out: &Outputs) -> anyhow::Result<()> {
     use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Resource};
-    let channel = channel(settings, identity).await?;
+    let channel = channel(settings, &out.identity).await?;
     let (tx, rx) = mpsc::channel(16);
     let held = out.config.borrow().clone();
     let mut subscriptions = Subscriptions::of(&held, settings.capture);
@@ -369,7 +383,7 @@ async fn stream_once_sotw(
     let mut state: HashMap<&'static str, (String, String)> = HashMap::new();
     let names = |type_url: &str, s: &Subscriptions| -> Vec<String> {
         match type_url {
-            SECRET => vec!["ROOTCA".to_owned()],
+            SECRET => vec![ROOTCA.to_owned()],
             ENDPOINT => s.eds.iter().cloned().collect(),
             ROUTE => s.rds.iter().cloned().collect(),
             _ => Vec::new(),
@@ -475,13 +489,17 @@ async fn stream_once_sotw(
     anyhow::bail!("the control plane closed the stream")
 }
 
-/// The ACK or NACK for `response`, and the new configuration and its plan
-/// if it applies.
+/// What a response changes: the configuration, its plan, and the trust
+/// bundle if a new `ROOTCA` came.
+type Applied = (Config, Plan, Option<TrustBundle>);
+
+/// The ACK or NACK for `response`, and what it changes if it applies.
 fn apply(
     current: &Config,
     previous: &Plan,
+    identity: &Identity,
     response: DeltaDiscoveryResponse,
-) -> (DeltaDiscoveryRequest, Option<(Config, Plan)>) {
+) -> (DeltaDiscoveryRequest, Option<Applied>) {
     let mut reply = DeltaDiscoveryRequest {
         type_url: response.type_url.clone(),
         response_nonce: response.nonce.clone(),
@@ -530,14 +548,17 @@ fn apply(
     for name in response.removed_resources {
         map.remove(&name);
     }
-    match compile(&next, previous) {
-        Ok(plan) => (reply, Some((next, plan))),
+    let trust = if type_url == SECRET {
+        trust_update(&next, identity).map_err(|e| vec![e])
+    } else {
+        Ok(None)
+    };
+    let compiled = compile(&next, previous)
+        .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>());
+    match compiled.and_then(|plan| Ok((plan, trust?))) {
+        Ok((plan, trust)) => (reply, Some((next, plan, trust))),
         Err(errors) => {
-            let message = errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ");
+            let message = errors.join("; ");
             tracing::warn!(r#type = type_url, problems = %message, "rejecting an xDS update this proxy cannot carry; keeping the last good configuration");
             reply.error_detail = Some(RpcStatus {
                 code: 3,
@@ -545,6 +566,146 @@ fn apply(
                 details: Vec::new(),
             });
             (reply, None)
+        }
+    }
+}
+
+/// The trust bundle of the held `ROOTCA`, if it differs from the one in use.
+/// A bundle that does not accept this proxy's own SVID is refused: a peer
+/// holding it would refuse this proxy, so it can only be a mistake (a root
+/// rotation adds the new root before it signs anything).
+fn trust_update(config: &Config, identity: &Identity) -> Result<Option<TrustBundle>, String> {
+    let Some(held) = config.types.get(SECRET).and_then(|m| m.get(ROOTCA)) else {
+        return Ok(None);
+    };
+    let secret = Secret::decode(held.resource.value.as_slice())
+        .map_err(|e| format!("{ROOTCA}: does not decode: {e}"))?;
+    let source = match secret.r#type {
+        Some(secret::Type::ValidationContext(CertificateValidationContext {
+            trusted_ca:
+                Some(DataSource {
+                    specifier: Some(source),
+                    ..
+                }),
+            ..
+        })) => source,
+        _ => {
+            return Err(format!(
+                "{ROOTCA}: not a validation context with trusted_ca"
+            ));
+        }
+    };
+    let pem = match source {
+        data_source::Specifier::InlineString(text) => text.into_bytes(),
+        data_source::Specifier::InlineBytes(bytes) => bytes,
+        _ => {
+            return Err(format!(
+                "{ROOTCA}: trusted_ca must be inline PEM (a file or variable names nothing on this proxy's machine)"
+            ));
+        }
+    };
+    let bundle = TrustBundle::from_pem(identity.bundle.trust_domain().clone(), &pem)
+        .map_err(|e| format!("{ROOTCA}: {e}"))?;
+    verify_chain(identity.svid.chain(), &bundle).map_err(|e| {
+        format!("{ROOTCA}: this bundle does not accept the proxy's own SVID ({e}); keeping the bundle in use")
+    })?;
+    Ok((bundle != identity.bundle).then_some(bundle))
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::util::pack_any;
+    use rampart_certs::{
+        CertificateAuthority, KeyAndCsr, SpiffeId, Svid, TrustDomain, VerifiedCsr,
+    };
+
+    use super::*;
+
+    fn ca(td: &TrustDomain) -> CertificateAuthority {
+        let root = CertificateAuthority::generate_root(td).unwrap();
+        CertificateAuthority::from_root_pem(
+            td.clone(),
+            &root.cert_pem,
+            &root.key_pem,
+            Default::default(),
+        )
+        .unwrap()
+    }
+
+    /// A proxy holding an SVID of `ca` and `ca`'s bundle.
+    fn identity(ca: &CertificateAuthority) -> Identity {
+        let request = KeyAndCsr::generate().unwrap();
+        let csr = VerifiedCsr::from_der(&request.csr_der).unwrap();
+        let id = SpiffeId::new(ca.trust_domain().clone(), "/ns/default/sa/me").unwrap();
+        let issued = ca.sign(&csr, &id, None).unwrap();
+        Identity {
+            svid: Svid::new(issued.chain, request.key).unwrap(),
+            bundle: ca.bundle().clone(),
+        }
+    }
+
+    fn holding(source: data_source::Specifier) -> Config {
+        let secret = Secret {
+            name: ROOTCA.to_owned(),
+            r#type: Some(secret::Type::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: Some(DataSource {
+                        specifier: Some(source),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )),
+        };
+        let mut config = Config::default();
+        config.types.entry(SECRET).or_default().insert(
+            ROOTCA.to_owned(),
+            Held {
+                version: "1".to_owned(),
+                resource: pack_any(secret),
+            },
+        );
+        config
+    }
+
+    fn pem(text: String) -> data_source::Specifier {
+        data_source::Specifier::InlineString(text)
+    }
+
+    #[test]
+    fn a_rootca_adding_a_root_replaces_the_bundle_in_use() {
+        let td = TrustDomain::new("cluster.local").unwrap();
+        let (old, new) = (ca(&td), ca(&td));
+        let me = identity(&old);
+        let both = format!("{}{}", old.bundle().to_pem(), new.bundle().to_pem());
+        let bundle = trust_update(&holding(pem(both)), &me).unwrap().unwrap();
+        assert_eq!(bundle.roots().len(), 2);
+        // The same roots again change nothing.
+        let same = holding(pem(old.bundle().to_pem()));
+        assert_eq!(trust_update(&same, &me).unwrap(), None);
+        // Nothing held: nothing to change.
+        assert_eq!(trust_update(&Config::default(), &me).unwrap(), None);
+    }
+
+    #[test]
+    fn a_rootca_that_would_lock_this_proxy_out_is_refused_with_the_reason() {
+        let td = TrustDomain::new("cluster.local").unwrap();
+        let (old, new) = (ca(&td), ca(&td));
+        let me = identity(&old);
+        let cases = [
+            (
+                pem(new.bundle().to_pem()),
+                "does not accept the proxy's own SVID",
+            ),
+            (pem("not a certificate".into()), "ROOTCA:"),
+            (
+                data_source::Specifier::Filename("/etc/roots.pem".into()),
+                "must be inline PEM",
+            ),
+        ];
+        for (source, reason) in cases {
+            let error = trust_update(&holding(source), &me).unwrap_err();
+            assert!(error.contains(reason), "{error}");
         }
     }
 }

@@ -19,6 +19,7 @@ pub const CLIENT: &str = "client -> frontend (http)";
 /// A running `meshctl demo -o json`, its snapshots arriving on a channel.
 pub struct Demo {
     pub child: Child,
+    dir: std::path::PathBuf,
     snapshots: mpsc::Receiver<Value>,
     pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
@@ -49,13 +50,14 @@ impl Demo {
         let sink = stderr.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let mut s = sink.lock().unwrap();
+                let mut s = sink.lock().unwrap_or_else(|e| e.into_inner());
                 s.push_str(&line);
                 s.push('\n');
             }
         });
         Demo {
             child,
+            dir: dir.to_owned(),
             snapshots,
             stderr,
         }
@@ -75,9 +77,39 @@ impl Demo {
             }
         }
         panic!(
-            "{what}: not seen in {seconds} s\nlast snapshot: {last:#}\ndemo stderr:\n{}",
-            self.stderr.lock().unwrap()
+            "{what}: not seen in {seconds} s\nlast snapshot: {last:#}\nhandshake failures: {}\ndemo stderr:\n{}\n{}",
+            handshake_failures(&last),
+            self.stderr.lock().unwrap_or_else(|e| e.into_inner()),
+            self.log_tails(40)
         );
+    }
+
+    /// The last `lines` lines of every log the demo writes (control plane,
+    /// apps, sidecars), to tell why a check failed.
+    fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        let mut logs: Vec<_> = std::fs::read_dir(self.dir.join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            let tail = &all[all.len().saturating_sub(lines)..];
+            out.push_str(&format!(
+                "--- {} (last {} lines)\n",
+                log.display(),
+                tail.len()
+            ));
+            for line in tail {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
     }
 
     /// Ctrl-C; the demo's exit status.
@@ -148,4 +180,34 @@ pub fn share(snapshot: &Value, route_name: &str, version: &str) -> f64 {
 /// A route's success percent.
 pub fn success(snapshot: &Value, route_name: &str) -> f64 {
     route(snapshot, route_name)["success"].as_f64().unwrap()
+}
+
+/// Every sidecar's `rampart_proxy_tls_handshake_failures_total` samples
+/// (listener and reason), read from the metrics URLs a snapshot lists.
+fn handshake_failures(snapshot: &Value) -> String {
+    use std::io::{Read, Write};
+    let mut out = String::new();
+    let urls = snapshot["metrics"].as_object().cloned().unwrap_or_default();
+    for (name, url) in urls {
+        let Some(addr) = url
+            .as_str()
+            .and_then(|u| u.strip_prefix("http://"))
+            .and_then(|u| u.strip_suffix("/metrics"))
+        else {
+            continue;
+        };
+        let mut text = String::new();
+        if let Ok(mut stream) = std::net::TcpStream::connect(addr) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = write!(stream, "GET /metrics HTTP/1.0\r\nhost: {addr}\r\n\r\n");
+            let _ = stream.read_to_string(&mut text);
+        }
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("rampart_proxy_tls_handshake_failures_total{"))
+        {
+            out.push_str(&format!("\n  {name}: {line}"));
+        }
+    }
+    out
 }

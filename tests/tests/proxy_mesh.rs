@@ -241,7 +241,11 @@ async fn two_proxies_carry_http_h2_and_tcp_over_mtls_under_policy() {
         "{inbound}"
     );
     assert!(
-        counter(&inbound, "rampart_proxy_tls_handshake_failures_total", &[]) >= 2.0,
+        counter(
+            &inbound,
+            "rampart_proxy_tls_handshake_failures_total",
+            &["reason=\"not_tls\""]
+        ) >= 2.0,
         "{inbound}"
     );
     let outbound = frontend.metrics().await;

@@ -16,7 +16,9 @@ use tokio::sync::watch;
 
 use super::detect;
 use super::http::{self, Downstream};
-use super::metrics::{BytesLabels, ListenerLabels, TcpLabels};
+use super::metrics::{
+    BytesLabels, HandshakeFailureLabels, ListenerLabels, TcpLabels, handshake_failure_reason,
+};
 use super::plan::{App, ListenerPlan, Transport};
 use super::pool::{ConnectError, Stream, connect};
 use super::rbac::{self, Decision, Subject};
@@ -149,12 +151,12 @@ pub async fn connection(
                 (Box::pin(tls), peer)
             }
             Ok(Err(e)) => {
-                proxy.metrics().tls_failures.get_or_create(&label()).inc();
+                handshake_failed(&proxy, &name, Some(&e));
                 tracing::debug!(listener = %name, %remote, error = %e, "TLS handshake failed");
                 return;
             }
             Err(_) => {
-                proxy.metrics().tls_failures.get_or_create(&label()).inc();
+                handshake_failed(&proxy, &name, None);
                 return;
             }
         }
@@ -356,4 +358,16 @@ impl tokio::io::AsyncWrite for Counting {
     ) -> std::task::Poll<std::io::Result<()>> {
         self.inner.as_mut().poll_shutdown(cx)
     }
+}
+
+/// Counts a failed inbound handshake (`None`: it timed out) by reason.
+fn handshake_failed(proxy: &Proxy, listener: &str, error: Option<&std::io::Error>) {
+    proxy
+        .metrics()
+        .tls_failures
+        .get_or_create(&HandshakeFailureLabels {
+            listener: listener.to_owned(),
+            reason: handshake_failure_reason(error),
+        })
+        .inc();
 }

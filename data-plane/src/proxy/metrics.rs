@@ -65,6 +65,32 @@ pub struct ListenerLabels {
     pub listener: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeFailureLabels {
+    pub listener: String,
+    /// See [`handshake_failure_reason`].
+    pub reason: &'static str,
+}
+
+/// Why an inbound TLS handshake failed, in words an operator can act on:
+/// `not_tls` (a plaintext client in STRICT), `no_client_cert`,
+/// `bad_client_cert` (untrusted root, expired, not an SVID of the trust
+/// domain), `peer_refused` (the client sent an alert: it did not accept
+/// this proxy's certificate), `timeout`, else `other`.
+pub fn handshake_failure_reason(error: Option<&std::io::Error>) -> &'static str {
+    use rustls::Error as E;
+    let Some(error) = error else {
+        return "timeout";
+    };
+    match error.get_ref().and_then(|e| e.downcast_ref::<E>()) {
+        Some(E::InvalidMessage(_) | E::InappropriateHandshakeMessage { .. }) => "not_tls",
+        Some(E::NoCertificatesPresented) => "no_client_cert",
+        Some(E::InvalidCertificate(_)) => "bad_client_cert",
+        Some(E::AlertReceived(_)) => "peer_refused",
+        _ => "other",
+    }
+}
+
 pub struct TrafficMetrics {
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Family<DurationLabels, Histogram>,
@@ -75,7 +101,7 @@ pub struct TrafficMetrics {
     pub ejections: Family<ClusterLabels, Counter>,
     pub overflows: Family<OverflowLabels, Counter>,
     pub detect_timeouts: Family<ListenerLabels, Counter>,
-    pub tls_failures: Family<ListenerLabels, Counter>,
+    pub tls_failures: Family<HandshakeFailureLabels, Counter>,
 }
 
 impl TrafficMetrics {
@@ -144,7 +170,7 @@ impl TrafficMetrics {
         );
         registry.register(
             "rampart_proxy_tls_handshake_failures",
-            "Inbound TLS handshakes that failed (no or untrusted client certificate, not TLS)",
+            "Inbound TLS handshakes that failed, by reason (not_tls, no_client_cert, bad_client_cert, peer_refused, timeout, other)",
             m.tls_failures.clone(),
         );
         m
