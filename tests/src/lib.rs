@@ -383,12 +383,24 @@ pub fn python_checks(script: &str, config: &serde_json::Value, dir: &Path) -> Ou
 }
 
 /// A free loopback port (bound, then released).
+///
+/// Never one handed out before by this test process: once a probe socket
+/// is closed, the kernel may give the same port to the next `bind(0)`, and
+/// two listeners of a test on one port would be a flaky failure.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// [`split_model`] as two files in `dir`: 80/20 (applied now) and 0/100

@@ -93,9 +93,21 @@ impl Bins {
     }
 }
 
+/// A loopback port nothing listens on, never one handed out before by this
+/// process: the kernel may give the same free port to two `bind(0)` calls
+/// in a row once the first socket is closed, and two of the demo's
+/// listeners on one port would send its traffic to the wrong process.
 fn free_port() -> anyhow::Result<SocketAddr> {
-    let socket = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(socket.local_addr()?)
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+        let addr = socket.local_addr()?;
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return Ok(addr);
+        }
+    }
 }
 
 /// Everything one run of the demo holds.
