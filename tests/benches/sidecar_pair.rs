@@ -16,7 +16,9 @@
 //! HAProxy `nbthread 1`). Every hop is TLS 1.3, AES-128-GCM, X25519.
 //!
 //! Run: `cargo build --release --workspace --bins && cargo bench -p rampart-tests --bench sidecar_pair`
-//! (`-- --quick` for short runs; `-- rampart envoy` to pick pairs).
+//! (`-- --quick` for short runs; `-- rampart envoy` to pick pairs;
+//! `-- --rounds=3` to measure every pair three times, in turn, and print
+//! the medians and how rampart-proxy compared in each round).
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -406,12 +408,58 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
+/// One measurement of a pair at one rate.
+struct Row {
+    achieved: f64,
+    errors: u64,
+    /// p50, p99, p99.9 (ms).
+    p: [f64; 3],
+    /// The same, minus direct's in the same round.
+    added: [f64; 3],
+    cpu_per_10k: f64,
+    peak_rss: u64,
+}
+
+const RATES: [u64; 2] = [1000, 5000];
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+fn print_row(label: &str, rps: u64, r: &Row, idle: u64) {
+    println!(
+        "{:<18} {:>6} {:>9.0} {:>6} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>8.3} {:>8.1}M {:>8.1}M",
+        label,
+        rps,
+        r.achieved,
+        r.errors,
+        r.p[0],
+        r.p[1],
+        r.p[2],
+        r.added[0],
+        r.added[1],
+        r.added[2],
+        r.cpu_per_10k,
+        mib(idle),
+        mib(r.peak_rss)
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
     let quick = args.iter().any(|a| a == "--quick");
+    let rounds: usize = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--rounds="))
+        .map_or(1, |n| n.parse().expect("--rounds=N takes a number"));
     let picked: Vec<&str> = args
         .iter()
         .filter(|a| !a.starts_with("--"))
@@ -436,49 +484,94 @@ fn main() {
             (Duration::from_secs(15), Duration::from_secs(3), Duration::from_secs(5))
         };
 
-        println!("sidecar pair benchmark: open loop, {CONNECTIONS} keep-alive HTTP/1.1 connections, {BODY} B responses, {} s per rate", run_for.as_secs());
-        println!("latency (ms) from each request's scheduled time; + = added over direct; cpu = both proxies, CPU-seconds per 10k requests; rss = the larger proxy\n");
-        println!(
-            "{:<14} {:>6} {:>9} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>9} {:>9}",
-            "pair", "rps", "achieved", "errors", "p50", "p99", "p99.9", "+p50", "+p99", "+p99.9", "cpu/10k", "rss idle", "rss load"
-        );
-        let mut floor: Vec<(u64, [f64; 3])> = Vec::new();
-        let mut knees = Vec::new();
+        // Every pair runs from the start to the end (a restarted sidecar
+        // would leave its old endpoint registered for the grace period);
+        // an idle pair costs the measured one next to nothing.
+        let mut pairs = Vec::new();
         for kind in ["direct", "rampart", "envoy", "haproxy"] {
             if kind != "direct" && !wanted(kind) {
                 continue;
             }
-            let pair = match kind {
+            pairs.push(match kind {
                 "direct" => Pair { name: "direct", entry: format!("127.0.0.1:{app}"), pids: Vec::new(), children: Vec::new(), _sidecars: Vec::new(), _envoys: Vec::new() },
                 "rampart" => rampart_pair(&cp, dir.path(), app).await,
                 "envoy" => envoy_pair(&cp, dir.path(), app).await,
                 _ => haproxy_pair(&cp, dir.path(), app).await,
-            };
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let idle = pair.pids.iter().map(|p| usage(*p).1).max().unwrap_or(0);
-            let mut low_p99 = f64::NAN;
-            for rps in [1000u64, 5000] {
-                let _ = load(&pair.entry, rps, warm_for, &pair.pids).await;
-                let run = load(&pair.entry, rps, run_for, &pair.pids).await;
-                let p = [run.percentile(50.0), run.percentile(99.0), run.percentile(99.9)];
-                if kind == "direct" {
-                    floor.push((rps, p));
+            });
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let idle: Vec<u64> = pairs.iter().map(|p| p.pids.iter().map(|p| usage(*p).1).max().unwrap_or(0)).collect();
+
+        println!("sidecar pair benchmark: open loop, {CONNECTIONS} keep-alive HTTP/1.1 connections, {BODY} B responses, {} s per rate, {rounds} round(s), pairs in turn within each round", run_for.as_secs());
+        println!("latency (ms) from each request's scheduled time; + = added over direct in the same round; cpu = both proxies, CPU-seconds per 10k requests; rss = the larger proxy\n");
+        println!(
+            "{:<18} {:>6} {:>9} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>9} {:>9}",
+            "pair", "rps", "achieved", "errors", "p50", "p99", "p99.9", "+p50", "+p99", "+p99.9", "cpu/10k", "rss idle", "rss load"
+        );
+        // results[pair][rate]: one row per round.
+        let mut results: Vec<[Vec<Row>; 2]> = pairs.iter().map(|_| [Vec::new(), Vec::new()]).collect();
+        for round in 1..=rounds {
+            let mut floor = [[0.0; 3]; 2];
+            for (i, pair) in pairs.iter().enumerate() {
+                for (j, rps) in RATES.into_iter().enumerate() {
+                    let _ = load(&pair.entry, rps, warm_for, &pair.pids).await;
+                    let run = load(&pair.entry, rps, run_for, &pair.pids).await;
+                    let p = [run.percentile(50.0), run.percentile(99.0), run.percentile(99.9)];
+                    if pair.name == "direct" {
+                        floor[j] = p;
+                    }
+                    let row = Row {
+                        achieved: run.achieved_rps,
+                        errors: run.errors,
+                        p,
+                        added: [p[0] - floor[j][0], p[1] - floor[j][1], p[2] - floor[j][2]],
+                        cpu_per_10k: run.cpu_seconds * 10_000.0 / run.latencies.len().max(1) as f64,
+                        peak_rss: run.peak_rss,
+                    };
+                    let label = if rounds > 1 { format!("{} #{round}", pair.name) } else { pair.name.to_owned() };
+                    print_row(&label, rps, &row, idle[i]);
+                    results[i][j].push(row);
                 }
-                if rps == 1000 {
-                    low_p99 = p[1];
-                }
-                let base = floor.iter().find(|(r, _)| *r == rps).map_or([0.0; 3], |(_, p)| *p);
-                let cpu = run.cpu_seconds * 10_000.0 / run.latencies.len().max(1) as f64;
-                println!(
-                    "{:<14} {:>6} {:>9.0} {:>6} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>8.3} {:>8.1}M {:>8.1}M",
-                    pair.name, rps, run.achieved_rps, run.errors, p[0], p[1], p[2],
-                    p[0] - base[0], p[1] - base[1], p[2] - base[2],
-                    cpu, mib(idle), mib(run.peak_rss)
-                );
             }
+        }
+
+        if rounds > 1 {
+            println!("\nmedian of {rounds} rounds (each column on its own):");
+            for (i, pair) in pairs.iter().enumerate() {
+                for (j, rps) in RATES.into_iter().enumerate() {
+                    let rows = &results[i][j];
+                    let m = |f: &dyn Fn(&Row) -> f64| median(rows.iter().map(f).collect());
+                    let row = Row {
+                        achieved: m(&|r| r.achieved),
+                        errors: m(&|r| r.errors as f64) as u64,
+                        p: [m(&|r| r.p[0]), m(&|r| r.p[1]), m(&|r| r.p[2])],
+                        added: [m(&|r| r.added[0]), m(&|r| r.added[1]), m(&|r| r.added[2])],
+                        cpu_per_10k: m(&|r| r.cpu_per_10k),
+                        peak_rss: m(&|r| r.peak_rss as f64) as u64,
+                    };
+                    print_row(pair.name, rps, &row, idle[i]);
+                }
+            }
+            // rampart-proxy against the others, round by round.
+            let index = |name: &str| pairs.iter().position(|p| p.name == name);
+            if let Some(r) = index("rampart-proxy") {
+                for other in ["envoy", "haproxy"] {
+                    let Some(o) = index(other) else { continue };
+                    for (j, rps) in RATES.into_iter().enumerate() {
+                        let cpu: Vec<String> = results[r][j].iter().zip(&results[o][j]).map(|(a, b)| format!("{:.2}", a.cpu_per_10k / b.cpu_per_10k)).collect();
+                        let below = results[r][j].iter().zip(&results[o][j]).filter(|(a, b)| a.added[1] < b.added[1]).count();
+                        println!("{rps:>5} rps, rampart-proxy / {other}: CPU per request {} ; added p99 below {other}'s in {below} of {rounds} rounds", cpu.join(" "));
+                    }
+                }
+            }
+        }
+
+        println!();
+        for pair in &pairs {
             // The knee: the highest rate answered in full before p99 climbs
-            // past three times its value at 1k rps.
-            let limit = 3.0 * low_p99;
+            // past three times its (median) value at 1k rps.
+            let i = pairs.iter().position(|p| p.name == pair.name).unwrap();
+            let limit = 3.0 * median(results[i][0].iter().map(|r| r.p[1]).collect());
             let mut best = 0;
             for rps in [2500u64, 5000, 7500, 10_000, 12_500, 15_000, 20_000, 25_000] {
                 let run = load(&pair.entry, rps, step_for, &pair.pids).await;
@@ -487,11 +580,7 @@ fn main() {
                 }
                 best = rps;
             }
-            knees.push((pair.name, best, limit));
-        }
-        println!();
-        for (name, best, limit) in knees {
-            println!("{name:<14} highest rate answered in full with p99 under 3x its 1k-rps p99 ({limit:.1} ms): {best} rps");
+            println!("{:<14} highest rate answered in full with p99 under 3x its 1k-rps p99 ({limit:.1} ms): {best} rps", pair.name);
         }
     });
 }
