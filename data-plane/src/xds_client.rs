@@ -307,6 +307,36 @@ fn take(out: &Outputs, response: DeltaDiscoveryResponse) -> DeltaDiscoveryReques
     ack
 }
 
+/// The next response on the stream. While a route table is held back for
+/// warming clusters, the plan is compiled again when its wait runs out,
+/// even if nothing else arrives.
+async fn next_response<T>(
+    responses: &mut tonic::Streaming<T>,
+    out: &Outputs,
+) -> Result<Option<T>, tonic::Status> {
+    loop {
+        let Some(deadline) = out.plan.borrow().warming_deadline() else {
+            return responses.message().await;
+        };
+        tokio::select! {
+            // `message` is cancel safe: nothing is lost if the timer wins.
+            response = responses.message() => return response,
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                let previous = out.plan.borrow().clone();
+                let config = out.config.borrow().clone();
+                match compile(&config, &previous) {
+                    Ok(plan) => {
+                        out.plan.send_replace(Arc::new(plan));
+                    }
+                    // Cannot happen (this configuration compiled before);
+                    // if it did, the timer must not spin.
+                    Err(_) => return responses.message().await,
+                }
+            }
+        }
+    }
+}
+
 /// One delta connection: subscribe, resume, ACK/NACK until the stream ends.
 async fn stream_once(settings: &Settings, out: &Outputs) -> anyhow::Result<()> {
     let channel = channel(settings, &out.identity).await?;
@@ -336,7 +366,7 @@ async fn stream_once(settings: &Settings, out: &Outputs) -> anyhow::Result<()> {
         .await?
         .into_inner();
     tracing::info!(control_plane = %settings.control_plane, resumed = held.of(CLUSTER).count() + held.of(LISTENER).count(), "xDS stream open (delta)");
-    while let Some(response) = responses.message().await? {
+    while let Some(response) = next_response(&mut responses, out).await? {
         let follows = follow(&response.type_url, settings.capture);
         tx.send(take(out, response)).await?;
         let now = out.config.borrow().clone();
@@ -407,7 +437,7 @@ async fn stream_once_sotw(settings: &Settings, out: &Outputs) -> anyhow::Result<
         .await?
         .into_inner();
     tracing::info!(control_plane = %settings.control_plane, "xDS stream open (state of the world)");
-    while let Some(response) = responses.message().await? {
+    while let Some(response) = next_response(&mut responses, out).await? {
         let Some(type_url) = static_type(&response.type_url) else {
             continue;
         };

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{Address, address, socket_address};
@@ -47,6 +47,24 @@ pub struct Plan {
     pub captured: HashMap<SocketAddr, Arc<ListenerPlan>>,
     pub routes: HashMap<String, Arc<RouteTable>>,
     pub clusters: HashMap<String, Arc<ClusterPlan>>,
+    /// Route tables held at their previous version while the clusters of
+    /// the new one warm, and since when (see [`WARMING_TIMEOUT`]).
+    pub held_back: HashMap<String, Instant>,
+}
+
+/// How long a new route table waits for its clusters to warm before it is
+/// used anyway (Envoy's default `initial_fetch_timeout`): a cluster whose
+/// endpoints never come must not pin the old routes for ever.
+pub const WARMING_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Plan {
+    /// When the first held-back route table stops waiting, if any is.
+    pub fn warming_deadline(&self) -> Option<Instant> {
+        self.held_back
+            .values()
+            .min()
+            .map(|since| *since + WARMING_TIMEOUT)
+    }
 }
 
 #[derive(Debug, PartialEq)]
@@ -369,19 +387,29 @@ pub fn compile(config: &Config, previous: &Plan) -> std::result::Result<Plan, Ve
 /// version and is used as it is.
 fn keep_routes_until_clusters_warm(plan: &mut Plan, previous: &Plan) {
     let Plan {
-        routes, clusters, ..
+        routes,
+        clusters,
+        held_back,
+        ..
     } = plan;
     let ready = |table: &RouteTable| {
         table
             .clusters()
             .all(|c| clusters.get(c).is_some_and(|p| !p.warming))
     };
+    let now = Instant::now();
     for (name, table) in routes.iter_mut() {
         if !ready(table)
             && let Some(old) = previous.routes.get(name)
             && ready(old)
         {
-            *table = old.clone();
+            let since = previous.held_back.get(name).copied().unwrap_or(now);
+            if now.duration_since(since) < WARMING_TIMEOUT {
+                *table = old.clone();
+                held_back.insert(name.clone(), since);
+            } else {
+                tracing::warn!(route = %name, waited_s = WARMING_TIMEOUT.as_secs(), "clusters of a new route table did not warm in time; using it anyway (their requests get 503 until endpoints arrive)");
+            }
         }
     }
 }
@@ -998,5 +1026,104 @@ impl RouteTable {
             PathMatch::Prefix(p) => path_only.starts_with(p.as_str()),
             PathMatch::Exact(p) => path_only == p,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        ClusterDiscoveryType, DiscoveryType, EdsClusterConfig,
+    };
+    use envoy_types::pb::envoy::config::route::v3::{
+        Route, RouteAction, RouteMatch, VirtualHost, route, route_action, route_match,
+    };
+    use envoy_types::util::pack_any;
+
+    use super::*;
+    use crate::xds_client::Held;
+
+    fn hold(config: &mut Config, type_url: &'static str, name: &str, resource: Any) {
+        config.types.entry(type_url).or_default().insert(
+            name.to_owned(),
+            Held {
+                version: "1".to_owned(),
+                resource,
+            },
+        );
+    }
+
+    /// EDS clusters `a` and `b` (only `a` has endpoints) and the route
+    /// table `r` sending everything to `to`.
+    fn config(to: &str) -> Config {
+        let mut config = Config::default();
+        for name in ["a", "b"] {
+            let cluster = Cluster {
+                name: name.to_owned(),
+                cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+                eds_cluster_config: Some(EdsClusterConfig::default()),
+                ..Default::default()
+            };
+            hold(&mut config, CLUSTER, name, pack_any(cluster));
+        }
+        let assignment = ClusterLoadAssignment {
+            cluster_name: "a".to_owned(),
+            ..Default::default()
+        };
+        hold(&mut config, ENDPOINT, "a", pack_any(assignment));
+        let table = RouteConfiguration {
+            name: "r".to_owned(),
+            virtual_hosts: vec![VirtualHost {
+                name: "all".to_owned(),
+                domains: vec!["*".to_owned()],
+                routes: vec![Route {
+                    r#match: Some(RouteMatch {
+                        path_specifier: Some(route_match::PathSpecifier::Prefix("/".to_owned())),
+                        ..Default::default()
+                    }),
+                    action: Some(route::Action::Route(RouteAction {
+                        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                            to.to_owned(),
+                        )),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        hold(&mut config, ROUTE, "r", pack_any(table));
+        config
+    }
+
+    fn target(plan: &Plan) -> Vec<&str> {
+        plan.routes["r"].clusters().collect()
+    }
+
+    #[test]
+    fn a_route_to_a_cold_cluster_waits_for_it_but_not_for_ever() {
+        let first = compile(&config("a"), &Plan::default()).unwrap();
+        assert_eq!(target(&first), ["a"]);
+        assert_eq!(first.warming_deadline(), None);
+
+        // `b` has no endpoints yet: the old table stays, with a deadline.
+        let held = compile(&config("b"), &first).unwrap();
+        assert_eq!(target(&held), ["a"]);
+        let deadline = held.warming_deadline().expect("a deadline");
+        assert!(deadline > Instant::now() + WARMING_TIMEOUT - Duration::from_secs(2));
+        // Compiled again within the wait (another update came): still held,
+        // and the wait is not restarted.
+        let again = compile(&config("b"), &held).unwrap();
+        assert_eq!(target(&again), ["a"]);
+        assert_eq!(again.warming_deadline(), Some(deadline));
+
+        // Once the wait has run out, the new table is used as it is.
+        let mut waited = again;
+        for since in waited.held_back.values_mut() {
+            *since -= WARMING_TIMEOUT;
+        }
+        let given_up = compile(&config("b"), &waited).unwrap();
+        assert_eq!(target(&given_up), ["b"]);
+        assert_eq!(given_up.warming_deadline(), None);
     }
 }
