@@ -48,11 +48,12 @@ pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfigur
 /// The one secret the proxy asks for: the mesh's trust bundle.
 pub const ROOTCA: &str = "ROOTCA";
 
-/// One held resource: its version and its encoded message.
+/// One held resource: its version and its encoded message (shared: the
+/// configuration is copied on every update, its resources are not).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Held {
     pub version: String,
-    pub resource: Any,
+    pub resource: Arc<Any>,
 }
 
 /// Everything the proxy holds, by type URL then name.
@@ -570,7 +571,7 @@ fn apply(
                 r.name,
                 Held {
                     version: r.version,
-                    resource,
+                    resource: Arc::new(resource),
                 },
             );
         }
@@ -692,7 +693,7 @@ mod tests {
             ROOTCA.to_owned(),
             Held {
                 version: "1".to_owned(),
-                resource: pack_any(secret),
+                resource: Arc::new(pack_any(secret)),
             },
         );
         config
