@@ -238,6 +238,7 @@ async fn run(target: &Target) -> Vec<Finding> {
             None,
         ));
     }
+    out.push(proxy_certificates(&proxies, now).await);
     let mut nacked = Vec::new();
     let mut stale = Vec::new();
     let mut settling = Vec::new();
@@ -291,6 +292,79 @@ async fn run(target: &Target) -> Vec<Finding> {
     out
 }
 
+/// An SVID valid from `start` to `end`: failed once expired, a warning
+/// once past three quarters of its lifetime (renewal is due at half-life).
+fn svid_state(start: i64, end: i64, now: i64) -> Status {
+    if end <= now {
+        Status::Failed
+    } else if now - start > (end - start) * 3 / 4 {
+        Status::Warning
+    } else {
+        Status::Ok
+    }
+}
+
+/// Each rampart-proxy's SVID, from the validity gauges on its admin
+/// endpoint: renewal is due at half-life, so one past three quarters of its
+/// lifetime is overdue, and an expired one fails every connection it makes.
+async fn proxy_certificates(proxies: &[rampart_api::admin::ProxyStatus], now: i64) -> Finding {
+    const CHECK: &str = "proxy certificates";
+    let (mut fresh, mut overdue, mut expired, mut unreachable) = (0, Vec::new(), Vec::new(), 0);
+    for p in proxies {
+        let Ok(addr) = p.admin_addr.parse() else {
+            unreachable += 1; // an Envoy, or a proxy that did not say
+            continue;
+        };
+        let Ok((200, body)) = crate::http::get(addr, "/metrics").await else {
+            unreachable += 1;
+            continue;
+        };
+        let text = String::from_utf8_lossy(&body);
+        let gauge = |name| crate::metrics::value(&text, name).map(|v| v as i64);
+        let (Some(start), Some(end)) = (
+            gauge("rampart_proxy_certificate_start_timestamp_seconds"),
+            gauge("rampart_proxy_certificate_expiry_timestamp_seconds"),
+        ) else {
+            unreachable += 1;
+            continue;
+        };
+        match svid_state(start, end, now) {
+            Status::Failed => expired.push(format!("{} (expired {} s ago)", p.node_id, now - end)),
+            Status::Warning => overdue.push(format!("{} ({} s left)", p.node_id, end - now)),
+            _ => fresh += 1,
+        }
+    }
+    let unread = if unreachable > 0 {
+        format!("; {unreachable} not readable here (Envoys, or admin endpoints on other hosts)")
+    } else {
+        String::new()
+    };
+    if !expired.is_empty() {
+        finding(
+            CHECK,
+            Status::Failed,
+            format!("expired: {}{unread}", expired.join(", ")),
+            Some(
+                "the proxy cannot renew: look at its log (rampart_proxy_svid_renewals_total{result=\"error\"}) and whether it reaches the control plane; restart it with a new join token if its SVID is gone",
+            ),
+        )
+    } else if !overdue.is_empty() {
+        finding(
+            CHECK,
+            Status::Warning,
+            format!(
+                "past three quarters of their lifetime, renewal overdue: {}{unread}",
+                overdue.join(", ")
+            ),
+            Some(
+                "look at the proxy's log for renewal errors; meshctl identity NODE shows its SVID",
+            ),
+        )
+    } else {
+        finding(CHECK, Status::Ok, format!("{fresh} current{unread}"), None)
+    }
+}
+
 /// The control plane's clock (its HTTP `Date`) against ours.
 fn clock(headers: &hyper::header::HeaderMap, now: i64) -> Finding {
     let theirs = headers
@@ -328,6 +402,15 @@ fn clock(headers: &hyper::header::HeaderMap, now: i64) -> Finding {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_svid_past_renewal_warns_and_an_expired_one_fails() {
+        // 60 s SVIDs issued at t=1000, renewed at half-life normally.
+        assert_eq!(svid_state(1000, 1060, 1030), Status::Ok);
+        assert_eq!(svid_state(1000, 1060, 1045), Status::Ok);
+        assert_eq!(svid_state(1000, 1060, 1046), Status::Warning);
+        assert_eq!(svid_state(1000, 1060, 1060), Status::Failed);
+    }
 
     #[test]
     fn expiry_warns_then_fails() {

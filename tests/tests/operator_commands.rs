@@ -30,7 +30,9 @@ fn check_identity_and_completions() {
     let (ok, table, err) = meshctl(&["--data-dir", d, "check"]);
     assert!(ok, "{table}{err}");
     assert!(
-        table.contains("4 connected") && table.contains("Rampart Root CA"),
+        table.contains("4 connected")
+            && table.contains("Rampart Root CA")
+            && table.contains("4 current"),
         "{table}"
     );
     let (ok, json, _) = meshctl(&["--data-dir", d, "check", "-o", "json"]);
@@ -46,6 +48,7 @@ fn check_identity_and_completions() {
         "CA signing chain",
         "clock skew",
         "proxies",
+        "proxy certificates",
         "configuration accepted",
     ] {
         assert!(checks.contains(&expected), "{expected} missing: {json}");
