@@ -33,6 +33,9 @@ pub struct CheckArgs {
     /// The request method (HTTP ports).
     #[arg(long, default_value = "GET")]
     method: String,
+    /// The caller's IP address, for rules on remote IP ranges.
+    #[arg(long, default_value = "127.0.0.1")]
+    from_ip: std::net::IpAddr,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     output: Output,
@@ -120,7 +123,7 @@ pub async fn check(target: &Target, args: CheckArgs) -> anyhow::Result<()> {
             let http = matches!(chain.app, App::Http(_));
             let subject = Subject {
                 peer: Some(&args.from),
-                remote: std::net::Ipv4Addr::LOCALHOST.into(),
+                remote: args.from_ip,
                 local_port: plan.address.port(),
                 request: http.then_some((method.as_str(), args.path.as_str())),
                 headers: None,

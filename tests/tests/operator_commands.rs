@@ -119,6 +119,11 @@ fn check_identity_and_completions() {
         2,
         "one verdict per backend proxy: {verdicts:?}"
     );
+    let mut bad_ip = vec!["--data-dir", d, "authz", "check"];
+    bad_ip.extend_from_slice(&to_api);
+    bad_ip.extend_from_slice(&["--from-ip", "10.0.0.300"]);
+    let (ok, _, err) = meshctl(&bad_ip);
+    assert!(!ok && err.contains("--from-ip"), "{err}");
     assert!(
         verdicts.iter().all(|v| v["allowed"] == true),
         "{verdicts:?}"
