@@ -40,6 +40,8 @@ pub struct Snapshot {
     pub denied: f64,
     /// Plaintext or untrusted connections the sidecars refused.
     pub refused_handshakes: f64,
+    /// The same by sidecar and reason (`frontend: not_tls`), where any.
+    pub refused_by_reason: BTreeMap<String, f64>,
     /// Processes of the demo that are not running.
     pub stopped: Vec<String>,
     /// Where the Prometheus metrics are.
@@ -47,6 +49,33 @@ pub struct Snapshot {
 }
 
 const TRUST_DOMAIN: &str = "spiffe://cluster.local/ns/demo/sa";
+
+/// Handshake refusals per sidecar and reason (the proxy's `reason` label).
+fn refusals(sidecars: &BTreeMap<&str, String>) -> BTreeMap<String, f64> {
+    const REASONS: [&str; 6] = [
+        "not_tls",
+        "no_client_cert",
+        "bad_client_cert",
+        "peer_refused",
+        "timeout",
+        "other",
+    ];
+    let mut out = BTreeMap::new();
+    for (name, metrics) in sidecars {
+        for reason in REASONS {
+            let label = format!("reason=\"{reason}\"");
+            let n = sum(
+                metrics,
+                "rampart_proxy_tls_handshake_failures_total",
+                &[&label],
+            );
+            if n > 0.0 {
+                out.insert(format!("{name}: {reason}"), n);
+            }
+        }
+    }
+    out
+}
 
 /// (server sidecar, caller's service account) of each hop.
 const HOPS: [(&str, &str); 3] = [
@@ -127,6 +156,7 @@ impl Snapshot {
                 &["decision=\"deny\""],
             ),
             refused_handshakes: all("rampart_proxy_tls_handshake_failures_total", &[]),
+            refused_by_reason: refusals(&sidecars),
             stopped,
             metrics,
         }
@@ -226,6 +256,14 @@ fn table(s: &Snapshot, dir: &Path) -> String {
             s.refused_handshakes, s.denied, s.ejections
         ),
     );
+    if !s.refused_by_reason.is_empty() {
+        let reasons: Vec<String> = s
+            .refused_by_reason
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        line(&mut t, format!("  refused by: {}", reasons.join(", ")));
+    }
     if !s.stopped.is_empty() {
         line(&mut t, format!("not running: {}", s.stopped.join(", ")));
     }
@@ -247,4 +285,26 @@ fn table(s: &Snapshot, dir: &Path) -> String {
         ),
     );
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_listed_by_sidecar_and_reason() {
+        let frontend = "rampart_proxy_tls_handshake_failures_total{listener=\"inbound|8080\",reason=\"not_tls\"} 2\n\
+                        rampart_proxy_tls_handshake_failures_total{listener=\"inbound|8081\",reason=\"not_tls\"} 1\n\
+                        rampart_proxy_tls_handshake_failures_total{listener=\"inbound|8080\",reason=\"peer_refused\"} 4\n";
+        let backend = "rampart_proxy_requests_total{direction=\"inbound\"} 9\n";
+        let sidecars = BTreeMap::from([
+            ("frontend", frontend.to_owned()),
+            ("backend-v1", backend.to_owned()),
+        ]);
+        let expected = BTreeMap::from([
+            ("frontend: not_tls".to_owned(), 3.0),
+            ("frontend: peer_refused".to_owned(), 4.0),
+        ]);
+        assert_eq!(refusals(&sidecars), expected);
+    }
 }
