@@ -3,8 +3,10 @@
 //! as root, before the app starts). Inbound TCP goes to the inbound capture
 //! port, outbound TCP to the outbound capture port; the proxy's own traffic
 //! (its UID), loopback, and the excluded ports and CIDRs are left alone.
-//! Rules live in chains of their own (`RAMPART_*`), applied in one
-//! `iptables-restore` transaction, so they are all there or none are.
+//! The same rules go to IPv4 (`iptables`) and IPv6 (`ip6tables`), in chains
+//! of their own (`RAMPART_*`). Both rule sets are checked (`--test`) before
+//! either is applied, and each is applied in one transaction, so a rule set
+//! the kernel refuses leaves nothing behind.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -32,7 +34,7 @@ pub struct InitArgs {
     /// Outbound destination ports left alone (comma-separated).
     #[arg(long, value_delimiter = ',')]
     exclude_outbound_ports: Vec<u16>,
-    /// Outbound destinations left alone, as CIDRs (comma-separated).
+    /// Outbound destinations left alone, as IPv4 or IPv6 CIDRs (comma-separated).
     #[arg(long, value_delimiter = ',', value_parser = parse_cidr)]
     exclude_outbound_cidrs: Vec<String>,
     /// Print the rules instead of applying them.
@@ -40,23 +42,55 @@ pub struct InitArgs {
     dry_run: bool,
 }
 
-/// `IP/LEN` with a valid IPv4 address and length.
+/// `IP/LEN` with a valid IPv4 or IPv6 address and length (a bare address
+/// is one host).
 fn parse_cidr(s: &str) -> Result<String, String> {
-    let (ip, len) = s.split_once('/').unwrap_or((s, "32"));
+    let (ip, len) = match s.split_once('/') {
+        Some((ip, len)) => (ip, Some(len)),
+        None => (s, None),
+    };
     let ip: IpAddr = ip
         .parse()
         .map_err(|_| format!("{s:?}: {ip:?} is not an IP address"))?;
-    if !ip.is_ipv4() {
-        return Err(format!("{s:?}: only IPv4 is captured for now"));
-    }
-    match len.parse::<u8>() {
-        Ok(l) if l <= 32 => Ok(format!("{ip}/{l}")),
-        _ => Err(format!("{s:?}: {len:?} is not a prefix length (0-32)")),
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    match len.map_or(Ok(max), str::parse::<u8>) {
+        Ok(l) if l <= max => Ok(format!("{ip}/{l}")),
+        _ => Err(format!(
+            "{s:?}: {:?} is not a prefix length (0-{max})",
+            len.unwrap_or_default()
+        )),
     }
 }
 
-/// The rules, in `iptables-restore` format (table `nat`).
-pub fn rules(args: &InitArgs) -> String {
+/// An IP family and the tool that takes its rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn restore(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables-restore",
+            Family::V6 => "ip6tables-restore",
+        }
+    }
+
+    fn loopback(self) -> &'static str {
+        match self {
+            Family::V4 => "127.0.0.1/32",
+            Family::V6 => "::1/128",
+        }
+    }
+
+    fn holds(self, cidr: &str) -> bool {
+        cidr.contains(':') == (self == Family::V6)
+    }
+}
+
+/// The rules of one family, in `iptables-restore` format (table `nat`).
+pub fn rules(args: &InitArgs, family: Family) -> String {
     let mut r = String::from("*nat\n");
     for chain in [
         "RAMPART_INBOUND",
@@ -83,8 +117,15 @@ pub fn rules(args: &InitArgs) -> String {
         "-A RAMPART_OUTPUT -m owner --uid-owner {} -j RETURN\n",
         args.proxy_uid
     ));
-    r.push_str("-A RAMPART_OUTPUT -d 127.0.0.1/32 -j RETURN\n");
-    for cidr in &args.exclude_outbound_cidrs {
+    r.push_str(&format!(
+        "-A RAMPART_OUTPUT -d {} -j RETURN\n",
+        family.loopback()
+    ));
+    for cidr in args
+        .exclude_outbound_cidrs
+        .iter()
+        .filter(|c| family.holds(c))
+    {
         r.push_str(&format!("-A RAMPART_OUTPUT -d {cidr} -j RETURN\n"));
     }
     for port in &args.exclude_outbound_ports {
@@ -101,33 +142,56 @@ pub fn rules(args: &InitArgs) -> String {
     r
 }
 
-/// Prints or applies the rules.
-pub fn run(args: &InitArgs) -> anyhow::Result<()> {
-    let text = rules(args);
-    if args.dry_run {
-        print!("{text}");
-        return Ok(());
+/// Feeds `text` to `family`'s restore tool (`--test`: only checks it).
+fn restore(family: Family, text: &str, test: bool) -> anyhow::Result<()> {
+    let tool = family.restore();
+    let mut command = Command::new(tool);
+    command.arg("--noflush");
+    if test {
+        command.arg("--test");
     }
-    let mut child = Command::new("iptables-restore")
-        .arg("--noflush")
+    let mut child = command
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context("running iptables-restore (install iptables; run as root in the workload's network namespace)")?;
+        .with_context(|| {
+            format!(
+                "running {tool} (install iptables; run as root in the workload's network namespace)"
+            )
+        })?;
     child
         .stdin
         .take()
         .expect("stdin is piped")
         .write_all(text.as_bytes())
-        .context("writing the rules to iptables-restore")?;
+        .with_context(|| format!("writing the rules to {tool}"))?;
     let out = child
         .wait_with_output()
-        .context("waiting for iptables-restore")?;
+        .with_context(|| format!("waiting for {tool}"))?;
     if !out.status.success() {
         anyhow::bail!(
-            "iptables-restore refused the rules (nothing was applied): {}",
+            "{tool} refused the rules (nothing was applied): {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
+    }
+    Ok(())
+}
+
+/// Prints or applies the rules, IPv4 and IPv6.
+pub fn run(args: &InitArgs) -> anyhow::Result<()> {
+    let sets = [Family::V4, Family::V6].map(|f| (f, rules(args, f)));
+    if args.dry_run {
+        for (family, text) in &sets {
+            println!("# {}", family.restore());
+            print!("{text}");
+        }
+        return Ok(());
+    }
+    for (family, text) in &sets {
+        restore(*family, text, true)?;
+    }
+    for (family, text) in &sets {
+        restore(*family, text, false)?;
     }
     eprintln!(
         "rampart-proxy init: inbound TCP -> :{}, outbound TCP -> :{} (UID {} excluded)",
@@ -151,7 +215,7 @@ mod tests {
             "--exclude-outbound-ports",
             "53",
         ]);
-        let text = rules(&args);
+        let text = rules(&args, Family::V4);
         assert!(text.contains("-A RAMPART_OUTPUT -m owner --uid-owner 1337 -j RETURN"));
         assert!(text.contains("-A RAMPART_INBOUND -p tcp --dport 22 -j RETURN"));
         assert!(text.contains("-A RAMPART_OUTPUT -d 169.254.0.0/16 -j RETURN"));
@@ -175,5 +239,30 @@ mod tests {
         let err =
             InitArgs::try_parse_from(["init", "--exclude-outbound-cidrs", "ten/8"]).unwrap_err();
         assert!(err.to_string().contains("is not an IP address"), "{err}");
+        let err = InitArgs::try_parse_from(["init", "--exclude-outbound-cidrs", "fd00::/129"])
+            .unwrap_err();
+        assert!(err.to_string().contains("(0-128)"), "{err}");
+    }
+
+    #[test]
+    fn each_family_gets_its_own_loopback_and_cidrs() {
+        let args = InitArgs::parse_from([
+            "init",
+            "--exclude-outbound-cidrs",
+            "10.96.0.0/12,fd00:10:96::/112,192.168.1.1",
+        ]);
+        let (v4, v6) = (rules(&args, Family::V4), rules(&args, Family::V6));
+        assert!(v4.contains("-d 127.0.0.1/32 -j RETURN") && !v4.contains("::1/128"));
+        assert!(v6.contains("-d ::1/128 -j RETURN") && !v6.contains("127.0.0.1"));
+        assert!(v4.contains("-d 10.96.0.0/12 -j RETURN"));
+        assert!(v4.contains("-d 192.168.1.1/32 -j RETURN"));
+        assert!(!v4.contains("fd00"));
+        assert!(v6.contains("-d fd00:10:96::/112 -j RETURN"));
+        assert!(!v6.contains("10.96.0.0"));
+        // The redirects are the same in both.
+        for text in [&v4, &v6] {
+            assert!(text.contains("REDIRECT --to-ports 15006"));
+            assert!(text.contains("REDIRECT --to-ports 15001"));
+        }
     }
 }

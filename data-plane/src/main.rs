@@ -306,6 +306,17 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("binding the capture port {port}"))?;
                 tokio::spawn(accept(proxy.clone(), socket, direction, drain.clone()));
+                // IPv6 on a socket of its own: a dual-stack one would report
+                // IPv4 connections as mapped addresses, whose original
+                // destination is asked for differently.
+                match proxy::capture::bind_v6_only(port) {
+                    Ok(socket) => {
+                        tokio::spawn(accept(proxy.clone(), socket, direction, drain.clone()));
+                    }
+                    Err(e) => {
+                        tracing::warn!(port, error = %e, "no IPv6 capture (IPv6 off in this network namespace?); IPv4 only")
+                    }
+                }
             }
             tracing::info!(
                 inbound = args.inbound_capture_port,

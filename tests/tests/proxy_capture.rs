@@ -5,7 +5,9 @@
 //! mesh is reached only over mTLS (a plaintext client outside gets nothing
 //! from it), sees its caller's SPIFFE ID, and its plain HTTP calls to a
 //! service's endpoint are routed by the proxy while other destinations pass
-//! through unchanged.
+//! through unchanged. IPv6 is captured too (ip6tables): plaintext over IPv6
+//! does not reach the app, and a call to a service's IPv6 endpoint is
+//! routed.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -30,6 +32,8 @@ struct Namespace {
     name: String,
     host_ip: String,
     ns_ip: String,
+    host_ip6: String,
+    ns_ip6: String,
 }
 
 impl Namespace {
@@ -50,10 +54,13 @@ impl Namespace {
             .stderr(Stdio::null())
             .status();
         run(&["ip", "netns", "add", &name]);
+        let (host_ip6, ns_ip6) = (format!("fd00:213:{n}::1"), format!("fd00:213:{n}::2"));
         let ns = Namespace {
             name: name.clone(),
             host_ip: host_ip.clone(),
             ns_ip: ns_ip.clone(),
+            host_ip6: host_ip6.clone(),
+            ns_ip6: ns_ip6.clone(),
         };
         run(&[
             "ip", "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
@@ -67,8 +74,29 @@ impl Namespace {
             "dev",
             &host_if,
         ]);
+        // No duplicate address detection: the addresses are usable at once.
+        run(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{host_ip6}/64"),
+            "dev",
+            &host_if,
+            "nodad",
+        ]);
         run(&["ip", "link", "set", &host_if, "up"]);
         ns.exec_ok(&["ip", "addr", "add", &format!("{ns_ip}/24"), "dev", &ns_if]);
+        ns.exec_ok(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{ns_ip6}/64"),
+            "dev",
+            &ns_if,
+            "nodad",
+        ]);
         ns.exec_ok(&["ip", "link", "set", &ns_if, "up"]);
         ns.exec_ok(&["ip", "link", "set", "lo", "up"]);
         ns
@@ -117,18 +145,24 @@ impl Drop for Killed {
     }
 }
 
+// Listens on port 8080 of every address, IPv4 and IPv6.
 const APP: &str = r#"
-import http.server, sys
+import http.server, socket
 class App(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         body = ("inside app; xfcc=" + self.headers.get("x-forwarded-client-cert", "")).encode()
         self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
         self.wfile.write(body)
     def log_message(self, *args): pass
-http.server.ThreadingHTTPServer(("0.0.0.0", 8080), App).serve_forever()
+class DualStack(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+DualStack(("::", 8080), App).serve_forever()
 "#;
 
-fn model(outside_ip: &str, outside_port: u16) -> String {
+fn model(outside_ip: &str, outside_port: u16, outside_ip6: &str, outside6_port: u16) -> String {
     format!(
         r#"apiVersion: rampart.dev/v1alpha1
 kind: Service
@@ -148,6 +182,17 @@ apiVersion: rampart.dev/v1alpha1
 kind: WorkloadEntry
 metadata: {{name: outside-1, namespace: default}}
 spec: {{service: outside, address: {outside_ip}, ports: {{http: {outside_port}}}}}
+---
+apiVersion: rampart.dev/v1alpha1
+kind: Service
+metadata: {{name: outside6, namespace: default}}
+spec:
+  ports: [{{name: http, port: 9091}}]
+---
+apiVersion: rampart.dev/v1alpha1
+kind: WorkloadEntry
+metadata: {{name: outside6-1, namespace: default}}
+spec: {{service: outside6, address: "{outside_ip6}", ports: {{http: {outside6_port}}}}}
 "#
     )
 }
@@ -160,8 +205,13 @@ async fn iptables_capture_sends_all_traffic_through_the_proxy() {
     let cp = ControlPlane::start(&dir.path().join("cp"), &["--grpc-addr", &grpc]).await;
     let outside = apps::echo_at("outside", &format!("{}:0", ns.host_ip)).await;
     let elsewhere = apps::echo_at("not-in-the-mesh", &format!("{}:0", ns.host_ip)).await;
+    let outside6 = apps::echo_at("outside6", &format!("[{}]:0", ns.host_ip6)).await;
     let model_path = dir.path().join("model.yaml");
-    std::fs::write(&model_path, model(&ns.host_ip, outside.port)).unwrap();
+    std::fs::write(
+        &model_path,
+        model(&ns.host_ip, outside.port, &ns.host_ip6, outside6.port),
+    )
+    .unwrap();
     cp.meshctl_ok(&["apply", "-f", model_path.to_str().unwrap()]);
 
     // Files the proxy (UID 1337) must read or create.
@@ -248,49 +298,62 @@ async fn iptables_capture_sends_all_traffic_through_the_proxy() {
         "{body}"
     );
 
-    // The app listens on 0.0.0.0:8080, yet plaintext from outside cannot reach it.
-    let direct = get_h1(&format!("{}:8080", ns.ns_ip), "inside", "/").await;
-    assert!(
-        !matches!(direct, Ok((200, _))),
-        "plaintext reached the app past the capture: {direct:?}"
-    );
+    // The app listens on port 8080 of every address, yet plaintext from
+    // outside cannot reach it, over IPv4 or IPv6.
+    for addr in [
+        format!("{}:8080", ns.ns_ip),
+        format!("[{}]:8080", ns.ns_ip6),
+    ] {
+        let direct = get_h1(&addr, "inside", "/").await;
+        assert!(
+            !matches!(direct, Ok((200, _))),
+            "plaintext to {addr} reached the app past the capture: {direct:?}"
+        );
+    }
 
-    // From inside, a plain call to the outside service's endpoint is
-    // detected as HTTP and routed by the proxy; a call elsewhere passes
-    // through.
-    let answer = ns.get(&format!(
-        "http://{}:{}/from-inside",
-        ns.host_ip, outside.port
-    ));
-    assert!(
-        answer.contains("name=outside") && answer.contains("path=/from-inside"),
-        "{answer}\n{}",
-        logs.text()
-    );
-    let answer = ns.get(&format!(
-        "http://{}:{}/elsewhere",
-        ns.host_ip, elsewhere.port
-    ));
-    assert!(
-        answer.contains("name=not-in-the-mesh"),
-        "{answer}\n{}",
-        logs.text()
-    );
+    // From inside, a plain call to a service's endpoint (IPv4, and IPv6
+    // captured by ip6tables) is detected as HTTP and routed by the proxy; a
+    // call elsewhere passes through.
+    let calls = [
+        (
+            format!("{}:{}", ns.host_ip, outside.port),
+            "outside",
+            Some(9090),
+        ),
+        (
+            format!("[{}]:{}", ns.host_ip6, outside6.port),
+            "outside6",
+            Some(9091),
+        ),
+        (
+            format!("{}:{}", ns.host_ip, elsewhere.port),
+            "not-in-the-mesh",
+            None,
+        ),
+    ];
+    for (target, name, _) in &calls {
+        let answer = ns.get(&format!("http://{target}/from-inside"));
+        assert!(
+            answer.contains(&format!("name={name} ")) && answer.contains("path=/from-inside"),
+            "{target}: {answer}\n{}",
+            logs.text()
+        );
+    }
     let metrics = http_get(&admin, "/metrics")
         .await
         .map(|(_, b)| b)
         .unwrap_or_default();
-    assert!(
-        counter(
-            &metrics,
-            "rampart_proxy_requests_total",
-            &[
-                "direction=\"outbound\"",
-                "destination_service=\"outbound|9090||outside.default\"",
-                "response_code=\"200\""
-            ]
-        ) >= 1.0,
-        "the captured call was not counted as routed by the proxy:\n{metrics}"
-    );
+    for (target, name, port) in calls {
+        let Some(port) = port else { continue };
+        let cluster = format!("destination_service=\"outbound|{port}||{name}.default\"");
+        assert!(
+            counter(
+                &metrics,
+                "rampart_proxy_requests_total",
+                &["direction=\"outbound\"", &cluster, "response_code=\"200\""]
+            ) >= 1.0,
+            "the captured call to {target} was not routed by the proxy:\n{metrics}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&shared);
 }

@@ -30,6 +30,18 @@ pub fn original_dst(stream: &TcpStream) -> std::io::Result<SocketAddr> {
         .ok_or_else(|| std::io::Error::other("SO_ORIGINAL_DST is not an IP address"))
 }
 
+/// A listener on `[::]:port` for IPv6 only (the IPv4 one is separate).
+pub fn bind_v6_only(port: u16) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_only_v6(true)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
 #[derive(Clone, Copy)]
 pub enum Direction {
     Inbound,
