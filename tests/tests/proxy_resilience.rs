@@ -429,3 +429,52 @@ spec:
         Ok((200, _))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_whose_port_is_taken_is_counted_and_binds_once_it_is_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp"), &[]).await;
+    let app = apps::echo("late").await;
+    let model = dir.path().join("late.yaml");
+    std::fs::write(
+        &model,
+        format!(
+            "apiVersion: rampart.dev/v1alpha1\nkind: Service\nmetadata: {{name: late, namespace: default}}\nspec:\n  ports: [{{name: http, port: 8080, protocol: http}}]\n---\napiVersion: rampart.dev/v1alpha1\nkind: WorkloadEntry\nmetadata: {{name: late-1, namespace: default}}\nspec: {{service: late, address: 127.0.0.1, ports: {{http: {}}}}}\n",
+            app.port
+        ),
+    )
+    .unwrap();
+    cp.meshctl_ok(&["apply", "-f", model.to_str().unwrap()]);
+
+    // Another process holds the port the outbound listener is to take.
+    let entry = format!("127.0.0.1:{}", free_port());
+    let squatter = std::net::TcpListener::bind(&entry).unwrap();
+    let args = [
+        "--node-id".to_owned(),
+        "client-1".to_owned(),
+        "--outbound".to_owned(),
+        format!("{entry}=late.default:8080"),
+    ];
+    let client = Sidecar::start(&cp, dir.path(), "client", None, &args).await;
+    let failures = || async {
+        counter(
+            &client.metrics().await,
+            "rampart_proxy_listener_bind_failures_total",
+            &[],
+        )
+    };
+    let counted = eventually(150, || async { failures().await >= 1.0 }).await;
+    assert!(counted, "no bind failure counted\n{}", client.logs.text());
+
+    // Freed: the proxy takes the port on its own, without a new update.
+    drop(squatter);
+    let up = eventually(150, || async {
+        matches!(get_h1(&entry, "late", "/").await, Ok((200, _)))
+    })
+    .await;
+    assert!(
+        up,
+        "the listener never bound after the port was freed\n{}",
+        client.logs.text()
+    );
+}

@@ -102,6 +102,7 @@ pub struct TrafficMetrics {
     pub overflows: Family<OverflowLabels, Counter>,
     pub detect_timeouts: Family<ListenerLabels, Counter>,
     pub tls_failures: Family<HandshakeFailureLabels, Counter>,
+    pub bind_failures: Family<ListenerLabels, Counter>,
 }
 
 impl TrafficMetrics {
@@ -122,6 +123,7 @@ impl TrafficMetrics {
             overflows: Family::default(),
             detect_timeouts: Family::default(),
             tls_failures: Family::default(),
+            bind_failures: Family::default(),
         };
         registry.register(
             "rampart_proxy_requests",
@@ -172,6 +174,11 @@ impl TrafficMetrics {
             "rampart_proxy_tls_handshake_failures",
             "Inbound TLS handshakes that failed, by reason (not_tls, no_client_cert, bad_client_cert, peer_refused, timeout, other)",
             m.tls_failures.clone(),
+        );
+        registry.register(
+            "rampart_proxy_listener_bind_failures",
+            "Attempts to bind a listener that failed (its address taken or not local); retried every 5 s",
+            m.bind_failures.clone(),
         );
         m
     }

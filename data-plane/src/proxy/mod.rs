@@ -23,10 +23,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
 use crate::admin::ProxyMetrics;
+use metrics::ListenerLabels;
 use plan::Plan;
 use rbac::Decision;
 use tls::Tls;
@@ -131,16 +133,21 @@ struct Bound {
     stop: watch::Sender<bool>,
 }
 
+/// How often a listener whose address was taken is tried again.
+const BIND_RETRY: Duration = Duration::from_secs(5);
+
 /// Applies every plan published on `plans` until `drain` turns true, then
 /// stops accepting; open connections finish on their own (HTTP ones are
-/// told to close after their current requests).
+/// told to close after their current requests). A listener that cannot
+/// bind (its address is taken) is counted and tried again every few
+/// seconds, not only at the next update.
 pub async fn run(
     proxy: Arc<Proxy>,
     mut plans: watch::Receiver<Arc<Plan>>,
     mut drain: watch::Receiver<bool>,
 ) {
     let mut bound: HashMap<String, Bound> = HashMap::new();
-    loop {
+    'plans: loop {
         let plan = plans.borrow_and_update().clone();
         proxy.upstreams.sync(&plan);
         *proxy.plan.write().expect("plan lock") = plan.clone();
@@ -152,41 +159,67 @@ pub async fn run(
             }
             keep
         });
-        for (name, l) in &plan.listeners {
-            let captured_inbound = proxy.capture && l.inbound;
-            if bound.contains_key(name) || !l.bind || captured_inbound {
-                continue;
+        loop {
+            let unbound = bind_listeners(&proxy, &plan, &mut bound, &drain).await;
+            tokio::select! {
+                changed = plans.changed() => match changed {
+                    Ok(()) => continue 'plans,
+                    Err(_) => break 'plans,
+                },
+                _ = until_true(&mut drain) => break 'plans,
+                _ = tokio::time::sleep(BIND_RETRY), if unbound => {}
             }
-            match tokio::net::TcpListener::bind(l.address).await {
-                Ok(socket) => {
-                    let (stop, stopped) = watch::channel(false);
-                    tracing::info!(listener = %name, address = %l.address, "listening");
-                    tokio::spawn(listener::accept(
-                        proxy.clone(),
-                        name.clone(),
-                        socket,
-                        stopped,
-                        drain.clone(),
-                    ));
-                    bound.insert(
-                        name.clone(),
-                        Bound {
-                            address: l.address,
-                            stop,
-                        },
-                    );
-                }
-                Err(e) => {
-                    tracing::error!(listener = %name, address = %l.address, error = %e, "cannot bind the listener; will retry on the next update")
-                }
-            }
-        }
-        tokio::select! {
-            changed = plans.changed() => if changed.is_err() { break },
-            _ = until_true(&mut drain) => break,
         }
     }
     for (_, b) in bound {
         let _ = b.stop.send(true);
     }
+}
+
+/// Binds the plan's listeners that are not bound yet; true if any could not be.
+async fn bind_listeners(
+    proxy: &Arc<Proxy>,
+    plan: &Plan,
+    bound: &mut HashMap<String, Bound>,
+    drain: &watch::Receiver<bool>,
+) -> bool {
+    let mut unbound = false;
+    for (name, l) in &plan.listeners {
+        let captured_inbound = proxy.capture && l.inbound;
+        if bound.contains_key(name) || !l.bind || captured_inbound {
+            continue;
+        }
+        match tokio::net::TcpListener::bind(l.address).await {
+            Ok(socket) => {
+                let (stop, stopped) = watch::channel(false);
+                tracing::info!(listener = %name, address = %l.address, "listening");
+                tokio::spawn(listener::accept(
+                    proxy.clone(),
+                    name.clone(),
+                    socket,
+                    stopped,
+                    drain.clone(),
+                ));
+                bound.insert(
+                    name.clone(),
+                    Bound {
+                        address: l.address,
+                        stop,
+                    },
+                );
+            }
+            Err(e) => {
+                unbound = true;
+                proxy
+                    .metrics()
+                    .bind_failures
+                    .get_or_create(&ListenerLabels {
+                        listener: name.clone(),
+                    })
+                    .inc();
+                tracing::error!(listener = %name, address = %l.address, error = %e, retry_in_s = BIND_RETRY.as_secs(), "cannot bind the listener");
+            }
+        }
+    }
+    unbound
 }
