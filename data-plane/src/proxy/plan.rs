@@ -60,24 +60,29 @@ pub struct Plan {
 /// cluster, its endpoints) they came from. Bytes are compared rather than
 /// versions: a state-of-the-world server may resend a resource unchanged
 /// under a new version, and nothing obliges a server to version honestly.
+/// A compiled cluster is the plan's own (`Plan::clusters`); a route table
+/// is kept here, since the plan may hold an older one back while clusters
+/// warm.
 #[derive(Debug, Default)]
 struct Compiled {
-    clusters: HashMap<String, CompiledCluster>,
+    /// Each cluster's resource and its endpoints (none: warming).
+    clusters: HashMap<String, (Arc<Any>, Option<Arc<Any>>)>,
     routes: HashMap<String, (Arc<Any>, Arc<RouteTable>)>,
-}
-
-#[derive(Debug)]
-struct CompiledCluster {
-    cluster: Arc<Any>,
-    /// Its endpoints (an EDS cluster without them is warming).
-    assignment: Option<Arc<Any>>,
-    plan: Arc<ClusterPlan>,
 }
 
 /// Whether two held resources are the same message: the same allocation
 /// (kept from an earlier update) or, failing that, the same bytes.
 fn same(a: &Arc<Any>, b: &Arc<Any>) -> bool {
     Arc::ptr_eq(a, b) || a == b
+}
+
+/// [`same`], for resources that may be absent.
+fn same_or_both_absent(a: Option<&Arc<Any>>, b: Option<&Arc<Any>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => same(a, b),
+        (None, None) => true,
+        _ => false,
+    }
 }
 
 /// How long a new route table waits for its clusters to warm before it is
@@ -369,30 +374,23 @@ pub fn compile(config: &Config, previous: &Plan) -> std::result::Result<Plan, Ve
         .collect();
     for (name, h) in held(CLUSTER) {
         let assignment = assignments.get(name.as_str()).copied();
-        let compiled = match previous.compiled.clusters.get(name) {
-            Some(c)
-                if same(&c.cluster, &h.resource)
-                    && match (&c.assignment, assignment) {
-                        (Some(a), Some(b)) => same(a, b),
-                        (None, None) => true,
-                        _ => false,
-                    } =>
-            {
-                Ok(c.plan.clone())
-            }
-            _ => decode::<Cluster>(&h.resource, CLUSTER)
+        let unchanged = previous
+            .compiled
+            .clusters
+            .get(name)
+            .filter(|(c, a)| same(c, &h.resource) && same_or_both_absent(a.as_ref(), assignment))
+            .and_then(|_| previous.clusters.get(name));
+        let compiled = match unchanged {
+            Some(c) => Ok(c.clone()),
+            None => decode::<Cluster>(&h.resource, CLUSTER)
                 .and_then(|c| cluster_plan(&c, assignment.map(|a| &**a)))
                 .map(Arc::new),
         };
         match compiled {
             Ok(c) => {
-                plan.clusters.insert(name.clone(), c.clone());
-                let compiled = CompiledCluster {
-                    cluster: h.resource.clone(),
-                    assignment: assignment.cloned(),
-                    plan: c,
-                };
-                plan.compiled.clusters.insert(name.clone(), compiled);
+                plan.clusters.insert(name.clone(), c);
+                let sources = (h.resource.clone(), assignment.cloned());
+                plan.compiled.clusters.insert(name.clone(), sources);
             }
             Err(e) => record(name, e),
         }
