@@ -52,17 +52,10 @@ const TRUST_DOMAIN: &str = "spiffe://cluster.local/ns/demo/sa";
 
 /// Handshake refusals per sidecar and reason (the proxy's `reason` label).
 fn refusals(sidecars: &BTreeMap<&str, String>) -> BTreeMap<String, f64> {
-    const REASONS: [&str; 6] = [
-        "not_tls",
-        "no_client_cert",
-        "bad_client_cert",
-        "peer_refused",
-        "timeout",
-        "other",
-    ];
+    use rampart_proxy::proxy::metrics::HANDSHAKE_FAILURE_REASONS;
     let mut out = BTreeMap::new();
     for (name, metrics) in sidecars {
-        for reason in REASONS {
+        for reason in HANDSHAKE_FAILURE_REASONS {
             let label = format!("reason=\"{reason}\"");
             let n = sum(
                 metrics,
