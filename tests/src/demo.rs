@@ -77,8 +77,7 @@ impl Demo {
             }
         }
         panic!(
-            "{what}: not seen in {seconds} s\nlast snapshot: {last:#}\nhandshake failures: {}\ndemo stderr:\n{}\n{}",
-            handshake_failures(&last),
+            "{what}: not seen in {seconds} s\nlast snapshot (handshake refusals by sidecar and reason in refused_by_reason): {last:#}\ndemo stderr:\n{}\n{}",
             self.stderr.lock().unwrap_or_else(|e| e.into_inner()),
             self.log_tails(40)
         );
@@ -180,34 +179,4 @@ pub fn share(snapshot: &Value, route_name: &str, version: &str) -> f64 {
 /// A route's success percent.
 pub fn success(snapshot: &Value, route_name: &str) -> f64 {
     route(snapshot, route_name)["success"].as_f64().unwrap()
-}
-
-/// Every sidecar's `rampart_proxy_tls_handshake_failures_total` samples
-/// (listener and reason), read from the metrics URLs a snapshot lists.
-fn handshake_failures(snapshot: &Value) -> String {
-    use std::io::{Read, Write};
-    let mut out = String::new();
-    let urls = snapshot["metrics"].as_object().cloned().unwrap_or_default();
-    for (name, url) in urls {
-        let Some(addr) = url
-            .as_str()
-            .and_then(|u| u.strip_prefix("http://"))
-            .and_then(|u| u.strip_suffix("/metrics"))
-        else {
-            continue;
-        };
-        let mut text = String::new();
-        if let Ok(mut stream) = std::net::TcpStream::connect(addr) {
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = write!(stream, "GET /metrics HTTP/1.0\r\nhost: {addr}\r\n\r\n");
-            let _ = stream.read_to_string(&mut text);
-        }
-        for line in text
-            .lines()
-            .filter(|l| l.starts_with("rampart_proxy_tls_handshake_failures_total{"))
-        {
-            out.push_str(&format!("\n  {name}: {line}"));
-        }
-    }
-    out
 }
