@@ -114,12 +114,11 @@ impl CaClient {
         let (svid, bundle) = self
             .sign(Some(&current.svid), None, &current.bundle)
             .await?;
-        let current = &current.svid;
-        if svid.spiffe_id() != current.spiffe_id() {
+        let wanted = current.svid.spiffe_id();
+        if svid.spiffe_id() != wanted {
             return Err(tonic::Status::internal(format!(
-                "renewal returned {} instead of {}",
-                svid.spiffe_id(),
-                current.spiffe_id()
+                "renewal returned {} instead of {wanted}",
+                svid.spiffe_id()
             )));
         }
         Ok(Identity { svid, bundle })

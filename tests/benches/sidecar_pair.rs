@@ -567,10 +567,9 @@ fn main() {
         }
 
         println!();
-        for pair in &pairs {
+        for (i, pair) in pairs.iter().enumerate() {
             // The knee: the highest rate answered in full before p99 climbs
             // past three times its (median) value at 1k rps.
-            let i = pairs.iter().position(|p| p.name == pair.name).unwrap();
             let limit = 3.0 * median(results[i][0].iter().map(|r| r.p[1]).collect());
             let mut best = 0;
             for rps in [2500u64, 5000, 7500, 10_000, 12_500, 15_000, 20_000, 25_000] {
