@@ -18,7 +18,9 @@
 //! Run: `cargo build --release --workspace --bins && cargo bench -p rampart-tests --bench sidecar_pair`
 //! (`-- --quick` for short runs; `-- rampart envoy` to pick pairs;
 //! `-- --rounds=3` to measure every pair three times, in turn, and print
-//! the medians and how rampart-proxy compared in each round).
+//! the medians and how rampart-proxy compared in each round;
+//! `-- --baseline=PATH` to add a pair of another rampart-proxy build, for
+//! an A/B comparison in the same run).
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -32,7 +34,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use rampart_tests::apps::get_h1;
-use rampart_tests::{ControlPlane, EnvoySidecar, Sidecar, eventually, free_port};
+use rampart_tests::{ControlPlane, EnvoySidecar, Sidecar, bin, eventually, free_port};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -231,23 +233,32 @@ async fn answers(entry: &str) -> bool {
     .await
 }
 
-async fn rampart_pair(cp: &ControlPlane, dir: &Path, app: u16) -> Pair {
+/// A pair of rampart-proxies; `binary` and `service` name another build
+/// (the baseline of an A/B run) and the service it serves.
+async fn rampart_pair(
+    cp: &ControlPlane,
+    dir: &Path,
+    app: u16,
+    binary: &Path,
+    (name, service): (&'static str, &str),
+) -> Pair {
     let out = free_port();
     let args = |extra: &[String]| {
         let mut all = vec!["--threads".to_owned(), "1".to_owned()];
         all.extend_from_slice(extra);
         all
     };
-    let server = Sidecar::start(
+    let server = Sidecar::start_binary(
+        binary,
         cp,
         dir,
-        "bench-rampart",
+        service,
         None,
         &args(&[
             "--node-id".into(),
-            "bench-rampart-server".into(),
+            format!("{service}-server"),
             "--service".into(),
-            "bench-rampart".into(),
+            service.into(),
             "--port".into(),
             format!("http={}", free_port()),
             "--app-port".into(),
@@ -255,23 +266,24 @@ async fn rampart_pair(cp: &ControlPlane, dir: &Path, app: u16) -> Pair {
         ]),
     )
     .await;
-    let client = Sidecar::start(
+    let client = Sidecar::start_binary(
+        binary,
         cp,
         dir,
         "bench-client",
         None,
         &args(&[
             "--node-id".into(),
-            "bench-rampart-client".into(),
+            format!("{service}-client"),
             "--outbound".into(),
-            format!("127.0.0.1:{out}=bench-rampart.default:8080"),
+            format!("127.0.0.1:{out}={service}.default:8080"),
         ]),
     )
     .await;
     let entry = format!("127.0.0.1:{out}");
     assert!(
         answers(&entry).await,
-        "rampart pair never answered:\n{}\n{}",
+        "{name} pair never answered:\n{}\n{}",
         client.logs.text(),
         server.logs.text()
     );
@@ -280,7 +292,7 @@ async fn rampart_pair(cp: &ControlPlane, dir: &Path, app: u16) -> Pair {
         pin(*p, "1");
     }
     Pair {
-        name: "rampart-proxy",
+        name,
         entry,
         pids,
         children: Vec::new(),
@@ -466,6 +478,13 @@ fn main() {
         .map(String::as_str)
         .collect();
     let wanted = |name: &str| picked.is_empty() || picked.contains(&name);
+    let baseline = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--baseline="))
+        .map(std::path::PathBuf::from);
+    if let Some(b) = &baseline {
+        assert!(b.exists(), "--baseline={}: no such file", b.display());
+    }
     pin(std::process::id(), "0");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -475,7 +494,7 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let cp = ControlPlane::start(&dir.path().join("cp"), &[]).await;
         let model = dir.path().join("bench.yaml");
-        std::fs::write(&model, format!("{}---\n{}", service_yaml("bench-rampart"), service_yaml("bench-envoy"))).unwrap();
+        std::fs::write(&model, ["bench-rampart", "bench-baseline", "bench-envoy"].map(service_yaml).join("---\n")).unwrap();
         cp.meshctl_ok(&["apply", "-f", model.to_str().unwrap()]);
         let app = backend().await;
         let (run_for, warm_for, step_for) = if quick {
@@ -488,13 +507,19 @@ fn main() {
         // would leave its old endpoint registered for the grace period);
         // an idle pair costs the measured one next to nothing.
         let mut pairs = Vec::new();
-        for kind in ["direct", "rampart", "envoy", "haproxy"] {
-            if kind != "direct" && !wanted(kind) {
+        for kind in ["direct", "rampart", "baseline", "envoy", "haproxy"] {
+            let skip = match kind {
+                "direct" => false,
+                "baseline" => baseline.is_none(),
+                _ => !wanted(kind),
+            };
+            if skip {
                 continue;
             }
             pairs.push(match kind {
                 "direct" => Pair { name: "direct", entry: format!("127.0.0.1:{app}"), pids: Vec::new(), children: Vec::new(), _sidecars: Vec::new(), _envoys: Vec::new() },
-                "rampart" => rampart_pair(&cp, dir.path(), app).await,
+                "rampart" => rampart_pair(&cp, dir.path(), app, &bin("rampart-proxy"), ("rampart-proxy", "bench-rampart")).await,
+                "baseline" => rampart_pair(&cp, dir.path(), app, baseline.as_deref().unwrap(), ("baseline", "bench-baseline")).await,
                 "envoy" => envoy_pair(&cp, dir.path(), app).await,
                 _ => haproxy_pair(&cp, dir.path(), app).await,
             });
@@ -555,7 +580,7 @@ fn main() {
             // rampart-proxy against the others, round by round.
             let index = |name: &str| pairs.iter().position(|p| p.name == name);
             if let Some(r) = index("rampart-proxy") {
-                for other in ["envoy", "haproxy"] {
+                for other in ["baseline", "envoy", "haproxy"] {
                     let Some(o) = index(other) else { continue };
                     for (j, rps) in RATES.into_iter().enumerate() {
                         let cpu: Vec<String> = results[r][j].iter().zip(&results[o][j]).map(|(a, b)| format!("{:.2}", a.cpu_per_10k / b.cpu_per_10k)).collect();

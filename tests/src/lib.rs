@@ -355,8 +355,18 @@ pub fn envoy() -> PathBuf {
 /// A rampart-proxy command joining `cp` with `token`, serving the Workload
 /// API on `socket`, and the address of its admin port.
 pub fn proxy(cp: &ControlPlane, token: &str, socket: &Path) -> (Command, String) {
+    proxy_binary(&bin("rampart-proxy"), cp, token, socket)
+}
+
+/// [`proxy`] with another build of rampart-proxy (the benchmark's baseline).
+pub fn proxy_binary(
+    binary: &Path,
+    cp: &ControlPlane,
+    token: &str,
+    socket: &Path,
+) -> (Command, String) {
     let admin = format!("127.0.0.1:{}", free_port());
-    let mut cmd = Command::new(bin("rampart-proxy"));
+    let mut cmd = Command::new(binary);
     cmd.args(["--control-plane", &cp.grpc_addr])
         .args(["--admin-addr", &admin])
         .arg("--trust-anchor")
@@ -470,9 +480,21 @@ impl Sidecar {
         ttl: Option<u64>,
         args: &[String],
     ) -> Sidecar {
+        Sidecar::start_binary(&bin("rampart-proxy"), cp, dir, service_account, ttl, args).await
+    }
+
+    /// [`Sidecar::start`] with another build of rampart-proxy.
+    pub async fn start_binary(
+        binary: &Path,
+        cp: &ControlPlane,
+        dir: &Path,
+        service_account: &str,
+        ttl: Option<u64>,
+        args: &[String],
+    ) -> Sidecar {
         let token = cp.join_token("default", service_account, 0).await;
         let socket = dir.join(format!("{service_account}-{}.sock", free_port()));
-        let (mut command, admin) = proxy(cp, &token, &socket);
+        let (mut command, admin) = proxy_binary(binary, cp, &token, &socket);
         if let Some(ttl) = ttl {
             command.args(["--svid-ttl-seconds", &ttl.to_string()]);
         }

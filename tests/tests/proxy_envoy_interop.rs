@@ -119,9 +119,11 @@ async fn rampart_proxy_and_envoy_talk_mtls_both_ways() {
 
     // The `auto` ports. rampart-proxy detects HTTP and offers h2 on the
     // mTLS hop, so Envoy's inbound takes it as HTTP (and adds the caller's
-    // identity); Envoy's HTTP inspector sends HTTP through its routes, and
-    // its cluster offers no ALPN, so rampart-proxy carries it as TCP to the
-    // app, which still gets the request intact.
+    // identity). Envoy's HTTP inspector sends HTTP through its routes; its
+    // cluster configures no ALPN, but Envoy's HTTP/1.1 pool offers
+    // `http/1.1` of its own accord, so rampart-proxy too serves it as HTTP
+    // and adds the caller's identity (as TCP, the app would get the request
+    // without it).
     let auto = [
         (
             to_envoy_auto,
@@ -133,7 +135,7 @@ async fn rampart_proxy_and_envoy_talk_mtls_both_ways() {
             to_rampart_auto,
             "viarampart",
             "name=rampart-app",
-            "path=/auto",
+            "URI=spiffe://cluster.local/ns/default/sa/viaenvoy",
         ),
     ];
     for (port, host, app, seen) in auto {
