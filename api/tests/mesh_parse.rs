@@ -127,11 +127,40 @@ fn semantic_checks_say_what_is_wrong() {
             "spec.retries.retryOn[1]",
         ),
         ("name: echo-v1", "name: Echo_V1", "metadata.name"),
+        (
+            "protocol: http}]\n",
+            "protocol: http}]\n  addresses: [10.96.0.10, 10.96.0.1O]\n",
+            "spec.addresses[1]: \"10.96.0.1O\" is not an IP address",
+        ),
+        (
+            "protocol: http}]\n",
+            "protocol: http}]\n  addresses: [127.0.0.5]\n",
+            "spec.addresses[0]: 127.0.0.5 cannot be a service address",
+        ),
+        (
+            "protocol: http}]\n",
+            "protocol: http}]\n  addresses: [\"fd00::a\", \"fd00:0::a\"]\n",
+            "spec.addresses[1]: fd00:0::a is listed twice",
+        ),
     ];
     for (from, to, expected) in cases {
         let errs = errors(&EXAMPLE.replacen(from, to, 1));
         assert!(errs.iter().any(|e| e.contains(expected)), "{to}: {errs:?}");
     }
+}
+
+#[test]
+fn service_addresses_parse() {
+    let text = EXAMPLE.replacen(
+        "protocol: http}]\n",
+        "protocol: http}]\n  addresses: [10.96.0.10, \"fd00::a\"]\n",
+        1,
+    );
+    let resources = parse_documents("vip.yaml", &text).unwrap();
+    let Resource::Service(service) = &resources[0] else {
+        panic!("not a service: {:?}", resources[0]);
+    };
+    assert_eq!(service.spec.addresses, ["10.96.0.10", "fd00::a"]);
 }
 
 #[test]

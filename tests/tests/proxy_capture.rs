@@ -7,7 +7,8 @@
 //! service's endpoint are routed by the proxy while other destinations pass
 //! through unchanged. IPv6 is captured too (ip6tables): plaintext over IPv6
 //! does not reach the app, and a call to a service's IPv6 endpoint is
-//! routed.
+//! routed. A call to a service's virtual IP (IPv4 or IPv6, an address no
+//! host has, as a Kubernetes ClusterIP) reaches the service's endpoint.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -34,6 +35,9 @@ struct Namespace {
     ns_ip: String,
     host_ip6: String,
     ns_ip6: String,
+    /// Unassigned addresses of the link, used as a service's virtual IPs.
+    vip: String,
+    vip6: String,
 }
 
 impl Namespace {
@@ -61,6 +65,8 @@ impl Namespace {
             ns_ip: ns_ip.clone(),
             host_ip6: host_ip6.clone(),
             ns_ip6: ns_ip6.clone(),
+            vip: format!("10.213.{n}.100"),
+            vip6: format!("fd00:213:{n}::100"),
         };
         run(&[
             "ip", "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
@@ -162,7 +168,9 @@ class DualStack(http.server.ThreadingHTTPServer):
 DualStack(("::", 8080), App).serve_forever()
 "#;
 
-fn model(outside_ip: &str, outside_port: u16, outside_ip6: &str, outside6_port: u16) -> String {
+fn model(ns: &Namespace, outside_port: u16, outside6_port: u16) -> String {
+    let (outside_ip, outside_ip6) = (&ns.host_ip, &ns.host_ip6);
+    let (vip, vip6) = (&ns.vip, &ns.vip6);
     format!(
         r#"apiVersion: rampart.dev/v1alpha1
 kind: Service
@@ -177,6 +185,8 @@ metadata: {{name: outside, namespace: default}}
 spec:
   # No protocol (auto): the proxy must detect the captured call as HTTP.
   ports: [{{name: http, port: 9090}}]
+  # Virtual IPs that no host has: only the proxy can take a call to them.
+  addresses: [{vip}, "{vip6}"]
 ---
 apiVersion: rampart.dev/v1alpha1
 kind: WorkloadEntry
@@ -207,11 +217,7 @@ async fn iptables_capture_sends_all_traffic_through_the_proxy() {
     let elsewhere = apps::echo_at("not-in-the-mesh", &format!("{}:0", ns.host_ip)).await;
     let outside6 = apps::echo_at("outside6", &format!("[{}]:0", ns.host_ip6)).await;
     let model_path = dir.path().join("model.yaml");
-    std::fs::write(
-        &model_path,
-        model(&ns.host_ip, outside.port, &ns.host_ip6, outside6.port),
-    )
-    .unwrap();
+    std::fs::write(&model_path, model(&ns, outside.port, outside6.port)).unwrap();
     cp.meshctl_ok(&["apply", "-f", model_path.to_str().unwrap()]);
 
     // Files the proxy (UID 1337) must read or create.
@@ -325,6 +331,9 @@ async fn iptables_capture_sends_all_traffic_through_the_proxy() {
             "outside6",
             Some(9091),
         ),
+        // The service's virtual IPs, on the service port.
+        (format!("{}:9090", ns.vip), "outside", Some(9090)),
+        (format!("[{}]:9090", ns.vip6), "outside", Some(9090)),
         (
             format!("{}:{}", ns.host_ip, elsewhere.port),
             "not-in-the-mesh",

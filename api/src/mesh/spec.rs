@@ -49,6 +49,11 @@ pub struct ServiceSpec {
     /// of the endpoints they know).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub service_accounts: Vec<String>,
+    /// Virtual IPs of the service (a Kubernetes ClusterIP, or addresses
+    /// chosen for VMs): a connection captured on its way to one of them, on
+    /// a service port, takes that port's routes and endpoints. Unique.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
 }
 
 /// One service port.

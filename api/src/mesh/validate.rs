@@ -95,6 +95,23 @@ fn service(p: &mut Problems, spec: &ServiceSpec) {
     for (i, account) in spec.service_accounts.iter().enumerate() {
         service_account(p, &format!("spec.serviceAccounts[{i}]"), account);
     }
+    let mut addresses = BTreeSet::new();
+    for (i, address) in spec.addresses.iter().enumerate() {
+        let field = format!("spec.addresses[{i}]");
+        match address.parse::<IpAddr>() {
+            Err(_) => push(p, field, format!("{address:?} is not an IP address")),
+            // Never captured (loopback is excluded), or not one host.
+            Ok(ip) if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() => push(
+                p,
+                field,
+                format!(
+                    "{address} cannot be a service address (loopback, unspecified or multicast)"
+                ),
+            ),
+            Ok(ip) if !addresses.insert(ip) => push(p, field, format!("{address} is listed twice")),
+            Ok(_) => {}
+        }
+    }
     let (mut names, mut numbers) = (BTreeSet::new(), BTreeSet::new());
     for (i, port) in spec.ports.iter().enumerate() {
         label(p, &format!("spec.ports[{i}].name"), &port.name);

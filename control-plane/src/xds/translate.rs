@@ -238,12 +238,23 @@ pub fn translate(model: &Model) -> Snapshot {
                     .iter()
                     .flat_map(|p| p.split.iter().map(|t| t.subset.clone())),
             );
+            // The service's virtual IPs are for its own cluster, which
+            // holds every endpoint (not for subsets).
+            let addresses = &service.spec.addresses;
             for subset in &subsets {
                 let cluster = cluster_name(name, namespace, port.port, subset);
+                let kind = (
+                    port.protocol,
+                    if subset.is_empty() {
+                        &addresses[..]
+                    } else {
+                        &[]
+                    },
+                );
                 snapshot.insert(
                     TypeUrl::Cluster,
                     cluster.clone(),
-                    build_cluster(&cluster, policy, port.protocol, Flavour::Plain),
+                    build_cluster(&cluster, policy, kind, Flavour::Plain),
                 );
                 sidecar_clusters.insert(
                     TypeUrl::Cluster,
@@ -251,7 +262,7 @@ pub fn translate(model: &Model) -> Snapshot {
                     build_cluster(
                         &cluster,
                         policy,
-                        port.protocol,
+                        kind,
                         Flavour::Sidecar {
                             expected: &expected,
                         },
@@ -353,12 +364,34 @@ fn lb_policy(policy: Option<&TrafficPolicySpec>, flavour: Flavour<'_>) -> cluste
 /// The endpoint metadata that selects the mTLS transport socket.
 const TLS_MATCH: (&str, &str) = ("tls", "mtls");
 
-/// Marks the cluster of an `auto` port, for rampart-proxy's traffic
-/// capture (Envoy ignores it).
-fn auto_metadata() -> Metadata {
-    Metadata {
-        filter_metadata: [("rampart".to_owned(), one_string("protocol", "auto"))].into(),
+/// What rampart-proxy's traffic capture needs of a service cluster (Envoy
+/// ignores it): `protocol: auto` for an `auto` port, and the service's
+/// virtual IPs as `addresses`.
+fn capture_metadata(protocol: Protocol, addresses: &[String]) -> Option<Metadata> {
+    let mut fields = BTreeMap::new();
+    if protocol == Protocol::Auto {
+        fields.insert("protocol".to_owned(), string_value("auto"));
+    }
+    if !addresses.is_empty() {
+        let values = addresses.iter().map(|a| string_value(a)).collect();
+        let list = value::Kind::ListValue(envoy_types::pb::google::protobuf::ListValue { values });
+        fields.insert("addresses".to_owned(), Value { kind: Some(list) });
+    }
+    (!fields.is_empty()).then(|| Metadata {
+        filter_metadata: [(
+            "rampart".to_owned(),
+            Struct {
+                fields: fields.into_iter().collect(),
+            },
+        )]
+        .into(),
         ..Default::default()
+    })
+}
+
+fn string_value(s: &str) -> Value {
+    Value {
+        kind: Some(value::Kind::StringValue(s.to_owned())),
     }
 }
 
@@ -369,13 +402,7 @@ fn tls_match() -> Struct {
 /// `{key: "value"}`.
 fn one_string(key: &str, value: &str) -> Struct {
     Struct {
-        fields: [(
-            key.to_owned(),
-            Value {
-                kind: Some(value::Kind::StringValue(value.to_owned())),
-            },
-        )]
-        .into(),
+        fields: [(key.to_owned(), string_value(value))].into(),
     }
 }
 
@@ -447,7 +474,7 @@ pub(super) fn protocol_options(
 fn build_cluster(
     name: &str,
     policy: Option<&TrafficPolicySpec>,
-    protocol: Protocol,
+    (protocol, addresses): (Protocol, &[String]),
     flavour: Flavour<'_>,
 ) -> Cluster {
     let expected = match flavour {
@@ -510,7 +537,7 @@ fn build_cluster(
         circuit_breakers,
         outlier_detection,
         typed_extension_protocol_options: protocol_options(protocol),
-        metadata: (protocol == Protocol::Auto).then(auto_metadata),
+        metadata: capture_metadata(protocol, addresses),
         transport_socket_matches: if expected.is_empty() {
             Vec::new()
         } else {

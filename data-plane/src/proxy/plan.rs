@@ -8,7 +8,7 @@
 //! error: the request gets a 503 that says so until it arrives.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -249,6 +249,9 @@ pub struct ClusterPlan {
     /// `rampart.protocol`): a captured connection to it is told HTTP from
     /// opaque TCP on its first bytes.
     pub detect_protocol: bool,
+    /// The service's virtual IPs (cluster metadata `rampart.addresses`):
+    /// captured connections to them on the service port come here too.
+    pub addresses: Vec<IpAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -505,23 +508,42 @@ fn capture_listeners(plan: &mut Plan) {
             (true, false) => vec![chain(&[], http())],
             (false, _) => vec![chain(&[], tcp())],
         };
-        let Some(endpoint) = plan.clusters[name].endpoints.first().map(|e| e.address) else {
+        // The service's virtual IPs on the service port, then its endpoints.
+        let port = service_port(name);
+        let virtual_ips = cluster
+            .addresses
+            .iter()
+            .filter_map(|ip| Some(SocketAddr::new(*ip, port?)));
+        let destinations: Vec<SocketAddr> = virtual_ips
+            .chain(cluster.endpoints.iter().map(|e| e.address))
+            .collect();
+        let Some(&address) = destinations.first() else {
             continue;
         };
         let listener = Arc::new(ListenerPlan {
             name: format!("capture|{name}"),
-            address: endpoint,
+            address,
             chains,
             bind: false,
             inbound: false,
         });
-        for e in &plan.clusters[name].endpoints {
+        for destination in destinations {
             plan.captured
-                .entry(e.address)
+                .entry(destination)
                 .or_insert_with(|| listener.clone());
         }
         plan.listeners.insert(listener.name.clone(), listener);
     }
+}
+
+/// The port of a service cluster (`outbound|PORT|...`).
+fn service_port(cluster: &str) -> Option<u16> {
+    cluster
+        .strip_prefix("outbound|")?
+        .split('|')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The route configuration (`SVC.NS:PORT`) of a service port's own cluster
@@ -893,14 +915,7 @@ fn cluster_plan(cluster: &Cluster, assignment: Option<&Any>) -> Result<ClusterPl
             )
         }
     };
-    let detect_protocol = cluster
-        .metadata
-        .as_ref()
-        .and_then(|m| m.filter_metadata.get(METADATA_NAMESPACE))
-        .and_then(|s| s.fields.get("protocol"))
-        .is_some_and(|v| {
-            matches!(&v.kind, Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(p)) if p == "auto")
-        });
+    let (detect_protocol, addresses) = capture_metadata(cluster)?;
     let mut mtls = None;
     for m in &cluster.transport_socket_matches {
         let wants_mtls = m
@@ -984,7 +999,43 @@ fn cluster_plan(cluster: &Cluster, assignment: Option<&Any>) -> Result<ClusterPl
         eds,
         warming: eds && assignment.is_none(),
         detect_protocol,
+        addresses,
     })
+}
+
+/// The cluster metadata (namespace `rampart`) traffic capture uses:
+/// `protocol: auto`, and the service's virtual IPs (`addresses`).
+fn capture_metadata(cluster: &Cluster) -> Result<(bool, Vec<IpAddr>)> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let Some(fields) = cluster
+        .metadata
+        .as_ref()
+        .and_then(|m| m.filter_metadata.get(METADATA_NAMESPACE))
+        .map(|s| &s.fields)
+    else {
+        return Ok((false, Vec::new()));
+    };
+    let auto = matches!(
+        fields.get("protocol").and_then(|v| v.kind.as_ref()),
+        Some(Kind::StringValue(p)) if p == "auto"
+    );
+    let addresses = match fields.get("addresses").and_then(|v| v.kind.as_ref()) {
+        None => Vec::new(),
+        Some(Kind::ListValue(list)) => list
+            .values
+            .iter()
+            .map(|v| match &v.kind {
+                Some(Kind::StringValue(a)) => a
+                    .parse::<IpAddr>()
+                    .map_err(|_| format!("metadata rampart.addresses: {a:?} is not an IP address")),
+                _ => {
+                    Err("metadata rampart.addresses: holds a value that is not a string".to_owned())
+                }
+            })
+            .collect::<Result<_>>()?,
+        Some(_) => return Err("metadata rampart.addresses: not a list".to_owned()),
+    };
+    Ok((auto, addresses))
 }
 
 /// The URI SANs an upstream TLS context requires of the server.
@@ -1204,5 +1255,65 @@ mod tests {
         let given_up = compile(&config("b"), &waited).unwrap();
         assert_eq!(target(&given_up), ["b"]);
         assert_eq!(given_up.warming_deadline(), None);
+    }
+
+    fn with_addresses(name: &str, addresses: &[&str]) -> Config {
+        use envoy_types::pb::envoy::config::core::v3::Metadata;
+        use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
+        let values = addresses
+            .iter()
+            .map(|a| Value {
+                kind: Some(Kind::StringValue((*a).to_owned())),
+            })
+            .collect();
+        let fields = [(
+            "addresses".to_owned(),
+            Value {
+                kind: Some(Kind::ListValue(ListValue { values })),
+            },
+        )];
+        let cluster = Cluster {
+            name: name.to_owned(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+            eds_cluster_config: Some(EdsClusterConfig::default()),
+            metadata: Some(Metadata {
+                filter_metadata: [(
+                    METADATA_NAMESPACE.to_owned(),
+                    Struct {
+                        fields: fields.into(),
+                    },
+                )]
+                .into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut config = Config::default();
+        hold(&mut config, CLUSTER, name, pack_any(cluster));
+        config
+    }
+
+    #[test]
+    fn a_service_address_on_the_service_port_is_captured_for_its_cluster() {
+        let name = "outbound|8080||web.default";
+        let plan = compile(
+            &with_addresses(name, &["10.96.0.10", "fd00::10"]),
+            &Plan::default(),
+        )
+        .unwrap();
+        for destination in ["10.96.0.10:8080", "[fd00::10]:8080"] {
+            let listener = &plan.captured[&destination.parse::<SocketAddr>().unwrap()];
+            assert_eq!(listener.name, format!("capture|{name}"), "{destination}");
+        }
+        // Only on the service port.
+        assert_eq!(plan.captured.len(), 2);
+
+        let refused = compile(&with_addresses(name, &["10.96.0.300"]), &Plan::default());
+        let errors = refused.expect_err("a bad address is refused");
+        let error = errors.iter().map(ToString::to_string).collect::<String>();
+        assert!(
+            error.contains("\"10.96.0.300\" is not an IP address"),
+            "{error}"
+        );
     }
 }

@@ -364,6 +364,7 @@ mod tests {
             eds: true,
             warming: false,
             detect_protocol: false,
+            addresses: Vec::new(),
         })))
     }
 
