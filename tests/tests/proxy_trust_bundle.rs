@@ -5,8 +5,10 @@
 //! over xDS, not at its next SVID renewal (24 hours away here). Step 2
 //! signs with the new root: a sidecar that started trusting only the old
 //! root renews under the new one (it verifies the control plane with the
-//! bundle in use, not its start-up anchor). A connection opened at the
-//! start works throughout.
+//! bundle in use, not its start-up anchor). Step 3 drops the old root: the
+//! renewed sidecar stops taking callers of the old root, again without a
+//! restart, and goes on renewing. A connection opened at the start works
+//! throughout.
 
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -233,4 +235,48 @@ async fn a_root_rotation_needs_no_sidecar_restart_and_drops_no_connection() {
         cp.logs.text()
     );
     assert_eq!(get(&mut kept).await, Ok(200), "{}", echo.logs.text());
+    // Until step 3, echo-2 still takes callers of the old root.
+    assert_eq!(get_once(&inbound_2, &insider, &new_bundle).await, Ok(200));
+
+    // Rotation, step 3: echo-2 has renewed under the new root; the old root
+    // is dropped.
+    std::fs::write(ca_dir.join("root-cert.pem"), &new_root).unwrap();
+    let cp = restart(cp, &data, &flags).await;
+    let renewals = |metrics: &str| {
+        counter(
+            metrics,
+            "rampart_proxy_svid_renewals_total",
+            &["result=\"ok\""],
+        )
+    };
+    let renewed_before = renewals(&echo_2.metrics().await);
+    // echo-2 stops trusting the old root without a restart...
+    let dropped = eventually(300, || async {
+        get_once(&inbound_2, &insider, &new_bundle).await.is_err()
+    })
+    .await;
+    assert!(
+        dropped,
+        "echo-2 still takes the old root\nsidecar:\n{}\ncontrol plane:\n{}",
+        echo_2.logs.text(),
+        cp.logs.text()
+    );
+    assert!(untrusted(&echo_2.metrics().await) >= 1.0);
+    assert_eq!(get_once(&inbound_2, &outsider, &new_bundle).await, Ok(200));
+    // ...and goes on renewing its SVID with a control plane that now trusts
+    // the new root alone.
+    let renewing = eventually(300, || async {
+        renewals(&echo_2.metrics().await) > renewed_before
+    })
+    .await;
+    assert!(
+        renewing,
+        "echo-2 stopped renewing after step 3\nsidecar:\n{}\ncontrol plane:\n{}",
+        echo_2.logs.text(),
+        cp.logs.text()
+    );
+    // echo skipped the wait (its 24 h SVID is still of the old root): the
+    // control plane no longer accepts it, but what it serves keeps working.
+    assert_eq!(get(&mut kept).await, Ok(200), "{}", echo.logs.text());
+    assert_eq!(get_once(&inbound, &insider, &old_bundle).await, Ok(200));
 }
