@@ -185,8 +185,45 @@ pub async fn run(settings: Settings, out: Outputs) {
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "xDS stream to the control plane ended; keeping the last good configuration");
             }
         }
-        tokio::time::sleep(backoff).await;
+        wait_releasing_held_routes(backoff, &out).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Sleeps `duration` while disconnected; a route table held back for
+/// warming clusters is still released when its wait runs out (nothing
+/// would warm them before the stream is back).
+async fn wait_releasing_held_routes(duration: Duration, out: &Outputs) {
+    let until = tokio::time::Instant::now() + duration;
+    loop {
+        let Some(deadline) = out.plan.borrow().warming_deadline() else {
+            break;
+        };
+        if tokio::time::Instant::from_std(deadline) >= until {
+            break;
+        }
+        tokio::time::sleep_until(deadline.into()).await;
+        let released = release_held_routes(out);
+        // The same deadline again: nothing more to release before `until`.
+        if !released || out.plan.borrow().warming_deadline() == Some(deadline) {
+            break;
+        }
+    }
+    tokio::time::sleep_until(until).await;
+}
+
+/// Compiles the plan again so that route tables whose warming wait has run
+/// out are used; `false` if that failed (it compiled before, so it cannot,
+/// but a timer must not spin on it).
+fn release_held_routes(out: &Outputs) -> bool {
+    let previous = out.plan.borrow().clone();
+    let config = out.config.borrow().clone();
+    match compile(&config, &previous) {
+        Ok(plan) => {
+            out.plan.send_replace(Arc::new(plan));
+            true
+        }
+        Err(_) => false,
     }
 }
 
@@ -323,15 +360,8 @@ async fn next_response<T>(
             // `message` is cancel safe: nothing is lost if the timer wins.
             response = responses.message() => return response,
             _ = tokio::time::sleep_until(deadline.into()) => {
-                let previous = out.plan.borrow().clone();
-                let config = out.config.borrow().clone();
-                match compile(&config, &previous) {
-                    Ok(plan) => {
-                        out.plan.send_replace(Arc::new(plan));
-                    }
-                    // Cannot happen (this configuration compiled before);
-                    // if it did, the timer must not spin.
-                    Err(_) => return responses.message().await,
+                if !release_held_routes(out) {
+                    return responses.message().await;
                 }
             }
         }
@@ -738,5 +768,28 @@ mod tests {
             let error = trust_update(&holding(source), &me).unwrap_err();
             assert!(error.contains(reason), "{error}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_held_route_is_released_while_the_control_plane_is_away() {
+        use crate::proxy::plan::tests::{config, target};
+        let first = compile(&config("a"), &Plan::default()).unwrap();
+        // The route moved to `b`, which never warms: the old table is held.
+        let mut held = compile(&config("b"), &first).unwrap();
+        assert_eq!(target(&held), ["a"]);
+        // Its wait has run out by now.
+        for since in held.held_back.values_mut() {
+            *since -= crate::proxy::plan::WARMING_TIMEOUT;
+        }
+        let td = TrustDomain::new("cluster.local").unwrap();
+        let out = Outputs {
+            config: watch::channel(Arc::new(config("b"))).0,
+            plan: watch::channel(Arc::new(held)).0,
+            identity: watch::channel(Arc::new(identity(&ca(&td)))).0,
+            metrics: crate::admin::ProxyMetrics::new(),
+        };
+        // Disconnected, between two attempts to reconnect.
+        wait_releasing_held_routes(Duration::from_millis(50), &out).await;
+        assert_eq!(target(&out.plan.borrow()), ["b"]);
     }
 }

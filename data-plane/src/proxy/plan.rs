@@ -1136,7 +1136,7 @@ impl RouteTable {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use envoy_types::pb::envoy::config::cluster::v3::cluster::{
         ClusterDiscoveryType, DiscoveryType, EdsClusterConfig,
     };
@@ -1160,7 +1160,7 @@ mod tests {
 
     /// EDS clusters `a` and `b` (only `a` has endpoints) and the route
     /// table `r` sending everything to `to`.
-    fn config(to: &str) -> Config {
+    pub(crate) fn config(to: &str) -> Config {
         let mut config = Config::default();
         for name in ["a", "b"] {
             let cluster = Cluster {
@@ -1202,7 +1202,7 @@ mod tests {
         config
     }
 
-    fn target(plan: &Plan) -> Vec<&str> {
+    pub(crate) fn target(plan: &Plan) -> Vec<&str> {
         plan.routes["r"].clusters().collect()
     }
 
