@@ -25,7 +25,7 @@ pub struct Echo {
 /// Starts an HTTP echo server named `name` on a free loopback port.
 /// (`echo_failing` starts one that answers every request with 503.)
 ///
-/// - any path: 200, body `name=<name> version=<HTTP/x> method=<M> path=<P> xfcc=<header>`
+/// - any path: 200, body `name=<name> version=<HTTP/x> method=<M> path=<P> body=<bytes received> xfcc=<header>`
 /// - `/status/NNN`: answers with that status
 /// - `/slow/MS`: answers after MS milliseconds
 /// - an HTTP/1.1 `Upgrade` request: `101 Switching Protocols`, then echoes
@@ -92,10 +92,13 @@ async fn serve_echo(name: &str, failing: bool, bind: &str) -> Echo {
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or("")
                             .to_owned();
+                        let (version, method) = (req.version(), req.method().clone());
+                        let received = match req.into_body().collect().await {
+                            Ok(b) => b.to_bytes().len().to_string(),
+                            Err(e) => format!("error:{e}"),
+                        };
                         let body = format!(
-                            "name={name} version={:?} method={} path={path} xfcc={xfcc}\n",
-                            req.version(),
-                            req.method()
+                            "name={name} version={version:?} method={method} path={path} body={received} xfcc={xfcc}\n",
                         );
                         let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
                         *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
@@ -157,6 +160,36 @@ pub async fn get_h1(addr: &str, host: &str, path: &str) -> Answer {
     let req = hyper::Request::get(path)
         .header("host", host)
         .body(Full::new(Bytes::new()))
+        .unwrap();
+    answer(sender.send_request(req).await).await
+}
+
+/// A request body sent in `chunks` with no length given (HTTP/1.1
+/// chunked encoding), as a streaming client sends it.
+struct Chunked(std::collections::VecDeque<Bytes>);
+
+impl hyper::body::Body for Chunked {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|c| Ok(hyper::body::Frame::data(c))))
+    }
+}
+
+/// One HTTP/1.1 POST on a new connection, its body chunked.
+pub async fn post_chunked_h1(addr: &str, host: &str, path: &str, chunks: Vec<Bytes>) -> Answer {
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = hyper::Request::post(path)
+        .header("host", host)
+        .body(Chunked(chunks.into()))
         .unwrap();
     answer(sender.send_request(req).await).await
 }

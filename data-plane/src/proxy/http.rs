@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
-use http_body::{Body as _, Frame, SizeHint};
+use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -22,6 +22,7 @@ use rand::Rng;
 use super::Proxy;
 use super::local_reply::{for_grpc, is_grpc, reply};
 use super::metrics::{ClusterLabels, DurationLabels, RequestLabels};
+use super::outgoing::Outgoing;
 use super::plan::{App, Balance, HttpPlan, Route, Routes};
 use super::pool::{Body, BoxError, Sender, full};
 use super::rbac::{self, Decision, Subject};
@@ -39,9 +40,6 @@ pub struct Downstream {
     /// The filter chain the connection matched.
     pub chain: usize,
 }
-
-/// Bodies up to this size are kept so a retry or a mirror can resend them.
-const REPLAYABLE: u64 = 64 * 1024;
 
 /// 503 from a circuit breaker, counted: Envoy's `x-envoy-overloaded` and the reason.
 fn overflow(proxy: &Proxy, cluster: &str, limit: &'static str, why: String) -> Response<Body> {
@@ -185,7 +183,7 @@ async fn upgrade(
         Ok(c) => c,
         Err(why) => return reply(StatusCode::SERVICE_UNAVAILABLE, why),
     };
-    let Some(endpoint) = cluster.pick(None, None) else {
+    let Some(endpoint) = cluster.pick(None, &[]) else {
         return reply(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("no healthy upstream in cluster {cluster_name}"),
@@ -305,62 +303,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The request, with a body that can be sent again if it was small.
-struct Outgoing {
-    parts: http::request::Parts,
-    body: Option<Bytes>,
-    stream: Option<Incoming>,
-}
-
-impl Outgoing {
-    async fn new(req: Request<Incoming>, keep: bool) -> Result<Outgoing, Response<Body>> {
-        let (parts, body) = req.into_parts();
-        let small =
-            body.is_end_stream() || body.size_hint().upper().is_some_and(|n| n <= REPLAYABLE);
-        if keep && small {
-            let bytes = body
-                .collect()
-                .await
-                .map_err(|e| {
-                    reply(
-                        StatusCode::BAD_REQUEST,
-                        format!("reading the request body: {e}"),
-                    )
-                })?
-                .to_bytes();
-            return Ok(Outgoing {
-                parts,
-                body: Some(bytes),
-                stream: None,
-            });
-        }
-        Ok(Outgoing {
-            parts,
-            body: None,
-            stream: Some(body),
-        })
-    }
-
-    fn replayable(&self) -> bool {
-        self.body.is_some()
-    }
-
-    /// The next attempt's request (`None` once a streamed body was sent).
-    fn take(&mut self) -> Option<Request<Body>> {
-        let body = match (&self.body, self.stream.take()) {
-            (Some(b), _) => full(b.clone()),
-            (None, Some(s)) => s.map_err(|e| Box::new(e) as BoxError).boxed(),
-            (None, None) => return None,
-        };
-        let mut r = Request::new(body);
-        *r.method_mut() = self.parts.method.clone();
-        *r.uri_mut() = self.parts.uri.clone();
-        *r.headers_mut() = self.parts.headers.clone();
-        *r.version_mut() = self.parts.version;
-        Some(r)
-    }
-}
-
 async fn forward(
     proxy: &Arc<Proxy>,
     down: &Arc<Downstream>,
@@ -396,18 +338,16 @@ async fn forward(
     };
     strip_hop_by_hop(&mut out.parts.headers);
     set_client_identity(proxy, down, forward_identity, &mut out.parts.headers);
-    if out.replayable() {
-        for (mirror, percent) in &route.mirrors {
-            if rand::rng().random_range(0.0..100.0) < *percent
-                && let (Some(c), Some(copy)) = (proxy.upstreams.get(mirror), out.take())
-            {
-                let (proxy, host) = (proxy.clone(), host.clone());
-                tokio::spawn(async move {
-                    if let Some(endpoint) = c.pick(None, None) {
-                        let _ = attempt(&proxy, &c, &endpoint, copy, &host, None).await;
-                    }
-                });
-            }
+    for (mirror, percent) in &route.mirrors {
+        if rand::rng().random_range(0.0..100.0) < *percent
+            && let (Some(c), Some(mut copy)) = (proxy.upstreams.get(mirror), out.copy())
+        {
+            let (proxy, host) = (proxy.clone(), host.clone());
+            tokio::spawn(async move {
+                if let Some(endpoint) = c.pick(None, &[]) {
+                    let _ = attempt(&proxy, &c, &endpoint, &mut copy, &host, None).await;
+                }
+            });
         }
     }
     let work = attempts(proxy, &cluster, route, &mut out, &host);
@@ -464,6 +404,8 @@ enum Failure {
     Reset(String),
     Timeout,
     Overflow(&'static str, String),
+    /// The body was streamed by an earlier try and cannot be sent again.
+    Spent,
 }
 
 /// The status of a trailers-only gRPC response (an error: a normal one
@@ -498,19 +440,10 @@ async fn attempts(
     };
     let hash = (plan.balance == Balance::RingHash).then(|| hash_key(&out.parts.headers, host));
     let mut tried = 0u32;
-    let mut avoid = None;
+    let mut avoid = Vec::new();
     let mut _slot = None;
     loop {
-        let Some(req) = out.take() else {
-            return (
-                reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "upstream failed after the request body was sent",
-                ),
-                None,
-            );
-        };
-        let Some(endpoint) = cluster.pick(hash, avoid) else {
+        let Some(endpoint) = cluster.pick(hash, &avoid) else {
             return (
                 reply(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -521,7 +454,7 @@ async fn attempts(
         };
         in_flight.on(endpoint.clone());
         let per_try = route.retry.as_ref().and_then(|r| r.per_try_timeout);
-        let result = attempt(proxy, cluster, &endpoint, req, host, per_try).await;
+        let result = attempt(proxy, cluster, &endpoint, out, host, per_try).await;
         let peer = endpoint.pool.peer.lock().expect("pool lock").clone();
         let grpc_status = result
             .as_ref()
@@ -535,7 +468,7 @@ async fn attempts(
                 Outcome::Failure
             }
             Ok(_) => Outcome::Success,
-            Err(Failure::Overflow(..)) => Outcome::Success,
+            Err(Failure::Overflow(..) | Failure::Spent) => Outcome::Success,
             Err(_) => Outcome::Failure,
         };
         let endpoint_address = endpoint.address;
@@ -550,7 +483,7 @@ async fn attempts(
         }
         let retry = route.retry.as_ref().filter(|r| {
             tried < r.attempts
-                && out.replayable()
+                && out.retryable()
                 && match &result {
                     Ok(resp) => {
                         let code = resp.status().as_u16();
@@ -561,7 +494,7 @@ async fn attempts(
                     Err(Failure::Connect(_)) => r.on_connect_failure,
                     Err(Failure::Reset(_)) => r.on_reset || r.on_refused_stream,
                     Err(Failure::Timeout) => r.on_5xx || r.on_gateway_error,
-                    Err(Failure::Overflow(..)) => false,
+                    Err(Failure::Overflow(..) | Failure::Spent) => false,
                 }
         });
         if let Some(policy) = retry {
@@ -569,7 +502,7 @@ async fn attempts(
                 Some(slot) => {
                     _slot = Some(slot);
                     tried += 1;
-                    avoid = Some(endpoint_address);
+                    avoid.push(endpoint_address);
                     proxy
                         .metrics()
                         .retries
@@ -594,6 +527,10 @@ async fn attempts(
             }
             Err(Failure::Timeout) => reply(StatusCode::GATEWAY_TIMEOUT, "upstream per-try timeout"),
             Err(Failure::Overflow(limit, why)) => overflow(proxy, name, limit, why),
+            Err(Failure::Spent) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream failed after a request body too long to keep was sent",
+            ),
         };
         return (response, peer);
     }
@@ -612,12 +549,14 @@ fn hash_key(headers: &HeaderMap, host: &str) -> u64 {
     h.finish()
 }
 
-/// One try against `endpoint`.
+/// One try against `endpoint`. The request is taken from `out` once a
+/// connection is ready, so a failure to connect leaves a streamed body
+/// unsent for the next try.
 async fn attempt(
     proxy: &Arc<Proxy>,
     cluster: &Arc<ClusterState>,
     endpoint: &Endpoint,
-    mut req: Request<Body>,
+    out: &mut Outgoing,
     host: &str,
     per_try: Option<Duration>,
 ) -> Result<Response<Body>, Failure> {
@@ -631,7 +570,7 @@ async fn attempt(
                 format!("cluster {} is at max_pending_requests", plan.name),
             ));
         };
-        let sender = endpoint
+        let mut sender = endpoint
             .pool
             .sender(&target, &proxy.tls)
             .await
@@ -643,6 +582,10 @@ async fn attempt(
                 e => Failure::Connect(e.to_string()),
             })?;
         drop(pending);
+        if let Sender::H2(s) = &mut sender {
+            s.ready().await.map_err(|e| Failure::Reset(e.to_string()))?;
+        }
+        let mut req = out.take().ok_or(Failure::Spent)?;
         let path = req
             .uri()
             .path_and_query()
@@ -658,7 +601,6 @@ async fn attempt(
                     .map_err(|e| Failure::Connect(format!("bad authority {host:?}: {e}")))?;
                 req.headers_mut().remove(header::HOST);
                 *req.version_mut() = http::Version::HTTP_2;
-                s.ready().await.map_err(|e| Failure::Reset(e.to_string()))?;
                 s.send_request(req)
                     .await
                     .map_err(|e| Failure::Reset(e.to_string()))

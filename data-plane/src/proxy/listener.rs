@@ -240,10 +240,10 @@ async fn proxy_tcp(proxy: Arc<Proxy>, down: Arc<Downstream>, cluster: String, do
         return;
     };
     let plan = state.plan();
-    let mut avoid = None;
+    let mut avoid = Vec::new();
     let mut upstream = None;
     for _ in 0..3 {
-        let Some(endpoint) = state.pick(None, avoid) else {
+        let Some(endpoint) = state.pick(None, &avoid) else {
             break;
         };
         let target = endpoint.target(&plan, &state);
@@ -263,7 +263,7 @@ async fn proxy_tcp(proxy: Arc<Proxy>, down: Arc<Downstream>, cluster: String, do
             Err(e) => {
                 tracing::debug!(%cluster, endpoint = %endpoint.address, error = %e, "TCP upstream connect failed");
                 state.record(&endpoint, Outcome::Failure);
-                avoid = Some(endpoint.address);
+                avoid.push(endpoint.address);
             }
         }
     }

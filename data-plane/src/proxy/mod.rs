@@ -13,6 +13,7 @@ pub mod http;
 pub mod listener;
 mod local_reply;
 pub mod metrics;
+mod outgoing;
 pub mod plan;
 pub mod pool;
 pub mod rbac;

@@ -153,9 +153,10 @@ impl ClusterState {
         self.plan.read().expect("cluster plan lock").clone()
     }
 
-    /// Picks an endpoint, avoiding ejected ones and `avoid` (the one a
-    /// retry just failed on) while others exist. `hash` keys RING_HASH.
-    pub fn pick(&self, hash: Option<u64>, avoid: Option<SocketAddr>) -> Option<Arc<Endpoint>> {
+    /// Picks an endpoint, avoiding ejected ones and those in `avoid` (the
+    /// ones a retry already tried, as Istio's `previous_hosts` retry
+    /// predicate does) while others remain. `hash` keys RING_HASH.
+    pub fn pick(&self, hash: Option<u64>, avoid: &[SocketAddr]) -> Option<Arc<Endpoint>> {
         let all = self.endpoints.read().expect("endpoints lock").clone();
         let now = Instant::now();
         let mut healthy: Vec<&Arc<Endpoint>> = all.iter().filter(|e| !e.ejected(now)).collect();
@@ -163,8 +164,8 @@ impl ClusterState {
             // Every endpoint ejected: Envoy's "panic mode", use them all.
             healthy = all.iter().collect();
         }
-        if healthy.len() > 1 && avoid.is_some() {
-            healthy.retain(|e| Some(e.address) != avoid);
+        if healthy.iter().any(|e| !avoid.contains(&e.address)) {
+            healthy.retain(|e| !avoid.contains(&e.address));
         }
         let n = healthy.len();
         if n == 0 {
