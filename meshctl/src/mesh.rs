@@ -160,13 +160,20 @@ fn print_table(resources_json: &[String]) {
 fn summary(resource: &Resource) -> String {
     match resource {
         Resource::MeshConfig(o) => format!("mtls={:?}", o.spec.mtls.mode).to_uppercase(),
-        Resource::Service(o) => o
-            .spec
-            .ports
-            .iter()
-            .map(|p| format!("{}:{}/{:?}", p.name, p.port, p.protocol).to_lowercase())
-            .collect::<Vec<_>>()
-            .join(","),
+        Resource::Service(o) => {
+            let ports = o
+                .spec
+                .ports
+                .iter()
+                .map(|p| format!("{}:{}/{:?}", p.name, p.port, p.protocol).to_lowercase())
+                .collect::<Vec<_>>()
+                .join(",");
+            if o.spec.addresses.is_empty() {
+                ports
+            } else {
+                format!("{ports} addresses={}", o.spec.addresses.join(","))
+            }
+        }
         Resource::WorkloadEntry(o) => {
             let ports: Vec<String> = o
                 .spec

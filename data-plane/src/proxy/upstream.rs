@@ -353,6 +353,18 @@ mod tests {
     use crate::proxy::plan::{Limits, RetryBudget};
 
     fn cluster(limits: Limits) -> Arc<ClusterState> {
+        with_endpoints(limits, &[])
+    }
+
+    fn with_endpoints(limits: Limits, addresses: &[SocketAddr]) -> Arc<ClusterState> {
+        let endpoints = addresses
+            .iter()
+            .map(|&address| crate::proxy::plan::EndpointPlan {
+                address,
+                weight: 1,
+                mtls: false,
+            })
+            .collect();
         Arc::new(ClusterState::new(Arc::new(ClusterPlan {
             name: "c".to_owned(),
             balance: Balance::RoundRobin,
@@ -361,7 +373,7 @@ mod tests {
             mtls: None,
             limits,
             outlier: None,
-            endpoints: Vec::new(),
+            endpoints,
             eds: true,
             warming: false,
             detect_protocol: false,
@@ -405,5 +417,19 @@ mod tests {
         assert!(InFlight::request(&c).is_none());
         drop(a);
         assert!(InFlight::request(&c).is_some());
+    }
+
+    #[test]
+    fn a_retry_avoids_every_endpoint_tried_while_others_remain() {
+        let [a, b, c]: [SocketAddr; 3] =
+            ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"].map(|s| s.parse().unwrap());
+        let state = with_endpoints(Limits::default(), &[a, b, c]);
+        // Whatever the round-robin position, the one left untried is picked.
+        for _ in 0..6 {
+            assert_eq!(state.pick(None, &[a, b]).unwrap().address, c);
+            assert_eq!(state.pick(None, &[c, a]).unwrap().address, b);
+        }
+        // All tried: any of them rather than none.
+        assert!(state.pick(None, &[a, b, c]).is_some());
     }
 }
