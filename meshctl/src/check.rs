@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use rampart_api::admin::GetTrustBundleRequest;
+use rampart_api::admin::{GetResourcesRequest, GetTrustBundleRequest};
+use rampart_api::mesh::Resource;
 use rampart_certs::inspect::describe;
 use serde::Serialize;
 
@@ -174,6 +175,31 @@ async fn run(target: &Target) -> Vec<Finding> {
         )),
     }
 
+    // Virtual IPs: a captured call to one goes to one service only.
+    match admin
+        .get_resources(GetResourcesRequest {
+            kind: "Service".to_owned(),
+            ..Default::default()
+        })
+        .await
+    {
+        Ok(response) => {
+            let services: Vec<Resource> = response
+                .into_inner()
+                .resources_json
+                .iter()
+                .filter_map(|json| Resource::from_json(json).ok())
+                .collect();
+            out.push(service_addresses(&services));
+        }
+        Err(e) => out.push(finding(
+            "service addresses",
+            Status::Failed,
+            e.message().to_owned(),
+            None,
+        )),
+    }
+
     // The signing chain and the clock: from the local control plane's metrics endpoint.
     match target.local_metrics_addr() {
         Some(addr) => match get_with_headers(addr, "/metrics").await {
@@ -290,6 +316,43 @@ async fn run(target: &Target) -> Vec<Finding> {
         ),
     });
     out
+}
+
+/// Service virtual IPs claimed by more than one service: a captured call
+/// to one goes to the first service by name, which is rarely what was meant.
+fn service_addresses(resources: &[Resource]) -> Finding {
+    let mut claims: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for r in resources {
+        if let Resource::Service(s) = r {
+            for address in &s.spec.addresses {
+                let name = format!("{}/{}", s.metadata.namespace, s.metadata.name);
+                claims.entry(address).or_default().push(name);
+            }
+        }
+    }
+    let total = claims.len();
+    let shared: Vec<String> = claims
+        .into_iter()
+        .filter(|(_, services)| services.len() > 1)
+        .map(|(address, services)| format!("{address}: {}", services.join(", ")))
+        .collect();
+    if shared.is_empty() {
+        finding(
+            "service addresses",
+            Status::Ok,
+            format!("{total} virtual IPs, each of one service"),
+            None,
+        )
+    } else {
+        finding(
+            "service addresses",
+            Status::Failed,
+            format!("claimed by more than one service: {}", shared.join("; ")),
+            Some(
+                "give each Service its own spec.addresses; a captured call goes to the first by name",
+            ),
+        )
+    }
 }
 
 /// An SVID valid from `start` to `end`: failed once expired, a warning
@@ -410,6 +473,24 @@ mod tests {
         assert_eq!(svid_state(1000, 1060, 1045), Status::Ok);
         assert_eq!(svid_state(1000, 1060, 1046), Status::Warning);
         assert_eq!(svid_state(1000, 1060, 1060), Status::Failed);
+    }
+
+    #[test]
+    fn a_virtual_ip_of_two_services_fails() {
+        let services = |second: &str| {
+            let yaml = format!(
+                "apiVersion: rampart.dev/v1alpha1\nkind: Service\nmetadata: {{name: a, namespace: default}}\nspec: {{ports: [{{name: http, port: 80}}], addresses: [10.96.0.1]}}\n---\napiVersion: rampart.dev/v1alpha1\nkind: Service\nmetadata: {{name: b, namespace: shop}}\nspec: {{ports: [{{name: http, port: 80}}], addresses: [{second}]}}\n"
+            );
+            rampart_api::mesh::parse_documents("s.yaml", &yaml).unwrap()
+        };
+        let fine = service_addresses(&services("10.96.0.2"));
+        assert_eq!(fine.status, Status::Ok, "{fine:?}");
+        let clash = service_addresses(&services("10.96.0.1"));
+        assert_eq!(clash.status, Status::Failed);
+        assert!(
+            clash.detail.contains("10.96.0.1: default/a, shop/b"),
+            "{clash:?}"
+        );
     }
 
     #[test]

@@ -50,6 +50,7 @@ fn check_identity_and_completions() {
         "proxies",
         "proxy certificates",
         "configuration accepted",
+        "service addresses",
     ] {
         assert!(checks.contains(&expected), "{expected} missing: {json}");
     }
