@@ -313,56 +313,16 @@ async fn forward(
     grpc: bool,
 ) -> Response<Body> {
     let started = Instant::now();
-    if let Some(f) = &route.fault {
-        let roll = |percent: f64| rand::rng().random_range(0.0..100.0) < percent;
-        if let Some((delay, p)) = f.delay
-            && roll(p)
-        {
-            tokio::time::sleep(delay).await;
+    // Every answer is counted, the proxy's own (a fault, no cluster) too.
+    let (cluster_name, (response, destination)) = match cluster_for(proxy, route) {
+        Err(why) => (
+            String::new(),
+            (reply(StatusCode::SERVICE_UNAVAILABLE, why), None),
+        ),
+        Ok((name, cluster)) => {
+            let sent = send(proxy, down, route, req, &cluster, host, forward_identity).await;
+            (name, sent)
         }
-        if let Some((code, p)) = f.abort
-            && roll(p)
-        {
-            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            return reply(status, "fault filter abort");
-        }
-    }
-    let (cluster_name, cluster) = match cluster_for(proxy, route) {
-        Ok(c) => c,
-        Err(why) => return reply(StatusCode::SERVICE_UNAVAILABLE, why),
-    };
-    let mut out = match Outgoing::new(req, route.retry.is_some() || !route.mirrors.is_empty()).await
-    {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
-    strip_hop_by_hop(&mut out.parts.headers);
-    set_client_identity(proxy, down, forward_identity, &mut out.parts.headers);
-    for (mirror, percent) in &route.mirrors {
-        if rand::rng().random_range(0.0..100.0) < *percent
-            && let (Some(c), Some(mut copy)) = (proxy.upstreams.get(mirror), out.copy())
-        {
-            let (proxy, host) = (proxy.clone(), host.clone());
-            tokio::spawn(async move {
-                if let Some(endpoint) = c.pick(None, &[]) {
-                    let _ = attempt(&proxy, &c, &endpoint, &mut copy, &host, None).await;
-                }
-            });
-        }
-    }
-    let work = attempts(proxy, &cluster, route, &mut out, &host);
-    let (response, destination) = match route.timeout {
-        None => work.await,
-        Some(limit) => match tokio::time::timeout(limit, work).await {
-            Ok(r) => r,
-            Err(_) => (
-                reply(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!("upstream request timeout ({} ms)", limit.as_millis()),
-                ),
-                None,
-            ),
-        },
     };
     // Converted here already so the metrics count what the caller sees.
     let response = if grpc { for_grpc(response) } else { response };
@@ -396,6 +356,66 @@ async fn forward(
         started,
     };
     Response::from_parts(parts, observed.boxed())
+}
+
+/// The request to `cluster` as the route says (faults, mirrors, retries,
+/// timeout); the response and the upstream's SPIFFE ID.
+async fn send(
+    proxy: &Arc<Proxy>,
+    down: &Arc<Downstream>,
+    route: &Route,
+    req: Request<Incoming>,
+    cluster: &Arc<ClusterState>,
+    host: String,
+    forward_identity: bool,
+) -> (Response<Body>, Option<String>) {
+    if let Some(f) = &route.fault {
+        let roll = |percent: f64| rand::rng().random_range(0.0..100.0) < percent;
+        if let Some((delay, p)) = f.delay
+            && roll(p)
+        {
+            tokio::time::sleep(delay).await;
+        }
+        if let Some((code, p)) = f.abort
+            && roll(p)
+        {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return (reply(status, "fault filter abort"), None);
+        }
+    }
+    let mut out = match Outgoing::new(req, route.retry.is_some() || !route.mirrors.is_empty()).await
+    {
+        Ok(o) => o,
+        Err(r) => return (r, None),
+    };
+    strip_hop_by_hop(&mut out.parts.headers);
+    set_client_identity(proxy, down, forward_identity, &mut out.parts.headers);
+    for (mirror, percent) in &route.mirrors {
+        if rand::rng().random_range(0.0..100.0) < *percent
+            && let (Some(c), Some(mut copy)) = (proxy.upstreams.get(mirror), out.copy())
+        {
+            let (proxy, host) = (proxy.clone(), host.clone());
+            tokio::spawn(async move {
+                if let Some(endpoint) = c.pick(None, &[]) {
+                    let _ = attempt(&proxy, &c, &endpoint, &mut copy, &host, None).await;
+                }
+            });
+        }
+    }
+    let work = attempts(proxy, cluster, route, &mut out, &host);
+    match route.timeout {
+        None => work.await,
+        Some(limit) => match tokio::time::timeout(limit, work).await {
+            Ok(r) => r,
+            Err(_) => (
+                reply(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("upstream request timeout ({} ms)", limit.as_millis()),
+                ),
+                None,
+            ),
+        },
+    }
 }
 
 /// Why an attempt failed, for the retry decision.

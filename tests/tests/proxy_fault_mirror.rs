@@ -1,0 +1,126 @@
+//! A TrafficPolicy's fault injection and mirroring, carried out by a
+//! rampart-proxy between a caller and real apps: every request is copied to
+//! the mirror service (whose answers the caller never sees), an abort fault
+//! answers with its status before any app is reached, and a delay fault
+//! holds requests back.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rampart_tests::apps::{self, get_h1};
+use rampart_tests::{ControlPlane, Sidecar, counter, eventually};
+
+fn model(shop: u16, shadow: u16, fault: &str) -> String {
+    format!(
+        r#"apiVersion: rampart.dev/v1alpha1
+kind: Service
+metadata: {{name: shop, namespace: default}}
+spec:
+  ports: [{{name: http, port: 8080, protocol: http}}]
+---
+apiVersion: rampart.dev/v1alpha1
+kind: WorkloadEntry
+metadata: {{name: shop-1, namespace: default}}
+spec: {{service: shop, address: 127.0.0.1, ports: {{http: {shop}}}}}
+---
+apiVersion: rampart.dev/v1alpha1
+kind: Service
+metadata: {{name: shadow, namespace: default}}
+spec:
+  ports: [{{name: http, port: 8080, protocol: http}}]
+---
+apiVersion: rampart.dev/v1alpha1
+kind: WorkloadEntry
+metadata: {{name: shadow-1, namespace: default}}
+spec: {{service: shadow, address: 127.0.0.1, ports: {{http: {shadow}}}}}
+---
+apiVersion: rampart.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {{name: shop, namespace: default}}
+spec:
+  service: shop
+  mirror: {{service: shadow}}
+{fault}"#
+    )
+}
+
+fn apply(cp: &ControlPlane, dir: &Path, text: &str) {
+    let path = dir.join("shop.yaml");
+    std::fs::write(&path, text).unwrap();
+    cp.meshctl_ok(&["apply", "-f", path.to_str().unwrap()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_and_mirrors_are_carried_out_as_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp"), &[]).await;
+    let shop = apps::echo("shop").await;
+    let shadow = apps::echo("shadow").await;
+    apply(&cp, dir.path(), &model(shop.port, shadow.port, ""));
+    let (client, out) = Sidecar::caller(&cp, dir.path(), "client", None, "shop.default:8080").await;
+    let up = eventually(150, || async {
+        matches!(get_h1(&out, "shop", "/").await, Ok((200, b)) if b.contains("name=shop"))
+    })
+    .await;
+    assert!(up, "shop never answered\n{}", client.logs.text());
+
+    // Mirroring: the caller gets the shop's answers, the shadow gets a copy
+    // of each request.
+    let mirrored = shadow.hits.load(Ordering::Relaxed);
+    for _ in 0..10 {
+        let answer = get_h1(&out, "shop", "/order").await;
+        assert!(
+            matches!(&answer, Ok((200, b)) if b.contains("name=shop")),
+            "{answer:?}"
+        );
+    }
+    let copies = eventually(100, || async {
+        shadow.hits.load(Ordering::Relaxed) >= mirrored + 10
+    })
+    .await;
+    assert!(
+        copies,
+        "the shadow got {} of 10 copies\n{}",
+        shadow.hits.load(Ordering::Relaxed) - mirrored,
+        client.logs.text()
+    );
+
+    // An abort fault answers for the app: the shop is not reached, and the
+    // answers are counted like any other.
+    let abort = "  fault: {abort: {httpStatus: 418, percent: 100}}\n";
+    apply(&cp, dir.path(), &model(shop.port, shadow.port, abort));
+    let aborted = eventually(150, || async {
+        matches!(get_h1(&out, "shop", "/").await, Ok((418, _)))
+    })
+    .await;
+    assert!(aborted, "no 418\n{}", client.logs.text());
+    let reached = shop.hits.load(Ordering::Relaxed);
+    for _ in 0..5 {
+        assert!(matches!(get_h1(&out, "shop", "/").await, Ok((418, _))));
+    }
+    assert_eq!(shop.hits.load(Ordering::Relaxed), reached);
+    let metrics = client.metrics().await;
+    assert!(
+        counter(
+            &metrics,
+            "rampart_proxy_requests_total",
+            &["response_code=\"418\""]
+        ) >= 5.0,
+        "{metrics}"
+    );
+
+    // A delay fault holds every request back at least that long, then
+    // lets it through.
+    let delay = "  fault: {delay: {fixed: 400ms, percent: 100}}\n";
+    apply(&cp, dir.path(), &model(shop.port, shadow.port, delay));
+    let through = eventually(150, || async {
+        matches!(get_h1(&out, "shop", "/").await, Ok((200, _)))
+    })
+    .await;
+    assert!(through, "the abort never went away\n{}", client.logs.text());
+    let started = Instant::now();
+    let answer = get_h1(&out, "shop", "/").await;
+    assert!(matches!(answer, Ok((200, _))), "{answer:?}");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+}
