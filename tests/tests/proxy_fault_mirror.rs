@@ -1,6 +1,7 @@
 //! A TrafficPolicy's fault injection and mirroring, carried out by a
 //! rampart-proxy between a caller and real apps: every request is copied to
-//! the mirror service (whose answers the caller never sees), an abort fault
+//! the mirror service (whose answers the caller never sees), streamed
+//! bodies included, an abort fault
 //! answers with its status before any app is reached, and a delay fault
 //! holds requests back.
 
@@ -8,7 +9,8 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use rampart_tests::apps::{self, get_h1};
+use bytes::Bytes;
+use rampart_tests::apps::{self, get_h1, post_chunked_h1};
 use rampart_tests::{ControlPlane, Sidecar, counter, eventually};
 
 fn model(shop: u16, shadow: u16, fault: &str) -> String {
@@ -82,6 +84,27 @@ async fn faults_and_mirrors_are_carried_out_as_configured() {
     assert!(
         copies,
         "the shadow got {} of 10 copies\n{}",
+        shadow.hits.load(Ordering::Relaxed) - mirrored,
+        client.logs.text()
+    );
+
+    // A streamed body (chunked) is copied too, once it has been sent.
+    let mirrored = shadow.hits.load(Ordering::Relaxed);
+    for _ in 0..5 {
+        let body = vec![Bytes::from_static(b"order="), Bytes::from_static(b"42")];
+        let answer = post_chunked_h1(&out, "shop", "/order", body).await;
+        assert!(
+            matches!(&answer, Ok((200, b)) if b.contains("name=shop") && b.contains("body=8 ")),
+            "{answer:?}"
+        );
+    }
+    let copies = eventually(100, || async {
+        shadow.hits.load(Ordering::Relaxed) >= mirrored + 5
+    })
+    .await;
+    assert!(
+        copies,
+        "the shadow got {} of 5 streamed copies\n{}",
         shadow.hits.load(Ordering::Relaxed) - mirrored,
         client.logs.text()
     );

@@ -392,11 +392,13 @@ async fn send(
     set_client_identity(proxy, down, forward_identity, &mut out.parts.headers);
     for (mirror, percent) in &route.mirrors {
         if rand::rng().random_range(0.0..100.0) < *percent
-            && let (Some(c), Some(mut copy)) = (proxy.upstreams.get(mirror), out.copy())
+            && let (Some(c), Some(copy)) = (proxy.upstreams.get(mirror), out.copy())
         {
             let (proxy, host) = (proxy.clone(), host.clone());
             tokio::spawn(async move {
-                if let Some(endpoint) = c.pick(None, &[]) {
+                if let Some(mut copy) = copy.await
+                    && let Some(endpoint) = c.pick(None, &[])
+                {
                     let _ = attempt(&proxy, &c, &endpoint, &mut copy, &host, None).await;
                 }
             });

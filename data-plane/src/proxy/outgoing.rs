@@ -2,9 +2,10 @@
 //! send it again: a small body of known size is read whole before the
 //! first try; a streamed one (chunked HTTP/1.1, HTTP/2 and gRPC without
 //! `content-length`) goes out as it arrives and is recorded on the way, up
-//! to [`REPLAYABLE`] bytes. As in Envoy, a body longer than that is not
-//! retried.
+//! to [`REPLAYABLE`] bytes, and mirrored once it has ended. As in Envoy, a
+//! body longer than that is not retried (nor mirrored).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -14,6 +15,7 @@ use http::{Request, Response, StatusCode};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tokio::sync::watch;
 
 use super::local_reply::reply;
 use super::pool::{Body, BoxError, full};
@@ -25,11 +27,11 @@ pub struct Outgoing {
     pub parts: http::request::Parts,
     /// The whole body, when it is known.
     body: Option<Bytes>,
-    /// A streamed body not sent yet.
-    stream: Option<Incoming>,
-    /// What a streamed body sent so far (when it is worth keeping).
-    tape: Option<Arc<Mutex<Tape>>>,
-    keep: bool,
+    /// A streamed body not sent yet (recording itself if `tape` is set).
+    stream: Option<Body>,
+    /// What a streamed body sent so far, and whether it has ended (when the
+    /// route retries or mirrors, so it is worth keeping).
+    tape: Option<(Arc<Mutex<Tape>>, watch::Receiver<bool>)>,
 }
 
 impl Outgoing {
@@ -43,7 +45,6 @@ impl Outgoing {
             body: None,
             stream: None,
             tape: None,
-            keep,
         };
         if keep && small {
             let bytes = body
@@ -57,51 +58,74 @@ impl Outgoing {
                 })?
                 .to_bytes();
             out.body = Some(bytes);
+        } else if keep {
+            let tape = Arc::new(Mutex::new(Tape::default()));
+            let (ended, watching) = watch::channel(false);
+            out.stream = Some(
+                Recorded {
+                    inner: body,
+                    tape: tape.clone(),
+                    ended,
+                }
+                .boxed(),
+            );
+            out.tape = Some((tape, watching));
         } else {
-            out.stream = Some(body);
+            out.stream = Some(body.map_err(|e| Box::new(e) as BoxError).boxed());
         }
         Ok(out)
     }
 
-    /// A copy with the whole body, if it is known (for a mirror).
-    pub fn copy(&self) -> Option<Outgoing> {
-        Some(Outgoing {
-            parts: clone_parts(&self.parts),
-            body: Some(self.body.clone()?),
-            stream: None,
-            tape: None,
-            keep: false,
+    /// A copy with the whole body, for a mirror: at once if it is known; for
+    /// a streamed body, once it has been sent and if it was kept whole
+    /// (`None` then if it was not, or the request ended before).
+    pub fn copy(&self) -> Option<impl Future<Output = Option<Outgoing>> + Send + 'static> {
+        let parts = clone_parts(&self.parts);
+        let known = self.body.clone();
+        let tape = match &known {
+            Some(_) => None,
+            None => Some(self.tape.clone()?),
+        };
+        Some(async move {
+            let body = match (known, tape) {
+                (Some(body), _) => body,
+                (None, Some((tape, mut ended))) => {
+                    ended.wait_for(|e| *e).await.ok()?;
+                    tape.lock().expect("tape lock").whole()?
+                }
+                (None, None) => return None,
+            };
+            Some(Outgoing {
+                parts,
+                body: Some(body),
+                stream: None,
+                tape: None,
+            })
         })
     }
 
     /// Whether [`Outgoing::take`] can give the request (again): its body is
     /// known, not sent yet, or was recorded whole.
     pub fn retryable(&self) -> bool {
-        self.body.is_some()
-            || self.stream.is_some()
-            || self
-                .tape
-                .as_ref()
-                .is_some_and(|t| t.lock().expect("tape lock").whole().is_some())
+        self.body.is_some() || self.stream.is_some() || self.recorded().is_some()
+    }
+
+    fn recorded(&self) -> Option<Bytes> {
+        let (tape, _) = self.tape.as_ref()?;
+        tape.lock().expect("tape lock").whole()
     }
 
     /// The next try's request (`None` once a body that cannot be sent again
     /// was sent).
     pub fn take(&mut self) -> Option<Request<Body>> {
-        if self.body.is_none()
-            && let Some(tape) = self.tape.take()
-        {
-            self.body = tape.lock().expect("tape lock").whole();
-        }
-        let body = match (&self.body, self.stream.take()) {
-            (Some(b), _) => full(b.clone()),
-            (None, Some(s)) if self.keep => {
-                let tape = Arc::new(Mutex::new(Tape::default()));
-                self.tape = Some(tape.clone());
-                Recorded { inner: s, tape }.boxed()
+        let body = match self.stream.take() {
+            Some(stream) => stream,
+            None => {
+                if self.body.is_none() {
+                    self.body = self.recorded();
+                }
+                full(self.body.clone()?)
             }
-            (None, Some(s)) => s.map_err(|e| Box::new(e) as BoxError).boxed(),
-            (None, None) => return None,
         };
         let mut r = Request::new(body);
         *r.method_mut() = self.parts.method.clone();
@@ -154,10 +178,12 @@ impl Tape {
     }
 }
 
-/// A streamed request body that records itself on a [`Tape`] as it goes.
+/// A streamed request body that records itself on a [`Tape`] as it goes,
+/// and says when it has ended (dropped before: never, and waiters stop).
 struct Recorded {
     inner: Incoming,
     tape: Arc<Mutex<Tape>>,
+    ended: watch::Sender<bool>,
 }
 
 impl http_body::Body for Recorded {
@@ -178,7 +204,11 @@ impl http_body::Body for Recorded {
         }
         // The sender may stop polling once the body says it has ended.
         tape.ended |= ended || matches!(polled, Poll::Ready(None));
+        let ended = tape.ended;
         drop(tape);
+        if ended {
+            self.ended.send_replace(true);
+        }
         polled.map(|frame| frame.map(|r| r.map_err(|e| Box::new(e) as BoxError)))
     }
 
