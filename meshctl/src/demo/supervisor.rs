@@ -209,6 +209,23 @@ impl Demo {
     }
 
     async fn start_control_plane(&mut self) -> anyhow::Result<Discovery> {
+        // A control plane killed just before (the leftovers of a demo stopped
+        // with SIGKILL) can hold the store's lock a moment longer on a busy
+        // host: a start refused for the lock is tried again for up to 10 s.
+        for _ in 0..20 {
+            if let Some(discovery) = self.try_start_control_plane().await? {
+                return Ok(discovery);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        bail!(
+            "another rampart-control is using {}: stop it (or its meshctl demo) first, or pass another --data-dir",
+            self.dir.display()
+        )
+    }
+
+    /// `None` if the store is locked by another process.
+    async fn try_start_control_plane(&mut self) -> anyhow::Result<Option<Discovery>> {
         let discovery_path = self.dir.join("control-plane.json");
         let _ = std::fs::remove_file(&discovery_path);
         let mut command = self.bins.command("rampart-control");
@@ -235,15 +252,12 @@ impl Demo {
                     "rampart-control: gRPC (mTLS) {}, metrics http://{}/metrics",
                     d.grpc_addr, d.metrics_addr
                 );
-                return Ok(d);
+                return Ok(Some(d));
             }
             if !self.children.exited().is_empty() {
                 let log = std::fs::read_to_string(&log).unwrap_or_default();
                 if log.contains("could not acquire lock") {
-                    bail!(
-                        "another rampart-control is using {}: stop it (or its meshctl demo) first, or pass another --data-dir",
-                        self.dir.display()
-                    );
+                    return Ok(None);
                 }
                 bail!("rampart-control exited at start:\n{log}");
             }
