@@ -20,6 +20,8 @@ pub struct Echo {
     pub port: u16,
     /// Requests it has answered.
     pub hits: Arc<AtomicU64>,
+    /// The `host` (or HTTP/2 authority) of every request, in order.
+    pub hosts: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// Starts an HTTP echo server named `name` on a free loopback port.
@@ -48,16 +50,25 @@ async fn serve_echo(name: &str, failing: bool, bind: &str) -> Echo {
     let listener = TcpListener::bind(bind).await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let hits = Arc::new(AtomicU64::new(0));
-    let (name, counter) = (Arc::<str>::from(name), hits.clone());
+    let hosts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (name, counter, seen) = (Arc::<str>::from(name), hits.clone(), hosts.clone());
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let (name, counter) = (name.clone(), counter.clone());
+            let (name, counter, seen) = (name.clone(), counter.clone(), seen.clone());
             tokio::spawn(async move {
                 let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                     let (name, counter) = (name.clone(), counter.clone());
+                    let host = req
+                        .headers()
+                        .get("host")
+                        .and_then(|h| h.to_str().ok())
+                        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+                        .unwrap_or_default()
+                        .to_owned();
+                    seen.lock().unwrap_or_else(|e| e.into_inner()).push(host);
                     async move {
                         counter.fetch_add(1, Ordering::Relaxed);
                         if let Some(protocol) = req.headers().get("upgrade").cloned() {
@@ -111,7 +122,7 @@ async fn serve_echo(name: &str, failing: bool, bind: &str) -> Echo {
             });
         }
     });
-    Echo { port, hits }
+    Echo { port, hits, hosts }
 }
 
 /// Starts a TCP server that reads until the client half-closes, then

@@ -1,7 +1,8 @@
 //! A TrafficPolicy's fault injection and mirroring, carried out by a
 //! rampart-proxy between a caller and real apps: every request is copied to
-//! the mirror service (whose answers the caller never sees), streamed
-//! bodies included, an abort fault
+//! the mirror service (whose answers the caller never sees, and whose
+//! copies carry a `-shadow` authority), streamed bodies included, an abort
+//! fault
 //! answers with its status before any app is reached, and a delay fault
 //! holds requests back.
 
@@ -91,6 +92,20 @@ async fn faults_and_mirrors_are_carried_out_as_configured() {
         "the shadow got {} of 10 copies\n{}",
         shadow.hits.load(Ordering::Relaxed) - mirrored,
         client.logs.text()
+    );
+    // A copy says it is one, as Envoy's do: `-shadow` on its authority.
+    let hosts = shadow.hosts.lock().unwrap().clone();
+    assert!(
+        hosts.iter().rev().take(10).all(|h| h == "shop-shadow"),
+        "{hosts:?}"
+    );
+    assert!(
+        !shop
+            .hosts
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|h| h.contains("shadow"))
     );
 
     // An abort fault answers for the app: the shop is not reached, and the

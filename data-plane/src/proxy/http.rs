@@ -394,11 +394,15 @@ async fn send(
         if rand::rng().random_range(0.0..100.0) < *percent
             && let (Some(c), Some(copy)) = (proxy.upstreams.get(mirror), out.copy())
         {
-            let (proxy, host) = (proxy.clone(), host.clone());
+            // As Envoy does, the copy's authority says it is one.
+            let (proxy, host) = (proxy.clone(), shadow_host(&host));
             tokio::spawn(async move {
                 if let Some(mut copy) = copy.await
                     && let Some(endpoint) = c.pick(None, &[])
                 {
+                    if let Ok(v) = HeaderValue::from_str(&host) {
+                        copy.parts.headers.insert(header::HOST, v);
+                    }
                     let _ = attempt(&proxy, &c, &endpoint, &mut copy, &host, None).await;
                 }
             });
@@ -417,6 +421,17 @@ async fn send(
                 None,
             ),
         },
+    }
+}
+
+/// A mirrored request's authority: `-shadow` after the host, before any
+/// port (`shop:8080` -> `shop-shadow:8080`), as Envoy's mirror policy does.
+fn shadow_host(host: &str) -> String {
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{name}-shadow:{port}")
+        }
+        _ => format!("{host}-shadow"),
     }
 }
 
@@ -700,5 +715,17 @@ impl Drop for Observed {
                 .observe(self.started.elapsed().as_secs_f64());
             m.requests.get_or_create(&labels).inc();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shadow_host;
+
+    #[test]
+    fn a_mirrored_authority_says_shadow_before_the_port() {
+        assert_eq!(shadow_host("shop"), "shop-shadow");
+        assert_eq!(shadow_host("shop.default:8080"), "shop.default-shadow:8080");
+        assert_eq!(shadow_host("10.0.0.1:80"), "10.0.0.1-shadow:80");
     }
 }
