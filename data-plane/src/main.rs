@@ -286,7 +286,8 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
             capture: args.capture,
             sotw: args.xds_sotw,
         };
-        let (plan_tx, plans) = tokio::sync::watch::channel(Arc::new(proxy::plan::Plan::default()));
+        let first = Arc::new(proxy::plan::Plan::new(args.capture));
+        let (plan_tx, plans) = tokio::sync::watch::channel(first);
         let outputs = xds_client::Outputs {
             config: config_tx,
             plan: plan_tx,

@@ -41,9 +41,14 @@ use crate::xds_client::{CLUSTER, Config, ENDPOINT, LISTENER, ROUTE};
 /// Everything the traffic path needs, compiled once per xDS update.
 #[derive(Debug, Default)]
 pub struct Plan {
+    /// The proxy takes captured traffic (`--capture`): only then is
+    /// `captured` built, which costs about half of an update's work at
+    /// 1,000 services (docs/benchmarks.md). Kept from plan to plan.
+    pub capture: bool,
     pub listeners: BTreeMap<String, Arc<ListenerPlan>>,
-    /// With traffic capture: for each service endpoint address, the
-    /// (unbound) listener that handles connections redirected there.
+    /// With traffic capture: for each service endpoint address (and
+    /// virtual IP), the (unbound) listener that handles connections
+    /// redirected there.
     pub captured: HashMap<SocketAddr, Arc<ListenerPlan>>,
     pub routes: HashMap<String, Arc<RouteTable>>,
     pub clusters: HashMap<String, Arc<ClusterPlan>>,
@@ -433,7 +438,10 @@ pub fn compile(config: &Config, previous: &Plan) -> std::result::Result<Plan, Ve
     if !errors.is_empty() {
         return Err(errors);
     }
-    capture_listeners(&mut plan);
+    plan.capture = previous.capture;
+    if plan.capture {
+        capture_listeners(&mut plan);
+    }
     Ok(plan)
 }
 
@@ -557,6 +565,14 @@ pub fn service_route(cluster: &str) -> Option<String> {
 }
 
 impl Plan {
+    /// An empty plan for a proxy that takes captured traffic or not.
+    pub fn new(capture: bool) -> Plan {
+        Plan {
+            capture,
+            ..Plan::default()
+        }
+    }
+
     /// The inbound listener for connections that were going to `port`.
     pub fn inbound_for_port(&self, port: u16) -> Option<String> {
         self.listeners
@@ -1296,9 +1312,10 @@ pub(crate) mod tests {
     #[test]
     fn a_service_address_on_the_service_port_is_captured_for_its_cluster() {
         let name = "outbound|8080||web.default";
+        let capturing = Plan::new(true);
         let plan = compile(
             &with_addresses(name, &["10.96.0.10", "fd00::10"]),
-            &Plan::default(),
+            &capturing,
         )
         .unwrap();
         for destination in ["10.96.0.10:8080", "[fd00::10]:8080"] {
@@ -1307,8 +1324,12 @@ pub(crate) mod tests {
         }
         // Only on the service port.
         assert_eq!(plan.captured.len(), 2);
+        // Kept from plan to plan; without capture nothing is built for it.
+        assert!(plan.capture);
+        let plain = compile(&with_addresses(name, &["10.96.0.10"]), &Plan::default()).unwrap();
+        assert!(plain.captured.is_empty());
 
-        let refused = compile(&with_addresses(name, &["10.96.0.300"]), &Plan::default());
+        let refused = compile(&with_addresses(name, &["10.96.0.300"]), &capturing);
         let errors = refused.expect_err("a bad address is refused");
         let error = errors.iter().map(ToString::to_string).collect::<String>();
         assert!(
