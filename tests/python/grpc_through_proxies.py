@@ -8,12 +8,15 @@ the server is up).
 
 Checks, one line each, exit 1 on the first failure: unary, server streaming,
 client streaming and bidirectional streaming RPCs all arrive whole and in
-order, metadata reaches the server, and a status the server returns
-(NOT_FOUND, with its message) reaches the client unchanged.
+order, metadata reaches the server, a status the server returns
+(NOT_FOUND, with its message) reaches the client unchanged, and a unary call
+the server fails once with UNAVAILABLE succeeds, retried by the caller's
+sidecar with the same request (the route retries on `unavailable`).
 """
 
 import json
 import sys
+import threading
 import time
 from concurrent import futures
 
@@ -41,6 +44,17 @@ def serve(port):
     def missing(request, context):
         context.abort(grpc.StatusCode.NOT_FOUND, "no such thing: " + request.decode())
 
+    tries = {}
+    lock = threading.Lock()
+
+    def flaky(request, context):
+        with lock:
+            tries[request] = tries.get(request, 0) + 1
+            n = tries[request]
+        if n == 1:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "not yet")
+        return b"ok " + request + b" on try " + str(n).encode()
+
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     handler = grpc.method_handlers_generic_handler("test.Mesh", {
         "Say": grpc.unary_unary_rpc_method_handler(say),
@@ -48,6 +62,7 @@ def serve(port):
         "Total": grpc.stream_unary_rpc_method_handler(total),
         "Chat": grpc.stream_stream_rpc_method_handler(chat),
         "Missing": grpc.unary_unary_rpc_method_handler(missing),
+        "Flaky": grpc.unary_unary_rpc_method_handler(flaky),
     })
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port(f"127.0.0.1:{port}")
@@ -88,6 +103,16 @@ def main():
     except grpc.RpcError as e:
         check(e.code() == grpc.StatusCode.NOT_FOUND and e.details() == "no such thing: x",
               f"the server's status reaches the client ({e.code()}: {e.details()})")
+
+    flaky = channel.unary_unary("/test.Mesh/Flaky")
+    for i in range(5):
+        request = f"r{i}".encode()
+        try:
+            reply = flaky(request, timeout=5)
+        except grpc.RpcError as e:
+            reply = f"{e.code()}: {e.details()}".encode()
+        check(reply == b"ok " + request + b" on try 2",
+              f"a unary call failed once with UNAVAILABLE is retried whole ({reply!r})")
     server.stop(0)
     print("all checks passed", flush=True)
 

@@ -293,11 +293,20 @@ metadata: {name: mesh, namespace: default}
 spec:
   ports: [{name: grpc, port: 50051, protocol: grpc}]
   serviceAccounts: [mesh]
+---
+apiVersion: rampart.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: mesh, namespace: default}
+spec:
+  service: mesh
+  retries: {attempts: 2, retryOn: [unavailable]}
 "#;
 
 /// grpcio's client and server (tests/python/grpc_through_proxies.py) on
 /// both ends: unary, server, client and bidirectional streaming, metadata
-/// and statuses all cross the two sidecars intact.
+/// and statuses all cross the two sidecars intact (their bodies recorded
+/// for retries on the way), and a unary call failed with UNAVAILABLE is
+/// retried with its (streamed) body whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_unary_and_streaming_cross_two_proxies() {
     let dir = tempfile::tempdir().unwrap();
@@ -351,6 +360,14 @@ async fn grpc_unary_and_streaming_cross_two_proxies() {
             "rampart_proxy_requests_total",
             &["grpc_status=\"5\""]
         ) >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        counter(
+            &metrics,
+            "rampart_proxy_retries_total",
+            &["cluster=\"outbound|50051||mesh.default\""]
+        ) >= 5.0,
         "{metrics}"
     );
 }
