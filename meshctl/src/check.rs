@@ -321,12 +321,13 @@ async fn run(target: &Target) -> Vec<Finding> {
 /// Service virtual IPs claimed by more than one service: a captured call
 /// to one goes to the first service by name, which is rarely what was meant.
 fn service_addresses(resources: &[Resource]) -> Finding {
-    let mut claims: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    // By IP, not by text: `fd00::a` and `fd00:0::a` are one address.
+    let mut claims: std::collections::BTreeMap<std::net::IpAddr, Vec<String>> = Default::default();
     for r in resources {
         if let Resource::Service(s) = r {
-            for address in &s.spec.addresses {
+            for ip in s.spec.addresses.iter().filter_map(|a| a.parse().ok()) {
                 let name = format!("{}/{}", s.metadata.namespace, s.metadata.name);
-                claims.entry(address).or_default().push(name);
+                claims.entry(ip).or_default().push(name);
             }
         }
     }
@@ -477,20 +478,23 @@ mod tests {
 
     #[test]
     fn a_virtual_ip_of_two_services_fails() {
-        let services = |second: &str| {
+        let services = |first: &str, second: &str| {
             let yaml = format!(
-                "apiVersion: rampart.dev/v1alpha1\nkind: Service\nmetadata: {{name: a, namespace: default}}\nspec: {{ports: [{{name: http, port: 80}}], addresses: [10.96.0.1]}}\n---\napiVersion: rampart.dev/v1alpha1\nkind: Service\nmetadata: {{name: b, namespace: shop}}\nspec: {{ports: [{{name: http, port: 80}}], addresses: [{second}]}}\n"
+                "apiVersion: rampart.dev/v1alpha1\nkind: Service\nmetadata: {{name: a, namespace: default}}\nspec: {{ports: [{{name: http, port: 80}}], addresses: [\"{first}\"]}}\n---\napiVersion: rampart.dev/v1alpha1\nkind: Service\nmetadata: {{name: b, namespace: shop}}\nspec: {{ports: [{{name: http, port: 80}}], addresses: [\"{second}\"]}}\n"
             );
             rampart_api::mesh::parse_documents("s.yaml", &yaml).unwrap()
         };
-        let fine = service_addresses(&services("10.96.0.2"));
+        let fine = service_addresses(&services("10.96.0.1", "10.96.0.2"));
         assert_eq!(fine.status, Status::Ok, "{fine:?}");
-        let clash = service_addresses(&services("10.96.0.1"));
+        let clash = service_addresses(&services("10.96.0.1", "10.96.0.1"));
         assert_eq!(clash.status, Status::Failed);
         assert!(
             clash.detail.contains("10.96.0.1: default/a, shop/b"),
             "{clash:?}"
         );
+        // The same address written differently is the same address.
+        let spelled = service_addresses(&services("fd00::a", "fd00:0::a"));
+        assert_eq!(spelled.status, Status::Failed, "{spelled:?}");
     }
 
     #[test]

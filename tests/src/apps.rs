@@ -163,15 +163,24 @@ pub type Answer = Result<(u16, String), String>;
 
 /// One HTTP/1.1 GET on a new connection.
 pub async fn get_h1(addr: &str, host: &str, path: &str) -> Answer {
+    let req = hyper::Request::get(path)
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    send_h1(addr, req).await
+}
+
+/// `req` on a new HTTP/1.1 connection to `addr`.
+async fn send_h1<B>(addr: &str, req: hyper::Request<B>) -> Answer
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let req = hyper::Request::get(path)
-        .header("host", host)
-        .body(Full::new(Bytes::new()))
-        .unwrap();
     answer(sender.send_request(req).await).await
 }
 
@@ -193,16 +202,11 @@ impl hyper::body::Body for Chunked {
 
 /// One HTTP/1.1 POST on a new connection, its body chunked.
 pub async fn post_chunked_h1(addr: &str, host: &str, path: &str, chunks: Vec<Bytes>) -> Answer {
-    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
     let req = hyper::Request::post(path)
         .header("host", host)
         .body(Chunked(chunks.into()))
         .unwrap();
-    answer(sender.send_request(req).await).await
+    send_h1(addr, req).await
 }
 
 /// One HTTP/2 (prior knowledge) GET on a new connection.

@@ -107,7 +107,12 @@ impl Outgoing {
     /// Whether [`Outgoing::take`] can give the request (again): its body is
     /// known, not sent yet, or was recorded whole.
     pub fn retryable(&self) -> bool {
-        self.body.is_some() || self.stream.is_some() || self.recorded().is_some()
+        self.body.is_some()
+            || self.stream.is_some()
+            || self
+                .tape
+                .as_ref()
+                .is_some_and(|(tape, _)| tape.lock().expect("tape lock").is_whole())
     }
 
     fn recorded(&self) -> Option<Bytes> {
@@ -156,9 +161,14 @@ struct Tape {
 }
 
 impl Tape {
-    /// The whole body, if it ended and was kept.
+    /// The body ended and was kept.
+    fn is_whole(&self) -> bool {
+        self.ended && !self.spoiled
+    }
+
+    /// The whole body, if it ended and was kept (a copy).
     fn whole(&self) -> Option<Bytes> {
-        (self.ended && !self.spoiled).then(|| self.data.clone().freeze())
+        self.is_whole().then(|| self.data.clone().freeze())
     }
 
     fn record(&mut self, frame: &Frame<Bytes>) {
@@ -203,10 +213,10 @@ impl http_body::Body for Recorded {
             Poll::Ready(None) | Poll::Pending => {}
         }
         // The sender may stop polling once the body says it has ended.
-        tape.ended |= ended || matches!(polled, Poll::Ready(None));
-        let ended = tape.ended;
+        let now_ended = !tape.ended && (ended || matches!(polled, Poll::Ready(None)));
+        tape.ended |= now_ended;
         drop(tape);
-        if ended {
+        if now_ended {
             self.ended.send_replace(true);
         }
         polled.map(|frame| frame.map(|r| r.map_err(|e| Box::new(e) as BoxError)))

@@ -489,9 +489,10 @@ fn capture_listeners(plan: &mut Plan) {
     let mut names: Vec<&String> = plan.clusters.keys().collect();
     names.sort();
     for name in names {
-        let Some(route) = service_route(name) else {
+        let Some((host, port)) = service_cluster(name) else {
             continue;
         };
+        let route = format!("{host}:{port}");
         let cluster = &plan.clusters[name];
         let chain = |app_protocols: &[&str], app: App| ChainPlan {
             name: "captured".to_owned(),
@@ -517,7 +518,7 @@ fn capture_listeners(plan: &mut Plan) {
             (false, _) => vec![chain(&[], tcp())],
         };
         // The service's virtual IPs on the service port, then its endpoints.
-        let port = service_port(name);
+        let port: Option<u16> = port.parse().ok();
         let virtual_ips = cluster
             .addresses
             .iter()
@@ -544,24 +545,21 @@ fn capture_listeners(plan: &mut Plan) {
     }
 }
 
-/// The port of a service cluster (`outbound|PORT|...`).
-fn service_port(cluster: &str) -> Option<u16> {
-    cluster
-        .strip_prefix("outbound|")?
-        .split('|')
-        .next()?
-        .parse()
-        .ok()
+/// The host (`SVC.NS`) and port of a service port's own cluster
+/// (`outbound|PORT||SVC.NS`); `None` for subset and inbound clusters.
+fn service_cluster(cluster: &str) -> Option<(&str, &str)> {
+    let mut parts = cluster.splitn(4, '|');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("outbound"), Some(port), Some(""), Some(host)) => Some((host, port)),
+        _ => None,
+    }
 }
 
 /// The route configuration (`SVC.NS:PORT`) of a service port's own cluster
 /// (`outbound|PORT||SVC.NS`); `None` for subset and inbound clusters.
 pub fn service_route(cluster: &str) -> Option<String> {
-    let mut parts = cluster.splitn(4, '|');
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some("outbound"), Some(port), Some(""), Some(host)) => Some(format!("{host}:{port}")),
-        _ => None,
-    }
+    let (host, port) = service_cluster(cluster)?;
+    Some(format!("{host}:{port}"))
 }
 
 impl Plan {

@@ -164,7 +164,7 @@ impl ClusterState {
             // Every endpoint ejected: Envoy's "panic mode", use them all.
             healthy = all.iter().collect();
         }
-        if healthy.iter().any(|e| !avoid.contains(&e.address)) {
+        if !avoid.is_empty() && healthy.iter().any(|e| !avoid.contains(&e.address)) {
             healthy.retain(|e| !avoid.contains(&e.address));
         }
         let n = healthy.len();
