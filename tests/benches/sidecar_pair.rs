@@ -14,10 +14,13 @@
 //! in this process pinned to core 0; every proxy is pinned to core 1 with
 //! one worker thread (rampart-proxy `--threads 1`, Envoy `--concurrency 1`,
 //! HAProxy `nbthread 1`). Every hop is TLS 1.3, AES-128-GCM, X25519.
+//! At each rate the pairs take turns, one second each, until each has
+//! carried the load for the whole time: a noisy moment on the machine then
+//! falls on every pair alike instead of on whichever was measured then.
 //!
 //! Run: `cargo build --release --workspace --bins && cargo bench -p rampart-tests --bench sidecar_pair`
 //! (`-- --quick` for short runs; `-- rampart envoy` to pick pairs;
-//! `-- --rounds=3` to measure every pair three times, in turn, and print
+//! `-- --rounds=3` to measure every pair three times and print
 //! the medians and how rampart-proxy compared in each round;
 //! `-- --baseline=PATH` to add a pair of another rampart-proxy build, for
 //! an A/B comparison in the same run).
@@ -50,8 +53,18 @@ fn pin(pid: u32, core: &str) {
     assert!(ok, "taskset failed: install util-linux");
 }
 
-/// (CPU seconds used so far, resident set in bytes) of a process.
-fn usage(pid: u32) -> (f64, u64) {
+/// What a process has used so far.
+#[derive(Clone, Copy, Default)]
+struct Usage {
+    /// User and system CPU seconds.
+    user: f64,
+    sys: f64,
+    /// Context switches of all its threads (each is a wake-up or a preemption).
+    switches: u64,
+    rss: u64,
+}
+
+fn usage(pid: u32) -> Usage {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after.split_whitespace().collect();
@@ -61,15 +74,29 @@ fn usage(pid: u32) -> (f64, u64) {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    // utime and stime, in clock ticks (100 per second).
-    let ticks = field(11) + field(12);
+    let status_field = |status: &str, name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut switches = 0;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            switches += status_field(&status, "voluntary_ctxt_switches:")
+                + status_field(&status, "nonvoluntary_ctxt_switches:");
+        }
+    }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    (ticks / 100.0, rss_kib * 1024)
+    // utime and stime are in clock ticks (100 per second).
+    Usage {
+        user: field(11) / 100.0,
+        sys: field(12) / 100.0,
+        switches,
+        rss: status_field(&status, "VmRSS:") * 1024,
+    }
 }
 
 /// The server: 200 with 1 KiB for every request.
@@ -98,17 +125,37 @@ async fn backend() -> u16 {
     port
 }
 
-/// One load run's result.
+/// What load runs measured (one, or the slices of one pair added up).
+#[derive(Default)]
 struct Run {
-    achieved_rps: f64,
+    /// Time under load.
+    elapsed: Duration,
     errors: u64,
-    /// Sorted latencies, microseconds.
+    /// Latencies, microseconds (sorted once complete: see `percentile`).
     latencies: Vec<u64>,
+    /// Both proxies: CPU seconds, the part in the kernel, context switches.
     cpu_seconds: f64,
+    sys_seconds: f64,
+    switches: u64,
     peak_rss: u64,
 }
 
 impl Run {
+    fn add(&mut self, other: Run) {
+        self.elapsed += other.elapsed;
+        self.errors += other.errors;
+        self.latencies.extend(other.latencies);
+        self.latencies.sort_unstable();
+        self.cpu_seconds += other.cpu_seconds;
+        self.sys_seconds += other.sys_seconds;
+        self.switches += other.switches;
+        self.peak_rss = self.peak_rss.max(other.peak_rss);
+    }
+
+    fn achieved_rps(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
+    }
+
     fn percentile(&self, p: f64) -> f64 {
         if self.latencies.is_empty() {
             return f64::NAN;
@@ -121,26 +168,48 @@ impl Run {
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
-/// Open-loop load at `rps` for `duration` over `CONNECTIONS` keep-alive
-/// connections; `pids` are sampled for CPU and memory.
-async fn load(addr: &str, rps: u64, duration: Duration, pids: &[u32]) -> Run {
-    let (idle_tx, mut idle_rx) = mpsc::channel::<Sender>(CONNECTIONS);
-    for _ in 0..CONNECTIONS {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        idle_tx.send(sender).await.unwrap();
+/// The client's `CONNECTIONS` keep-alive connections to one pair, kept
+/// open from one load run to the next.
+struct Clients {
+    addr: String,
+    idle_tx: mpsc::Sender<Sender>,
+    idle_rx: mpsc::Receiver<Sender>,
+}
+
+async fn connect(addr: &str) -> Sender {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+impl Clients {
+    async fn open(addr: &str) -> Clients {
+        let (idle_tx, idle_rx) = mpsc::channel::<Sender>(CONNECTIONS);
+        for _ in 0..CONNECTIONS {
+            idle_tx.send(connect(addr).await).await.unwrap();
+        }
+        Clients {
+            addr: addr.to_owned(),
+            idle_tx,
+            idle_rx,
+        }
     }
-    let before: Vec<(f64, u64)> = pids.iter().map(|p| usage(*p)).collect();
+}
+
+/// Open-loop load at `rps` for `duration` over `clients`; `pids` are
+/// sampled for CPU and memory.
+async fn load(clients: &mut Clients, rps: u64, duration: Duration, pids: &[u32]) -> Run {
+    let before: Vec<Usage> = pids.iter().map(|p| usage(*p)).collect();
     let peak = Arc::new(AtomicU64::new(0));
     let sampler = {
         let (pids, peak) = (pids.to_vec(), peak.clone());
         tokio::spawn(async move {
             loop {
-                let rss = pids.iter().map(|p| usage(*p).1).max().unwrap_or(0);
+                let rss = pids.iter().map(|p| usage(*p).rss).max().unwrap_or(0);
                 peak.fetch_max(rss, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -150,7 +219,12 @@ async fn load(addr: &str, rps: u64, duration: Duration, pids: &[u32]) -> Run {
     let start = Instant::now();
     let total = (rps as f64 * duration.as_secs_f64()) as u64;
     let interval = Duration::from_secs_f64(1.0 / rps as f64);
-    let scheduler = tokio::spawn(async move {
+    let Clients {
+        addr,
+        idle_tx,
+        idle_rx,
+    } = clients;
+    let schedule = async {
         for i in 0..total {
             let due = start + interval.mul_f64(i as f64);
             tokio::time::sleep_until(due.into()).await;
@@ -158,7 +232,7 @@ async fn load(addr: &str, rps: u64, duration: Duration, pids: &[u32]) -> Run {
             let Some(mut sender) = idle_rx.recv().await else {
                 break;
             };
-            let (done, idle) = (done_tx.clone(), idle_tx.clone());
+            let (done, idle, addr) = (done_tx.clone(), idle_tx.clone(), addr.clone());
             tokio::spawn(async move {
                 let req = hyper::Request::get("/bench")
                     .header("host", "bench")
@@ -169,31 +243,49 @@ async fn load(addr: &str, rps: u64, duration: Duration, pids: &[u32]) -> Run {
                     _ => false,
                 };
                 let _ = done.send(ok.then(|| due.elapsed().as_micros() as u64));
-                if !sender.is_closed() {
-                    let _ = idle.send(sender).await;
+                if sender.is_closed() {
+                    sender = connect(&addr).await;
                 }
+                let _ = idle.send(sender).await;
             });
         }
-    });
-    let mut latencies = Vec::with_capacity(total as usize);
-    let mut errors = 0;
-    for _ in 0..total {
-        match tokio::time::timeout(Duration::from_secs(10), done_rx.recv()).await {
-            Ok(Some(Some(l))) => latencies.push(l),
-            Ok(Some(None)) => errors += 1,
-            _ => break,
+        std::future::pending::<()>().await
+    };
+    let collect = async {
+        let mut latencies = Vec::with_capacity(total as usize);
+        let mut errors = 0;
+        for _ in 0..total {
+            match tokio::time::timeout(Duration::from_secs(10), done_rx.recv()).await {
+                Ok(Some(Some(l))) => latencies.push(l),
+                Ok(Some(None)) => errors += 1,
+                _ => break,
+            }
         }
-    }
+        (latencies, errors)
+    };
+    let (mut latencies, errors) = tokio::select! {
+        r = collect => r,
+        _ = schedule => unreachable!("the schedule never ends by itself"),
+    };
     let elapsed = start.elapsed();
-    scheduler.abort();
     sampler.abort();
-    let after: Vec<(f64, u64)> = pids.iter().map(|p| usage(*p)).collect();
+    let after: Vec<Usage> = pids.iter().map(|p| usage(*p)).collect();
     latencies.sort_unstable();
     Run {
-        achieved_rps: latencies.len() as f64 / elapsed.as_secs_f64(),
+        elapsed,
         errors,
         latencies,
-        cpu_seconds: after.iter().zip(&before).map(|(a, b)| a.0 - b.0).sum(),
+        cpu_seconds: after
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| a.user + a.sys - b.user - b.sys)
+            .sum(),
+        sys_seconds: after.iter().zip(&before).map(|(a, b)| a.sys - b.sys).sum(),
+        switches: after
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| a.switches - b.switches)
+            .sum(),
         peak_rss: peak.load(Ordering::Relaxed),
     }
 }
@@ -429,10 +521,16 @@ struct Row {
     /// The same, minus direct's in the same round.
     added: [f64; 3],
     cpu_per_10k: f64,
+    /// The kernel's share of that CPU, and context switches per request.
+    sys_share: f64,
+    switches_per_request: f64,
     peak_rss: u64,
 }
 
 const RATES: [u64; 2] = [1000, 5000];
+
+/// How long each pair carries the load before the next takes its turn.
+const SLICE: Duration = Duration::from_secs(1);
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -445,7 +543,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn print_row(label: &str, rps: u64, r: &Row, idle: u64) {
     println!(
-        "{:<18} {:>6} {:>9.0} {:>6} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>8.3} {:>8.1}M {:>8.1}M",
+        "{:<18} {:>6} {:>9.0} {:>6} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>8.3} {:>5.0}% {:>6.2} {:>8.1}M {:>8.1}M",
         label,
         rps,
         r.achieved,
@@ -457,6 +555,8 @@ fn print_row(label: &str, rps: u64, r: &Row, idle: u64) {
         r.added[1],
         r.added[2],
         r.cpu_per_10k,
+        r.sys_share * 100.0,
+        r.switches_per_request,
         mib(idle),
         mib(r.peak_rss)
     );
@@ -525,32 +625,46 @@ fn main() {
             });
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let idle: Vec<u64> = pairs.iter().map(|p| p.pids.iter().map(|p| usage(*p).1).max().unwrap_or(0)).collect();
+        let idle: Vec<u64> = pairs.iter().map(|p| p.pids.iter().map(|p| usage(*p).rss).max().unwrap_or(0)).collect();
 
-        println!("sidecar pair benchmark: open loop, {CONNECTIONS} keep-alive HTTP/1.1 connections, {BODY} B responses, {} s per rate, {rounds} round(s), pairs in turn within each round", run_for.as_secs());
-        println!("latency (ms) from each request's scheduled time; + = added over direct in the same round; cpu = both proxies, CPU-seconds per 10k requests; rss = the larger proxy\n");
+        println!("sidecar pair benchmark: open loop, {CONNECTIONS} keep-alive HTTP/1.1 connections, {BODY} B responses, {} s per rate and pair in 1 s turns, {rounds} round(s)", run_for.as_secs());
+        println!("latency (ms) from each request's scheduled time; + = added over direct in the same round; cpu = both proxies, CPU-seconds per 10k requests; sys = the kernel's share of it; cs/req = their context switches per request; rss = the larger proxy\n");
         println!(
-            "{:<18} {:>6} {:>9} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>9} {:>9}",
-            "pair", "rps", "achieved", "errors", "p50", "p99", "p99.9", "+p50", "+p99", "+p99.9", "cpu/10k", "rss idle", "rss load"
+            "{:<18} {:>6} {:>9} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>6} {:>6} {:>9} {:>9}",
+            "pair", "rps", "achieved", "errors", "p50", "p99", "p99.9", "+p50", "+p99", "+p99.9", "cpu/10k", "sys", "cs/req", "rss idle", "rss load"
         );
         // results[pair][rate]: one row per round.
         let mut results: Vec<[Vec<Row>; 2]> = pairs.iter().map(|_| [Vec::new(), Vec::new()]).collect();
+        let mut clients = Vec::new();
+        for pair in &pairs {
+            clients.push(Clients::open(&pair.entry).await);
+        }
+        let slices = run_for.as_secs().max(1);
         for round in 1..=rounds {
-            let mut floor = [[0.0; 3]; 2];
-            for (i, pair) in pairs.iter().enumerate() {
-                for (j, rps) in RATES.into_iter().enumerate() {
-                    let _ = load(&pair.entry, rps, warm_for, &pair.pids).await;
-                    let run = load(&pair.entry, rps, run_for, &pair.pids).await;
-                    let p = [run.percentile(50.0), run.percentile(99.0), run.percentile(99.9)];
-                    if pair.name == "direct" {
-                        floor[j] = p;
+            for (j, rps) in RATES.into_iter().enumerate() {
+                for (pair, c) in pairs.iter().zip(&mut clients) {
+                    let _ = load(c, rps, warm_for, &pair.pids).await;
+                }
+                // The pairs take turns, a second each: a noisy moment on
+                // this shared machine falls on all of them alike.
+                let mut runs: Vec<Run> = pairs.iter().map(|_| Run::default()).collect();
+                for _ in 0..slices {
+                    for ((pair, c), run) in pairs.iter().zip(&mut clients).zip(&mut runs) {
+                        run.add(load(c, rps, SLICE, &pair.pids).await);
                     }
+                }
+                let floor = [runs[0].percentile(50.0), runs[0].percentile(99.0), runs[0].percentile(99.9)];
+                for (i, (pair, run)) in pairs.iter().zip(&runs).enumerate() {
+                    let p = [run.percentile(50.0), run.percentile(99.0), run.percentile(99.9)];
+                    let answered = run.latencies.len().max(1) as f64;
                     let row = Row {
-                        achieved: run.achieved_rps,
+                        achieved: run.achieved_rps(),
                         errors: run.errors,
                         p,
-                        added: [p[0] - floor[j][0], p[1] - floor[j][1], p[2] - floor[j][2]],
-                        cpu_per_10k: run.cpu_seconds * 10_000.0 / run.latencies.len().max(1) as f64,
+                        added: [p[0] - floor[0], p[1] - floor[1], p[2] - floor[2]],
+                        cpu_per_10k: run.cpu_seconds * 10_000.0 / answered,
+                        sys_share: run.sys_seconds / run.cpu_seconds.max(f64::MIN_POSITIVE),
+                        switches_per_request: run.switches as f64 / answered,
                         peak_rss: run.peak_rss,
                     };
                     let label = if rounds > 1 { format!("{} #{round}", pair.name) } else { pair.name.to_owned() };
@@ -572,6 +686,8 @@ fn main() {
                         p: [m(&|r| r.p[0]), m(&|r| r.p[1]), m(&|r| r.p[2])],
                         added: [m(&|r| r.added[0]), m(&|r| r.added[1]), m(&|r| r.added[2])],
                         cpu_per_10k: m(&|r| r.cpu_per_10k),
+                        sys_share: m(&|r| r.sys_share),
+                        switches_per_request: m(&|r| r.switches_per_request),
                         peak_rss: m(&|r| r.peak_rss as f64) as u64,
                     };
                     print_row(pair.name, rps, &row, idle[i]);
@@ -597,14 +713,16 @@ fn main() {
             // past three times its (median) value at 1k rps.
             let limit = 3.0 * median(results[i][0].iter().map(|r| r.p[1]).collect());
             let mut best = 0;
+            let mut stop = String::new();
             for rps in [2500u64, 5000, 7500, 10_000, 12_500, 15_000, 20_000, 25_000] {
-                let run = load(&pair.entry, rps, step_for, &pair.pids).await;
-                if run.errors > 0 || run.achieved_rps < 0.97 * rps as f64 || run.percentile(99.0) > limit {
+                let run = load(&mut clients[i], rps, step_for, &pair.pids).await;
+                if run.errors > 0 || run.achieved_rps() < 0.97 * rps as f64 || run.percentile(99.0) > limit {
+                    stop = format!(" (at {rps}: {} errors, {:.0} rps answered, p99 {:.1} ms)", run.errors, run.achieved_rps(), run.percentile(99.0));
                     break;
                 }
                 best = rps;
             }
-            println!("{:<14} highest rate answered in full with p99 under 3x its 1k-rps p99 ({limit:.1} ms): {best} rps", pair.name);
+            println!("{:<14} highest rate answered in full with p99 under 3x its 1k-rps p99 ({limit:.1} ms): {best} rps{stop}", pair.name);
         }
     });
 }
