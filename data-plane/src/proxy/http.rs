@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -55,10 +56,10 @@ fn overflow(proxy: &Proxy, cluster: &str, limit: &'static str, why: String) -> R
 
 /// The route's cluster for this request (weighted pick), or why there is
 /// none yet (for a 503).
-fn cluster_for(proxy: &Proxy, route: &Route) -> Result<(String, Arc<ClusterState>), String> {
+fn cluster_for(proxy: &Proxy, route: &Route) -> Result<(Arc<str>, Arc<ClusterState>), String> {
     let name = pick_weighted(&route.clusters);
     match proxy.upstreams.get(name) {
-        Some(c) => Ok((name.to_owned(), c)),
+        Some(c) => Ok((c.name.clone(), c)),
         None => Err(format!(
             "cluster {name} not received from the control plane yet"
         )),
@@ -77,7 +78,10 @@ fn set_client_identity(
     if down.inbound
         && forward_identity
         && let Some(peer) = &down.peer
-        && let Ok(v) = HeaderValue::from_str(&format!("By={};URI={peer}", proxy.tls.own_id()))
+        && let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(format!(
+            "By={};URI={peer}",
+            proxy.tls.own_id()
+        )))
     {
         headers.insert("x-forwarded-client-cert", v);
     }
@@ -316,7 +320,7 @@ async fn forward(
     // Every answer is counted, the proxy's own (a fault, no cluster) too.
     let (cluster_name, (response, destination)) = match cluster_for(proxy, route) {
         Err(why) => (
-            String::new(),
+            Arc::from(""),
             (reply(StatusCode::SERVICE_UNAVAILABLE, why), None),
         ),
         Ok((name, cluster)) => {
@@ -330,11 +334,14 @@ async fn forward(
     strip_hop_by_hop(&mut parts.headers);
     let (source, destination) = if down.inbound {
         (
-            down.peer.as_deref().map(str::to_owned).unwrap_or_default(),
+            down.peer.clone().unwrap_or_else(|| Arc::from("")),
             proxy.tls.own_id(),
         )
     } else {
-        (proxy.tls.own_id(), destination.unwrap_or_default())
+        (
+            proxy.tls.own_id(),
+            destination.unwrap_or_else(|| Arc::from("")),
+        )
     };
     let grpc_status = parts
         .headers
@@ -368,7 +375,7 @@ async fn send(
     cluster: &Arc<ClusterState>,
     host: String,
     forward_identity: bool,
-) -> (Response<Body>, Option<String>) {
+) -> (Response<Body>, Option<Arc<str>>) {
     if let Some(f) = &route.fault {
         let roll = |percent: f64| rand::rng().random_range(0.0..100.0) < percent;
         if let Some((delay, p)) = f.delay
@@ -468,7 +475,7 @@ async fn attempts(
     route: &Route,
     out: &mut Outgoing,
     host: &str,
-) -> (Response<Body>, Option<String>) {
+) -> (Response<Body>, Option<Arc<str>>) {
     let plan = cluster.plan();
     let name = plan.name.as_str();
     let Some(mut in_flight) = InFlight::request(cluster) else {
@@ -623,18 +630,19 @@ async fn attempt(
             s.ready().await.map_err(|e| Failure::Reset(e.to_string()))?;
         }
         let mut req = out.take().ok_or(Failure::Spent)?;
-        let path = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
+        // The path is moved, not parsed again; HTTP/2 adds the authority.
+        let mut uri = std::mem::take(req.uri_mut()).into_parts();
+        uri.path_and_query = uri.path_and_query.or(Some(PathAndQuery::from_static("/")));
         match sender {
             Sender::H2(mut s) => {
-                *req.uri_mut() = Uri::builder()
-                    .scheme("http")
-                    .authority(host)
-                    .path_and_query(path)
-                    .build()
+                if uri.authority.as_ref().is_none_or(|a| a.as_str() != host) {
+                    uri.authority =
+                        Some(host.parse().map_err(|e| {
+                            Failure::Connect(format!("bad authority {host:?}: {e}"))
+                        })?);
+                }
+                uri.scheme = Some(Scheme::HTTP);
+                *req.uri_mut() = Uri::from_parts(uri)
                     .map_err(|e| Failure::Connect(format!("bad authority {host:?}: {e}")))?;
                 req.headers_mut().remove(header::HOST);
                 *req.version_mut() = http::Version::HTTP_2;
@@ -643,8 +651,9 @@ async fn attempt(
                     .map_err(|e| Failure::Reset(e.to_string()))
             }
             Sender::H1(mut s) => {
+                (uri.scheme, uri.authority) = (None, None);
                 *req.uri_mut() =
-                    Uri::try_from(path).map_err(|e| Failure::Connect(e.to_string()))?;
+                    Uri::from_parts(uri).map_err(|e| Failure::Connect(e.to_string()))?;
                 if !req.headers().contains_key(header::HOST)
                     && let Ok(v) = HeaderValue::from_str(host)
                 {

@@ -1,6 +1,8 @@
 //! Traffic metrics. Names and labels are stable and documented in
 //! docs/metrics.md; identities are SPIFFE IDs, services are cluster names.
 
+use std::sync::Arc;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -11,9 +13,9 @@ use prometheus_client::registry::Registry;
 pub struct RequestLabels {
     /// `inbound` or `outbound`.
     pub direction: &'static str,
-    pub source_identity: String,
-    pub destination_identity: String,
-    pub destination_service: String,
+    pub source_identity: Arc<str>,
+    pub destination_identity: Arc<str>,
+    pub destination_service: Arc<str>,
     pub response_code: u16,
     /// The gRPC status, empty for plain HTTP.
     pub grpc_status: String,
@@ -22,7 +24,7 @@ pub struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DurationLabels {
     pub direction: &'static str,
-    pub destination_service: String,
+    pub destination_service: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

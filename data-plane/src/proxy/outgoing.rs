@@ -32,6 +32,9 @@ pub struct Outgoing {
     /// What a streamed body sent so far, and whether it has ended (when the
     /// route retries or mirrors, so it is worth keeping).
     tape: Option<(Arc<Mutex<Tape>>, watch::Receiver<bool>)>,
+    /// Sent again (retried or mirrored) if need be: the first try then
+    /// takes a copy of the head instead of the head itself.
+    keep: bool,
 }
 
 impl Outgoing {
@@ -45,6 +48,7 @@ impl Outgoing {
             body: None,
             stream: None,
             tape: None,
+            keep,
         };
         if keep && small {
             let bytes = body
@@ -100,6 +104,7 @@ impl Outgoing {
                 body: Some(body),
                 stream: None,
                 tape: None,
+                keep: false,
             })
         })
     }
@@ -132,12 +137,16 @@ impl Outgoing {
                 full(self.body.clone()?)
             }
         };
-        let mut r = Request::new(body);
-        *r.method_mut() = self.parts.method.clone();
-        *r.uri_mut() = self.parts.uri.clone();
-        *r.headers_mut() = self.parts.headers.clone();
-        *r.version_mut() = self.parts.version;
-        Some(r)
+        let parts = if self.keep {
+            clone_parts(&self.parts)
+        } else {
+            // Sent once only: the head goes as it is, no copy (but without
+            // what the downstream connection attached, as a copy would be).
+            let mut parts = std::mem::replace(&mut self.parts, Request::new(()).into_parts().0);
+            parts.extensions.clear();
+            parts
+        };
+        Some(Request::from_parts(parts, body))
     }
 }
 

@@ -1116,12 +1116,17 @@ impl RouteTable {
     /// The route for `host` (port stripped, lower-case) and `path`:
     /// exact domain, then `*.suffix`/`prefix*` wildcards, then `*`.
     pub fn find(&self, host: &str, path: &str) -> Option<&Route> {
-        let host = host.to_ascii_lowercase();
-        let bare = host.rsplit_once(':').map_or(host.as_str(), |(h, p)| {
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(host)
+        };
+        let host = host.as_ref();
+        let bare = host.rsplit_once(':').map_or(host, |(h, p)| {
             if p.chars().all(|c| c.is_ascii_digit()) {
                 h
             } else {
-                host.as_str()
+                host
             }
         });
         let matches = |d: &str| {

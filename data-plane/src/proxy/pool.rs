@@ -74,7 +74,7 @@ impl Drop for Counted {
 pub struct Connected {
     pub stream: Stream,
     /// The peer's SPIFFE ID (mTLS only).
-    pub peer: Option<String>,
+    pub peer: Option<Arc<str>>,
     /// The peer agreed to HTTP/2.
     pub h2: bool,
     /// Keep for as long as the connection is open.
@@ -121,7 +121,7 @@ pub async fn connect(
     let peer = session
         .peer_certificates()
         .and_then(rampart_certs::tls::peer_spiffe_id)
-        .map(|id| id.to_string());
+        .map(|id| id.to_string().into());
     let h2 = session.alpn_protocol() == Some(H2);
     Ok(Connected {
         stream: Box::pin(stream),
@@ -143,7 +143,7 @@ pub struct Pool {
     /// The peer answered HTTP/1.1 last time: no need to queue for an h2 slot.
     h1_peer: AtomicBool,
     /// The SPIFFE ID the endpoint last presented.
-    pub peer: Mutex<Option<String>>,
+    pub peer: Mutex<Option<Arc<str>>>,
 }
 
 /// Idle HTTP/1.1 connections kept per endpoint.

@@ -38,7 +38,7 @@ pub enum Alpn {
 type ClientKey = (Vec<String>, Alpn);
 
 struct State {
-    own_id: String,
+    own_id: Arc<str>,
     svid: Arc<CurrentSvid>,
     bundle: TrustBundle,
     server: Arc<ServerConfig>,
@@ -56,7 +56,7 @@ impl State {
         )?;
         server.alpn_protocols = vec![H2.to_vec(), HTTP1.to_vec()];
         Ok(State {
-            own_id: identity.svid.spiffe_id().to_string(),
+            own_id: identity.svid.spiffe_id().to_string().into(),
             svid,
             bundle: identity.bundle.clone(),
             server: Arc::new(server),
@@ -90,7 +90,7 @@ impl Tls {
     }
 
     /// This workload's SPIFFE ID.
-    pub fn own_id(&self) -> String {
+    pub fn own_id(&self) -> Arc<str> {
         self.current().own_id.clone()
     }
 

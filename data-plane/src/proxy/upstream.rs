@@ -46,6 +46,8 @@ impl Upstreams {
 }
 
 pub struct ClusterState {
+    /// The cluster's name (shared by the metrics of every request).
+    pub name: Arc<str>,
     plan: RwLock<Arc<ClusterPlan>>,
     endpoints: RwLock<Arc<Vec<Arc<Endpoint>>>>,
     next: AtomicUsize,
@@ -109,6 +111,7 @@ pub enum Outcome {
 impl ClusterState {
     fn new(plan: Arc<ClusterPlan>) -> ClusterState {
         let state = ClusterState {
+            name: plan.name.as_str().into(),
             plan: RwLock::new(plan.clone()),
             endpoints: RwLock::new(Arc::new(Vec::new())),
             next: AtomicUsize::new(0),
@@ -159,22 +162,26 @@ impl ClusterState {
     pub fn pick(&self, hash: Option<u64>, avoid: &[SocketAddr]) -> Option<Arc<Endpoint>> {
         let all = self.endpoints.read().expect("endpoints lock").clone();
         let now = Instant::now();
-        let mut healthy: Vec<&Arc<Endpoint>> = all.iter().filter(|e| !e.ejected(now)).collect();
-        if healthy.is_empty() {
-            // Every endpoint ejected: Envoy's "panic mode", use them all.
-            healthy = all.iter().collect();
-        }
-        if !avoid.is_empty() && healthy.iter().any(|e| !avoid.contains(&e.address)) {
-            healthy.retain(|e| !avoid.contains(&e.address));
-        }
-        let n = healthy.len();
+        // The candidates are counted and indexed in place: no list is
+        // built on the request path. Every endpoint ejected: Envoy's
+        // "panic mode", use them all.
+        let panic = all.iter().all(|e| e.ejected(now));
+        let healthy = |e: &Arc<Endpoint>| panic || !e.ejected(now);
+        let untried = |e: &Arc<Endpoint>| healthy(e) && !avoid.contains(&e.address);
+        let some_untried = !avoid.is_empty() && all.iter().any(untried);
+        let usable = move |e: &&Arc<Endpoint>| {
+            if some_untried { untried(e) } else { healthy(e) }
+        };
+        let candidates = || all.iter().filter(usable);
+        let n = candidates().count();
         if n == 0 {
             return None;
         }
+        let nth = |i: usize| candidates().nth(i).expect("i < n");
         let chosen = match self.plan().balance {
-            _ if n == 1 => healthy[0],
-            Balance::RoundRobin => healthy[self.next.fetch_add(1, Ordering::Relaxed) % n],
-            Balance::Random => healthy[rand::rng().random_range(0..n)],
+            _ if n == 1 => nth(0),
+            Balance::RoundRobin => nth(self.next.fetch_add(1, Ordering::Relaxed) % n),
+            Balance::Random => nth(rand::rng().random_range(0..n)),
             Balance::LeastRequest => {
                 // Power of two choices, weighted by endpoint weight.
                 let mut rng = rand::rng();
@@ -184,20 +191,15 @@ impl ClusterState {
                     f64::from(e.active.load(Ordering::Relaxed) + 1)
                         / f64::from(e.weight.load(Ordering::Relaxed).max(1))
                 };
-                if load(healthy[b]) < load(healthy[a]) {
-                    healthy[b]
-                } else {
-                    healthy[a]
-                }
+                let (a, b) = (nth(a), nth(b));
+                if load(b) < load(a) { b } else { a }
             }
             Balance::RingHash => {
                 // Rendezvous hashing: the same key keeps its endpoint, and
                 // losing one endpoint moves only that endpoint's keys.
                 let key = hash.unwrap_or_else(|| rand::rng().random());
-                healthy
-                    .iter()
+                candidates()
                     .max_by_key(|e| mix(key, &e.address))
-                    .copied()
                     .expect("n > 0")
             }
         };
