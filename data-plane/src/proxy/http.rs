@@ -66,6 +66,9 @@ fn cluster_for(proxy: &Proxy, route: &Route) -> Result<(Arc<str>, Arc<ClusterSta
     }
 }
 
+const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 /// The caller's identity is the proxy's to state, never the app's: drop
 /// any `x-forwarded-client-cert` and, inbound over mTLS, set the verified one.
 fn set_client_identity(
@@ -74,7 +77,7 @@ fn set_client_identity(
     forward_identity: bool,
     headers: &mut HeaderMap,
 ) {
-    headers.remove("x-forwarded-client-cert");
+    headers.remove(XFCC);
     if down.inbound
         && forward_identity
         && let Some(peer) = &down.peer
@@ -83,7 +86,7 @@ fn set_client_identity(
             proxy.tls.own_id()
         )))
     {
-        headers.insert("x-forwarded-client-cert", v);
+        headers.insert(XFCC, v);
     }
 }
 
@@ -283,6 +286,13 @@ fn pick_weighted(clusters: &[(String, u32)]) -> &str {
 /// Headers that belong to one hop (RFC 9110 §7.6.1); `te: trailers` stays,
 /// gRPC needs it.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names, no lookups.
+    if !headers
+        .keys()
+        .any(|k| HOP_BY_HOP.contains(k) || *k == header::TE)
+    {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -293,19 +303,21 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for n in named {
         headers.remove(n);
     }
-    for n in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-    ] {
+    for n in &HOP_BY_HOP {
         headers.remove(n);
     }
     if headers.get(header::TE).is_some_and(|v| v != "trailers") {
         headers.remove(header::TE);
     }
 }
+
+const HOP_BY_HOP: [HeaderName; 5] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
 
 async fn forward(
     proxy: &Arc<Proxy>,
@@ -345,7 +357,7 @@ async fn forward(
     };
     let grpc_status = parts
         .headers
-        .get("grpc-status")
+        .get(GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let labels = RequestLabels {
@@ -456,7 +468,7 @@ enum Failure {
 /// carries its status in the trailers).
 fn grpc_status_in_headers(headers: &HeaderMap) -> Option<u32> {
     headers
-        .get("grpc-status")
+        .get(GRPC_STATUS)
         .and_then(|v| v.to_str().ok()?.parse().ok())
 }
 
@@ -695,7 +707,7 @@ impl http_body::Body for Observed {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(trailers) = frame.trailers_ref()
-            && let Some(status) = trailers.get("grpc-status").and_then(|v| v.to_str().ok())
+            && let Some(status) = trailers.get(GRPC_STATUS).and_then(|v| v.to_str().ok())
             && let Some(labels) = self.labels.as_mut()
         {
             labels.grpc_status = status.to_owned();
@@ -729,7 +741,33 @@ impl Drop for Observed {
 
 #[cfg(test)]
 mod tests {
-    use super::shadow_host;
+    use super::{HeaderMap, HeaderValue, shadow_host, strip_hop_by_hop};
+
+    #[test]
+    fn hop_by_hop_headers_stop_at_the_proxy() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("x-end-to-end", "2"),
+        ] {
+            h.insert(k, HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["te", "x-end-to-end"]);
+
+        h.insert("te", HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(
+            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["x-end-to-end"]
+        );
+    }
 
     #[test]
     fn a_mirrored_authority_says_shadow_before_the_port() {
