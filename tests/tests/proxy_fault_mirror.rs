@@ -132,15 +132,66 @@ async fn faults_and_mirrors_are_carried_out_as_configured() {
         "{metrics}"
     );
 
+    // Half aborted: on one keep-alive connection the answers alternate
+    // between the app's and the fault's, and each is counted under its own
+    // code (the proxy keeps the last request's counters per connection).
+    let half = "  fault: {abort: {httpStatus: 418, percent: 50}}\n";
+    apply(&cp, dir.path(), &model(shop.port, shadow.port, half));
+    let mixed = eventually(150, || async {
+        let mut seen = [false; 2];
+        for _ in 0..20 {
+            match get_h1(&out, "shop", "/").await {
+                Ok((200, _)) => seen[0] = true,
+                Ok((418, _)) => seen[1] = true,
+                _ => {}
+            }
+        }
+        seen == [true, true]
+    })
+    .await;
+    assert!(
+        mixed,
+        "the 50% abort never took effect\n{}",
+        client.logs.text()
+    );
+    let count = |metrics: &str, code: &str| {
+        let code = format!("response_code=\"{code}\"");
+        counter(metrics, "rampart_proxy_requests_total", &[&code])
+    };
+    let before = client.metrics().await;
+    let mut conn = apps::KeepAlive::new(&out);
+    let mut seen = [0.0; 2];
+    for _ in 0..40 {
+        match conn.get("shop", "/").await {
+            Ok((200, _)) => seen[0] += 1.0,
+            Ok((418, _)) => seen[1] += 1.0,
+            other => panic!("{other:?}"),
+        }
+    }
+    let after = client.metrics().await;
+    assert!(seen[0] > 0.0 && seen[1] > 0.0, "{seen:?}");
+    assert_eq!(
+        count(&after, "200") - count(&before, "200"),
+        seen[0],
+        "{after}"
+    );
+    assert_eq!(
+        count(&after, "418") - count(&before, "418"),
+        seen[1],
+        "{after}"
+    );
+
     // A delay fault holds every request back at least that long, then
     // lets it through.
     let delay = "  fault: {delay: {fixed: 400ms, percent: 100}}\n";
     apply(&cp, dir.path(), &model(shop.port, shadow.port, delay));
     let through = eventually(150, || async {
+        let started = Instant::now();
         matches!(get_h1(&out, "shop", "/").await, Ok((200, _)))
+            && started.elapsed() >= Duration::from_millis(400)
     })
     .await;
-    assert!(through, "the abort never went away\n{}", client.logs.text());
+    assert!(through, "the delay never took over\n{}", client.logs.text());
     let started = Instant::now();
     let answer = get_h1(&out, "shop", "/").await;
     assert!(matches!(answer, Ok((200, _))), "{answer:?}");

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,8 @@ use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use rand::Rng;
 
 use super::Proxy;
@@ -30,7 +32,6 @@ use super::rbac::{self, Decision, Subject};
 use super::upstream::{ClusterState, Endpoint, InFlight, Limit, Outcome, Slot, backoff};
 
 /// What the proxy knows of the connection a request came on.
-#[derive(Clone)]
 pub struct Downstream {
     pub listener: String,
     pub inbound: bool,
@@ -40,7 +41,14 @@ pub struct Downstream {
     pub local: SocketAddr,
     /// The filter chain the connection matched.
     pub chain: usize,
+    pub counted: LastCounted,
 }
+
+/// The metrics the connection's last request was counted in, used again
+/// while the next one has the same labels (the usual case: one caller, one
+/// service), which saves looking the labels up twice per request.
+#[derive(Default)]
+pub struct LastCounted(Mutex<Option<(RequestLabels, Counter, Histogram)>>);
 
 /// 503 from a circuit breaker, counted: Envoy's `x-envoy-overloaded` and the reason.
 fn overflow(proxy: &Proxy, cluster: &str, limit: &'static str, why: String) -> Response<Body> {
@@ -371,6 +379,7 @@ async fn forward(
     let observed = Observed {
         inner: body,
         proxy: proxy.clone(),
+        down: down.clone(),
         labels: Some(labels),
         started,
     };
@@ -692,6 +701,7 @@ async fn attempt(
 struct Observed {
     inner: Body,
     proxy: Arc<Proxy>,
+    down: Arc<Downstream>,
     labels: Option<RequestLabels>,
     started: Instant,
 }
@@ -726,16 +736,28 @@ impl http_body::Body for Observed {
 
 impl Drop for Observed {
     fn drop(&mut self) {
-        if let Some(labels) = self.labels.take() {
-            let m = self.proxy.metrics();
-            m.duration
-                .get_or_create(&DurationLabels {
-                    direction: labels.direction,
-                    destination_service: labels.destination_service.clone(),
-                })
-                .observe(self.started.elapsed().as_secs_f64());
-            m.requests.get_or_create(&labels).inc();
+        let Some(labels) = self.labels.take() else {
+            return;
+        };
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let mut last = self.down.counted.0.lock().expect("metrics cache lock");
+        if let Some((_, requests, duration)) = last.as_ref().filter(|(l, ..)| *l == labels) {
+            requests.inc();
+            duration.observe(elapsed);
+            return;
         }
+        let m = self.proxy.metrics();
+        let duration = m
+            .duration
+            .get_or_create(&DurationLabels {
+                direction: labels.direction,
+                destination_service: labels.destination_service.clone(),
+            })
+            .clone();
+        let requests = m.requests.get_or_create(&labels).clone();
+        requests.inc();
+        duration.observe(elapsed);
+        *last = Some((labels, requests, duration));
     }
 }
 

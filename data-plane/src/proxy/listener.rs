@@ -193,6 +193,7 @@ pub async fn connection(
         remote,
         local,
         chain: index,
+        counted: Default::default(),
     });
     match &chain.app {
         App::Http(_) => serve_http(proxy, down, stream, drain).await,
