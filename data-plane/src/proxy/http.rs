@@ -667,9 +667,7 @@ async fn attempt(
                     .map_err(|e| Failure::Connect(format!("bad authority {host:?}: {e}")))?;
                 req.headers_mut().remove(header::HOST);
                 *req.version_mut() = http::Version::HTTP_2;
-                s.send_request(req)
-                    .await
-                    .map_err(|e| Failure::Reset(e.to_string()))
+                s.send(req).await.map_err(|e| Failure::Reset(e.to_string()))
             }
             Sender::H1(mut s) => {
                 (uri.scheme, uri.authority) = (None, None);
@@ -683,17 +681,17 @@ async fn attempt(
                 *req.version_mut() = http::Version::HTTP_11;
                 let response = s.send_request(req);
                 endpoint.pool.put_back(s);
-                response.await.map_err(|e| Failure::Reset(e.to_string()))
+                let response = response.await.map_err(|e| Failure::Reset(e.to_string()))?;
+                Ok(response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()))
             }
         }
     };
-    let response = match per_try {
-        None => send.await?,
+    match per_try {
+        None => send.await,
         Some(limit) => tokio::time::timeout(limit, send)
             .await
-            .map_err(|_| Failure::Timeout)??,
-    };
-    Ok(response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()))
+            .map_err(|_| Failure::Timeout)?,
+    }
 }
 
 /// A response body that records the request's metrics when it ends (with

@@ -9,6 +9,7 @@
 
 pub mod capture;
 pub mod detect;
+mod h2_upstream;
 pub mod http;
 pub mod listener;
 mod local_reply;

@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::tls::{Alpn, H2, Tls};
+use super::h2_upstream::H2;
+use super::tls::{self, Alpn, Tls};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -58,6 +59,8 @@ pub enum ConnectError {
     Tls(SocketAddr, String),
     #[error("HTTP handshake with {0}: {1}")]
     Http(SocketAddr, hyper::Error),
+    #[error("HTTP/2 handshake with {0}: {1}")]
+    H2(SocketAddr, h2::Error),
 }
 
 /// A connection's place in its cluster's `max_connections`, given back
@@ -122,7 +125,7 @@ pub async fn connect(
         .peer_certificates()
         .and_then(rampart_certs::tls::peer_spiffe_id)
         .map(|id| id.to_string().into());
-    let h2 = session.alpn_protocol() == Some(H2);
+    let h2 = session.alpn_protocol() == Some(tls::H2);
     Ok(Connected {
         stream: Box::pin(stream),
         peer,
@@ -133,12 +136,12 @@ pub async fn connect(
 
 pub enum Sender {
     H1(http1::SendRequest<Body>),
-    H2(http2::SendRequest<Body>),
+    H2(H2),
 }
 
 #[derive(Default)]
 pub struct Pool {
-    h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
+    h2: tokio::sync::Mutex<Option<H2>>,
     h1: Mutex<Vec<http1::SendRequest<Body>>>,
     /// The peer answered HTTP/1.1 last time: no need to queue for an h2 slot.
     h1_peer: AtomicBool,
@@ -219,21 +222,11 @@ impl Pool {
         if peer.is_some() {
             *self.peer.lock().expect("pool lock") = peer;
         }
-        let io = TokioIo::new(stream);
         let address = target.address;
         if h2 {
-            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-                .timer(hyper_util::rt::TokioTimer::new())
-                .keep_alive_interval(Duration::from_secs(30))
-                .handshake(io)
+            let sender = H2::handshake(stream, address, counted)
                 .await
-                .map_err(|e| ConnectError::Http(address, e))?;
-            tokio::spawn(async move {
-                let _counted = counted;
-                if let Err(e) = connection.await {
-                    tracing::debug!(endpoint = %address, error = %e, "HTTP/2 upstream connection ended");
-                }
-            });
+                .map_err(|e| ConnectError::H2(address, e))?;
             Ok(Sender::H2(sender))
         } else {
             // A peer that answers an offer of h2 with HTTP/1.1 will again.
@@ -241,7 +234,7 @@ impl Pool {
                 self.h1_peer.store(true, Ordering::Relaxed);
             }
             let (sender, connection) = http1::Builder::new()
-                .handshake(io)
+                .handshake(TokioIo::new(stream))
                 .await
                 .map_err(|e| ConnectError::Http(address, e))?;
             tokio::spawn(async move {
