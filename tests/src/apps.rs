@@ -108,9 +108,13 @@ async fn serve_echo(name: &str, failing: bool, bind: &str) -> Echo {
                             Ok(b) => b.to_bytes().len().to_string(),
                             Err(e) => format!("error:{e}"),
                         };
-                        let body = format!(
+                        let mut body = format!(
                             "name={name} version={version:?} method={method} path={path} body={received} xfcc={xfcc}\n",
                         );
+                        // `/big/N`: N more bytes after the line.
+                        if let Some(n) = path.strip_prefix("/big/").and_then(|n| n.parse().ok()) {
+                            body.push_str(&"x".repeat(n));
+                        }
                         let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
                         *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
                         Ok::<_, Infallible>(response)

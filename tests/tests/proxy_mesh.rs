@@ -6,7 +6,8 @@
 //! and ALLOW policies, and the metrics that show it. One sidecar speaks
 //! state-of-the-world ADS, the other delta.
 
-use rampart_tests::apps::{self, get_h1, get_h2, tcp_exchange};
+use bytes::Bytes;
+use rampart_tests::apps::{self, get_h1, get_h2, post_chunked_h1, tcp_exchange};
 use rampart_tests::{ControlPlane, Sidecar, counter, eventually, free_port, python_checks};
 
 const HELLO: &str = r#"apiVersion: rampart.dev/v1alpha1
@@ -150,6 +151,26 @@ async fn two_proxies_carry_http_h2_and_tcp_over_mtls_under_policy() {
         body.contains("version=HTTP/2.0") && body.contains("path=/two"),
         "{body}"
     );
+
+    // Bodies larger than the HTTP/2 windows between the proxies (1 MiB on
+    // the server's side, 2 MiB on the client's), each way: they cross only
+    // if each side gives the window back as it reads.
+    let mib = 1024 * 1024;
+    let chunks = vec![Bytes::from(vec![b'u'; 64 * 1024]); 48];
+    let path = format!("/big/{}", 3 * mib);
+    let big = post_chunked_h1(&http_out, "hello.default:8080", &path, chunks);
+    // A window never given back stalls the body: fail rather than hang.
+    let (code, body) = tokio::time::timeout(std::time::Duration::from_secs(30), big)
+        .await
+        .expect("a 3 MiB body each way stalled")
+        .unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        body.contains(&format!("body={}", 3 * mib)),
+        "{}",
+        &body[..200.min(body.len())]
+    );
+    assert!(body.len() > 3 * mib, "{}", body.len());
 
     // An HTTP/1.1 upgrade (as WebSocket does): 101, then bytes both ways.
     let (status, echoed) = apps::upgrade_exchange(&http_out, "echo", b"framed bytes")
