@@ -533,3 +533,88 @@ async fn a_listener_whose_port_is_taken_is_counted_and_binds_once_it_is_free() {
         client.logs.text()
     );
 }
+
+/// An HTTP/2 (h2c) app that says GOAWAY on each connection as soon as a
+/// request arrives on it, and takes new connections, as a server with a
+/// maximum connection age does. `/slow` is answered after 500 ms. Returns
+/// its port and how many connections it has taken.
+async fn h2_app_closing_each_connection() -> (u16, Arc<AtomicU64>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(AtomicU64::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let arrived = Arc::new(tokio::sync::Notify::new());
+                let notify = arrived.clone();
+                let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                    notify.notify_one();
+                    let slow = req.uri().path() == "/slow";
+                    async move {
+                        if slow {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                        let body = http_body_util::Full::new(Bytes::from_static(b"answered"));
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(body))
+                    }
+                });
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    () = arrived.notified() => conn.as_mut().graceful_shutdown(),
+                }
+                let _ = conn.await;
+            });
+        }
+    });
+    (port, connections)
+}
+
+/// A shared HTTP/2 connection the upstream closes with GOAWAY while a
+/// request is still in flight on it: that request gets its answer, and the
+/// next one goes on a new connection instead of failing (no retry policy
+/// is involved).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_after_goaway_goes_on_a_new_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp"), &[]).await;
+    let (port, connections) = h2_app_closing_each_connection().await;
+    let model = format!(
+        "apiVersion: rampart.dev/v1alpha1\nkind: Service\nmetadata: {{name: legacy, namespace: default}}\nspec:\n  ports: [{{name: web, port: 8080, protocol: http2}}]\n---\napiVersion: rampart.dev/v1alpha1\nkind: WorkloadEntry\nmetadata: {{name: legacy-1, namespace: default}}\nspec: {{service: legacy, address: 127.0.0.1, ports: {{web: {port}}}}}\n"
+    );
+    let path = dir.path().join("legacy.yaml");
+    std::fs::write(&path, model).unwrap();
+    cp.meshctl_ok(&["apply", "-f", path.to_str().unwrap()]);
+    let (caller, out) =
+        Sidecar::caller(&cp, dir.path(), "frontend", None, "legacy.default:8080").await;
+    let up = eventually(150, || async {
+        matches!(get_h1(&out, "legacy", "/").await, Ok((200, _)))
+    })
+    .await;
+    assert!(up, "{}", caller.logs.text());
+    let before = connections.load(Ordering::Relaxed);
+    for i in 0..5 {
+        let slow = {
+            let out = out.clone();
+            tokio::spawn(async move { get_h1(&out, "legacy", "/slow").await })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let next = get_h1(&out, "legacy", "/").await;
+        assert!(
+            matches!(&next, Ok((200, b)) if b == "answered"),
+            "round {i}, the request after GOAWAY: {next:?}\n{}",
+            caller.logs.text()
+        );
+        let slow = slow.await.unwrap();
+        assert!(
+            matches!(&slow, Ok((200, _))),
+            "round {i}, the request in flight: {slow:?}"
+        );
+    }
+    assert!(connections.load(Ordering::Relaxed) - before >= 10);
+}

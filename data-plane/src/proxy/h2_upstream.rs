@@ -76,9 +76,16 @@ impl H2 {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Waits until the connection can open another stream.
+    /// Waits until the connection can open another stream. A connection
+    /// that cannot (the peer sent GOAWAY, or it failed) counts as closed
+    /// from then on, so the pool opens a new one for the next request
+    /// while the streams still open on this one finish.
     pub async fn ready(&mut self) -> Result<(), h2::Error> {
-        std::future::poll_fn(|cx| self.send.poll_ready(cx)).await
+        let ready = std::future::poll_fn(|cx| self.send.poll_ready(cx)).await;
+        if ready.is_err() {
+            self.closed.store(true, Ordering::Release);
+        }
+        ready
     }
 
     /// Sends `req` (the connection must be ready) and waits for the

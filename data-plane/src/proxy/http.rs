@@ -635,21 +635,31 @@ async fn attempt(
                 format!("cluster {} is at max_pending_requests", plan.name),
             ));
         };
-        let mut sender = endpoint
-            .pool
-            .sender(&target, &proxy.tls)
-            .await
-            .map_err(|e| match e {
-                super::pool::ConnectError::Overflow(n) => Failure::Overflow(
-                    "max_connections",
-                    format!("cluster {} has {n} connections open", plan.name),
-                ),
-                e => Failure::Connect(e.to_string()),
-            })?;
-        drop(pending);
-        if let Sender::H2(s) = &mut sender {
-            s.ready().await.map_err(|e| Failure::Reset(e.to_string()))?;
+        let connect = || async {
+            endpoint
+                .pool
+                .sender(&target, &proxy.tls)
+                .await
+                .map_err(|e| match e {
+                    super::pool::ConnectError::Overflow(n) => Failure::Overflow(
+                        "max_connections",
+                        format!("cluster {} has {n} connections open", plan.name),
+                    ),
+                    e => Failure::Connect(e.to_string()),
+                })
+        };
+        let mut sender = connect().await?;
+        if let Sender::H2(s) = &mut sender
+            && s.ready().await.is_err()
+        {
+            // The shared connection stopped taking streams (the peer sent
+            // GOAWAY) before this request went on it: it goes on a new one.
+            sender = connect().await?;
+            if let Sender::H2(s) = &mut sender {
+                s.ready().await.map_err(|e| Failure::Reset(e.to_string()))?;
+            }
         }
+        drop(pending);
         let mut req = out.take().ok_or(Failure::Spent)?;
         // The path is moved, not parsed again; HTTP/2 adds the authority.
         let mut uri = std::mem::take(req.uri_mut()).into_parts();
