@@ -142,6 +142,13 @@ async fn two_proxies_carry_http_h2_and_tcp_over_mtls_under_policy() {
         "the app must see the caller's SPIFFE ID: {body}"
     );
 
+    // A Host that is no host[:port] is the caller's error: 400, saying so.
+    let bad = get_h1(&http_out, "hello default", "/hi").await;
+    assert!(
+        matches!(&bad, Ok((400, why)) if why.contains("Host header")),
+        "{bad:?}"
+    );
+
     // HTTP/2 with prior knowledge, all the way to the app.
     let (code, body) = get_h2(&format!("127.0.0.1:{h2_out}"), "hello.default:8081", "/two")
         .await

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -143,19 +143,13 @@ async fn route_request(
             }
         },
     };
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
+    let authority = match request_authority(&req) {
+        Ok(a) => a,
+        Err(why) => return reply(StatusCode::BAD_REQUEST, why),
+    };
+    let host = authority.as_str();
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let Some(route) = table.find(&host, path) else {
+    let Some(route) = table.find(host, path) else {
         return reply(
             StatusCode::NOT_FOUND,
             format!("no route for {host}{path} in {}", table.name),
@@ -163,9 +157,33 @@ async fn route_request(
     };
     let forward_identity = http.forward_client_identity;
     if is_upgrade(&req) {
-        return upgrade(&proxy, &down, route, req, &host, forward_identity).await;
+        return upgrade(&proxy, &down, route, req, host, forward_identity).await;
     }
-    forward(&proxy, &down, route, req, host, forward_identity, grpc).await
+    forward(
+        &proxy,
+        &down,
+        route,
+        req,
+        &authority,
+        forward_identity,
+        grpc,
+    )
+    .await
+}
+
+/// Whom the request is for: its `:authority` (HTTP/2, absolute URIs) or
+/// its `Host` header, as a valid `host[:port]`, which the upstream request
+/// needs. A request without one is the caller's error (400), never counted
+/// against an upstream.
+fn request_authority(req: &Request<Incoming>) -> Result<Authority, String> {
+    if let Some(a) = req.uri().authority() {
+        return Ok(a.clone());
+    }
+    let Some(host) = req.headers().get(header::HOST) else {
+        return Err("the request names no host: send a Host header".into());
+    };
+    Authority::try_from(host.as_bytes())
+        .map_err(|e| format!("the Host header {host:?} is not a valid host[:port]: {e}"))
 }
 
 /// An HTTP/1.1 request to switch protocols (WebSocket and the like).
@@ -332,7 +350,7 @@ async fn forward(
     down: &Arc<Downstream>,
     route: &Route,
     req: Request<Incoming>,
-    host: String,
+    authority: &Authority,
     forward_identity: bool,
     grpc: bool,
 ) -> Response<Body> {
@@ -344,7 +362,16 @@ async fn forward(
             (reply(StatusCode::SERVICE_UNAVAILABLE, why), None),
         ),
         Ok((name, cluster)) => {
-            let sent = send(proxy, down, route, req, &cluster, host, forward_identity).await;
+            let sent = send(
+                proxy,
+                down,
+                route,
+                req,
+                &cluster,
+                authority,
+                forward_identity,
+            )
+            .await;
             (name, sent)
         }
     };
@@ -394,7 +421,7 @@ async fn send(
     route: &Route,
     req: Request<Incoming>,
     cluster: &Arc<ClusterState>,
-    host: String,
+    authority: &Authority,
     forward_identity: bool,
 ) -> (Response<Body>, Option<Arc<str>>) {
     if let Some(f) = &route.fault {
@@ -419,24 +446,25 @@ async fn send(
     strip_hop_by_hop(&mut out.parts.headers);
     set_client_identity(proxy, down, forward_identity, &mut out.parts.headers);
     for (mirror, percent) in &route.mirrors {
+        // As Envoy does, the copy's authority says it is one.
         if rand::rng().random_range(0.0..100.0) < *percent
             && let (Some(c), Some(copy)) = (proxy.upstreams.get(mirror), out.copy())
+            && let Ok(shadow) = Authority::try_from(shadow_host(authority.as_str()))
         {
-            // As Envoy does, the copy's authority says it is one.
-            let (proxy, host) = (proxy.clone(), shadow_host(&host));
+            let proxy = proxy.clone();
             tokio::spawn(async move {
                 if let Some(mut copy) = copy.await
                     && let Some(endpoint) = c.pick(None, &[])
                 {
-                    if let Ok(v) = HeaderValue::from_str(&host) {
+                    if let Ok(v) = HeaderValue::from_str(shadow.as_str()) {
                         copy.parts.headers.insert(header::HOST, v);
                     }
-                    let _ = attempt(&proxy, &c, &endpoint, &mut copy, &host, None).await;
+                    let _ = attempt(&proxy, &c, &endpoint, &mut copy, &shadow, None).await;
                 }
             });
         }
     }
-    let work = attempts(proxy, cluster, route, &mut out, &host);
+    let work = attempts(proxy, cluster, route, &mut out, authority);
     match route.timeout {
         None => work.await,
         Some(limit) => match tokio::time::timeout(limit, work).await {
@@ -495,7 +523,7 @@ async fn attempts(
     cluster: &Arc<ClusterState>,
     route: &Route,
     out: &mut Outgoing,
-    host: &str,
+    authority: &Authority,
 ) -> (Response<Body>, Option<Arc<str>>) {
     let plan = cluster.plan();
     let name = plan.name.as_str();
@@ -503,7 +531,8 @@ async fn attempts(
         let why = format!("cluster {name} is at max_requests");
         return (overflow(proxy, name, "max_requests", why), None);
     };
-    let hash = (plan.balance == Balance::RingHash).then(|| hash_key(&out.parts.headers, host));
+    let hash = (plan.balance == Balance::RingHash)
+        .then(|| hash_key(&out.parts.headers, authority.as_str()));
     let mut tried = 0u32;
     let mut avoid = Vec::new();
     let mut _slot = None;
@@ -519,7 +548,7 @@ async fn attempts(
         };
         in_flight.on(endpoint.clone());
         let per_try = route.retry.as_ref().and_then(|r| r.per_try_timeout);
-        let result = attempt(proxy, cluster, &endpoint, out, host, per_try).await;
+        let result = attempt(proxy, cluster, &endpoint, out, authority, per_try).await;
         let peer = endpoint.pool.peer.lock().expect("pool lock").clone();
         let grpc_status = result
             .as_ref()
@@ -622,7 +651,7 @@ async fn attempt(
     cluster: &Arc<ClusterState>,
     endpoint: &Endpoint,
     out: &mut Outgoing,
-    host: &str,
+    authority: &Authority,
     per_try: Option<Duration>,
 ) -> Result<Response<Body>, Failure> {
     let plan = cluster.plan();
@@ -666,15 +695,9 @@ async fn attempt(
         uri.path_and_query = uri.path_and_query.or(Some(PathAndQuery::from_static("/")));
         match sender {
             Sender::H2(mut s) => {
-                if uri.authority.as_ref().is_none_or(|a| a.as_str() != host) {
-                    uri.authority =
-                        Some(host.parse().map_err(|e| {
-                            Failure::Connect(format!("bad authority {host:?}: {e}"))
-                        })?);
-                }
-                uri.scheme = Some(Scheme::HTTP);
+                (uri.scheme, uri.authority) = (Some(Scheme::HTTP), Some(authority.clone()));
                 *req.uri_mut() = Uri::from_parts(uri)
-                    .map_err(|e| Failure::Connect(format!("bad authority {host:?}: {e}")))?;
+                    .map_err(|e| Failure::Connect(format!("the upstream URI: {e}")))?;
                 req.headers_mut().remove(header::HOST);
                 *req.version_mut() = http::Version::HTTP_2;
                 s.send(req).await.map_err(|e| Failure::Reset(e.to_string()))
@@ -684,7 +707,7 @@ async fn attempt(
                 *req.uri_mut() =
                     Uri::from_parts(uri).map_err(|e| Failure::Connect(e.to_string()))?;
                 if !req.headers().contains_key(header::HOST)
-                    && let Ok(v) = HeaderValue::from_str(host)
+                    && let Ok(v) = HeaderValue::from_str(authority.as_str())
                 {
                     req.headers_mut().insert(header::HOST, v);
                 }
