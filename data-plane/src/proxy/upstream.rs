@@ -6,8 +6,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -69,20 +69,25 @@ pub struct Endpoint {
     pub active: AtomicU32,
     consecutive_failures: AtomicU32,
     ejections: AtomicU32,
-    ejected_until: Mutex<Option<Instant>>,
+    /// Ejected until this time ([`ticks`]; 0: never ejected). An atomic:
+    /// every pick reads it for every endpoint.
+    ejected_until: AtomicU64,
     pub pool: Pool,
+}
+
+/// `at` as nanoseconds since the process first asked, so that an instant
+/// fits in an atomic.
+fn ticks(at: Instant) -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let since = at.saturating_duration_since(*EPOCH.get_or_init(Instant::now));
+    u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Endpoint {
     fn ejected(&self, now: Instant) -> bool {
-        self.ejected_until
-            .lock()
-            .expect("ejection lock")
-            .is_some_and(|until| until > now)
+        self.ejected_until.load(Ordering::Relaxed) > ticks(now)
     }
-}
 
-impl Endpoint {
     /// How to reach this endpoint of `cluster` (whose plan is `plan`).
     pub fn target<'a>(&self, plan: &'a ClusterPlan, cluster: &'a ClusterState) -> Target<'a> {
         Target {
@@ -143,7 +148,7 @@ impl ClusterState {
                     active: AtomicU32::new(0),
                     consecutive_failures: AtomicU32::new(0),
                     ejections: AtomicU32::new(0),
-                    ejected_until: Mutex::new(None),
+                    ejected_until: AtomicU64::new(0),
                     pool: Pool::default(),
                 }),
             })
@@ -232,7 +237,9 @@ impl ClusterState {
         }
         let times = endpoint.ejections.fetch_add(1, Ordering::Relaxed) + 1;
         let time = outlier.base_ejection.saturating_mul(times.min(10));
-        *endpoint.ejected_until.lock().expect("ejection lock") = Some(now + time);
+        endpoint
+            .ejected_until
+            .store(ticks(now + time), Ordering::Relaxed);
         endpoint.consecutive_failures.store(0, Ordering::Relaxed);
         tracing::warn!(cluster = %self.plan().name, endpoint = %endpoint.address, ejected_for_ms = time.as_millis() as u64, "outlier detection ejected an endpoint");
         true
