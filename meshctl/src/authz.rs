@@ -177,7 +177,7 @@ pub async fn check(target: &Target, args: CheckArgs) -> anyhow::Result<()> {
 /// Whether the chain hands its traffic to the service port's app cluster.
 fn serves(chain: &ChainPlan, suffix: &str) -> bool {
     match &chain.app {
-        App::Tcp { cluster } => cluster.ends_with(suffix),
+        App::Tcp { cluster, .. } => cluster.ends_with(suffix),
         App::Http(h) => match &h.routes {
             Routes::Inline(table) => table.clusters().any(|c| c.ends_with(suffix)),
             Routes::Named(_) => false,

@@ -29,6 +29,7 @@ use super::outgoing::Outgoing;
 use super::plan::{App, Balance, HttpPlan, Route, Routes};
 use super::pool::{Body, BoxError, Sender, full};
 use super::rbac::{self, Decision, Subject};
+use super::timeouts::{Activity, Busy};
 use super::upstream::{ClusterState, Endpoint, InFlight, Limit, Outcome, Slot, backoff};
 
 /// What the proxy knows of the connection a request came on.
@@ -42,6 +43,8 @@ pub struct Downstream {
     /// The filter chain the connection matched.
     pub chain: usize,
     pub counted: LastCounted,
+    /// Requests in flight and since when idle, for the connection's timeouts.
+    pub activity: Activity,
 }
 
 /// The metrics the connection's last request was counted in, used again
@@ -260,7 +263,11 @@ async fn upgrade(
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut response);
+        // The tunnel is one long request: the connection's request headers
+        // timeout must not read its bytes as a slow head.
+        let busy = Busy::new(down.clone());
         tokio::spawn(async move {
+            let _busy = busy;
             let (Ok(down), Ok(up)) = (downstream.await, upstream.await) else {
                 return;
             };
@@ -403,6 +410,8 @@ async fn forward(
         response_code: parts.status.as_u16(),
         grpc_status: grpc_status.unwrap_or_default(),
     };
+    // The response body keeps the connection busy until it ends.
+    down.activity.begin();
     let observed = Observed {
         inner: body,
         proxy: proxy.clone(),
@@ -767,6 +776,7 @@ impl http_body::Body for Observed {
 
 impl Drop for Observed {
     fn drop(&mut self) {
+        self.down.activity.end();
         let Some(labels) = self.labels.take() else {
             return;
         };

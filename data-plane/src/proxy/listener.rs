@@ -19,9 +19,10 @@ use super::http::{self, Downstream};
 use super::metrics::{
     BytesLabels, HandshakeFailureLabels, ListenerLabels, TcpLabels, handshake_failure_reason,
 };
-use super::plan::{App, ListenerPlan, Transport};
+use super::plan::{App, HttpTimeouts, ListenerPlan, Transport};
 use super::pool::{ConnectError, Stream, connect};
 use super::rbac::{self, Decision, Subject};
+use super::timeouts::{self, Busy, HeadTimer};
 use super::tls::{Alpn, H2, HTTP1};
 use super::upstream::{Endpoint, Outcome};
 use super::{Proxy, until_true};
@@ -194,32 +195,53 @@ pub async fn connection(
         local,
         chain: index,
         counted: Default::default(),
+        activity: Default::default(),
     });
     match &chain.app {
-        App::Http(_) => serve_http(proxy, down, stream, drain).await,
-        App::Tcp { cluster } => proxy_tcp(proxy, down, cluster.clone(), stream).await,
+        App::Http(http) => serve_http(proxy, down, http.timeouts, stream, drain).await,
+        App::Tcp {
+            cluster,
+            idle_timeout,
+        } => proxy_tcp(proxy, down, cluster.clone(), *idle_timeout, stream).await,
     }
 }
 
 async fn serve_http(
     proxy: Arc<Proxy>,
     down: Arc<Downstream>,
+    timeouts: HttpTimeouts,
     stream: Stream,
     mut drain: watch::Receiver<bool>,
 ) {
+    let io = HeadTimer::new(
+        stream,
+        timeouts.request_headers,
+        proxy.clone(),
+        down.clone(),
+    );
+    let (p, d) = (proxy.clone(), down.clone());
     let service = service_fn(move |req| {
-        let (proxy, down) = (proxy.clone(), down.clone());
-        async move { Ok::<_, Infallible>(http::handle(proxy, down, req).await) }
+        // Busy from the moment the head is complete, not from the first poll.
+        let busy = Busy::new(d.clone());
+        let (proxy, down) = (p.clone(), d.clone());
+        async move {
+            let response = http::handle(proxy, down, req).await;
+            drop(busy);
+            Ok::<_, Infallible>(response)
+        }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => return,
         _ = until_true(&mut drain) => {}
+        _ = timeouts::idle(&down.activity, timeouts.idle) => {
+            timeouts::count(&proxy, &down.listener, "idle");
+        }
     }
-    // Draining: finish what is in flight, then close (GOAWAY on HTTP/2,
-    // `connection: close` on HTTP/1.1).
+    // Draining or idle: finish what is in flight, then close (GOAWAY on
+    // HTTP/2, `connection: close` on HTTP/1.1).
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
 }
@@ -235,7 +257,13 @@ impl Drop for Active {
 
 /// Carries a TCP connection to an endpoint of `cluster` (trying up to three
 /// endpoints to connect), both directions, half-close included.
-async fn proxy_tcp(proxy: Arc<Proxy>, down: Arc<Downstream>, cluster: String, downstream: Stream) {
+async fn proxy_tcp(
+    proxy: Arc<Proxy>,
+    down: Arc<Downstream>,
+    cluster: String,
+    idle_timeout: Option<Duration>,
+    downstream: Stream,
+) {
     let Some(state) = proxy.upstreams.get(&cluster) else {
         tracing::warn!(%cluster, "TCP connection for a cluster not received yet; closing");
         return;
@@ -283,11 +311,19 @@ async fn proxy_tcp(proxy: Arc<Proxy>, down: Arc<Downstream>, cluster: String, do
         .inc();
     // Count what was read from each side as it goes, so a connection that
     // ends in an error (a reset) still has its bytes counted.
-    let mut downstream = Counting::new(downstream);
+    let mut downstream = Counting::new(downstream, down.clone());
     // `_counted` holds the connection's place in max_connections until it ends.
     let (mut upstream, _counted) = (connected.stream, connected.counted);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
-        tracing::debug!(%cluster, error = %e, "TCP connection ended with an error");
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut downstream, &mut upstream) => {
+            if let Err(e) = copied {
+                tracing::debug!(%cluster, error = %e, "TCP connection ended with an error");
+            }
+        }
+        _ = timeouts::idle(&down.activity, idle_timeout) => {
+            tracing::debug!(%cluster, ?idle_timeout, "TCP connection idle; closing");
+            timeouts::count(&proxy, &down.listener, "tcp_idle");
+        }
     }
     let (sent, received) = (downstream.read, downstream.written);
     for (flow, n) in [("sent", sent), ("received", received)] {
@@ -303,19 +339,22 @@ async fn proxy_tcp(proxy: Arc<Proxy>, down: Arc<Downstream>, cluster: String, do
     }
 }
 
-/// A stream that counts the bytes read from it and written to it.
+/// A stream that counts the bytes read from it and written to it, and
+/// marks the connection active whenever one moves.
 struct Counting {
     inner: Stream,
     read: u64,
     written: u64,
+    down: Arc<Downstream>,
 }
 
 impl Counting {
-    fn new(inner: Stream) -> Self {
+    fn new(inner: Stream, down: Arc<Downstream>) -> Self {
         Counting {
             inner,
             read: 0,
             written: 0,
+            down,
         }
     }
 }
@@ -328,7 +367,11 @@ impl tokio::io::AsyncRead for Counting {
     ) -> std::task::Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = self.inner.as_mut().poll_read(cx, buf);
-        self.read += (buf.filled().len() - before) as u64;
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.read += n as u64;
+            self.down.activity.touch();
+        }
         polled
     }
 }
@@ -342,6 +385,7 @@ impl tokio::io::AsyncWrite for Counting {
         let polled = self.inner.as_mut().poll_write(cx, data);
         if let std::task::Poll::Ready(Ok(n)) = &polled {
             self.written += *n as u64;
+            self.down.activity.touch();
         }
         polled
     }

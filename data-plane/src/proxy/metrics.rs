@@ -68,6 +68,13 @@ pub struct ListenerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TimeoutLabels {
+    pub listener: String,
+    /// `idle` (HTTP), `request_headers` (HTTP/1.x) or `tcp_idle`.
+    pub timeout: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandshakeFailureLabels {
     pub listener: String,
     /// See [`handshake_failure_reason`].
@@ -115,6 +122,7 @@ pub struct TrafficMetrics {
     pub detect_timeouts: Family<ListenerLabels, Counter>,
     pub tls_failures: Family<HandshakeFailureLabels, Counter>,
     pub bind_failures: Family<ListenerLabels, Counter>,
+    pub timeouts: Family<TimeoutLabels, Counter>,
 }
 
 impl TrafficMetrics {
@@ -136,6 +144,7 @@ impl TrafficMetrics {
             detect_timeouts: Family::default(),
             tls_failures: Family::default(),
             bind_failures: Family::default(),
+            timeouts: Family::default(),
         };
         registry.register(
             "rampart_proxy_requests",
@@ -191,6 +200,11 @@ impl TrafficMetrics {
             "rampart_proxy_listener_bind_failures",
             "Attempts to bind a listener that failed (its address taken or not local); retried every 5 s",
             m.bind_failures.clone(),
+        );
+        registry.register(
+            "rampart_proxy_connection_timeouts",
+            "Downstream connections closed by a timeout, by listener and timeout (idle, request_headers, tcp_idle)",
+            m.timeouts.clone(),
         );
         m
     }

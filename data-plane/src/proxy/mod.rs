@@ -8,6 +8,7 @@
 //! and the next request; nothing open is dropped.
 
 pub mod capture;
+mod clock;
 pub mod detect;
 mod h2_upstream;
 pub mod http;
@@ -18,6 +19,7 @@ mod outgoing;
 pub mod plan;
 pub mod pool;
 pub mod rbac;
+mod timeouts;
 pub mod tls;
 pub mod upstream;
 

@@ -155,7 +155,36 @@ pub struct ChainPlan {
 #[derive(Debug, PartialEq)]
 pub enum App {
     Http(HttpPlan),
-    Tcp { cluster: String },
+    Tcp {
+        cluster: String,
+        /// Close the connection after this long with no byte either way
+        /// (`TcpProxy.idle_timeout`; Envoy's default 1 h; None: never).
+        idle_timeout: Option<Duration>,
+    },
+}
+
+/// How long a downstream HTTP connection may stay open doing nothing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HttpTimeouts {
+    /// Close (gracefully) after this long with no request in flight
+    /// (`common_http_protocol_options.idle_timeout`; Envoy's default 1 h).
+    pub idle: Option<Duration>,
+    /// An HTTP/1.x request head must be complete this long after its first
+    /// byte arrived, or the connection is closed (`request_headers_timeout`;
+    /// off unless set, as in Envoy).
+    pub request_headers: Option<Duration>,
+}
+
+/// Envoy's default for the HTTP connection and TCP proxy idle timeouts.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+impl Default for HttpTimeouts {
+    fn default() -> Self {
+        HttpTimeouts {
+            idle: Some(DEFAULT_IDLE_TIMEOUT),
+            request_headers: None,
+        }
+    }
 }
 
 #[derive(Debug, PartialEq)]
@@ -165,6 +194,7 @@ pub struct HttpPlan {
     pub routes: Routes,
     /// Tell the app the caller's SPIFFE ID (`x-forwarded-client-cert`).
     pub forward_client_identity: bool,
+    pub timeouts: HttpTimeouts,
 }
 
 #[derive(Debug, PartialEq)]
@@ -345,6 +375,23 @@ fn duration(d: Option<&envoy_types::pb::google::protobuf::Duration>) -> Option<D
         .map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
 }
 
+/// A connection timeout field as Envoy reads it: unset is `default`, zero
+/// turns the timeout off, a negative or malformed one is refused.
+fn connection_timeout(
+    field: &str,
+    d: Option<&envoy_types::pb::google::protobuf::Duration>,
+    default: Option<Duration>,
+) -> Result<Option<Duration>> {
+    let Some(d) = d else { return Ok(default) };
+    if d.seconds < 0 || !(0..1_000_000_000).contains(&d.nanos) {
+        return Err(format!(
+            "{field}: {}s {}ns is not a valid duration (negative or nanos out of range)",
+            d.seconds, d.nanos
+        ));
+    }
+    Ok(duration(Some(d)))
+}
+
 fn socket_addr(address: Option<&Address>) -> Result<SocketAddr> {
     let Some(address::Address::SocketAddress(s)) = address.and_then(|a| a.address.as_ref()) else {
         return Err("address: only socket addresses are supported".to_owned());
@@ -507,10 +554,12 @@ fn capture_listeners(plan: &mut Plan) {
                 rbac: Vec::new(),
                 routes: Routes::Named(route.clone()),
                 forward_client_identity: false,
+                timeouts: HttpTimeouts::default(),
             })
         };
         let tcp = || App::Tcp {
             cluster: name.clone(),
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
         };
         let chains = match (plan.routes.contains_key(&route), cluster.detect_protocol) {
             (true, true) => vec![chain(&["http/1.1", "h2c"], http()), chain(&[], tcp())],
@@ -657,9 +706,18 @@ pub fn listener_plan(listener: &Listener) -> Result<Option<ListenerPlan>> {
                 }
                 TCP_PROXY => {
                     let t: TcpProxy = decode(any, TCP_PROXY).map_err(at)?;
+                    let idle_timeout = connection_timeout(
+                        "tcp_proxy.idle_timeout",
+                        t.idle_timeout.as_ref(),
+                        Some(DEFAULT_IDLE_TIMEOUT),
+                    )
+                    .map_err(at)?;
                     match t.cluster_specifier {
                         Some(tcp_proxy::ClusterSpecifier::Cluster(cluster)) => {
-                            app = Some(App::Tcp { cluster })
+                            app = Some(App::Tcp {
+                                cluster,
+                                idle_timeout,
+                            })
                         }
                         _ => return Err(at("tcp_proxy needs a single cluster".to_owned())),
                     }
@@ -745,11 +803,27 @@ fn http_plan(manager: &HttpConnectionManager) -> Result<HttpPlan> {
         }
         _ => return Err("http_connection_manager needs rds or route_config".to_owned()),
     };
+    let timeouts = HttpTimeouts {
+        idle: connection_timeout(
+            "common_http_protocol_options.idle_timeout",
+            manager
+                .common_http_protocol_options
+                .as_ref()
+                .and_then(|o| o.idle_timeout.as_ref()),
+            Some(DEFAULT_IDLE_TIMEOUT),
+        )?,
+        request_headers: connection_timeout(
+            "request_headers_timeout",
+            manager.request_headers_timeout.as_ref(),
+            None,
+        )?,
+    };
     Ok(HttpPlan {
         rbac,
         routes,
         forward_client_identity: manager.forward_client_cert_details
             != http_connection_manager::ForwardClientCertDetails::Sanitize as i32,
+        timeouts,
     })
 }
 
@@ -1337,6 +1411,56 @@ pub(crate) mod tests {
         let error = errors.iter().map(ToString::to_string).collect::<String>();
         assert!(
             error.contains("\"10.96.0.300\" is not an IP address"),
+            "{error}"
+        );
+    }
+    #[test]
+    fn connection_timeouts_read_as_envoy_reads_them() {
+        use envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions as Common;
+        use envoy_types::pb::google::protobuf::Duration as Pb;
+        let secs = |s: i64| {
+            Some(Pb {
+                seconds: s,
+                nanos: 0,
+            })
+        };
+        let http = |manager: HttpConnectionManager| {
+            let manager = HttpConnectionManager {
+                route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(
+                    Default::default(),
+                )),
+                ..manager
+            };
+            http_plan(&manager).map(|p| p.timeouts)
+        };
+        // Unset: Envoy's defaults (1 h idle, no request headers timeout).
+        assert_eq!(
+            http(HttpConnectionManager::default()),
+            Ok(HttpTimeouts::default())
+        );
+        let set = http(HttpConnectionManager {
+            common_http_protocol_options: Some(Common {
+                idle_timeout: secs(0),
+                ..Default::default()
+            }),
+            request_headers_timeout: secs(10),
+            ..Default::default()
+        });
+        // Zero turns a timeout off.
+        assert_eq!(
+            set,
+            Ok(HttpTimeouts {
+                idle: None,
+                request_headers: Some(Duration::from_secs(10)),
+            })
+        );
+        let negative = http(HttpConnectionManager {
+            request_headers_timeout: secs(-1),
+            ..Default::default()
+        });
+        let error = negative.expect_err("a negative timeout is refused");
+        assert!(
+            error.starts_with("request_headers_timeout: -1s 0ns is not a valid duration"),
             "{error}"
         );
     }

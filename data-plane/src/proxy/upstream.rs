@@ -7,11 +7,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 
+use super::clock::ticks;
 use super::plan::{Balance, ClusterPlan, Plan};
 use super::pool::{Pool, Target};
 
@@ -69,18 +70,10 @@ pub struct Endpoint {
     pub active: AtomicU32,
     consecutive_failures: AtomicU32,
     ejections: AtomicU32,
-    /// Ejected until this time ([`ticks`]; 0: never ejected). An atomic:
+    /// Ejected until this time ([`clock::ticks`]; 0: never ejected). An atomic:
     /// every pick reads it for every endpoint.
     ejected_until: AtomicU64,
     pub pool: Pool,
-}
-
-/// `at` as nanoseconds since the process first asked, so that an instant
-/// fits in an atomic.
-fn ticks(at: Instant) -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let since = at.saturating_duration_since(*EPOCH.get_or_init(Instant::now));
-    u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Endpoint {
