@@ -27,9 +27,27 @@ pub fn parse(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(millis))
 }
 
+/// Parses a timeout that `0s` (zero in any unit) turns off: `None`.
+pub fn parse_timeout(s: &str) -> Result<Option<Duration>, String> {
+    let zero = s.strip_prefix('0').is_some_and(|unit| {
+        let unit = unit.trim_start_matches('0');
+        ["ms", "s", "m", "h", "d"].contains(&unit)
+    });
+    if zero { Ok(None) } else { parse(s).map(Some) }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::{parse, parse_timeout};
+
+    #[test]
+    fn a_zero_timeout_is_off() {
+        assert_eq!(parse_timeout("0s"), Ok(None));
+        assert_eq!(parse_timeout("00ms"), Ok(None));
+        assert_eq!(parse_timeout("90s").unwrap().unwrap().as_secs(), 90);
+        assert!(parse_timeout("0").unwrap_err().contains("unit"));
+        assert!(parse_timeout("0x").unwrap_err().contains("unit"));
+    }
 
     #[test]
     fn units_and_errors() {

@@ -16,6 +16,29 @@ pub struct MeshConfigSpec {
     /// Default mTLS mode for inbound traffic. Default STRICT.
     #[serde(default)]
     pub mtls: MtlsSettings,
+    /// How long the sidecars keep connections that do nothing.
+    #[serde(default)]
+    pub connections: ConnectionSettings,
+}
+
+/// Timeouts every sidecar applies to the connections it accepts (from its
+/// app outbound, from peers inbound). Durations like `90s`, `1h`; `0s`
+/// turns one off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionSettings {
+    /// An HTTP connection with no request in flight for this long is closed
+    /// (gracefully: GOAWAY on HTTP/2). Default `1h` (Envoy's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_idle_timeout: Option<String>,
+    /// An HTTP/1.x request head must be complete this long after its first
+    /// byte, or the connection is closed (slow-loris clients). Default `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers_timeout: Option<String>,
+    /// A TCP connection with no byte either way for this long is closed.
+    /// Default `1h` (Envoy's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_idle_timeout: Option<String>,
 }
 
 /// mTLS settings.

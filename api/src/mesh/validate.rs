@@ -86,6 +86,24 @@ fn mesh_config(p: &mut Problems, o: &Object<MeshConfigSpec>) {
             "the MeshConfig is a singleton and must be named \"default\"",
         );
     }
+    let c = &o.spec.connections;
+    for (field, value) in [
+        ("spec.connections.httpIdleTimeout", &c.http_idle_timeout),
+        (
+            "spec.connections.requestHeadersTimeout",
+            &c.request_headers_timeout,
+        ),
+        ("spec.connections.tcpIdleTimeout", &c.tcp_idle_timeout),
+    ] {
+        let Some(value) = value else { continue };
+        match duration::parse_timeout(value) {
+            Err(e) => push(p, field, e),
+            Ok(Some(d)) if d > MAX_DURATION => {
+                push(p, field, format!("{value:?} is longer than 365d"))
+            }
+            Ok(_) => {}
+        }
+    }
 }
 
 fn service(p: &mut Problems, spec: &ServiceSpec) {

@@ -12,6 +12,7 @@ pub mod sidecar;
 pub mod snapshot;
 mod sotw;
 mod status;
+mod timeouts;
 pub mod translate;
 mod transport;
 mod view;

@@ -92,7 +92,8 @@ pub fn listeners(requested: &[Outbound], snapshot: &Snapshot) -> Resources {
         let name = format!("outbound|{}", o.local);
         let route = listener_name(&o.service, &o.namespace, o.port);
         let http = || {
-            let manager = rds_manager(&name, &route);
+            let mut manager = rds_manager(&name, &route);
+            snapshot.sidecar.timeouts.set_http(&mut manager);
             Filter {
                 name: "envoy.filters.network.http_connection_manager".to_owned(),
                 config_type: Some(filter::ConfigType::TypedConfig(pack_any(manager))),
@@ -100,11 +101,12 @@ pub fn listeners(requested: &[Outbound], snapshot: &Snapshot) -> Resources {
         };
         let tcp = || {
             let cluster = cluster_name(&o.service, &o.namespace, o.port, &BTreeMap::new());
-            let proxy = TcpProxy {
+            let mut proxy = TcpProxy {
                 stat_prefix: name.clone(),
                 cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster)),
                 ..Default::default()
             };
+            snapshot.sidecar.timeouts.set_tcp(&mut proxy);
             Filter {
                 name: "envoy.filters.network.tcp_proxy".to_owned(),
                 config_type: Some(filter::ConfigType::TypedConfig(pack_any(proxy))),

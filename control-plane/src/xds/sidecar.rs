@@ -62,6 +62,7 @@ use rampart_certs::SpiffeId;
 
 use super::rbac;
 use super::snapshot::{Entry, Resources, TypeUrl};
+use super::timeouts::ConnectionTimeouts;
 use super::translate::{
     DEFAULT_SECRET, ROOTCA, ads, catch_all, protocol_options, router, socket, tls_socket,
 };
@@ -75,6 +76,8 @@ pub const SDS_CLUSTER: &str = "sds-grpc";
 pub struct SidecarInputs {
     pub trust_domain: String,
     pub mtls: MtlsMode,
+    /// Set on every listener the sidecars get.
+    pub timeouts: ConnectionTimeouts,
     /// The sidecar flavour of the service clusters (upstream mTLS).
     pub clusters: Arc<Resources>,
     /// Services by (namespace, name).
@@ -395,7 +398,7 @@ impl Sidecar {
                 port.protocol,
                 &cluster,
                 rules,
-                inputs.mtls,
+                inputs,
             );
             listeners.insert(name, Entry::new(listener));
         }
@@ -516,9 +519,9 @@ fn inbound_listener(
     protocol: Protocol,
     cluster: &str,
     rules: impl Fn(bool) -> Vec<envoy_types::pb::envoy::config::rbac::v3::Rbac>,
-    mtls: MtlsMode,
+    inputs: &SidecarInputs,
 ) -> Listener {
-    let permissive = mtls == MtlsMode::Permissive;
+    let permissive = inputs.mtls == MtlsMode::Permissive;
     let auto = protocol == Protocol::Auto;
     let stacks: &[bool] = match protocol {
         Protocol::Tcp => &[false],
@@ -533,9 +536,9 @@ fn inbound_listener(
     let mut chains = Vec::new();
     for &http in stacks {
         let filters = if http {
-            vec![inbound_http(name, cluster, &rules(true))]
+            vec![inbound_http(name, cluster, &rules(true), &inputs.timeouts)]
         } else {
-            inbound_tcp(name, cluster, &rules(false))
+            inbound_tcp(name, cluster, &rules(false), &inputs.timeouts)
         };
         let suffix = if auto && http { "-http" } else { "" };
         let matching = |transport: &str, protocols: &[&str]| {
@@ -605,6 +608,7 @@ fn inbound_tcp(
     name: &str,
     cluster: &str,
     rules: &[envoy_types::pb::envoy::config::rbac::v3::Rbac],
+    timeouts: &ConnectionTimeouts,
 ) -> Vec<Filter> {
     let mut filters: Vec<Filter> = rules
         .iter()
@@ -617,13 +621,15 @@ fn inbound_tcp(
             }))),
         })
         .collect();
+    let mut proxy = TcpProxy {
+        stat_prefix: name.to_owned(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_owned())),
+        ..Default::default()
+    };
+    timeouts.set_tcp(&mut proxy);
     filters.push(Filter {
         name: "envoy.filters.network.tcp_proxy".to_owned(),
-        config_type: Some(filter::ConfigType::TypedConfig(pack_any(TcpProxy {
-            stat_prefix: name.to_owned(),
-            cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_owned())),
-            ..Default::default()
-        }))),
+        config_type: Some(filter::ConfigType::TypedConfig(pack_any(proxy))),
     });
     filters
 }
@@ -633,6 +639,7 @@ fn inbound_http(
     name: &str,
     cluster: &str,
     rules: &[envoy_types::pb::envoy::config::rbac::v3::Rbac],
+    timeouts: &ConnectionTimeouts,
 ) -> Filter {
     let mut http_filters: Vec<HttpFilter> = rules
         .iter()
@@ -655,7 +662,7 @@ fn inbound_http(
             ..Default::default()
         },
     );
-    let manager = HttpConnectionManager {
+    let mut manager = HttpConnectionManager {
         stat_prefix: name.to_owned(),
         codec_type: http_connection_manager::CodecType::Auto as i32,
         route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(routes)),
@@ -671,6 +678,7 @@ fn inbound_http(
         ),
         ..Default::default()
     };
+    timeouts.set_http(&mut manager);
     Filter {
         name: "envoy.filters.network.http_connection_manager".to_owned(),
         config_type: Some(filter::ConfigType::TypedConfig(pack_any(manager))),

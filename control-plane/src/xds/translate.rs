@@ -59,12 +59,13 @@ use envoy_types::pb::google::protobuf::{
 };
 use envoy_types::util::pack_any;
 use rampart_api::mesh::{
-    AuthorizationPolicySpec, Fault, LoadBalancer, MtlsMode, Object, Protocol, Resource,
-    ServicePort, ServiceSpec, TrafficPolicySpec, WorkloadEntrySpec,
+    AuthorizationPolicySpec, ConnectionSettings, Fault, LoadBalancer, MtlsMode, Object, Protocol,
+    Resource, ServicePort, ServiceSpec, TrafficPolicySpec, WorkloadEntrySpec,
 };
 
 use super::sidecar::{self, ServiceInfo, SidecarInputs};
 use super::snapshot::{Snapshot, TypeUrl};
+use super::timeouts::ConnectionTimeouts;
 
 /// The parts of the model the translator reads.
 #[derive(Debug)]
@@ -74,6 +75,7 @@ pub struct Model {
     policies: Vec<Object<TrafficPolicySpec>>,
     authorization: Vec<Object<AuthorizationPolicySpec>>,
     mtls: MtlsMode,
+    connections: ConnectionSettings,
     trust_domain: String,
     /// The trust bundle (PEM) served as the Secret `ROOTCA`; none if empty.
     roots_pem: String,
@@ -89,6 +91,7 @@ impl Model {
             policies: Vec::new(),
             authorization: Vec::new(),
             mtls: MtlsMode::default(),
+            connections: ConnectionSettings::default(),
             trust_domain: trust_domain.to_owned(),
             roots_pem: roots_pem.to_owned(),
         };
@@ -98,7 +101,10 @@ impl Model {
                 Resource::WorkloadEntry(e) => model.entries.push(e),
                 Resource::TrafficPolicy(p) => model.policies.push(*p),
                 Resource::AuthorizationPolicy(p) => model.authorization.push(p),
-                Resource::MeshConfig(m) => model.mtls = m.spec.mtls.mode,
+                Resource::MeshConfig(m) => {
+                    model.mtls = m.spec.mtls.mode;
+                    model.connections = m.spec.connections.clone();
+                }
             }
         }
         model
@@ -209,6 +215,7 @@ pub fn translate(model: &Model) -> Snapshot {
     let mut inputs = SidecarInputs {
         trust_domain: model.trust_domain.clone(),
         mtls: model.mtls,
+        timeouts: ConnectionTimeouts::new(&model.connections),
         ..Default::default()
     };
     for policy in &model.authorization {
