@@ -297,6 +297,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         tokio::spawn(xds_client::run(settings, outputs));
         tokio::spawn(tls.clone().follow(current.clone()));
         let proxy = proxy::Proxy::new(tls, metrics.clone(), args.capture);
+        tokio::spawn(proxy.access_log.clone().run());
         if args.capture {
             use proxy::capture::{Direction, accept};
             for (port, direction) in [
@@ -374,6 +375,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
                 "drain deadline reached; closing the connections still open"
             );
         }
+        proxy.access_log.flush_now();
     }
     let _ = stop.send(true);
     workload_api.await?.context("Workload API server")?;

@@ -23,10 +23,11 @@ use prometheus_client::metrics::histogram::Histogram;
 use rand::Rng;
 
 use super::Proxy;
+use super::access_log::{Entry, UpstreamInfo};
 use super::local_reply::{for_grpc, is_grpc, reply};
 use super::metrics::{ClusterLabels, DurationLabels, RequestLabels};
 use super::outgoing::Outgoing;
-use super::plan::{App, Balance, HttpPlan, Route, Routes};
+use super::plan::{App, Balance, HttpPlan, Plan, Route, Routes};
 use super::pool::{Body, BoxError, Sender, full};
 use super::rbac::{self, Decision, Subject};
 use super::timeouts::{Activity, Busy};
@@ -105,33 +106,78 @@ fn set_client_identity(
 pub async fn handle(
     proxy: Arc<Proxy>,
     down: Arc<Downstream>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<Body> {
     let grpc = is_grpc(req.headers());
-    let response = route_request(proxy, down, req, grpc).await;
-    if grpc { for_grpc(response) } else { response }
+    // Looked up per request: a configuration change (the access log turned
+    // on) reaches long-lived connections too.
+    let plan = proxy.plan();
+    let http = match http_plan(&plan, &down) {
+        Ok(http) => http,
+        Err(why) => {
+            let r = reply(StatusCode::SERVICE_UNAVAILABLE, why);
+            return if grpc { for_grpc(r) } else { r };
+        }
+    };
+    let Some(log) = &http.access_log else {
+        let response = route_request(&proxy, &down, &plan, http, req, grpc, false).await;
+        return if grpc { for_grpc(response) } else { response };
+    };
+    // As Envoy does: a request leaving without an id gets one, so the
+    // caller's and the callee's lines can be matched.
+    if !down.inbound && !req.headers().contains_key(X_REQUEST_ID) {
+        req.headers_mut().insert(X_REQUEST_ID, request_id());
+    }
+    let entry = Entry::start(log, &down, &req);
+    let response = route_request(&proxy, &down, &plan, http, req, grpc, true).await;
+    let response = if grpc { for_grpc(response) } else { response };
+    entry.finish(response, proxy.access_log.clone())
+}
+
+/// The HTTP connection manager of the chain `down` came in on, or why
+/// there is none (the listener changed under the connection: a 503).
+fn http_plan<'a>(plan: &'a Plan, down: &Downstream) -> Result<&'a HttpPlan, String> {
+    let Some(listener) = plan.listeners.get(&down.listener) else {
+        return Err(format!("listener {} was removed", down.listener));
+    };
+    match listener.chains.get(down.chain).map(|c| &c.app) {
+        Some(App::Http(http)) => Ok(http),
+        _ => Err(format!(
+            "listener {} no longer serves HTTP here",
+            down.listener
+        )),
+    }
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A random UUID (version 4).
+fn request_id() -> HeaderValue {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let id = format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    );
+    HeaderValue::from_str(&id).expect("hex and dashes")
 }
 
 async fn route_request(
-    proxy: Arc<Proxy>,
-    down: Arc<Downstream>,
+    proxy: &Arc<Proxy>,
+    down: &Arc<Downstream>,
+    plan: &Plan,
+    http: &HttpPlan,
     req: Request<Incoming>,
     grpc: bool,
+    logged: bool,
 ) -> Response<Body> {
-    let plan = proxy.plan();
-    let Some(listener) = plan.listeners.get(&down.listener) else {
-        return reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("listener {} was removed", down.listener),
-        );
-    };
-    let Some(App::Http(http)) = listener.chains.get(down.chain).map(|c| &c.app) else {
-        return reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("listener {} no longer serves HTTP here", down.listener),
-        );
-    };
-    if let Some(denied) = authorize(&proxy, &down, http, &req) {
+    if let Some(denied) = authorize(proxy, down, http, &req) {
         return denied;
     }
     let table = match &http.routes {
@@ -160,18 +206,14 @@ async fn route_request(
     };
     let forward_identity = http.forward_client_identity;
     if is_upgrade(&req) {
-        return upgrade(&proxy, &down, route, req, host, forward_identity).await;
+        return upgrade(proxy, down, route, req, host, forward_identity).await;
     }
-    forward(
-        &proxy,
-        &down,
-        route,
-        req,
-        &authority,
+    let how = How {
         forward_identity,
         grpc,
-    )
-    .await
+        logged,
+    };
+    forward(proxy, down, route, req, &authority, how).await
 }
 
 /// Whom the request is for: its `:authority` (HTTP/2, absolute URIs) or
@@ -352,21 +394,34 @@ const HOP_BY_HOP: [HeaderName; 5] = [
     header::UPGRADE,
 ];
 
+/// How a request is forwarded, besides where.
+#[derive(Clone, Copy)]
+struct How {
+    /// Tell the app the caller's SPIFFE ID.
+    forward_identity: bool,
+    /// The caller speaks gRPC: the proxy's own answers are put as gRPC.
+    grpc: bool,
+    /// The request is access-logged: say where it went.
+    logged: bool,
+}
+
 async fn forward(
     proxy: &Arc<Proxy>,
     down: &Arc<Downstream>,
     route: &Route,
     req: Request<Incoming>,
     authority: &Authority,
-    forward_identity: bool,
-    grpc: bool,
+    how: How,
 ) -> Response<Body> {
     let started = Instant::now();
     // Every answer is counted, the proxy's own (a fault, no cluster) too.
-    let (cluster_name, (response, destination)) = match cluster_for(proxy, route) {
+    let (cluster_name, (response, upstream)) = match cluster_for(proxy, route) {
         Err(why) => (
             Arc::from(""),
-            (reply(StatusCode::SERVICE_UNAVAILABLE, why), None),
+            (
+                reply(StatusCode::SERVICE_UNAVAILABLE, why),
+                Upstream::default(),
+            ),
         ),
         Ok((name, cluster)) => {
             let sent = send(
@@ -376,16 +431,28 @@ async fn forward(
                 req,
                 &cluster,
                 authority,
-                forward_identity,
+                how.forward_identity,
             )
             .await;
             (name, sent)
         }
     };
     // Converted here already so the metrics count what the caller sees.
-    let response = if grpc { for_grpc(response) } else { response };
+    let response = if how.grpc {
+        for_grpc(response)
+    } else {
+        response
+    };
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    if how.logged {
+        parts.extensions.insert(UpstreamInfo {
+            cluster: cluster_name.clone(),
+            host: upstream.host,
+            peer: upstream.peer.clone(),
+        });
+    }
+    let destination = upstream.peer;
     let (source, destination) = if down.inbound {
         (
             down.peer.clone().unwrap_or_else(|| Arc::from("")),
@@ -422,8 +489,15 @@ async fn forward(
     Response::from_parts(parts, observed.boxed())
 }
 
+/// Which endpoint answered: its SPIFFE ID and address.
+#[derive(Default)]
+struct Upstream {
+    peer: Option<Arc<str>>,
+    host: Option<SocketAddr>,
+}
+
 /// The request to `cluster` as the route says (faults, mirrors, retries,
-/// timeout); the response and the upstream's SPIFFE ID.
+/// timeout); the response and who gave it.
 async fn send(
     proxy: &Arc<Proxy>,
     down: &Arc<Downstream>,
@@ -432,7 +506,7 @@ async fn send(
     cluster: &Arc<ClusterState>,
     authority: &Authority,
     forward_identity: bool,
-) -> (Response<Body>, Option<Arc<str>>) {
+) -> (Response<Body>, Upstream) {
     if let Some(f) = &route.fault {
         let roll = |percent: f64| rand::rng().random_range(0.0..100.0) < percent;
         if let Some((delay, p)) = f.delay
@@ -444,13 +518,13 @@ async fn send(
             && roll(p)
         {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            return (reply(status, "fault filter abort"), None);
+            return (reply(status, "fault filter abort"), Upstream::default());
         }
     }
     let mut out = match Outgoing::new(req, route.retry.is_some() || !route.mirrors.is_empty()).await
     {
         Ok(o) => o,
-        Err(r) => return (r, None),
+        Err(r) => return (r, Upstream::default()),
     };
     strip_hop_by_hop(&mut out.parts.headers);
     set_client_identity(proxy, down, forward_identity, &mut out.parts.headers);
@@ -483,7 +557,7 @@ async fn send(
                     StatusCode::GATEWAY_TIMEOUT,
                     format!("upstream request timeout ({} ms)", limit.as_millis()),
                 ),
-                None,
+                Upstream::default(),
             ),
         },
     }
@@ -526,19 +600,22 @@ fn is_grpc_server_error(status: u32) -> bool {
 }
 
 /// Tries the request until it succeeds or the retry policy says stop;
-/// returns the response and the upstream's SPIFFE ID.
+/// returns the response and the endpoint of the last try.
 async fn attempts(
     proxy: &Arc<Proxy>,
     cluster: &Arc<ClusterState>,
     route: &Route,
     out: &mut Outgoing,
     authority: &Authority,
-) -> (Response<Body>, Option<Arc<str>>) {
+) -> (Response<Body>, Upstream) {
     let plan = cluster.plan();
     let name = plan.name.as_str();
     let Some(mut in_flight) = InFlight::request(cluster) else {
         let why = format!("cluster {name} is at max_requests");
-        return (overflow(proxy, name, "max_requests", why), None);
+        return (
+            overflow(proxy, name, "max_requests", why),
+            Upstream::default(),
+        );
     };
     let hash = (plan.balance == Balance::RingHash)
         .then(|| hash_key(&out.parts.headers, authority.as_str()));
@@ -552,7 +629,7 @@ async fn attempts(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("no healthy upstream in cluster {name}"),
                 ),
-                None,
+                Upstream::default(),
             );
         };
         in_flight.on(endpoint.clone());
@@ -635,7 +712,11 @@ async fn attempts(
                 "upstream failed after a request body too long to keep was sent",
             ),
         };
-        return (response, peer);
+        let upstream = Upstream {
+            peer,
+            host: Some(endpoint_address),
+        };
+        return (response, upstream);
     }
 }
 

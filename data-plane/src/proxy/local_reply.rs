@@ -9,9 +9,18 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 
-/// Marks a response as the proxy's own, with its reason.
+/// Marks a response as the proxy's own, with its reason, and whether it
+/// has been put as gRPC already.
 #[derive(Clone)]
-struct LocalReply(String);
+struct LocalReply {
+    why: String,
+    as_grpc: bool,
+}
+
+/// Why the proxy answered itself, if it did.
+pub fn local_reply_reason(extensions: &http::Extensions) -> Option<&str> {
+    extensions.get::<LocalReply>().map(|r| r.why.as_str())
+}
 
 pub fn reply(status: StatusCode, why: impl Into<String>) -> Response<Body> {
     let why = why.into();
@@ -19,7 +28,10 @@ pub fn reply(status: StatusCode, why: impl Into<String>) -> Response<Body> {
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    r.extensions_mut().insert(LocalReply(why));
+    r.extensions_mut().insert(LocalReply {
+        why,
+        as_grpc: false,
+    });
     r
 }
 
@@ -58,13 +70,21 @@ fn percent_encode(text: &str) -> String {
 /// A local reply as a gRPC trailers-only response (HTTP 200, the status in
 /// the headers, no body); any other response as it is.
 pub fn for_grpc(response: Response<Body>) -> Response<Body> {
-    let Some(LocalReply(why)) = response.extensions().get::<LocalReply>().cloned() else {
+    let Some(LocalReply {
+        why,
+        as_grpc: false,
+    }) = response.extensions().get::<LocalReply>().cloned()
+    else {
         return response;
     };
     let (mut parts, _) = response.into_parts();
     let code = grpc_status(parts.status);
     parts.status = StatusCode::OK;
-    parts.extensions.remove::<LocalReply>();
+    let as_grpc = LocalReply {
+        why: why.clone(),
+        as_grpc: true,
+    };
+    parts.extensions.insert(as_grpc);
     let headers = &mut parts.headers;
     headers.insert(
         header::CONTENT_TYPE,

@@ -7,6 +7,7 @@
 //! what it sends). A configuration change applies to the next connection
 //! and the next request; nothing open is dropped.
 
+pub mod access_log;
 pub mod capture;
 mod clock;
 pub mod detect;
@@ -50,6 +51,8 @@ pub struct Proxy {
     pub upstreams: Upstreams,
     pub tls: Arc<Tls>,
     metrics: Arc<ProxyMetrics>,
+    /// Where access log lines go (stdout, buffered).
+    pub access_log: Arc<access_log::Writer>,
 }
 
 impl Proxy {
@@ -62,6 +65,7 @@ impl Proxy {
             upstreams: Upstreams::default(),
             tls,
             metrics,
+            access_log: Default::default(),
         })
     }
 

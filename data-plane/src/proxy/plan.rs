@@ -36,6 +36,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
+use super::access_log::AccessLogPlan;
 use crate::xds_client::{CLUSTER, Config, ENDPOINT, LISTENER, ROUTE};
 
 /// Everything the traffic path needs, compiled once per xDS update.
@@ -195,6 +196,8 @@ pub struct HttpPlan {
     /// Tell the app the caller's SPIFFE ID (`x-forwarded-client-cert`).
     pub forward_client_identity: bool,
     pub timeouts: HttpTimeouts,
+    /// One JSON line per request on stdout, if configured.
+    pub access_log: Option<Arc<AccessLogPlan>>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -555,6 +558,7 @@ fn capture_listeners(plan: &mut Plan) {
                 routes: Routes::Named(route.clone()),
                 forward_client_identity: false,
                 timeouts: HttpTimeouts::default(),
+                access_log: None,
             })
         };
         let tcp = || App::Tcp {
@@ -824,6 +828,7 @@ fn http_plan(manager: &HttpConnectionManager) -> Result<HttpPlan> {
         forward_client_identity: manager.forward_client_cert_details
             != http_connection_manager::ForwardClientCertDetails::Sanitize as i32,
         timeouts,
+        access_log: super::access_log::compile(&manager.access_log)?,
     })
 }
 
