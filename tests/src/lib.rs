@@ -467,6 +467,8 @@ pub struct Sidecar {
     pub child: Child,
     pub admin: String,
     pub logs: Logs,
+    /// What it wrote on stdout: access log lines.
+    pub stdout: Logs,
 }
 
 impl Sidecar {
@@ -500,12 +502,19 @@ impl Sidecar {
         }
         let mut child = command
             .args(args)
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting rampart-proxy");
-        let logs = Logs::default();
+        let (logs, stdout) = (Logs::default(), Logs::default());
         logs.capture(child.stderr.take().unwrap());
-        Sidecar { child, admin, logs }
+        stdout.capture(child.stdout.take().unwrap());
+        Sidecar {
+            child,
+            admin,
+            logs,
+            stdout,
+        }
     }
 
     /// A sidecar for `service_account` (node id `<account>-1`) with one

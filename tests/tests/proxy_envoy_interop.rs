@@ -147,4 +147,66 @@ async fn rampart_proxy_and_envoy_talk_mtls_both_ways() {
             envoy_log()
         );
     }
+
+    // Access logs from the same MeshConfig: Envoy takes the format the
+    // control plane sends (or it would reject the listeners), and both
+    // sidecars write the same keys; Envoy's request id reaches
+    // rampart-proxy's line.
+    let logging = dir.path().join("logging.yaml");
+    std::fs::write(
+        &logging,
+        "apiVersion: rampart.dev/v1alpha1\nkind: MeshConfig\nmetadata: {name: default}\nspec: {accessLog: true}\n",
+    )
+    .unwrap();
+    cp.meshctl_ok(&["apply", "-f", logging.to_str().unwrap()]);
+    let json_lines = |text: String| -> Vec<serde_json::Value> {
+        text.lines()
+            .filter(|l| l.starts_with('{'))
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let logged = eventually(100, || async {
+        let _ = get_h1(&to_rampart, "viarampart", "/logged").await;
+        let seen = |lines: Vec<serde_json::Value>| lines.iter().any(|l| l["path"] == "/logged");
+        seen(json_lines(envoy_log())) && seen(json_lines(rampart.stdout.text()))
+    })
+    .await;
+    assert!(
+        logged,
+        "no access log line for /logged\nrampart-proxy:\n{}\nenvoy:\n{}",
+        rampart.stdout.text(),
+        envoy_log()
+    );
+    let by_envoy = json_lines(envoy_log())
+        .into_iter()
+        .find(|l| l["path"] == "/logged")
+        .unwrap();
+    let id = by_envoy["request_id"].clone();
+    let by_rampart = json_lines(rampart.stdout.text())
+        .into_iter()
+        .find(|l| l["request_id"] == id)
+        .unwrap_or_else(|| {
+            panic!(
+                "no rampart-proxy line with Envoy's request id {id}: {}",
+                rampart.stdout.text()
+            )
+        });
+    let keys = |l: &serde_json::Value| l.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(
+        keys(&by_envoy),
+        keys(&by_rampart),
+        "{by_envoy}\n{by_rampart}"
+    );
+    for line in [&by_envoy, &by_rampart] {
+        assert_eq!(line["response_code"], 200, "{line}");
+        assert_eq!(line["method"], "GET", "{line}");
+    }
+    assert_eq!(
+        by_envoy["upstream_peer"],
+        "spiffe://cluster.local/ns/default/sa/viarampart"
+    );
+    assert_eq!(
+        by_rampart["downstream_peer"],
+        "spiffe://cluster.local/ns/default/sa/viaenvoy"
+    );
 }

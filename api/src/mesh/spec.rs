@@ -19,6 +19,10 @@ pub struct MeshConfigSpec {
     /// How long the sidecars keep connections that do nothing.
     #[serde(default)]
     pub connections: ConnectionSettings,
+    /// Every sidecar writes one JSON line per HTTP request on its stdout.
+    /// Default false.
+    #[serde(default)]
+    pub access_log: bool,
 }
 
 /// Timeouts every sidecar applies to the connections it accepts (from its

@@ -3,6 +3,7 @@
 //! server (`server`). The server knows nothing of mesh semantics and the
 //! translator never touches a stream, so each is tested alone.
 
+mod access_log;
 mod convergence;
 mod delta;
 mod node_listeners;

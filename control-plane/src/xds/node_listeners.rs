@@ -94,6 +94,9 @@ pub fn listeners(requested: &[Outbound], snapshot: &Snapshot) -> Resources {
         let http = || {
             let mut manager = rds_manager(&name, &route);
             snapshot.sidecar.timeouts.set_http(&mut manager);
+            if snapshot.sidecar.access_log {
+                manager.access_log = vec![super::access_log::stdout_json()];
+            }
             Filter {
                 name: "envoy.filters.network.http_connection_manager".to_owned(),
                 config_type: Some(filter::ConfigType::TypedConfig(pack_any(manager))),

@@ -78,6 +78,8 @@ pub struct SidecarInputs {
     pub mtls: MtlsMode,
     /// Set on every listener the sidecars get.
     pub timeouts: ConnectionTimeouts,
+    /// Sidecar HTTP listeners log each request (JSON on stdout).
+    pub access_log: bool,
     /// The sidecar flavour of the service clusters (upstream mTLS).
     pub clusters: Arc<Resources>,
     /// Services by (namespace, name).
@@ -536,7 +538,7 @@ fn inbound_listener(
     let mut chains = Vec::new();
     for &http in stacks {
         let filters = if http {
-            vec![inbound_http(name, cluster, &rules(true), &inputs.timeouts)]
+            vec![inbound_http(name, cluster, &rules(true), inputs)]
         } else {
             inbound_tcp(name, cluster, &rules(false), &inputs.timeouts)
         };
@@ -639,7 +641,7 @@ fn inbound_http(
     name: &str,
     cluster: &str,
     rules: &[envoy_types::pb::envoy::config::rbac::v3::Rbac],
-    timeouts: &ConnectionTimeouts,
+    inputs: &SidecarInputs,
 ) -> Filter {
     let mut http_filters: Vec<HttpFilter> = rules
         .iter()
@@ -678,7 +680,10 @@ fn inbound_http(
         ),
         ..Default::default()
     };
-    timeouts.set_http(&mut manager);
+    inputs.timeouts.set_http(&mut manager);
+    if inputs.access_log {
+        manager.access_log = vec![super::access_log::stdout_json()];
+    }
     Filter {
         name: "envoy.filters.network.http_connection_manager".to_owned(),
         config_type: Some(filter::ConfigType::TypedConfig(pack_any(manager))),

@@ -76,6 +76,7 @@ pub struct Model {
     authorization: Vec<Object<AuthorizationPolicySpec>>,
     mtls: MtlsMode,
     connections: ConnectionSettings,
+    access_log: bool,
     trust_domain: String,
     /// The trust bundle (PEM) served as the Secret `ROOTCA`; none if empty.
     roots_pem: String,
@@ -92,6 +93,7 @@ impl Model {
             authorization: Vec::new(),
             mtls: MtlsMode::default(),
             connections: ConnectionSettings::default(),
+            access_log: false,
             trust_domain: trust_domain.to_owned(),
             roots_pem: roots_pem.to_owned(),
         };
@@ -104,6 +106,7 @@ impl Model {
                 Resource::MeshConfig(m) => {
                     model.mtls = m.spec.mtls.mode;
                     model.connections = m.spec.connections.clone();
+                    model.access_log = m.spec.access_log;
                 }
             }
         }
@@ -216,6 +219,7 @@ pub fn translate(model: &Model) -> Snapshot {
         trust_domain: model.trust_domain.clone(),
         mtls: model.mtls,
         timeouts: ConnectionTimeouts::new(&model.connections),
+        access_log: model.access_log,
         ..Default::default()
     };
     for policy in &model.authorization {
