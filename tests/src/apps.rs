@@ -129,27 +129,57 @@ async fn serve_echo(name: &str, failing: bool, bind: &str) -> Echo {
     Echo { port, hits, hosts }
 }
 
-/// Starts a TCP server that reads until the client half-closes, then
-/// answers `got N bytes: <what it read>` and closes. Returns its port.
-pub async fn tcp_echo() -> u16 {
+/// Starts an HTTP/1.1 server that answers one request per connection and
+/// then closes it without saying so (no `connection: close`), as a server
+/// whose keep-alive timeout runs out right after a response does; returns
+/// its port.
+pub async fn one_request_per_connection() -> u16 {
+    each_connection(|mut stream| async move {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+            .await;
+    })
+    .await
+}
+
+/// Listens on a loopback port and runs `serve` on each connection in a
+/// task of its own; returns the port.
+async fn each_connection<F, Fut>(serve: F) -> u16
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                if stream.read_to_end(&mut got).await.is_ok() {
-                    let answer =
-                        format!("got {} bytes: {}", got.len(), String::from_utf8_lossy(&got));
-                    let _ = stream.write_all(answer.as_bytes()).await;
-                }
-            });
+            if let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream));
+            }
         }
     });
     port
+}
+
+/// Starts a TCP server that reads until the client half-closes, then
+/// answers `got N bytes: <what it read>` and closes. Returns its port.
+pub async fn tcp_echo() -> u16 {
+    each_connection(|mut stream| async move {
+        let mut got = Vec::new();
+        if stream.read_to_end(&mut got).await.is_ok() {
+            let answer = format!("got {} bytes: {}", got.len(), String::from_utf8_lossy(&got));
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+    })
+    .await
 }
 
 /// Sends `data`, half-closes, and returns everything the peer sends back.

@@ -618,3 +618,39 @@ async fn a_request_after_goaway_goes_on_a_new_connection() {
     }
     assert!(connections.load(Ordering::Relaxed) - before >= 10);
 }
+
+/// An app that closes each connection right after its response, without
+/// saying so: the connection the proxy pooled for the next request may be
+/// closing as that request is handed to it. A request that never left is
+/// sent again on a new connection, with no retry policy: every call succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_a_pooled_connection_closed_under_it_goes_on_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path(), &[]).await;
+    let port = apps::one_request_per_connection().await;
+    let model = dir.path().join("closing.yaml");
+    std::fs::write(
+        &model,
+        format!(
+            "apiVersion: rampart.dev/v1alpha1\nkind: Service\nmetadata: {{name: closing, namespace: default}}\nspec:\n  ports: [{{name: http, port: 8080, protocol: http}}]\n---\napiVersion: rampart.dev/v1alpha1\nkind: WorkloadEntry\nmetadata: {{name: closing, namespace: default}}\nspec: {{service: closing, address: 127.0.0.1, ports: {{http: {port}}}}}\n"
+        ),
+    )
+    .unwrap();
+    cp.meshctl_ok(&["apply", "-f", model.to_str().unwrap()]);
+    let (client, out) = answering_caller(&cp, dir.path(), "closing").await;
+    let mut keep_alive = KeepAlive::new(&out);
+    let mut failed = Vec::new();
+    for i in 0..500 {
+        match keep_alive.get("closing", "/").await {
+            Ok((200, _)) => {}
+            other => failed.push((i, other)),
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of 500 failed, e.g. {:?}\n{}",
+        failed.len(),
+        failed.first(),
+        client.logs.text()
+    );
+}

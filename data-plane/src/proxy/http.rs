@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri};
-use http_body::{Frame, SizeHint};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
@@ -733,6 +734,64 @@ fn hash_key(headers: &HeaderMap, host: &str) -> u64 {
     h.finish()
 }
 
+/// Sends `req` on a pooled HTTP/1.1 connection, and again on a new one
+/// (from `fresh`) when the server closed the pooled one under it, as Go's
+/// HTTP client does: if the request never left (hyper hands it back), or
+/// if it was a bodyless GET, HEAD, OPTIONS or TRACE on a reused connection
+/// that ended before any response (safe to send twice). Anything else is a
+/// reset, for the retry policy.
+async fn send_h1<F, Fut>(
+    endpoint: &Endpoint,
+    mut sender: http1::SendRequest<Body>,
+    reused: bool,
+    req: Request<Body>,
+    fresh: F,
+) -> Result<Response<Incoming>, Failure>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<http1::SendRequest<Body>, Failure>>,
+{
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    );
+    let copy = (reused && idempotent && req.body().is_end_stream()).then(|| {
+        let mut copy = Request::new(full(Bytes::new()));
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.headers_mut() = req.headers().clone();
+        copy
+    });
+    let response = sender.try_send_request(req);
+    endpoint.pool.put_back(sender);
+    let again = match response.await {
+        Ok(r) => return Ok(r),
+        Err(mut e) => match (e.take_message(), copy) {
+            (Some(unsent), _) => unsent,
+            (None, Some(copy)) if e.error().is_incomplete_message() || e.error().is_canceled() => {
+                copy
+            }
+            _ => return Err(Failure::Reset(e.into_error().to_string())),
+        },
+    };
+    let mut sender = fresh().await?;
+    let response = sender.try_send_request(again);
+    endpoint.pool.put_back(sender);
+    response
+        .await
+        .map_err(|e| Failure::Reset(e.into_error().to_string()))
+}
+
+fn connect_failure(e: super::pool::ConnectError, cluster: &str) -> Failure {
+    match e {
+        super::pool::ConnectError::Overflow(n) => Failure::Overflow(
+            "max_connections",
+            format!("cluster {cluster} has {n} connections open"),
+        ),
+        e => Failure::Connect(e.to_string()),
+    }
+}
+
 /// One try against `endpoint`. The request is taken from `out` once a
 /// connection is ready, so a failure to connect leaves a streamed body
 /// unsent for the next try.
@@ -759,13 +818,7 @@ async fn attempt(
                 .pool
                 .sender(&target, &proxy.tls)
                 .await
-                .map_err(|e| match e {
-                    super::pool::ConnectError::Overflow(n) => Failure::Overflow(
-                        "max_connections",
-                        format!("cluster {} has {n} connections open", plan.name),
-                    ),
-                    e => Failure::Connect(e.to_string()),
-                })
+                .map_err(|e| connect_failure(e, &plan.name))
         };
         let mut sender = connect().await?;
         if let Sender::H2(s) = &mut sender
@@ -792,7 +845,7 @@ async fn attempt(
                 *req.version_mut() = http::Version::HTTP_2;
                 s.send(req).await.map_err(|e| Failure::Reset(e.to_string()))
             }
-            Sender::H1(mut s) => {
+            Sender::H1 { sender, reused } => {
                 (uri.scheme, uri.authority) = (None, None);
                 *req.uri_mut() =
                     Uri::from_parts(uri).map_err(|e| Failure::Connect(e.to_string()))?;
@@ -802,9 +855,14 @@ async fn attempt(
                     req.headers_mut().insert(header::HOST, v);
                 }
                 *req.version_mut() = http::Version::HTTP_11;
-                let response = s.send_request(req);
-                endpoint.pool.put_back(s);
-                let response = response.await.map_err(|e| Failure::Reset(e.to_string()))?;
+                let fresh = || async {
+                    endpoint
+                        .pool
+                        .dedicated_h1(&target, &proxy.tls)
+                        .await
+                        .map_err(|e| connect_failure(e, &plan.name))
+                };
+                let response = send_h1(endpoint, sender, reused, req, fresh).await?;
                 Ok(response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()))
             }
         }

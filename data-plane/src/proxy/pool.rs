@@ -135,7 +135,12 @@ pub async fn connect(
 }
 
 pub enum Sender {
-    H1(http1::SendRequest<Body>),
+    /// An HTTP/1.1 connection; `reused`: it served a request before (the
+    /// server may be closing it as this one is handed to it).
+    H1 {
+        sender: http1::SendRequest<Body>,
+        reused: bool,
+    },
     H2(H2),
 }
 
@@ -157,7 +162,10 @@ impl Pool {
     /// HTTP/1.1 one, or a new connection.
     pub async fn sender(&self, target: &Target<'_>, tls: &Tls) -> Result<Sender, ConnectError> {
         if let Some(s) = self.idle_h1() {
-            return Ok(Sender::H1(s));
+            return Ok(Sender::H1 {
+                sender: s,
+                reused: true,
+            });
         }
         let may_be_h2 = (target.mtls.is_some() && !self.h1_peer.load(Ordering::Relaxed))
             || (target.mtls.is_none() && target.http2);
@@ -202,7 +210,7 @@ impl Pool {
         tls: &Tls,
     ) -> Result<http1::SendRequest<Body>, ConnectError> {
         match self.open(target, tls, Alpn::Http1).await? {
-            Sender::H1(s) => Ok(s),
+            Sender::H1 { sender, .. } => Ok(sender),
             Sender::H2(_) => unreachable!("only http/1.1 was offered"),
         }
     }
@@ -243,7 +251,10 @@ impl Pool {
                     tracing::debug!(endpoint = %address, error = %e, "HTTP/1.1 upstream connection ended");
                 }
             });
-            Ok(Sender::H1(sender))
+            Ok(Sender::H1 {
+                sender,
+                reused: false,
+            })
         }
     }
 }
