@@ -9,6 +9,8 @@ use std::time::Duration;
 use rampart_tests::apps::{self, get_h1};
 use rampart_tests::{ControlPlane, Sidecar, eventually, free_port};
 use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 const MODEL: &str = r#"apiVersion: rampart.dev/v1alpha1
 kind: Service

@@ -163,8 +163,15 @@ pub struct UpstreamInfo {
     pub peer: Option<Arc<str>>,
 }
 
-/// A request being logged: what was known when it arrived.
+/// A request being logged: written when its response ends, or with
+/// response code 0 if the caller goes away before it is answered.
 pub struct Entry {
+    arrived: Option<Arrived>,
+    writer: Arc<Writer>,
+}
+
+/// What was known of a request when it arrived.
+struct Arrived {
     plan: Arc<AccessLogPlan>,
     down: Arc<Downstream>,
     start: SystemTime,
@@ -178,7 +185,12 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn start<B>(plan: &Arc<AccessLogPlan>, down: &Arc<Downstream>, req: &Request<B>) -> Entry {
+    pub fn start<B>(
+        plan: &Arc<AccessLogPlan>,
+        down: &Arc<Downstream>,
+        req: &Request<B>,
+        writer: Arc<Writer>,
+    ) -> Entry {
         let headers = plan
             .fields
             .iter()
@@ -193,7 +205,7 @@ impl Entry {
             .map(|a| a.as_str())
             .or_else(|| req.headers().get(http::header::HOST)?.to_str().ok())
             .map(str::to_owned);
-        Entry {
+        let arrived = Arrived {
             plan: plan.clone(),
             down: down.clone(),
             start: SystemTime::now(),
@@ -207,11 +219,18 @@ impl Entry {
             authority,
             version: req.version(),
             headers,
+        };
+        Entry {
+            arrived: Some(arrived),
+            writer,
         }
     }
 
     /// The response, its body logging the line when it ends.
-    pub fn finish(self, response: Response<Body>, writer: Arc<Writer>) -> Response<Body> {
+    pub fn finish(mut self, response: Response<Body>) -> Response<Body> {
+        let Some(arrived) = self.arrived.take() else {
+            return response;
+        };
         let (parts, body) = response.into_parts();
         let details = local_reply_reason(&parts.extensions)
             .unwrap_or("via_upstream")
@@ -225,11 +244,29 @@ impl Entry {
                 grpc_status,
                 upstream: parts.extensions.get::<UpstreamInfo>().cloned(),
                 bytes_sent: 0,
-                entry: self,
+                entry: arrived,
             })),
-            writer,
+            writer: self.writer.clone(),
         };
         Response::from_parts(parts, logged.boxed())
+    }
+}
+
+impl Drop for Entry {
+    /// Not answered: the caller went away (its connection closed or its
+    /// stream was reset) while the request was on its way.
+    fn drop(&mut self) {
+        if let Some(arrived) = self.arrived.take() {
+            let finished = Finished {
+                entry: arrived,
+                code: 0,
+                details: "downstream_remote_disconnect".to_owned(),
+                grpc_status: None,
+                upstream: None,
+                bytes_sent: 0,
+            };
+            self.writer.push(&finished.line());
+        }
     }
 }
 
@@ -238,7 +275,7 @@ fn grpc_status(value: Option<&HeaderValue>) -> Option<u32> {
 }
 
 struct Finished {
-    entry: Entry,
+    entry: Arrived,
     code: u16,
     details: String,
     grpc_status: Option<u32>,

@@ -129,10 +129,10 @@ pub async fn handle(
     if !down.inbound && !req.headers().contains_key(X_REQUEST_ID) {
         req.headers_mut().insert(X_REQUEST_ID, request_id());
     }
-    let entry = Entry::start(log, &down, &req);
+    let entry = Entry::start(log, &down, &req, proxy.access_log.clone());
     let response = route_request(&proxy, &down, &plan, http, req, grpc, true).await;
     let response = if grpc { for_grpc(response) } else { response };
-    entry.finish(response, proxy.access_log.clone())
+    entry.finish(response)
 }
 
 /// The HTTP connection manager of the chain `down` came in on, or why
