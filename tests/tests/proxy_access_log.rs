@@ -184,4 +184,21 @@ async fn each_request_is_one_json_line_on_both_sidecars() {
         refused["response_code_details"], "via_upstream",
         "{refused}"
     );
+
+    // A caller that gives up before the answer: both sidecars still write
+    // the request's line, with code 0 and why.
+    let mut gone = TcpStream::connect(&out).await.unwrap();
+    gone.write_all(b"GET /slow/3000 HTTP/1.1\r\nHost: web\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(gone);
+    for sidecar in [&client, &web] {
+        let line = line_for(sidecar, "/slow/3000").await;
+        assert_eq!(line["response_code"], 0, "{line}");
+        assert_eq!(
+            line["response_code_details"], "downstream_remote_disconnect",
+            "{line}"
+        );
+    }
 }
