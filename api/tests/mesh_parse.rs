@@ -221,3 +221,28 @@ fn oversized_inputs_are_refused_with_what_to_do() {
         errs[0]
     );
 }
+
+#[test]
+fn mesh_config_timeouts_and_access_log_are_checked() {
+    let good = "apiVersion: rampart.dev/v1alpha1\nkind: MeshConfig\nmetadata: {name: default}\nspec:\n  accessLog: true\n  connections: {httpIdleTimeout: 0s, requestHeadersTimeout: 10s}\n";
+    let resources = parse_documents("mesh.yaml", good).unwrap();
+    let Resource::MeshConfig(m) = &resources[0] else {
+        panic!()
+    };
+    assert!(m.spec.access_log);
+    assert_eq!(m.spec.connections.http_idle_timeout.as_deref(), Some("0s"));
+    let bad = "apiVersion: rampart.dev/v1alpha1\nkind: MeshConfig\nmetadata: {name: default}\nspec:\n  connections: {tcpIdleTimeout: 10, requestHeadersTimeout: 400d, idle: 1s}\n";
+    let all = errors(bad).join("\n");
+    // The unknown key is refused first, by name.
+    assert!(all.contains("idle"), "{all}");
+    let bad = "apiVersion: rampart.dev/v1alpha1\nkind: MeshConfig\nmetadata: {name: default}\nspec:\n  connections: {tcpIdleTimeout: \"10\", requestHeadersTimeout: 400d}\n";
+    let all = errors(bad).join("\n");
+    assert!(
+        all.contains("spec.connections.tcpIdleTimeout") && all.contains("needs a unit"),
+        "{all}"
+    );
+    assert!(
+        all.contains("spec.connections.requestHeadersTimeout") && all.contains("longer than 365d"),
+        "{all}"
+    );
+}
