@@ -100,6 +100,11 @@ struct Args {
     /// On SIGTERM or /drain, how long in-flight requests get to finish.
     #[arg(long, default_value_t = 5)]
     drain_seconds: u64,
+    /// Where this workload runs, `region[/zone[/sub-zone]]`: its endpoint is
+    /// registered there, and calls go to the nearest endpoints that are
+    /// up (same sub-zone, zone, region, then anywhere).
+    #[arg(long, value_parser = proxy::plan::Locality::parse)]
+    locality: Option<proxy::plan::Locality>,
 }
 
 /// `NAME=VALUE`.
@@ -158,6 +163,15 @@ fn node(args: &Args) -> envoy_types::pb::envoy::config::core::v3::Node {
     }
     if !args.outbound.is_empty() {
         fields.push(("rampart.outbound_listeners", args.outbound.join(",")));
+    }
+    if let Some(l) = &args.locality {
+        let parts = [&l.region, &l.zone, &l.sub_zone];
+        let text: Vec<&str> = parts
+            .iter()
+            .map(|p| p.as_str())
+            .filter(|p| !p.is_empty())
+            .collect();
+        fields.push(("rampart.locality", text.join("/")));
     }
     envoy_types::pb::envoy::config::core::v3::Node {
         id,
@@ -296,7 +310,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         };
         tokio::spawn(xds_client::run(settings, outputs));
         tokio::spawn(tls.clone().follow(current.clone()));
-        let proxy = proxy::Proxy::new(tls, metrics.clone(), args.capture);
+        let proxy = proxy::Proxy::new(tls, metrics.clone(), args.capture, args.locality.clone());
         tokio::spawn(proxy.access_log.clone().run());
         if args.capture {
             use proxy::capture::{Direction, accept};

@@ -56,13 +56,18 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(tls: Arc<Tls>, metrics: Arc<ProxyMetrics>, capture: bool) -> Arc<Proxy> {
+    pub fn new(
+        tls: Arc<Tls>,
+        metrics: Arc<ProxyMetrics>,
+        capture: bool,
+        locality: Option<plan::Locality>,
+    ) -> Arc<Proxy> {
         Arc::new(Proxy {
             plan: RwLock::new(Arc::new(Plan::default())),
             capture,
             open: AtomicUsize::new(0),
             closed: Notify::new(),
-            upstreams: Upstreams::default(),
+            upstreams: Upstreams::new(locality),
             tls,
             metrics,
             access_log: Default::default(),

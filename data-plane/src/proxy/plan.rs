@@ -334,6 +334,54 @@ pub struct EndpointPlan {
     pub address: SocketAddr,
     pub weight: u32,
     pub mtls: bool,
+    pub locality: Locality,
+}
+
+/// Where an endpoint, or this proxy, runs (any part may be empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Locality {
+    pub region: String,
+    pub zone: String,
+    pub sub_zone: String,
+}
+
+impl Locality {
+    /// `region/zone/sub-zone`, the last two optional; each part letters,
+    /// digits, `.`, `_` or `-`.
+    pub fn parse(text: &str) -> std::result::Result<Locality, String> {
+        let parts: Vec<&str> = text.split('/').collect();
+        let fine = |p: &str| {
+            !p.is_empty()
+                && p.len() <= 63
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
+        if parts.len() > 3 || !parts.iter().all(|p| fine(p)) {
+            return Err(format!(
+                "{text:?} is not a locality: region[/zone[/sub-zone]], each part letters, digits, '.', '_' or '-'"
+            ));
+        }
+        let part = |i: usize| parts.get(i).map_or(String::new(), |p| (*p).to_owned());
+        Ok(Locality {
+            region: part(0),
+            zone: part(1),
+            sub_zone: part(2),
+        })
+    }
+
+    /// How far `other` is from here, in Istio's failover order: 0 the same
+    /// sub-zone, 1 the same zone, 2 the same region, 3 elsewhere.
+    pub fn distance(&self, other: &Locality) -> u8 {
+        if self.region != other.region {
+            3
+        } else if self.zone != other.zone {
+            2
+        } else if self.sub_zone != other.sub_zone {
+            1
+        } else {
+            0
+        }
+    }
 }
 
 /// Why an update cannot be carried; names the resource and the field.
@@ -1172,10 +1220,16 @@ fn endpoint_plans(assignment: &ClusterLoadAssignment) -> Result<Vec<EndpointPlan
                 .and_then(|m| m.filter_metadata.get("envoy.transport_socket_match"))
                 .and_then(|s| s.fields.get("tls"))
                 .is_some_and(|v| matches!(&v.kind, Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) if s == "mtls"));
+            let at = locality.locality.as_ref();
             out.push(EndpointPlan {
                 address: socket_addr(endpoint.address.as_ref())?,
                 weight: e.load_balancing_weight.map_or(1, |w| w.value.max(1)),
                 mtls,
+                locality: Locality {
+                    region: at.map_or(String::new(), |l| l.region.clone()),
+                    zone: at.map_or(String::new(), |l| l.zone.clone()),
+                    sub_zone: at.map_or(String::new(), |l| l.sub_zone.clone()),
+                },
             });
         }
     }

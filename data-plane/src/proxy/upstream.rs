@@ -6,32 +6,42 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 
 use super::clock::ticks;
-use super::plan::{Balance, ClusterPlan, Plan};
+use super::plan::{Balance, ClusterPlan, EndpointPlan, Locality, Plan};
 use super::pool::{Pool, Target};
 
 /// Every cluster's live state, by name.
-#[derive(Default)]
 pub struct Upstreams {
     clusters: RwLock<HashMap<String, Arc<ClusterState>>>,
+    /// Where this proxy runs: endpoints nearest to it are preferred.
+    locality: Option<Locality>,
 }
 
 impl Upstreams {
+    pub fn new(locality: Option<Locality>) -> Upstreams {
+        Upstreams {
+            clusters: RwLock::default(),
+            locality,
+        }
+    }
+
     /// Brings the live state in line with `plan`, keeping what is unchanged.
     pub fn sync(&self, plan: &Plan) {
         let mut clusters = self.clusters.write().expect("upstreams lock");
         clusters.retain(|name, _| plan.clusters.contains_key(name));
+        let here = self.locality.as_ref();
         for (name, cluster) in &plan.clusters {
             match clusters.get(name) {
-                Some(state) => state.update(cluster.clone()),
+                Some(state) => state.update(cluster.clone(), here),
                 None => {
-                    clusters.insert(name.clone(), Arc::new(ClusterState::new(cluster.clone())));
+                    let state = ClusterState::new(cluster.clone(), here);
+                    clusters.insert(name.clone(), Arc::new(state));
                 }
             }
         }
@@ -51,6 +61,8 @@ pub struct ClusterState {
     pub name: Arc<str>,
     plan: RwLock<Arc<ClusterPlan>>,
     endpoints: RwLock<Arc<Vec<Arc<Endpoint>>>>,
+    /// Some endpoints are nearer this proxy than others ([`Endpoint::rank`]).
+    ranked: AtomicBool,
     next: AtomicUsize,
     /// Requests in flight (for `max_requests`).
     pub requests: AtomicU32,
@@ -73,6 +85,9 @@ pub struct Endpoint {
     /// Ejected until this time ([`clock::ticks`]; 0: never ejected). An atomic:
     /// every pick reads it for every endpoint.
     ejected_until: AtomicU64,
+    /// Its distance from this proxy ([`Locality::distance`]; 0 if the proxy
+    /// has no locality): only the nearest usable endpoints are picked.
+    rank: AtomicU8,
     pub pool: Pool,
 }
 
@@ -107,22 +122,24 @@ pub enum Outcome {
 }
 
 impl ClusterState {
-    fn new(plan: Arc<ClusterPlan>) -> ClusterState {
+    fn new(plan: Arc<ClusterPlan>, here: Option<&Locality>) -> ClusterState {
         let state = ClusterState {
             name: plan.name.as_str().into(),
             plan: RwLock::new(plan.clone()),
             endpoints: RwLock::new(Arc::new(Vec::new())),
+            ranked: AtomicBool::new(false),
             next: AtomicUsize::new(0),
             requests: AtomicU32::new(0),
             retries: AtomicU32::new(0),
             pending: AtomicU32::new(0),
             connections: Arc::new(AtomicU32::new(0)),
         };
-        state.update(plan);
+        state.update(plan, here);
         state
     }
 
-    fn update(&self, plan: Arc<ClusterPlan>) {
+    fn update(&self, plan: Arc<ClusterPlan>, here: Option<&Locality>) {
+        let rank = |e: &EndpointPlan| here.map_or(0, |h| h.distance(&e.locality));
         let old = self.endpoints.read().expect("endpoints lock").clone();
         let by_address: HashMap<(SocketAddr, bool), &Arc<Endpoint>> =
             old.iter().map(|e| ((e.address, e.mtls), e)).collect();
@@ -132,6 +149,7 @@ impl ClusterState {
             .map(|e| match by_address.get(&(e.address, e.mtls)) {
                 Some(kept) => {
                     kept.weight.store(e.weight, Ordering::Relaxed);
+                    kept.rank.store(rank(e), Ordering::Relaxed);
                     Arc::clone(kept)
                 }
                 None => Arc::new(Endpoint {
@@ -142,10 +160,14 @@ impl ClusterState {
                     consecutive_failures: AtomicU32::new(0),
                     ejections: AtomicU32::new(0),
                     ejected_until: AtomicU64::new(0),
+                    rank: AtomicU8::new(rank(e)),
                     pool: Pool::default(),
                 }),
             })
             .collect();
+        let ranks = plan.endpoints.iter().map(rank);
+        let ranked = ranks.clone().min() != ranks.max();
+        self.ranked.store(ranked, Ordering::Relaxed);
         *self.endpoints.write().expect("endpoints lock") = Arc::new(endpoints);
         *self.plan.write().expect("cluster plan lock") = plan;
     }
@@ -167,9 +189,17 @@ impl ClusterState {
         let healthy = |e: &Arc<Endpoint>| panic || !e.ejected(now);
         let untried = |e: &Arc<Endpoint>| healthy(e) && !avoid.contains(&e.address);
         let some_untried = !avoid.is_empty() && all.iter().any(untried);
-        let usable = move |e: &&Arc<Endpoint>| {
+        let open = move |e: &&Arc<Endpoint>| {
             if some_untried { untried(e) } else { healthy(e) }
         };
+        // Locality: the nearest tier that has an open endpoint takes it
+        // all; the next one only once none is left (ejected or tried).
+        let rank = |e: &Arc<Endpoint>| e.rank.load(Ordering::Relaxed);
+        let nearest = match self.ranked.load(Ordering::Relaxed) {
+            true => all.iter().filter(open).map(rank).min().unwrap_or(0),
+            false => 0,
+        };
+        let usable = move |e: &&Arc<Endpoint>| open(e) && rank(e) == nearest;
         let candidates = || all.iter().filter(usable);
         let n = candidates().count();
         if n == 0 {
@@ -365,22 +395,26 @@ mod tests {
                 address,
                 weight: 1,
                 mtls: false,
+                locality: Locality::default(),
             })
             .collect();
-        Arc::new(ClusterState::new(Arc::new(ClusterPlan {
-            name: "c".to_owned(),
-            balance: Balance::RoundRobin,
-            connect_timeout: Duration::from_secs(1),
-            http2: false,
-            mtls: None,
-            limits,
-            outlier: None,
-            endpoints,
-            eds: true,
-            warming: false,
-            detect_protocol: false,
-            addresses: Vec::new(),
-        })))
+        Arc::new(ClusterState::new(
+            Arc::new(ClusterPlan {
+                name: "c".to_owned(),
+                balance: Balance::RoundRobin,
+                connect_timeout: Duration::from_secs(1),
+                http2: false,
+                mtls: None,
+                limits,
+                outlier: None,
+                endpoints,
+                eds: true,
+                warming: false,
+                detect_protocol: false,
+                addresses: Vec::new(),
+            }),
+            None,
+        ))
     }
 
     #[test]
@@ -433,5 +467,62 @@ mod tests {
         }
         // All tried: any of them rather than none.
         assert!(state.pick(None, &[a, b, c]).is_some());
+    }
+
+    #[test]
+    fn the_nearest_tier_with_an_endpoint_up_takes_the_traffic() {
+        let here = Locality::parse("r1/z1").unwrap();
+        let at = |address: &str, locality: &str| crate::proxy::plan::EndpointPlan {
+            address: address.parse().unwrap(),
+            weight: 1,
+            mtls: false,
+            locality: Locality::parse(locality).unwrap(),
+        };
+        let (near, zone, far) = ("10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80");
+        let plan = ClusterPlan {
+            name: "c".to_owned(),
+            balance: Balance::RoundRobin,
+            connect_timeout: Duration::from_secs(1),
+            http2: false,
+            mtls: None,
+            limits: Limits::default(),
+            outlier: None,
+            endpoints: vec![at(far, "r2/z1"), at(zone, "r1/z2"), at(near, "r1/z1")],
+            eds: true,
+            warming: false,
+            detect_protocol: false,
+            addresses: Vec::new(),
+        };
+        let state = ClusterState::new(Arc::new(plan), Some(&here));
+        let picked = |avoid: &[SocketAddr]| state.pick(None, avoid).unwrap().address.to_string();
+        for _ in 0..5 {
+            assert_eq!(picked(&[]), near);
+        }
+        // The near one tried (or ejected): the same region next, then anywhere.
+        assert_eq!(picked(&[near.parse().unwrap()]), zone);
+        assert_eq!(picked(&[near.parse().unwrap(), zone.parse().unwrap()]), far);
+        // A proxy with no locality spreads over all of them.
+        let anywhere = ClusterState::new(state.plan(), None);
+        let seen: std::collections::HashSet<String> = (0..6)
+            .map(|_| anywhere.pick(None, &[]).unwrap().address.to_string())
+            .collect();
+        assert_eq!(seen.len(), 3);
+    }
+
+    #[test]
+    fn localities_parse_and_measure_distance() {
+        let here = Locality::parse("us-east1/b").unwrap();
+        assert_eq!(here.distance(&Locality::parse("us-east1/b").unwrap()), 0);
+        assert_eq!(
+            here.distance(&Locality::parse("us-east1/b/rack9").unwrap()),
+            1
+        );
+        assert_eq!(here.distance(&Locality::parse("us-east1/c").unwrap()), 2);
+        assert_eq!(here.distance(&Locality::parse("eu-west1/b").unwrap()), 3);
+        assert_eq!(here.distance(&Locality::default()), 3);
+        for bad in ["", "a//b", "a/b/c/d", "a b"] {
+            let e = Locality::parse(bad).unwrap_err();
+            assert!(e.contains("is not a locality"), "{e}");
+        }
     }
 }
