@@ -177,20 +177,28 @@ async fn rampart_proxy_and_envoy_talk_mtls_both_ways() {
         rampart.stdout.text(),
         envoy_log()
     );
-    let by_envoy = json_lines(envoy_log())
-        .into_iter()
-        .find(|l| l["path"] == "/logged")
-        .unwrap();
-    let id = by_envoy["request_id"].clone();
-    let by_rampart = json_lines(rampart.stdout.text())
-        .into_iter()
-        .find(|l| l["request_id"] == id)
-        .unwrap_or_else(|| {
-            panic!(
-                "no rampart-proxy line with Envoy's request id {id}: {}",
-                rampart.stdout.text()
-            )
-        });
+    // Each side flushes its lines on its own clock: wait until some request
+    // has its line on both.
+    let pair = || {
+        let rampart_lines = json_lines(rampart.stdout.text());
+        json_lines(envoy_log())
+            .into_iter()
+            .filter(|l| l["path"] == "/logged")
+            .find_map(|e| {
+                let r = rampart_lines
+                    .iter()
+                    .find(|r| r["request_id"] == e["request_id"])?;
+                Some((e.clone(), r.clone()))
+            })
+    };
+    let matched = eventually(50, || async { pair().is_some() }).await;
+    assert!(
+        matched,
+        "no request with a line on both sides\nrampart-proxy:\n{}\nenvoy:\n{}",
+        rampart.stdout.text(),
+        envoy_log()
+    );
+    let (by_envoy, by_rampart) = pair().expect("matched above");
     let keys = |l: &serde_json::Value| l.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
     assert_eq!(
         keys(&by_envoy),
