@@ -129,23 +129,25 @@ async fn serve_echo(name: &str, failing: bool, bind: &str) -> Echo {
     Echo { port, hits, hosts }
 }
 
-/// Starts an HTTP/1.1 server that answers one request per connection and
-/// then closes it without saying so (no `connection: close`), as a server
-/// whose keep-alive timeout runs out right after a response does; returns
-/// its port.
+/// Starts an HTTP/1.1 server that answers the first request on each
+/// connection and closes the connection when the next one arrives, without
+/// answering it or saying so beforehand (no `connection: close`): a server
+/// whose keep-alive timeout ran out just as a request came. Returns its port.
 pub async fn one_request_per_connection() -> u16 {
     each_connection(|mut stream| async move {
-        let mut head = Vec::new();
         let mut buf = [0u8; 1024];
+        let mut head = Vec::new();
         while !head.windows(4).any(|w| w == b"\r\n\r\n") {
             match stream.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => head.extend_from_slice(&buf[..n]),
             }
         }
-        let _ = stream
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
-            .await;
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n";
+        if stream.write_all(answer).await.is_ok() {
+            // The next request's first bytes, then the connection drops.
+            let _ = stream.read(&mut buf).await;
+        }
     })
     .await
 }

@@ -619,10 +619,10 @@ async fn a_request_after_goaway_goes_on_a_new_connection() {
     assert!(connections.load(Ordering::Relaxed) - before >= 10);
 }
 
-/// An app that closes each connection right after its response, without
-/// saying so: the connection the proxy pooled for the next request may be
-/// closing as that request is handed to it. A request that never left is
-/// sent again on a new connection, with no retry policy: every call succeeds.
+/// An app that drops each connection when its second request arrives,
+/// unanswered (a keep-alive timeout running out just then): a bodyless GET
+/// on a reused connection that ended before any response is sent again on a
+/// new connection, with no retry policy: every call succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_on_a_pooled_connection_closed_under_it_goes_on_a_new_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -653,4 +653,12 @@ async fn a_request_on_a_pooled_connection_closed_under_it_goes_on_a_new_one() {
         failed.first(),
         client.logs.text()
     );
+    // Every call on a reused connection was sent again, and counted.
+    let metrics = client.metrics().await;
+    let resends = counter(
+        &metrics,
+        "rampart_proxy_upstream_resends_total",
+        &["cluster=\"outbound|8080||closing.default\""],
+    );
+    assert!(resends >= 100.0, "{metrics}");
 }

@@ -856,6 +856,13 @@ async fn attempt(
                 }
                 *req.version_mut() = http::Version::HTTP_11;
                 let fresh = || async {
+                    proxy
+                        .metrics()
+                        .resends
+                        .get_or_create(&ClusterLabels {
+                            cluster: plan.name.clone(),
+                        })
+                        .inc();
                     endpoint
                         .pool
                         .dedicated_h1(&target, &proxy.tls)

@@ -123,6 +123,7 @@ pub struct TrafficMetrics {
     pub tls_failures: Family<HandshakeFailureLabels, Counter>,
     pub bind_failures: Family<ListenerLabels, Counter>,
     pub timeouts: Family<TimeoutLabels, Counter>,
+    pub resends: Family<ClusterLabels, Counter>,
 }
 
 impl TrafficMetrics {
@@ -145,6 +146,7 @@ impl TrafficMetrics {
             tls_failures: Family::default(),
             bind_failures: Family::default(),
             timeouts: Family::default(),
+            resends: Family::default(),
         };
         registry.register(
             "rampart_proxy_requests",
@@ -205,6 +207,11 @@ impl TrafficMetrics {
             "rampart_proxy_connection_timeouts",
             "Downstream connections closed by a timeout, by listener and timeout (idle, request_headers, tcp_idle)",
             m.timeouts.clone(),
+        );
+        registry.register(
+            "rampart_proxy_upstream_resends",
+            "Requests sent again on a new connection because the app closed the pooled one under them, by cluster",
+            m.resends.clone(),
         );
         m
     }
