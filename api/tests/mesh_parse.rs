@@ -246,3 +246,22 @@ fn mesh_config_timeouts_and_access_log_are_checked() {
         "{all}"
     );
 }
+
+#[test]
+fn rate_limits_are_checked() {
+    let policy = |limit: &str| {
+        format!(
+            "apiVersion: rampart.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: p, namespace: default}}\nspec: {{service: s, rateLimit: {limit}}}\n"
+        )
+    };
+    assert!(parse_documents("ok.yaml", &policy("{requestsPerSecond: 100, burst: 20}")).is_ok());
+    let all = errors(&policy("{requestsPerSecond: 0, burst: 0}")).join("\n");
+    assert!(
+        all.contains("spec.rateLimit.requestsPerSecond: 0 is out of range"),
+        "{all}"
+    );
+    assert!(
+        all.contains("spec.rateLimit.burst: 0 lets nothing through"),
+        "{all}"
+    );
+}

@@ -217,4 +217,26 @@ async fn rampart_proxy_and_envoy_talk_mtls_both_ways() {
         by_rampart["downstream_peer"],
         "spiffe://cluster.local/ns/default/sa/viaenvoy"
     );
+
+    // A local rate limit reaches Envoy as the same filter rampart-proxy
+    // reads: Envoy takes it (a rejected listener would keep serving
+    // without it) and refuses the calls beyond the burst.
+    let limit = dir.path().join("limit.yaml");
+    std::fs::write(
+        &limit,
+        "apiVersion: rampart.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: viaenvoy, namespace: default}\nspec: {service: viaenvoy, rateLimit: {requestsPerSecond: 1, burst: 2}}\n",
+    )
+    .unwrap();
+    cp.meshctl_ok(&["apply", "-f", limit.to_str().unwrap()]);
+    let limited = eventually(100, || async {
+        let mut codes = Vec::new();
+        for _ in 0..5 {
+            codes.push(get_h1(&to_envoy, "viaenvoy", "/limited").await);
+        }
+        codes
+            .iter()
+            .any(|c| matches!(c, Ok((429, body)) if body.contains("local_rate_limited")))
+    })
+    .await;
+    assert!(limited, "Envoy never rate-limited:\n{}", envoy_log());
 }

@@ -182,6 +182,23 @@ pub struct TrafficPolicySpec {
     /// Copy a share of requests to another service (responses ignored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<Mirror>,
+    /// Requests each endpoint's sidecar lets in; default no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A local rate limit: every endpoint's sidecar answers 429 to the HTTP
+/// requests beyond it (a token bucket per sidecar and port, as Envoy's
+/// local rate limit; not a limit shared across endpoints).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimit {
+    /// Sustained rate, 1-1,000,000.
+    pub requests_per_second: u32,
+    /// Requests let through at once after a quiet spell; default
+    /// `requestsPerSecond`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
 }
 
 /// Retry settings.

@@ -203,6 +203,22 @@ const RETRY_ON: &[&str] = &[
 
 fn traffic_policy(p: &mut Problems, spec: &TrafficPolicySpec) {
     label(p, "spec.service", &spec.service);
+    if let Some(limit) = &spec.rate_limit {
+        if !(1..=1_000_000).contains(&limit.requests_per_second) {
+            push(
+                p,
+                "spec.rateLimit.requestsPerSecond",
+                format!("{} is out of range 1-1000000", limit.requests_per_second),
+            );
+        }
+        if limit.burst == Some(0) {
+            push(
+                p,
+                "spec.rateLimit.burst",
+                "0 lets nothing through; at least 1",
+            );
+        }
+    }
     for (i, port) in spec.ports.iter().enumerate() {
         label(p, &format!("spec.ports[{i}]"), port);
     }

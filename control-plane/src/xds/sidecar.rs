@@ -52,11 +52,11 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     tls_parameters,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
-use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 use envoy_types::util::pack_any;
 use rampart_api::mesh::{
-    AuthorizationPolicySpec, MtlsMode, Object, Protocol, ServicePort, WorkloadEntrySpec,
+    AuthorizationPolicySpec, MtlsMode, Object, Protocol, RateLimit, ServicePort, WorkloadEntrySpec,
 };
 use rampart_certs::SpiffeId;
 
@@ -103,6 +103,8 @@ impl SidecarInputs {
 pub struct ServiceInfo {
     pub ports: Vec<ServicePort>,
     pub service_accounts: Vec<String>,
+    /// Local rate limits by port name (from its TrafficPolicy).
+    pub rate_limits: BTreeMap<String, RateLimit>,
     /// Cluster (and ClusterLoadAssignment) names.
     pub clusters: Vec<String>,
     /// RouteConfiguration names.
@@ -395,9 +397,8 @@ impl Sidecar {
             let name = format!("inbound|{listen}");
             let listener = inbound_listener(
                 &name,
-                workload.address,
-                listen,
-                port.protocol,
+                (workload.address, listen),
+                (port.protocol, service.rate_limits.get(&port.name)),
                 &cluster,
                 rules,
                 inputs,
@@ -516,9 +517,8 @@ fn app_cluster(name: &str, port: u16, service_port: &ServicePort) -> Cluster {
 /// TCP for the rest.
 fn inbound_listener(
     name: &str,
-    address: IpAddr,
-    port: u16,
-    protocol: Protocol,
+    (address, port): (IpAddr, u16),
+    (protocol, rate_limit): (Protocol, Option<&RateLimit>),
     cluster: &str,
     rules: impl Fn(bool) -> Vec<envoy_types::pb::envoy::config::rbac::v3::Rbac>,
     inputs: &SidecarInputs,
@@ -538,7 +538,12 @@ fn inbound_listener(
     let mut chains = Vec::new();
     for &http in stacks {
         let filters = if http {
-            vec![inbound_http(name, cluster, &rules(true), inputs)]
+            vec![inbound_http(
+                name,
+                cluster,
+                (&rules(true), rate_limit),
+                inputs,
+            )]
         } else {
             inbound_tcp(name, cluster, &rules(false), &inputs.timeouts)
         };
@@ -640,7 +645,10 @@ fn inbound_tcp(
 fn inbound_http(
     name: &str,
     cluster: &str,
-    rules: &[envoy_types::pb::envoy::config::rbac::v3::Rbac],
+    (rules, rate_limit): (
+        &[envoy_types::pb::envoy::config::rbac::v3::Rbac],
+        Option<&RateLimit>,
+    ),
     inputs: &SidecarInputs,
 ) -> Filter {
     let mut http_filters: Vec<HttpFilter> = rules
@@ -654,6 +662,11 @@ fn inbound_http(
             ..Default::default()
         })
         .collect();
+    // After the policy, as Envoy's filter chain would run it: a denied
+    // caller does not use up the allowance.
+    if let Some(limit) = rate_limit {
+        http_filters.push(rate_limit_filter(name, limit));
+    }
     http_filters.push(router());
     let routes = catch_all(
         name,
@@ -687,5 +700,43 @@ fn inbound_http(
     Filter {
         name: "envoy.filters.network.http_connection_manager".to_owned(),
         config_type: Some(filter::ConfigType::TypedConfig(pack_any(manager))),
+    }
+}
+
+/// Envoy's local rate limit filter: a token bucket of `burst` tokens,
+/// refilled `requests_per_second` a second, enforced for every request.
+fn rate_limit_filter(name: &str, limit: &RateLimit) -> HttpFilter {
+    use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
+    use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
+    use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, TokenBucket};
+    let all = || {
+        Some(RuntimeFractionalPercent {
+            default_value: Some(FractionalPercent {
+                numerator: 100,
+                denominator: 0, // HUNDRED
+            }),
+            runtime_key: String::new(),
+        })
+    };
+    let config = LocalRateLimit {
+        stat_prefix: format!("{name}.rate_limit"),
+        token_bucket: Some(TokenBucket {
+            max_tokens: limit.burst.unwrap_or(limit.requests_per_second),
+            tokens_per_fill: Some(UInt32Value {
+                value: limit.requests_per_second,
+            }),
+            fill_interval: Some(envoy_types::pb::google::protobuf::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+        }),
+        filter_enabled: all(),
+        filter_enforced: all(),
+        ..Default::default()
+    };
+    HttpFilter {
+        name: "envoy.filters.http.local_ratelimit".to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(config))),
+        ..Default::default()
     }
 }

@@ -237,6 +237,18 @@ pub fn translate(model: &Model) -> Snapshot {
         let mut info = ServiceInfo {
             ports: service.spec.ports.clone(),
             service_accounts: service.spec.service_accounts.clone(),
+            rate_limits: service
+                .spec
+                .ports
+                .iter()
+                .filter_map(|p| {
+                    let limit = model
+                        .policy_for(namespace, name, &p.name)?
+                        .rate_limit
+                        .clone()?;
+                    Some((p.name.clone(), limit))
+                })
+                .collect(),
             clusters: Vec::new(),
             routes: Vec::new(),
         };

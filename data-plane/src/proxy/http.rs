@@ -26,7 +26,7 @@ use rand::Rng;
 use super::Proxy;
 use super::access_log::{Entry, UpstreamInfo};
 use super::local_reply::{for_grpc, is_grpc, reply};
-use super::metrics::{ClusterLabels, DurationLabels, RequestLabels};
+use super::metrics::{ClusterLabels, DurationLabels, ListenerLabels, RequestLabels};
 use super::outgoing::Outgoing;
 use super::plan::{App, Balance, HttpPlan, Plan, Route, Routes};
 use super::pool::{Body, BoxError, Sender, full};
@@ -180,6 +180,21 @@ async fn route_request(
 ) -> Response<Body> {
     if let Some(denied) = authorize(proxy, down, http, &req) {
         return denied;
+    }
+    if let Some(bucket) = &http.rate_limit
+        && !bucket.take()
+    {
+        proxy
+            .metrics()
+            .rate_limited
+            .get_or_create(&ListenerLabels {
+                listener: down.listener.clone(),
+            })
+            .inc();
+        let mut r = reply(bucket.status, "local_rate_limited");
+        r.headers_mut()
+            .insert("x-ratelimit-limited", HeaderValue::from_static("true"));
+        return r;
     }
     let table = match &http.routes {
         Routes::Inline(t) => t.clone(),

@@ -124,6 +124,7 @@ pub struct TrafficMetrics {
     pub bind_failures: Family<ListenerLabels, Counter>,
     pub timeouts: Family<TimeoutLabels, Counter>,
     pub resends: Family<ClusterLabels, Counter>,
+    pub rate_limited: Family<ListenerLabels, Counter>,
 }
 
 impl TrafficMetrics {
@@ -147,6 +148,7 @@ impl TrafficMetrics {
             bind_failures: Family::default(),
             timeouts: Family::default(),
             resends: Family::default(),
+            rate_limited: Family::default(),
         };
         registry.register(
             "rampart_proxy_requests",
@@ -212,6 +214,11 @@ impl TrafficMetrics {
             "rampart_proxy_upstream_resends",
             "Requests sent again on a new connection because the app closed the pooled one under them, by cluster",
             m.resends.clone(),
+        );
+        registry.register(
+            "rampart_proxy_rate_limited",
+            "Requests refused by a local rate limit (429), by listener",
+            m.rate_limited.clone(),
         );
         m
     }

@@ -19,6 +19,7 @@ pub mod metrics;
 mod outgoing;
 pub mod plan;
 pub mod pool;
+mod rate_limit;
 pub mod rbac;
 mod timeouts;
 pub mod tls;

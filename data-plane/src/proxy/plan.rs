@@ -37,7 +37,9 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
 use super::access_log::AccessLogPlan;
+use super::rate_limit::TokenBucket;
 use crate::xds_client::{CLUSTER, Config, ENDPOINT, LISTENER, ROUTE};
+use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
 
 /// Everything the traffic path needs, compiled once per xDS update.
 #[derive(Debug, Default)]
@@ -198,6 +200,8 @@ pub struct HttpPlan {
     pub timeouts: HttpTimeouts,
     /// One JSON line per request on stdout, if configured.
     pub access_log: Option<Arc<AccessLogPlan>>,
+    /// A local rate limit, checked after the RBAC filters.
+    pub rate_limit: Option<Arc<TokenBucket>>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -401,6 +405,8 @@ const NETWORK_RBAC: &str = "type.googleapis.com/envoy.extensions.filters.network
 const HTTP_RBAC: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
 const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
 const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+const LOCAL_RATE_LIMIT: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
 const DOWNSTREAM_TLS: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
 const UPSTREAM_TLS: &str =
@@ -607,6 +613,7 @@ fn capture_listeners(plan: &mut Plan) {
                 forward_client_identity: false,
                 timeouts: HttpTimeouts::default(),
                 access_log: None,
+                rate_limit: None,
             })
         };
         let tcp = || App::Tcp {
@@ -829,6 +836,7 @@ pub fn listener_plan(listener: &Listener) -> Result<Option<ListenerPlan>> {
 
 fn http_plan(manager: &HttpConnectionManager) -> Result<HttpPlan> {
     let mut rbac = Vec::new();
+    let mut rate_limit = None;
     for f in &manager.http_filters {
         let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
             return Err(format!("http filter {:?} has no typed_config", f.name));
@@ -840,6 +848,13 @@ fn http_plan(manager: &HttpConnectionManager) -> Result<HttpPlan> {
                     super::rbac::validate(&rules)?;
                     rbac.push(rules);
                 }
+            }
+            LOCAL_RATE_LIMIT => {
+                if rate_limit.is_some() {
+                    return Err("only one local_ratelimit filter is supported".to_owned());
+                }
+                let config: LocalRateLimit = decode(any, LOCAL_RATE_LIMIT)?;
+                rate_limit = super::rate_limit::compile(&config)?.map(Arc::new);
             }
             // Faults come per route; the filter itself does nothing.
             FAULT | ROUTER => {}
@@ -877,6 +892,7 @@ fn http_plan(manager: &HttpConnectionManager) -> Result<HttpPlan> {
             != http_connection_manager::ForwardClientCertDetails::Sanitize as i32,
         timeouts,
         access_log: super::access_log::compile(&manager.access_log)?,
+        rate_limit,
     })
 }
 
