@@ -527,16 +527,31 @@ impl Sidecar {
         ttl: Option<u64>,
         target: &str,
     ) -> (Sidecar, String) {
-        let entry = format!("127.0.0.1:{}", free_port());
-        let args = [
-            "--node-id".to_owned(),
-            format!("{service_account}-1"),
-            "--outbound".to_owned(),
-            format!("{entry}={target}"),
-        ];
+        let (sidecar, mut entries) =
+            Sidecar::caller_of(cp, dir, service_account, ttl, &[target]).await;
+        (sidecar, entries.remove(0))
+    }
+
+    /// [`Sidecar::caller`] with an outbound listener for each of `targets`;
+    /// the addresses the app calls, in the same order.
+    pub async fn caller_of(
+        cp: &ControlPlane,
+        dir: &Path,
+        service_account: &str,
+        ttl: Option<u64>,
+        targets: &[&str],
+    ) -> (Sidecar, Vec<String>) {
+        let entries: Vec<String> = targets
+            .iter()
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let mut args = vec!["--node-id".to_owned(), format!("{service_account}-1")];
+        for (entry, target) in entries.iter().zip(targets) {
+            args.extend(["--outbound".to_owned(), format!("{entry}={target}")]);
+        }
         (
             Sidecar::start(cp, dir, service_account, ttl, &args).await,
-            entry,
+            entries,
         )
     }
 

@@ -89,7 +89,18 @@ async fn each_request_is_one_json_line_on_both_sidecars() {
         ],
     )
     .await;
-    let (client, out) = Sidecar::caller(&cp, dir.path(), "client", None, "web.default:8080").await;
+    // The caller also reaches `raw`, a TCP service without a sidecar.
+    let raw = apps::tcp_echo().await;
+    let raw_model = dir.path().join("raw.yaml");
+    std::fs::write(
+        &raw_model,
+        format!("apiVersion: rampart.dev/v1alpha1\nkind: Service\nmetadata: {{name: raw, namespace: default}}\nspec:\n  ports: [{{name: tcp, port: 9000, protocol: tcp}}]\n---\napiVersion: rampart.dev/v1alpha1\nkind: WorkloadEntry\nmetadata: {{name: raw, namespace: default}}\nspec: {{service: raw, address: 127.0.0.1, ports: {{tcp: {raw}}}}}\n"),
+    )
+    .unwrap();
+    cp.meshctl_ok(&["apply", "-f", raw_model.to_str().unwrap()]);
+    let targets = ["web.default:8080", "raw.default:9000"];
+    let (client, entries) = Sidecar::caller_of(&cp, dir.path(), "client", None, &targets).await;
+    let (out, raw_out) = (entries[0].clone(), entries[1].clone());
     let up = eventually(150, || async {
         matches!(get_h1(&out, "web", "/").await, Ok((200, _)))
     })
@@ -201,4 +212,31 @@ async fn each_request_is_one_json_line_on_both_sidecars() {
             "{line}"
         );
     }
+
+    // A TCP connection is one line too: no request fields, code 0, the
+    // bytes each way, the endpoint it reached.
+    assert_eq!(
+        apps::tcp_exchange(&raw_out, b"hello").await.ok().as_deref(),
+        Some("got 5 bytes: hello")
+    );
+    let tcp = eventually(50, || async {
+        lines(&client)
+            .iter()
+            .any(|l| l["upstream_cluster"] == "outbound|9000||raw.default")
+    })
+    .await;
+    assert!(
+        tcp,
+        "no line for the TCP connection:\n{}",
+        client.stdout.text()
+    );
+    let line = lines(&client)
+        .into_iter()
+        .find(|l| l["upstream_cluster"] == "outbound|9000||raw.default")
+        .expect("found above");
+    assert_eq!(line["bytes_received"], 5, "{line}");
+    assert_eq!(line["bytes_sent"], 18, "{line}");
+    assert_eq!(line["response_code"], 0, "{line}");
+    assert_eq!(line["method"], Value::Null, "{line}");
+    assert_eq!(line["upstream_host"], format!("127.0.0.1:{raw}"), "{line}");
 }

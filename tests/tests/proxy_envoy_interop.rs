@@ -239,4 +239,12 @@ async fn rampart_proxy_and_envoy_talk_mtls_both_ways() {
     })
     .await;
     assert!(limited, "Envoy never rate-limited:\n{}", envoy_log());
+
+    // Envoy took every update the MeshConfig and policies caused: access
+    // logs on HTTP and TCP chains, the rate limit.
+    assert!(
+        !envoy_log().contains("rejected"),
+        "Envoy rejected an update:\n{}",
+        envoy_log()
+    );
 }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rampart_tests::apps::{self, get_h1};
-use rampart_tests::{ControlPlane, Sidecar, counter, eventually, free_port};
+use rampart_tests::{ControlPlane, Sidecar, counter, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -96,19 +96,9 @@ async fn idle_and_slow_connections_are_closed_and_busy_ones_are_not() {
     std::fs::write(&file, model(web.port, raw)).unwrap();
     cp.meshctl_ok(&["apply", "-f", file.to_str().unwrap()]);
 
-    let (http_entry, tcp_entry) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    );
-    let args = [
-        "--node-id".to_owned(),
-        "client-1".to_owned(),
-        "--outbound".to_owned(),
-        format!("{http_entry}=web.default:8080"),
-        "--outbound".to_owned(),
-        format!("{tcp_entry}=raw.default:9000"),
-    ];
-    let client = Sidecar::start(&cp, dir.path(), "client", None, &args).await;
+    let targets = ["web.default:8080", "raw.default:9000"];
+    let (client, entries) = Sidecar::caller_of(&cp, dir.path(), "client", None, &targets).await;
+    let (http_entry, tcp_entry) = (entries[0].clone(), entries[1].clone());
     let up = eventually(150, || async {
         matches!(get_h1(&http_entry, "web", "/").await, Ok((200, _)))
             && apps::tcp_exchange(&tcp_entry, b"hi")

@@ -33,8 +33,22 @@ const FIELDS: [(&str, &str); 17] = [
     ("downstream_peer", "%DOWNSTREAM_PEER_URI_SAN%"),
 ];
 
-pub fn stdout_json() -> AccessLog {
-    let fields = FIELDS
+/// TCP connections also say how many bytes came from the downstream.
+const TCP_ONLY: [(&str, &str); 1] = [("bytes_received", "%BYTES_RECEIVED%")];
+
+/// For an HTTP connection manager.
+pub fn http() -> AccessLog {
+    stdout_json(&FIELDS)
+}
+
+/// For a TCP proxy: the same keys (request ones empty) and bytes received.
+pub fn tcp() -> AccessLog {
+    let fields: Vec<(&str, &str)> = FIELDS.iter().chain(&TCP_ONLY).copied().collect();
+    stdout_json(&fields)
+}
+
+fn stdout_json(fields: &[(&str, &str)]) -> AccessLog {
+    let fields = fields
         .iter()
         .map(|(k, v)| {
             let value = Value {

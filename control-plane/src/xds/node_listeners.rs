@@ -95,7 +95,7 @@ pub fn listeners(requested: &[Outbound], snapshot: &Snapshot) -> Resources {
             let mut manager = rds_manager(&name, &route);
             snapshot.sidecar.timeouts.set_http(&mut manager);
             if snapshot.sidecar.access_log {
-                manager.access_log = vec![super::access_log::stdout_json()];
+                manager.access_log = vec![super::access_log::http()];
             }
             Filter {
                 name: "envoy.filters.network.http_connection_manager".to_owned(),
@@ -110,6 +110,9 @@ pub fn listeners(requested: &[Outbound], snapshot: &Snapshot) -> Resources {
                 ..Default::default()
             };
             snapshot.sidecar.timeouts.set_tcp(&mut proxy);
+            if snapshot.sidecar.access_log {
+                proxy.access_log = vec![super::access_log::tcp()];
+            }
             Filter {
                 name: "envoy.filters.network.tcp_proxy".to_owned(),
                 config_type: Some(filter::ConfigType::TypedConfig(pack_any(proxy))),

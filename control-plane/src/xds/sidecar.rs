@@ -545,7 +545,7 @@ fn inbound_listener(
                 inputs,
             )]
         } else {
-            inbound_tcp(name, cluster, &rules(false), &inputs.timeouts)
+            inbound_tcp(name, cluster, &rules(false), inputs)
         };
         let suffix = if auto && http { "-http" } else { "" };
         let matching = |transport: &str, protocols: &[&str]| {
@@ -615,7 +615,7 @@ fn inbound_tcp(
     name: &str,
     cluster: &str,
     rules: &[envoy_types::pb::envoy::config::rbac::v3::Rbac],
-    timeouts: &ConnectionTimeouts,
+    inputs: &SidecarInputs,
 ) -> Vec<Filter> {
     let mut filters: Vec<Filter> = rules
         .iter()
@@ -633,7 +633,10 @@ fn inbound_tcp(
         cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_owned())),
         ..Default::default()
     };
-    timeouts.set_tcp(&mut proxy);
+    inputs.timeouts.set_tcp(&mut proxy);
+    if inputs.access_log {
+        proxy.access_log = vec![super::access_log::tcp()];
+    }
     filters.push(Filter {
         name: "envoy.filters.network.tcp_proxy".to_owned(),
         config_type: Some(filter::ConfigType::TypedConfig(pack_any(proxy))),
@@ -695,7 +698,7 @@ fn inbound_http(
     };
     inputs.timeouts.set_http(&mut manager);
     if inputs.access_log {
-        manager.access_log = vec![super::access_log::stdout_json()];
+        manager.access_log = vec![super::access_log::http()];
     }
     Filter {
         name: "envoy.filters.network.http_connection_manager".to_owned(),

@@ -47,6 +47,8 @@ enum Field {
     ResponseCodeDetails,
     GrpcStatus,
     BytesSent,
+    /// TCP only: bytes read from the downstream.
+    BytesReceived,
     Duration,
     UpstreamHost,
     UpstreamCluster,
@@ -62,16 +64,23 @@ pub struct AccessLogPlan {
     fields: Vec<(String, Field)>,
 }
 
-/// The access log of an HTTP connection manager, if it has one.
-pub fn compile(logs: &[AccessLog]) -> Result<Option<Arc<AccessLogPlan>>, String> {
+/// What a log is of: HTTP requests or TCP connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Of {
+    Http,
+    Tcp,
+}
+
+/// The access log of an HTTP connection manager or a TCP proxy, if it has one.
+pub fn compile(logs: &[AccessLog], of: Of) -> Result<Option<Arc<AccessLogPlan>>, String> {
     match logs {
         [] => Ok(None),
-        [log] => compile_one(log).map(|p| Some(Arc::new(p))),
+        [log] => compile_one(log, of).map(|p| Some(Arc::new(p))),
         _ => Err("access_log: only one access log per connection manager is supported".into()),
     }
 }
 
-fn compile_one(log: &AccessLog) -> Result<AccessLogPlan, String> {
+fn compile_one(log: &AccessLog, of: Of) -> Result<AccessLogPlan, String> {
     if log.filter.is_some() {
         return Err("access_log.filter is not supported (every request is logged)".into());
     }
@@ -93,10 +102,10 @@ fn compile_one(log: &AccessLog) -> Result<AccessLogPlan, String> {
     let Some(Format::JsonFormat(json)) = format else {
         return Err("access_log: only a log_format with json_format is supported".into());
     };
-    json_fields(&json).map(|fields| AccessLogPlan { fields })
+    json_fields(&json, of).map(|fields| AccessLogPlan { fields })
 }
 
-fn json_fields(json: &Struct) -> Result<Vec<(String, Field)>, String> {
+fn json_fields(json: &Struct, of: Of) -> Result<Vec<(String, Field)>, String> {
     let mut fields = Vec::new();
     for (key, value) in &json.fields {
         let Some(Kind::StringValue(text)) = &value.kind else {
@@ -104,8 +113,14 @@ fn json_fields(json: &Struct) -> Result<Vec<(String, Field)>, String> {
                 "access_log json_format.{key}: only string values are supported"
             ));
         };
-        let field =
-            operator(text).map_err(|e| format!("access_log json_format.{key}: {text:?}: {e}"))?;
+        let field = operator(text)
+            .and_then(|f| match (f, of) {
+                (Field::BytesReceived, Of::Http) => {
+                    Err("%BYTES_RECEIVED% is not supported on HTTP listeners".into())
+                }
+                (f, _) => Ok(f),
+            })
+            .map_err(|e| format!("access_log json_format.{key}: {text:?}: {e}"))?;
         fields.push((key.clone(), field));
     }
     // The format is a map: keys in order, so lines read the same each time.
@@ -144,6 +159,7 @@ fn operator(text: &str) -> Result<Field, String> {
         "RESPONSE_CODE_DETAILS" => Field::ResponseCodeDetails,
         "GRPC_STATUS(NUMBER)" => Field::GrpcStatus,
         "BYTES_SENT" => Field::BytesSent,
+        "BYTES_RECEIVED" => Field::BytesReceived,
         "DURATION" => Field::Duration,
         "UPSTREAM_HOST" => Field::UpstreamHost,
         "UPSTREAM_CLUSTER" => Field::UpstreamCluster,
@@ -176,6 +192,12 @@ struct Arrived {
     down: Arc<Downstream>,
     start: SystemTime,
     started: Instant,
+    /// None for a TCP connection.
+    request: Option<RequestSeen>,
+}
+
+/// What a line says of the request itself.
+struct RequestSeen {
     method: Method,
     path: String,
     authority: Option<String>,
@@ -210,15 +232,17 @@ impl Entry {
             down: down.clone(),
             start: SystemTime::now(),
             started: Instant::now(),
-            method: req.method().clone(),
-            path: req
-                .uri()
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_owned(),
-            authority,
-            version: req.version(),
-            headers,
+            request: Some(RequestSeen {
+                method: req.method().clone(),
+                path: req
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_owned(),
+                authority,
+                version: req.version(),
+                headers,
+            }),
         };
         Entry {
             arrived: Some(arrived),
@@ -240,10 +264,11 @@ impl Entry {
             inner: body,
             entry: Some(Box::new(Finished {
                 code: parts.status.as_u16(),
-                details,
+                details: Some(details),
                 grpc_status,
                 upstream: parts.extensions.get::<UpstreamInfo>().cloned(),
                 bytes_sent: 0,
+                bytes_received: None,
                 entry: arrived,
             })),
             writer: self.writer.clone(),
@@ -260,10 +285,11 @@ impl Drop for Entry {
             let finished = Finished {
                 entry: arrived,
                 code: 0,
-                details: "downstream_remote_disconnect".to_owned(),
+                details: Some("downstream_remote_disconnect".to_owned()),
                 grpc_status: None,
                 upstream: None,
                 bytes_sent: 0,
+                bytes_received: None,
             };
             self.writer.push(&finished.line());
         }
@@ -276,11 +302,66 @@ fn grpc_status(value: Option<&HeaderValue>) -> Option<u32> {
 
 struct Finished {
     entry: Arrived,
+    /// 0 when there was no response (TCP, or the caller went away).
     code: u16,
-    details: String,
+    details: Option<String>,
     grpc_status: Option<u32>,
     upstream: Option<UpstreamInfo>,
     bytes_sent: u64,
+    bytes_received: Option<u64>,
+}
+
+/// The line of a TCP connection, written when it is dropped (however the
+/// connection ended: no upstream reached, closed, reset, idle): code 0,
+/// no request fields, the bytes each way.
+pub struct TcpLine {
+    arrived: Option<Arrived>,
+    writer: Arc<Writer>,
+    /// The endpoint, once one was reached.
+    pub upstream: Option<UpstreamInfo>,
+    /// Bytes written to the downstream.
+    pub sent: u64,
+    /// Bytes read from the downstream.
+    pub received: u64,
+}
+
+impl TcpLine {
+    pub fn start(
+        plan: &Arc<AccessLogPlan>,
+        down: &Arc<Downstream>,
+        writer: Arc<Writer>,
+    ) -> TcpLine {
+        TcpLine {
+            arrived: Some(Arrived {
+                plan: plan.clone(),
+                down: down.clone(),
+                start: SystemTime::now(),
+                started: Instant::now(),
+                request: None,
+            }),
+            writer,
+            upstream: None,
+            sent: 0,
+            received: 0,
+        }
+    }
+}
+
+impl Drop for TcpLine {
+    fn drop(&mut self) {
+        if let Some(arrived) = self.arrived.take() {
+            let finished = Finished {
+                entry: arrived,
+                code: 0,
+                details: None,
+                grpc_status: None,
+                upstream: self.upstream.take(),
+                bytes_sent: self.sent,
+                bytes_received: Some(self.received),
+            };
+            self.writer.push(&finished.line());
+        }
+    }
 }
 
 /// A response body that writes the request's line when it ends or is
@@ -361,26 +442,29 @@ impl Finished {
         let text = |s: &str| Value::String(s.to_owned());
         let or_null = |s: Option<&str>| s.map_or(Value::Null, text);
         let upstream = self.upstream.as_ref();
-        let mut headers = e.headers.iter();
+        let request = e.request.as_ref();
+        let mut headers = request.map(|r| r.headers.iter());
         let mut line = b"{".to_vec();
         for (i, (key, field)) in e.plan.fields.iter().enumerate() {
             let value = match field {
                 Field::Text(t) => text(t),
                 Field::StartTime => Value::String(start_time(e.start)),
-                Field::Method => text(e.method.as_str()),
-                Field::Path => text(&e.path),
-                Field::Authority => or_null(e.authority.as_deref()),
-                Field::Protocol => text(protocol(e.version)),
+                Field::Method => or_null(request.map(|r| r.method.as_str())),
+                Field::Path => or_null(request.map(|r| r.path.as_str())),
+                Field::Authority => or_null(request.and_then(|r| r.authority.as_deref())),
+                Field::Protocol => or_null(request.map(|r| protocol(r.version))),
                 Field::RequestHeader(_) => or_null(
                     headers
-                        .next()
+                        .as_mut()
+                        .and_then(|h| h.next())
                         .and_then(Option::as_ref)
                         .and_then(|v| v.to_str().ok()),
                 ),
                 Field::ResponseCode => Value::from(self.code),
-                Field::ResponseCodeDetails => text(&self.details),
+                Field::ResponseCodeDetails => or_null(self.details.as_deref()),
                 Field::GrpcStatus => self.grpc_status.map_or(Value::Null, Value::from),
                 Field::BytesSent => Value::from(self.bytes_sent),
+                Field::BytesReceived => self.bytes_received.map_or(Value::Null, Value::from),
                 Field::Duration => Value::from(e.started.elapsed().as_millis() as u64),
                 Field::UpstreamHost => or_null(
                     upstream
@@ -481,12 +565,15 @@ mod tests {
 
     #[test]
     fn operators_are_understood_or_refused_by_name() {
-        let fields = json_fields(&format(&[
-            ("code", "%RESPONSE_CODE%"),
-            ("method", "%REQ(:METHOD)%"),
-            ("id", "%REQ(X-REQUEST-ID)%"),
-            ("mesh", "rampart"),
-        ]))
+        let fields = json_fields(
+            &format(&[
+                ("code", "%RESPONSE_CODE%"),
+                ("method", "%REQ(:METHOD)%"),
+                ("id", "%REQ(X-REQUEST-ID)%"),
+                ("mesh", "rampart"),
+            ]),
+            Of::Http,
+        )
         .unwrap();
         assert_eq!(
             fields,
@@ -501,14 +588,15 @@ mod tests {
             ]
         );
         for (value, error) in [
+            ("%BYTES_RECEIVED%", "not supported on HTTP listeners"),
             (
-                "%BYTES_RECEIVED%",
-                "the operator %BYTES_RECEIVED% is not supported",
+                "%RESPONSE_FLAGS%",
+                "the operator %RESPONSE_FLAGS% is not supported",
             ),
             ("%REQ(X?Y)%", "alternative headers"),
             ("took %DURATION% ms", "not a mix"),
         ] {
-            let e = json_fields(&format(&[("k", value)])).unwrap_err();
+            let e = json_fields(&format(&[("k", value)]), Of::Http).unwrap_err();
             assert!(e.starts_with("access_log json_format.k: "), "{e}");
             assert!(e.contains(error), "{e}");
         }

@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::access_log::{TcpLine, UpstreamInfo};
 use super::detect;
 use super::http::{self, Downstream};
 use super::metrics::{
@@ -202,7 +203,13 @@ pub async fn connection(
         App::Tcp {
             cluster,
             idle_timeout,
-        } => proxy_tcp(proxy, down, cluster.clone(), *idle_timeout, stream).await,
+            access_log,
+        } => {
+            let line = access_log
+                .as_ref()
+                .map(|plan| TcpLine::start(plan, &down, proxy.access_log.clone()));
+            proxy_tcp(proxy, down, (cluster.clone(), *idle_timeout), line, stream).await
+        }
     }
 }
 
@@ -257,11 +264,13 @@ impl Drop for Active {
 
 /// Carries a TCP connection to an endpoint of `cluster` (trying up to three
 /// endpoints to connect), both directions, half-close included.
+/// `line`: the connection's access log line, if it is logged (written when
+/// it is dropped, whichever way this ends).
 async fn proxy_tcp(
     proxy: Arc<Proxy>,
     down: Arc<Downstream>,
-    cluster: String,
-    idle_timeout: Option<Duration>,
+    (cluster, idle_timeout): (String, Option<Duration>),
+    mut line: Option<TcpLine>,
     downstream: Stream,
 ) {
     let Some(state) = proxy.upstreams.get(&cluster) else {
@@ -296,10 +305,17 @@ async fn proxy_tcp(
             }
         }
     }
-    let Some((connected, _active)) = upstream else {
+    let Some((connected, active)) = upstream else {
         tracing::warn!(%cluster, "no TCP upstream could be reached; closing");
         return;
     };
+    if let Some(line) = line.as_mut() {
+        line.upstream = Some(UpstreamInfo {
+            cluster: state.name.clone(),
+            host: Some(active.0.address),
+            peer: connected.peer.clone(),
+        });
+    }
     let direction = if down.inbound { "inbound" } else { "outbound" };
     proxy
         .metrics()
@@ -326,6 +342,9 @@ async fn proxy_tcp(
         }
     }
     let (sent, received) = (downstream.read, downstream.written);
+    if let Some(line) = line.as_mut() {
+        (line.sent, line.received) = (received, sent);
+    }
     for (flow, n) in [("sent", sent), ("received", received)] {
         proxy
             .metrics()

@@ -36,7 +36,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
-use super::access_log::AccessLogPlan;
+use super::access_log::{AccessLogPlan, Of};
 use super::rate_limit::TokenBucket;
 use crate::xds_client::{CLUSTER, Config, ENDPOINT, LISTENER, ROUTE};
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
@@ -163,6 +163,8 @@ pub enum App {
         /// Close the connection after this long with no byte either way
         /// (`TcpProxy.idle_timeout`; Envoy's default 1 h; None: never).
         idle_timeout: Option<Duration>,
+        /// One JSON line per connection on stdout, if configured.
+        access_log: Option<Arc<AccessLogPlan>>,
     },
 }
 
@@ -619,6 +621,7 @@ fn capture_listeners(plan: &mut Plan) {
         let tcp = || App::Tcp {
             cluster: name.clone(),
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            access_log: None,
         };
         let chains = match (plan.routes.contains_key(&route), cluster.detect_protocol) {
             (true, true) => vec![chain(&["http/1.1", "h2c"], http()), chain(&[], tcp())],
@@ -771,11 +774,14 @@ pub fn listener_plan(listener: &Listener) -> Result<Option<ListenerPlan>> {
                         Some(DEFAULT_IDLE_TIMEOUT),
                     )
                     .map_err(at)?;
+                    let access_log =
+                        super::access_log::compile(&t.access_log, Of::Tcp).map_err(at)?;
                     match t.cluster_specifier {
                         Some(tcp_proxy::ClusterSpecifier::Cluster(cluster)) => {
                             app = Some(App::Tcp {
                                 cluster,
                                 idle_timeout,
+                                access_log,
                             })
                         }
                         _ => return Err(at("tcp_proxy needs a single cluster".to_owned())),
@@ -891,7 +897,7 @@ fn http_plan(manager: &HttpConnectionManager) -> Result<HttpPlan> {
         forward_client_identity: manager.forward_client_cert_details
             != http_connection_manager::ForwardClientCertDetails::Sanitize as i32,
         timeouts,
-        access_log: super::access_log::compile(&manager.access_log)?,
+        access_log: super::access_log::compile(&manager.access_log, Of::Http)?,
         rate_limit,
     })
 }
