@@ -12,6 +12,7 @@
 
 mod channel;
 pub mod duration;
+pub mod locality;
 pub mod mesh;
 pub use channel::connect;
 

@@ -265,3 +265,18 @@ fn rate_limits_are_checked() {
         "{all}"
     );
 }
+
+#[test]
+fn a_workload_entry_locality_is_checked() {
+    let entry = |locality: &str| {
+        format!(
+            "apiVersion: rampart.dev/v1alpha1\nkind: WorkloadEntry\nmetadata: {{name: e, namespace: default}}\nspec: {{service: s, address: 10.0.0.1, ports: {{http: 80}}, locality: \"{locality}\"}}\n"
+        )
+    };
+    assert!(parse_documents("ok.yaml", &entry("us-east1/b")).is_ok());
+    let all = errors(&entry("us east1")).join("\n");
+    assert!(
+        all.contains("spec.locality: \"us east1\" is not a locality"),
+        "{all}"
+    );
+}

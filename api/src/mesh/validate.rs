@@ -182,6 +182,11 @@ fn workload_entry(p: &mut Problems, spec: &WorkloadEntrySpec) {
         }
     }
     service_account(p, "spec.serviceAccount", &spec.service_account);
+    if !spec.locality.is_empty()
+        && let Err(e) = crate::locality::parse(&spec.locality)
+    {
+        push(p, "spec.locality", e);
+    }
     if spec.weight == 0 {
         push(p, "spec.weight", "must be at least 1");
     }

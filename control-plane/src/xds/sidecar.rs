@@ -239,9 +239,15 @@ impl Sidecar {
                         "rampart.labels",
                         metadata(node, "rampart.labels")?.unwrap_or_default(),
                     )?,
-                    locality: metadata(node, "rampart.locality")?
-                        .unwrap_or_default()
-                        .to_owned(),
+                    locality: match metadata(node, "rampart.locality")? {
+                        None => String::new(),
+                        Some(text) => {
+                            rampart_api::locality::parse(text).map_err(|e| {
+                                SidecarError::Invalid(format!("rampart.locality: {e}"))
+                            })?;
+                            text.to_owned()
+                        }
+                    },
                 })
             }
         };

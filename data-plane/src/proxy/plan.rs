@@ -355,18 +355,7 @@ impl Locality {
     /// `region/zone/sub-zone`, the last two optional; each part letters,
     /// digits, `.`, `_` or `-`.
     pub fn parse(text: &str) -> std::result::Result<Locality, String> {
-        let parts: Vec<&str> = text.split('/').collect();
-        let fine = |p: &str| {
-            !p.is_empty()
-                && p.len() <= 63
-                && p.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        };
-        if parts.len() > 3 || !parts.iter().all(|p| fine(p)) {
-            return Err(format!(
-                "{text:?} is not a locality: region[/zone[/sub-zone]], each part letters, digits, '.', '_' or '-'"
-            ));
-        }
+        let parts = rampart_api::locality::parse(text)?;
         let part = |i: usize| parts.get(i).map_or(String::new(), |p| (*p).to_owned());
         Ok(Locality {
             region: part(0),
