@@ -717,12 +717,13 @@ fn inbound_http(
 fn rate_limit_filter(name: &str, limit: &RateLimit) -> HttpFilter {
     use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
     use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
+    use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
     use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, TokenBucket};
     let all = || {
         Some(RuntimeFractionalPercent {
             default_value: Some(FractionalPercent {
                 numerator: 100,
-                denominator: 0, // HUNDRED
+                denominator: DenominatorType::Hundred as i32,
             }),
             runtime_key: String::new(),
         })

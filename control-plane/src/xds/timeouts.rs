@@ -9,6 +9,8 @@ use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use rampart_api::duration::parse_timeout;
 use rampart_api::mesh::ConnectionSettings;
 
+use super::translate::pb_duration;
+
 /// Zero: off (Envoy's reading of a zero timeout).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConnectionTimeouts {
@@ -36,10 +38,7 @@ fn seconds(seconds: i64) -> PbDuration {
 /// `value` (validated when applied) or `default`.
 fn field(value: &Option<String>, default: PbDuration) -> PbDuration {
     match value.as_deref().map(parse_timeout) {
-        Some(Ok(Some(d))) => PbDuration {
-            seconds: d.as_secs() as i64,
-            nanos: d.subsec_nanos() as i32,
-        },
+        Some(Ok(Some(d))) => pb_duration(d),
         Some(Ok(None)) => PbDuration::default(),
         // Refused by validation before it is stored.
         Some(Err(_)) | None => default,

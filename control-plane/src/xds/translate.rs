@@ -237,24 +237,16 @@ pub fn translate(model: &Model) -> Snapshot {
         let mut info = ServiceInfo {
             ports: service.spec.ports.clone(),
             service_accounts: service.spec.service_accounts.clone(),
-            rate_limits: service
-                .spec
-                .ports
-                .iter()
-                .filter_map(|p| {
-                    let limit = model
-                        .policy_for(namespace, name, &p.name)?
-                        .rate_limit
-                        .clone()?;
-                    Some((p.name.clone(), limit))
-                })
-                .collect(),
+            rate_limits: BTreeMap::new(),
             clusters: Vec::new(),
             routes: Vec::new(),
         };
         let expected = model.expected_ids(service);
         for port in &service.spec.ports {
             let policy = model.policy_for(namespace, name, &port.name);
+            if let Some(limit) = policy.and_then(|p| p.rate_limit.clone()) {
+                info.rate_limits.insert(port.name.clone(), limit);
+            }
             let mut subsets = vec![BTreeMap::new()];
             subsets.extend(
                 policy
@@ -352,11 +344,14 @@ pub(super) fn ads() -> ConfigSource {
 }
 
 fn duration(text: &str) -> Option<PbDuration> {
-    let d = rampart_api::duration::parse(text).ok()?;
-    Some(PbDuration {
+    rampart_api::duration::parse(text).ok().map(pb_duration)
+}
+
+pub(super) fn pb_duration(d: std::time::Duration) -> PbDuration {
+    PbDuration {
         seconds: d.as_secs() as i64,
         nanos: d.subsec_nanos() as i32,
-    })
+    }
 }
 
 /// Who a cluster is built for.

@@ -26,7 +26,7 @@ use prost::Message;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 
-use super::http::Downstream;
+use super::http::{Downstream, grpc_status_in_headers};
 use super::local_reply::local_reply_reason;
 use super::pool::{Body, BoxError};
 
@@ -259,7 +259,7 @@ impl Entry {
         let details = local_reply_reason(&parts.extensions)
             .unwrap_or("via_upstream")
             .to_owned();
-        let grpc_status = grpc_status(parts.headers.get("grpc-status"));
+        let grpc_status = grpc_status_in_headers(&parts.headers);
         let logged = Logged {
             inner: body,
             entry: Some(Box::new(Finished {
@@ -294,10 +294,6 @@ impl Drop for Entry {
             self.writer.push(&finished.line());
         }
     }
-}
-
-fn grpc_status(value: Option<&HeaderValue>) -> Option<u32> {
-    value.and_then(|v| v.to_str().ok()?.parse().ok())
 }
 
 struct Finished {
@@ -386,8 +382,8 @@ impl http_body::Body for Logged {
         {
             if let Some(data) = frame.data_ref() {
                 f.bytes_sent += data.len() as u64;
-            } else if let Some(status) = frame.trailers_ref().map(|t| t.get("grpc-status")) {
-                f.grpc_status = grpc_status(status).or(f.grpc_status);
+            } else if let Some(trailers) = frame.trailers_ref() {
+                f.grpc_status = grpc_status_in_headers(trailers).or(f.grpc_status);
             }
         }
         polled

@@ -105,15 +105,15 @@ fn set_client_identity(
 
 /// Handles one request from `down`.
 pub async fn handle(
-    proxy: Arc<Proxy>,
-    down: Arc<Downstream>,
+    proxy: &Arc<Proxy>,
+    down: &Arc<Downstream>,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let grpc = is_grpc(req.headers());
     // Looked up per request: a configuration change (the access log turned
     // on) reaches long-lived connections too.
     let plan = proxy.plan();
-    let http = match http_plan(&plan, &down) {
+    let http = match http_plan(&plan, down) {
         Ok(http) => http,
         Err(why) => {
             let r = reply(StatusCode::SERVICE_UNAVAILABLE, why);
@@ -121,7 +121,7 @@ pub async fn handle(
         }
     };
     let Some(log) = &http.access_log else {
-        let response = route_request(&proxy, &down, &plan, http, req, grpc, false).await;
+        let response = route_request(proxy, down, &plan, http, req, grpc, false).await;
         return if grpc { for_grpc(response) } else { response };
     };
     // As Envoy does: a request leaving without an id gets one, so the
@@ -129,8 +129,8 @@ pub async fn handle(
     if !down.inbound && !req.headers().contains_key(X_REQUEST_ID) {
         req.headers_mut().insert(X_REQUEST_ID, request_id());
     }
-    let entry = Entry::start(log, &down, &req, proxy.access_log.clone());
-    let response = route_request(&proxy, &down, &plan, http, req, grpc, true).await;
+    let entry = Entry::start(log, down, &req, proxy.access_log.clone());
+    let response = route_request(proxy, down, &plan, http, req, grpc, true).await;
     let response = if grpc { for_grpc(response) } else { response };
     entry.finish(response)
 }
@@ -602,7 +602,7 @@ enum Failure {
 
 /// The status of a trailers-only gRPC response (an error: a normal one
 /// carries its status in the trailers).
-fn grpc_status_in_headers(headers: &HeaderMap) -> Option<u32> {
+pub fn grpc_status_in_headers(headers: &HeaderMap) -> Option<u32> {
     headers
         .get(GRPC_STATUS)
         .and_then(|v| v.to_str().ok()?.parse().ok())

@@ -229,13 +229,8 @@ async fn serve_http(
     let (p, d) = (proxy.clone(), down.clone());
     let service = service_fn(move |req| {
         // Busy from the moment the head is complete, not from the first poll.
-        let busy = Busy::new(d.clone());
-        let (proxy, down) = (p.clone(), d.clone());
-        async move {
-            let response = http::handle(proxy, down, req).await;
-            drop(busy);
-            Ok::<_, Infallible>(response)
-        }
+        let (busy, proxy) = (Busy::new(d.clone()), p.clone());
+        async move { Ok::<_, Infallible>(http::handle(&proxy, busy.down(), req).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);

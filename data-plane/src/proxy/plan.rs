@@ -423,9 +423,9 @@ fn duration(d: Option<&envoy_types::pb::google::protobuf::Duration>) -> Option<D
         .map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
 }
 
-/// A connection timeout field as Envoy reads it: unset is `default`, zero
-/// turns the timeout off, a negative or malformed one is refused.
-fn connection_timeout(
+/// A duration field as Envoy reads a timeout: unset is `default`, zero is
+/// none (the timeout off), a negative or malformed one is refused.
+pub(super) fn checked_duration(
     field: &str,
     d: Option<&envoy_types::pb::google::protobuf::Duration>,
     default: Option<Duration>,
@@ -757,7 +757,7 @@ pub fn listener_plan(listener: &Listener) -> Result<Option<ListenerPlan>> {
                 }
                 TCP_PROXY => {
                     let t: TcpProxy = decode(any, TCP_PROXY).map_err(at)?;
-                    let idle_timeout = connection_timeout(
+                    let idle_timeout = checked_duration(
                         "tcp_proxy.idle_timeout",
                         t.idle_timeout.as_ref(),
                         Some(DEFAULT_IDLE_TIMEOUT),
@@ -866,7 +866,7 @@ fn http_plan(manager: &HttpConnectionManager) -> Result<HttpPlan> {
         _ => return Err("http_connection_manager needs rds or route_config".to_owned()),
     };
     let timeouts = HttpTimeouts {
-        idle: connection_timeout(
+        idle: checked_duration(
             "common_http_protocol_options.idle_timeout",
             manager
                 .common_http_protocol_options
@@ -874,7 +874,7 @@ fn http_plan(manager: &HttpConnectionManager) -> Result<HttpPlan> {
                 .and_then(|o| o.idle_timeout.as_ref()),
             Some(DEFAULT_IDLE_TIMEOUT),
         )?,
-        request_headers: connection_timeout(
+        request_headers: checked_duration(
             "request_headers_timeout",
             manager.request_headers_timeout.as_ref(),
             None,
@@ -914,7 +914,8 @@ fn route_table(config: &RouteConfiguration) -> Result<RouteTable> {
     })
 }
 
-fn percent(p: Option<&envoy_types::pb::envoy::r#type::v3::FractionalPercent>) -> f64 {
+/// A fraction as a percentage; unset is 100 %.
+pub(super) fn percent(p: Option<&envoy_types::pb::envoy::r#type::v3::FractionalPercent>) -> f64 {
     use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
     let Some(p) = p else { return 100.0 };
     let denominator = match DenominatorType::try_from(p.denominator) {

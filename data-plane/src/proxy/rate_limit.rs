@@ -76,16 +76,11 @@ fn all_or_nothing(field: &str, f: Option<&RuntimeFractionalPercent>) -> Result<b
     let Some(p) = f.and_then(|f| f.default_value.as_ref()) else {
         return Ok(false);
     };
-    let whole = match p.denominator {
-        0 => 100,
-        1 => 10_000,
-        _ => 1_000_000,
-    };
-    match p.numerator {
-        0 => Ok(false),
-        n if n >= whole => Ok(true),
-        _ => Err(format!(
-            "local_ratelimit.{field}: only 0% or 100% is supported"
+    match super::plan::percent(Some(p)) {
+        p if p <= 0.0 => Ok(false),
+        p if p >= 100.0 => Ok(true),
+        p => Err(format!(
+            "local_ratelimit.{field}: {p}% given, only 0% or 100% is supported"
         )),
     }
 }
@@ -106,13 +101,10 @@ pub fn compile(config: &LocalRateLimit) -> Result<Option<TokenBucket>, String> {
     let Some(bucket) = &config.token_bucket else {
         return Err("local_ratelimit needs a token_bucket".into());
     };
-    let interval = bucket
-        .fill_interval
-        .as_ref()
-        .filter(|d| d.seconds >= 0 && d.nanos >= 0)
-        .map(|d| Duration::new(d.seconds as u64, d.nanos as u32))
+    let field = "local_ratelimit.token_bucket.fill_interval";
+    let interval = super::plan::checked_duration(field, bucket.fill_interval.as_ref(), None)?
         .filter(|d| *d >= Duration::from_millis(50))
-        .ok_or("local_ratelimit.token_bucket.fill_interval must be at least 50ms")?;
+        .ok_or_else(|| format!("{field} must be at least 50ms"))?;
     if bucket.max_tokens == 0 {
         return Err("local_ratelimit.token_bucket.max_tokens must be at least 1".into());
     }

@@ -77,6 +77,10 @@ impl Busy {
         down.activity.begin();
         Busy(down)
     }
+
+    pub fn down(&self) -> &Arc<Downstream> {
+        &self.0
+    }
 }
 
 impl Drop for Busy {
