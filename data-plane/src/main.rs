@@ -165,13 +165,7 @@ fn node(args: &Args) -> envoy_types::pb::envoy::config::core::v3::Node {
         fields.push(("rampart.outbound_listeners", args.outbound.join(",")));
     }
     if let Some(l) = &args.locality {
-        let parts = [&l.region, &l.zone, &l.sub_zone];
-        let text: Vec<&str> = parts
-            .iter()
-            .map(|p| p.as_str())
-            .filter(|p| !p.is_empty())
-            .collect();
-        fields.push(("rampart.locality", text.join("/")));
+        fields.push(("rampart.locality", l.to_string()));
     }
     envoy_types::pb::envoy::config::core::v3::Node {
         id,

@@ -351,6 +351,19 @@ pub struct Locality {
     pub sub_zone: String,
 }
 
+/// As it was written: `region[/zone[/sub-zone]]`.
+impl std::fmt::Display for Locality {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts = [&self.region, &self.zone, &self.sub_zone];
+        let given: Vec<&str> = parts
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| p.as_str())
+            .collect();
+        f.write_str(&given.join("/"))
+    }
+}
+
 impl Locality {
     /// `region/zone/sub-zone`, the last two optional; each part letters,
     /// digits, `.`, `_` or `-`.

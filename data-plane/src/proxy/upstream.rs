@@ -512,6 +512,7 @@ mod tests {
     #[test]
     fn localities_parse_and_measure_distance() {
         let here = Locality::parse("us-east1/b").unwrap();
+        assert_eq!(here.to_string(), "us-east1/b");
         assert_eq!(here.distance(&Locality::parse("us-east1/b").unwrap()), 0);
         assert_eq!(
             here.distance(&Locality::parse("us-east1/b/rack9").unwrap()),
