@@ -5,6 +5,7 @@
 //! * [`admin`]: the AdminService `meshctl` uses.
 //! * [`workload`]: the standard SPIFFE Workload API the proxy serves.
 //! * [`connect`]: a gRPC channel over a SPIFFE-verifying rustls config.
+//! * [`xds`]: the contract with the proxies: resource types, node and cluster metadata.
 //! * [`mesh`]: the mesh model (Service, WorkloadEntry, TrafficPolicy, ...) and its YAML parser.
 
 #![forbid(unsafe_code)]
@@ -14,6 +15,7 @@ mod channel;
 pub mod duration;
 pub mod locality;
 pub mod mesh;
+pub mod xds;
 pub use channel::connect;
 
 /// The CA service (`rampart.ca.v1`).

@@ -22,10 +22,11 @@ use envoy_types::pb::envoy::config::route::v3::{
 };
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::util::pack_any;
+use rampart_api::xds::TypeUrl;
 use rampart_proxy::proxy::plan::{Plan, compile};
-use rampart_proxy::xds_client::{CLUSTER, Config, ENDPOINT, Held, ROUTE};
+use rampart_proxy::xds_client::{Config, Held};
 
-fn hold(config: &mut Config, type_url: &'static str, name: String, version: &str, resource: Any) {
+fn hold(config: &mut Config, type_url: TypeUrl, name: String, version: &str, resource: Any) {
     config.types.entry(type_url).or_default().insert(
         name,
         Held {
@@ -69,9 +70,21 @@ fn mesh(n: usize) -> Config {
             eds_cluster_config: Some(EdsClusterConfig::default()),
             ..Default::default()
         };
-        hold(&mut config, CLUSTER, cluster.clone(), "1", pack_any(c));
+        hold(
+            &mut config,
+            TypeUrl::Cluster,
+            cluster.clone(),
+            "1",
+            pack_any(c),
+        );
         let a = assignment(&cluster, 20_000 + 3 * i as u32);
-        hold(&mut config, ENDPOINT, cluster.clone(), "1", pack_any(a));
+        hold(
+            &mut config,
+            TypeUrl::Endpoint,
+            cluster.clone(),
+            "1",
+            pack_any(a),
+        );
         let name = format!("svc-{i}.default:8080");
         let table = RouteConfiguration {
             name: name.clone(),
@@ -93,7 +106,7 @@ fn mesh(n: usize) -> Config {
             }],
             ..Default::default()
         };
-        hold(&mut config, ROUTE, name, "1", pack_any(table));
+        hold(&mut config, TypeUrl::Route, name, "1", pack_any(table));
     }
     config
 }
@@ -120,7 +133,7 @@ fn measure(config: &Config, n: usize, capture: bool) -> (Duration, Duration) {
         let moved = assignment(&cluster, 30_000 + round);
         hold(
             &mut next,
-            ENDPOINT,
+            TypeUrl::Endpoint,
             cluster,
             &format!("2-{round}"),
             pack_any(moved),

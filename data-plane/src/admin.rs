@@ -145,7 +145,7 @@ fn config_dump(config: &crate::xds_client::Config) -> serde_json::Value {
                 .iter()
                 .map(|(n, h)| (n.clone(), serde_json::Value::from(h.version.clone())))
                 .collect::<serde_json::Map<_, _>>();
-            ((*t).to_owned(), serde_json::Value::Object(versions))
+            (t.as_str().to_owned(), serde_json::Value::Object(versions))
         })
         .collect::<serde_json::Map<_, _>>()
         .into()

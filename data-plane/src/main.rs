@@ -8,6 +8,7 @@
 
 use rampart_proxy::{admin, identity, init, proxy, sds, uds_authority, workload_api, xds_client};
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -64,10 +65,10 @@ struct Args {
     address: std::net::IpAddr,
     /// NAME=PORT: for service port NAME, the port this proxy listens on for peers (repeatable).
     #[arg(long = "port", value_parser = parse_port)]
-    ports: Vec<(String, String)>,
+    ports: Vec<(String, u16)>,
     /// NAME=PORT: for service port NAME, where the app listens on 127.0.0.1 (repeatable).
     #[arg(long = "app-port", value_parser = parse_port)]
-    app_ports: Vec<(String, String)>,
+    app_ports: Vec<(String, u16)>,
     /// KEY=VALUE workload label (repeatable).
     #[arg(long = "label", value_parser = parse_pair)]
     labels: Vec<(String, String)>,
@@ -76,7 +77,7 @@ struct Args {
     dependencies: Vec<String>,
     /// LOCAL_IP:PORT=SVC.NS:PORT outbound listener (repeatable).
     #[arg(long = "outbound")]
-    outbound: Vec<String>,
+    outbound: Vec<rampart_api::xds::OutboundListener>,
     /// Ask for SVIDs valid this many seconds (default: the CA's default, 24h).
     #[arg(long)]
     svid_ttl_seconds: Option<u64>,
@@ -116,18 +117,30 @@ fn parse_pair(s: &str) -> Result<(String, String), String> {
 }
 
 /// `NAME=PORT` with PORT 1-65535.
-fn parse_port(s: &str) -> Result<(String, String), String> {
+fn parse_port(s: &str) -> Result<(String, u16), String> {
     let (name, port) = parse_pair(s)?;
     match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok((name, port)),
+        Ok(p) if p > 0 => Ok((name, p)),
         _ => Err(format!("{s:?}: {port:?} is not a port (1-65535)")),
     }
 }
 
+/// `pairs` as a map; a name given twice is a mistake worth saying.
+fn unique<V: Clone>(flag: &str, pairs: &[(String, V)]) -> anyhow::Result<BTreeMap<String, V>> {
+    let mut out = BTreeMap::new();
+    for (name, value) in pairs {
+        if out.insert(name.clone(), value.clone()).is_some() {
+            anyhow::bail!("{flag} {name}=... is given twice");
+        }
+    }
+    Ok(out)
+}
+
 /// The xDS node: who this proxy is and what it serves and calls. The
 /// control plane validates every field (and takes the identity from the SVID).
-fn node(args: &Args) -> envoy_types::pb::envoy::config::core::v3::Node {
-    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+fn node(args: &Args) -> anyhow::Result<envoy_types::pb::envoy::config::core::v3::Node> {
+    use envoy_types::pb::envoy::config::core::v3::{Node, node::UserAgentVersionType};
+    use rampart_api::xds::{Serves, SidecarMetadata};
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "localhost".to_owned());
@@ -135,59 +148,35 @@ fn node(args: &Args) -> envoy_types::pb::envoy::config::core::v3::Node {
         Some(service) => format!("{service}-{hostname}"),
         None => hostname,
     });
-    let join = |pairs: &[(String, String)]| {
-        pairs
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",")
+    let serves = match &args.service {
+        None => None,
+        Some(service) => Some(Serves {
+            service: service.clone(),
+            address: args.address,
+            ports: unique("--port", &args.ports)?,
+            app_ports: unique("--app-port", &args.app_ports)?,
+        }),
     };
-    let mut fields = vec![
-        ("rampart.sidecar", "true".to_owned()),
+    let metadata = SidecarMetadata {
+        sidecar: true,
         // Where operators reach this proxy's admin endpoints (meshctl identity).
-        ("rampart.admin", args.admin_addr.to_string()),
-    ];
-    if let Some(service) = &args.service {
-        fields.push(("rampart.service", service.clone()));
-        fields.push(("rampart.address", args.address.to_string()));
-        fields.push(("rampart.ports", join(&args.ports)));
-        if !args.app_ports.is_empty() {
-            fields.push(("rampart.app_ports", join(&args.app_ports)));
-        }
-    }
-    if !args.labels.is_empty() {
-        fields.push(("rampart.labels", join(&args.labels)));
-    }
-    if !args.dependencies.is_empty() {
-        fields.push(("rampart.dependencies", args.dependencies.join(",")));
-    }
-    if !args.outbound.is_empty() {
-        fields.push(("rampart.outbound_listeners", args.outbound.join(",")));
-    }
-    if let Some(l) = &args.locality {
-        fields.push(("rampart.locality", l.to_string()));
-    }
-    envoy_types::pb::envoy::config::core::v3::Node {
+        admin: Some(args.admin_addr),
+        serves,
+        labels: unique("--label", &args.labels)?,
+        locality: args.locality.as_ref().map(ToString::to_string),
+        dependencies: (!args.dependencies.is_empty())
+            .then(|| args.dependencies.iter().cloned().collect()),
+        outbound: (!args.outbound.is_empty()).then(|| args.outbound.clone()),
+    };
+    Ok(Node {
         id,
         user_agent_name: "rampart-proxy".to_owned(),
-        user_agent_version_type: Some(
-            envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType::UserAgentVersion(
-                env!("CARGO_PKG_VERSION").to_owned(),
-            ),
-        ),
-        metadata: Some(Struct {
-            fields: fields
-                .into_iter()
-                .map(|(k, v)| {
-                    let value = Value {
-                        kind: Some(Kind::StringValue(v)),
-                    };
-                    (k.to_owned(), value)
-                })
-                .collect(),
-        }),
+        user_agent_version_type: Some(UserAgentVersionType::UserAgentVersion(
+            env!("CARGO_PKG_VERSION").to_owned(),
+        )),
+        metadata: Some(metadata.to_struct()),
         ..Default::default()
-    }
+    })
 }
 
 fn main() -> ExitCode {
@@ -290,7 +279,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     } else {
         let settings = xds_client::Settings {
             control_plane: args.control_plane.clone(),
-            node: node(&args),
+            node: node(&args)?,
             capture: args.capture,
             sotw: args.xds_sotw,
         };

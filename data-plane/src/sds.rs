@@ -35,8 +35,6 @@ pub const DEFAULT: &str = "default";
 /// The trust bundle.
 pub const ROOTCA: &str = "ROOTCA";
 
-const SECRET_TYPE: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
-
 type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Serves `default` and `ROOTCA` from the current identity.
@@ -105,7 +103,7 @@ impl SecretStream {
                 .filter_map(|n| secret(n, identity))
                 .map(pack_any)
                 .collect(),
-            type_url: SECRET_TYPE.to_owned(),
+            type_url: rampart_api::xds::TypeUrl::Secret.as_str().to_owned(),
             nonce: self.last_nonce.clone(),
             ..Default::default()
         }

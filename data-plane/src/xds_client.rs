@@ -38,12 +38,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::admin::{ProxyMetrics, TypeLabels, XdsLabels};
 use crate::identity::Identity;
 use crate::proxy::plan::{Plan, compile, service_route};
-
-pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
-pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
-pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+use rampart_api::xds::TypeUrl;
 
 /// The one secret the proxy asks for: the mesh's trust bundle.
 pub const ROOTCA: &str = "ROOTCA";
@@ -59,17 +54,17 @@ pub struct Held {
 /// Everything the proxy holds, by type URL then name.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Config {
-    pub types: BTreeMap<&'static str, BTreeMap<String, Held>>,
+    pub types: BTreeMap<TypeUrl, BTreeMap<String, Held>>,
 }
 
 impl Config {
-    fn of(&self, type_url: &str) -> impl Iterator<Item = (&String, &Held)> {
-        self.types.get(type_url).into_iter().flat_map(|m| m.iter())
+    fn of(&self, type_url: TypeUrl) -> impl Iterator<Item = (&String, &Held)> {
+        self.types.get(&type_url).into_iter().flat_map(|m| m.iter())
     }
 
     /// Names of the clusters whose endpoints come over EDS.
     fn eds_clusters(&self) -> BTreeSet<String> {
-        self.of(CLUSTER)
+        self.of(TypeUrl::Cluster)
             .filter_map(|(name, held)| {
                 let cluster = Cluster::decode(held.resource.value.as_slice()).ok()?;
                 cluster.eds_cluster_config.is_some().then(|| name.clone())
@@ -83,9 +78,12 @@ impl Config {
     fn rds_routes(&self, capture: bool) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
         if capture {
-            out.extend(self.of(CLUSTER).filter_map(|(name, _)| service_route(name)));
+            out.extend(
+                self.of(TypeUrl::Cluster)
+                    .filter_map(|(name, _)| service_route(name)),
+            );
         }
-        for (_, held) in self.of(LISTENER) {
+        for (_, held) in self.of(TypeUrl::Listener) {
             let Ok(listener) = Listener::decode(held.resource.value.as_slice()) else {
                 continue;
             };
@@ -117,18 +115,17 @@ impl Config {
 }
 
 /// Whether `resource` decodes as `type_url`'s message; the reason if not.
-fn check(type_url: &str, resource: &Any) -> Result<(), String> {
-    if resource.type_url != type_url {
+fn check(type_url: TypeUrl, resource: &Any) -> Result<(), String> {
+    if resource.type_url != type_url.as_str() {
         return Err(format!("is a {}, expected {type_url}", resource.type_url));
     }
     let bytes = resource.value.as_slice();
     let decoded = match type_url {
-        SECRET => Secret::decode(bytes).map(drop),
-        CLUSTER => Cluster::decode(bytes).map(drop),
-        ENDPOINT => ClusterLoadAssignment::decode(bytes).map(drop),
-        LISTENER => Listener::decode(bytes).map(drop),
-        ROUTE => RouteConfiguration::decode(bytes).map(drop),
-        other => return Err(format!("{other} is not a type this proxy uses")),
+        TypeUrl::Secret => Secret::decode(bytes).map(drop),
+        TypeUrl::Cluster => Cluster::decode(bytes).map(drop),
+        TypeUrl::Endpoint => ClusterLoadAssignment::decode(bytes).map(drop),
+        TypeUrl::Listener => Listener::decode(bytes).map(drop),
+        TypeUrl::Route => RouteConfiguration::decode(bytes).map(drop),
     };
     decoded.map_err(|e| format!("does not decode: {e}"))
 }
@@ -152,18 +149,6 @@ pub struct Outputs {
     pub plan: watch::Sender<Arc<Plan>>,
     pub identity: watch::Sender<Arc<Identity>>,
     pub metrics: Arc<ProxyMetrics>,
-}
-
-/// The short name of a type, for metrics.
-fn short(type_url: &str) -> &'static str {
-    match type_url {
-        CLUSTER => "cds",
-        ENDPOINT => "eds",
-        LISTENER => "lds",
-        ROUTE => "rds",
-        SECRET => "sds",
-        _ => "other",
-    }
 }
 
 /// Runs the ADS client forever, publishing what it holds.
@@ -238,12 +223,6 @@ fn refused(error: &anyhow::Error) -> bool {
     })
 }
 
-fn static_type(type_url: &str) -> Option<&'static str> {
-    [SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE]
-        .into_iter()
-        .find(|t| *t == type_url)
-}
-
 /// An mTLS channel to the control plane, checking its SPIFFE ID.
 async fn channel(
     settings: &Settings,
@@ -261,11 +240,11 @@ async fn channel(
 
 /// Which types a response of `type_url` may change the subscriptions of:
 /// clusters name endpoints (and, with capture, routes); listeners name routes.
-fn follow(type_url: &str, capture: bool) -> &'static [&'static str] {
+fn follow(type_url: TypeUrl, capture: bool) -> &'static [TypeUrl] {
     match type_url {
-        CLUSTER if capture => &[ENDPOINT, ROUTE],
-        CLUSTER => &[ENDPOINT],
-        LISTENER => &[ROUTE],
+        TypeUrl::Cluster if capture => &[TypeUrl::Endpoint, TypeUrl::Route],
+        TypeUrl::Cluster => &[TypeUrl::Endpoint],
+        TypeUrl::Listener => &[TypeUrl::Route],
         _ => &[],
     }
 }
@@ -287,11 +266,11 @@ impl Subscriptions {
     /// Recomputes `type_url`'s names from `held`; `Some((old, new))` if they changed.
     fn update(
         &mut self,
-        type_url: &str,
+        type_url: TypeUrl,
         held: &Config,
         capture: bool,
     ) -> Option<(BTreeSet<String>, BTreeSet<String>)> {
-        let (wanted, had) = if type_url == ENDPOINT {
+        let (wanted, had) = if type_url == TypeUrl::Endpoint {
             (held.eds_clusters(), &mut self.eds)
         } else {
             (held.rds_routes(capture), &mut self.rds)
@@ -303,7 +282,7 @@ impl Subscriptions {
 /// Applies a response (as delta), counts it, publishes what applies and
 /// returns the delta-form ACK or NACK.
 fn take(out: &Outputs, response: DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
-    let kind = short(&response.type_url);
+    let kind = TypeUrl::parse(&response.type_url).map_or("other", TypeUrl::short);
     let previous = out.plan.borrow().clone();
     let identity = out.identity.borrow().clone();
     let (ack, next) = apply(&out.config.borrow(), &previous, &identity, response);
@@ -320,11 +299,17 @@ fn take(out: &Outputs, response: DeltaDiscoveryResponse) -> DeltaDiscoveryReques
         })
         .inc();
     if let Some((next, plan, trust)) = next {
-        for t in [SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE] {
+        for t in [
+            TypeUrl::Secret,
+            TypeUrl::Cluster,
+            TypeUrl::Endpoint,
+            TypeUrl::Listener,
+            TypeUrl::Route,
+        ] {
             let held = next.of(t).count() as i64;
             out.metrics
                 .xds_resources
-                .get_or_create(&TypeLabels { r#type: short(t) })
+                .get_or_create(&TypeLabels { r#type: t.short() })
                 .set(held);
         }
         out.config.send_replace(Arc::new(next));
@@ -374,9 +359,9 @@ async fn stream_once(settings: &Settings, out: &Outputs) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel(16);
     let held = out.config.borrow().clone();
     // Wildcard types first, then what they name; each resumes from what is held.
-    let first = |type_url: &str, names: Vec<String>| DeltaDiscoveryRequest {
+    let first = |type_url: TypeUrl, names: Vec<String>| DeltaDiscoveryRequest {
         node: Some(settings.node.clone()),
-        type_url: type_url.to_owned(),
+        type_url: type_url.as_str().to_owned(),
         resource_names_subscribe: names,
         initial_resource_versions: held
             .of(type_url)
@@ -385,26 +370,34 @@ async fn stream_once(settings: &Settings, out: &Outputs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let mut subscriptions = Subscriptions::of(&held, settings.capture);
-    tx.send(first(SECRET, vec![ROOTCA.to_owned()])).await?;
-    tx.send(first(CLUSTER, Vec::new())).await?;
-    tx.send(first(LISTENER, Vec::new())).await?;
-    tx.send(first(ENDPOINT, subscriptions.eds.iter().cloned().collect()))
+    tx.send(first(TypeUrl::Secret, vec![ROOTCA.to_owned()]))
         .await?;
-    tx.send(first(ROUTE, subscriptions.rds.iter().cloned().collect()))
-        .await?;
+    tx.send(first(TypeUrl::Cluster, Vec::new())).await?;
+    tx.send(first(TypeUrl::Listener, Vec::new())).await?;
+    tx.send(first(
+        TypeUrl::Endpoint,
+        subscriptions.eds.iter().cloned().collect(),
+    ))
+    .await?;
+    tx.send(first(
+        TypeUrl::Route,
+        subscriptions.rds.iter().cloned().collect(),
+    ))
+    .await?;
     let mut responses = AggregatedDiscoveryServiceClient::new(channel)
         .delta_aggregated_resources(ReceiverStream::new(rx))
         .await?
         .into_inner();
-    tracing::info!(control_plane = %settings.control_plane, resumed = held.of(CLUSTER).count() + held.of(LISTENER).count(), "xDS stream open (delta)");
+    tracing::info!(control_plane = %settings.control_plane, resumed = held.of(TypeUrl::Cluster).count() + held.of(TypeUrl::Listener).count(), "xDS stream open (delta)");
     while let Some(response) = next_response(&mut responses, out).await? {
-        let follows = follow(&response.type_url, settings.capture);
+        let follows =
+            TypeUrl::parse(&response.type_url).map_or(&[][..], |t| follow(t, settings.capture));
         tx.send(take(out, response)).await?;
         let now = out.config.borrow().clone();
         for &type_url in follows {
             if let Some((had, wanted)) = subscriptions.update(type_url, &now, settings.capture) {
                 tx.send(DeltaDiscoveryRequest {
-                    type_url: type_url.to_owned(),
+                    type_url: type_url.as_str().to_owned(),
                     resource_names_subscribe: wanted.difference(&had).cloned().collect(),
                     resource_names_unsubscribe: had.difference(&wanted).cloned().collect(),
                     ..Default::default()
@@ -417,15 +410,14 @@ async fn stream_once(settings: &Settings, out: &Outputs) -> anyhow::Result<()> {
 }
 
 /// A resource's name, from the message itself (SotW responses carry none).
-fn resource_name(type_url: &str, any: &Any) -> Result<String, String> {
+fn resource_name(type_url: TypeUrl, any: &Any) -> Result<String, String> {
     let bytes = any.value.as_slice();
     let name = match type_url {
-        SECRET => Secret::decode(bytes).map(|r| r.name),
-        CLUSTER => Cluster::decode(bytes).map(|r| r.name),
-        ENDPOINT => ClusterLoadAssignment::decode(bytes).map(|r| r.cluster_name),
-        LISTENER => Listener::decode(bytes).map(|r| r.name),
-        ROUTE => RouteConfiguration::decode(bytes).map(|r| r.name),
-        other => return Err(format!("{other} is not a type this proxy uses")),
+        TypeUrl::Secret => Secret::decode(bytes).map(|r| r.name),
+        TypeUrl::Cluster => Cluster::decode(bytes).map(|r| r.name),
+        TypeUrl::Endpoint => ClusterLoadAssignment::decode(bytes).map(|r| r.cluster_name),
+        TypeUrl::Listener => Listener::decode(bytes).map(|r| r.name),
+        TypeUrl::Route => RouteConfiguration::decode(bytes).map(|r| r.name),
     };
     name.map_err(|e| format!("does not decode: {e}"))
 }
@@ -441,23 +433,31 @@ async fn stream_once_sotw(settings: &Settings, out: &Outputs) -> anyhow::Result<
     let held = out.config.borrow().clone();
     let mut subscriptions = Subscriptions::of(&held, settings.capture);
     // Per type: (accepted version, last nonce).
-    let mut state: HashMap<&'static str, (String, String)> = HashMap::new();
-    let names = |type_url: &str, s: &Subscriptions| -> Vec<String> {
+    let mut state: HashMap<TypeUrl, (String, String)> = HashMap::new();
+    let names = |type_url: TypeUrl, s: &Subscriptions| -> Vec<String> {
         match type_url {
-            SECRET => vec![ROOTCA.to_owned()],
-            ENDPOINT => s.eds.iter().cloned().collect(),
-            ROUTE => s.rds.iter().cloned().collect(),
+            TypeUrl::Secret => vec![ROOTCA.to_owned()],
+            TypeUrl::Endpoint => s.eds.iter().cloned().collect(),
+            TypeUrl::Route => s.rds.iter().cloned().collect(),
             _ => Vec::new(),
         }
     };
-    for type_url in [SECRET, CLUSTER, LISTENER, ENDPOINT, ROUTE] {
+    for type_url in [
+        TypeUrl::Secret,
+        TypeUrl::Cluster,
+        TypeUrl::Listener,
+        TypeUrl::Endpoint,
+        TypeUrl::Route,
+    ] {
         // EDS and RDS are not wildcard types: ask once there are names.
-        if matches!(type_url, ENDPOINT | ROUTE) && names(type_url, &subscriptions).is_empty() {
+        if matches!(type_url, TypeUrl::Endpoint | TypeUrl::Route)
+            && names(type_url, &subscriptions).is_empty()
+        {
             continue;
         }
         tx.send(DiscoveryRequest {
             node: Some(settings.node.clone()),
-            type_url: type_url.to_owned(),
+            type_url: type_url.as_str().to_owned(),
             resource_names: names(type_url, &subscriptions),
             ..Default::default()
         })
@@ -469,7 +469,7 @@ async fn stream_once_sotw(settings: &Settings, out: &Outputs) -> anyhow::Result<
         .into_inner();
     tracing::info!(control_plane = %settings.control_plane, "xDS stream open (state of the world)");
     while let Some(response) = next_response(&mut responses, out).await? {
-        let Some(type_url) = static_type(&response.type_url) else {
+        let Some(type_url) = TypeUrl::parse(&response.type_url) else {
             continue;
         };
         let mut resources = Vec::new();
@@ -497,7 +497,7 @@ async fn stream_once_sotw(settings: &Settings, out: &Outputs) -> anyhow::Result<
             take(
                 out,
                 DeltaDiscoveryResponse {
-                    type_url: type_url.to_owned(),
+                    type_url: type_url.as_str().to_owned(),
                     nonce: response.nonce.clone(),
                     resources,
                     removed_resources: removed,
@@ -520,13 +520,13 @@ async fn stream_once_sotw(settings: &Settings, out: &Outputs) -> anyhow::Result<
         }
         entry.1 = response.nonce.clone();
         let now = out.config.borrow().clone();
-        let changed: Vec<&str> = follow(type_url, settings.capture)
+        let changed: Vec<TypeUrl> = follow(type_url, settings.capture)
             .iter()
             .copied()
-            .filter(|f| subscriptions.update(f, &now, settings.capture).is_some())
+            .filter(|f| subscriptions.update(*f, &now, settings.capture).is_some())
             .collect();
         tx.send(DiscoveryRequest {
-            type_url: type_url.to_owned(),
+            type_url: type_url.as_str().to_owned(),
             version_info: entry.0.clone(),
             response_nonce: entry.1.clone(),
             resource_names: names(type_url, &subscriptions),
@@ -536,9 +536,9 @@ async fn stream_once_sotw(settings: &Settings, out: &Outputs) -> anyhow::Result<
         .await?;
         // A changed subscription is a new request for that type.
         for follow in changed {
-            let (version, nonce) = state.get(follow).cloned().unwrap_or_default();
+            let (version, nonce) = state.get(&follow).cloned().unwrap_or_default();
             tx.send(DiscoveryRequest {
-                type_url: follow.to_owned(),
+                type_url: follow.as_str().to_owned(),
                 version_info: version,
                 response_nonce: nonce,
                 resource_names: names(follow, &subscriptions),
@@ -566,7 +566,7 @@ fn apply(
         response_nonce: response.nonce.clone(),
         ..Default::default()
     };
-    let Some(type_url) = static_type(&response.type_url) else {
+    let Some(type_url) = TypeUrl::parse(&response.type_url) else {
         reply.error_detail = Some(RpcStatus {
             code: 3,
             message: format!("{} is not a type this proxy uses", response.type_url),
@@ -585,7 +585,7 @@ fn apply(
         })
         .collect();
     if !problems.is_empty() {
-        tracing::warn!(r#type = type_url, problems = ?problems, "rejecting an xDS update; keeping the last good configuration");
+        tracing::warn!(r#type = type_url.short(), problems = ?problems, "rejecting an xDS update; keeping the last good configuration");
         reply.error_detail = Some(RpcStatus {
             code: 3,
             message: problems.join("; "),
@@ -609,7 +609,7 @@ fn apply(
     for name in response.removed_resources {
         map.remove(&name);
     }
-    let trust = if type_url == SECRET {
+    let trust = if type_url == TypeUrl::Secret {
         trust_update(&next, identity).map_err(|e| vec![e])
     } else {
         Ok(None)
@@ -620,7 +620,7 @@ fn apply(
         Ok((plan, trust)) => (reply, Some((next, plan, trust))),
         Err(errors) => {
             let message = errors.join("; ");
-            tracing::warn!(r#type = type_url, problems = %message, "rejecting an xDS update this proxy cannot carry; keeping the last good configuration");
+            tracing::warn!(r#type = type_url.short(), problems = %message, "rejecting an xDS update this proxy cannot carry; keeping the last good configuration");
             reply.error_detail = Some(RpcStatus {
                 code: 3,
                 message,
@@ -636,7 +636,11 @@ fn apply(
 /// holding it would refuse this proxy, so it can only be a mistake (a root
 /// rotation adds the new root before it signs anything).
 fn trust_update(config: &Config, identity: &Identity) -> Result<Option<TrustBundle>, String> {
-    let Some(held) = config.types.get(SECRET).and_then(|m| m.get(ROOTCA)) else {
+    let Some(held) = config
+        .types
+        .get(&TypeUrl::Secret)
+        .and_then(|m| m.get(ROOTCA))
+    else {
         return Ok(None);
     };
     let secret = Secret::decode(held.resource.value.as_slice())
@@ -719,7 +723,7 @@ mod tests {
             )),
         };
         let mut config = Config::default();
-        config.types.entry(SECRET).or_default().insert(
+        config.types.entry(TypeUrl::Secret).or_default().insert(
             ROOTCA.to_owned(),
             Held {
                 version: "1".to_owned(),

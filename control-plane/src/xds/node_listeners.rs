@@ -3,7 +3,7 @@
 //! the local ports it wants as outbound listeners:
 //!
 //! ```text
-//! node.metadata["rampart.outbound_listeners"] = "127.0.0.1:15080=echo.default:8080,127.0.0.1:15051=echo.default:50051"
+//! rampart.outbound_listeners = "127.0.0.1:15080=echo.default:8080,127.0.0.1:15051=echo.default:50051"
 //! ```
 //!
 //! Each becomes a Listener on that address: an HTTP connection manager that
@@ -12,81 +12,24 @@
 //! exactly these for a wildcard LDS subscription.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 
-use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, filter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
-use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::util::pack_any;
 
 use rampart_api::mesh::Protocol;
+use rampart_api::xds::OutboundListener;
 
 use super::sidecar::http_inspector;
 use super::snapshot::{Resources, Snapshot, TypeUrl};
 use super::translate::{cluster_name, listener_name, rds_manager, socket};
 
-/// The node metadata key.
-pub const METADATA_KEY: &str = "rampart.outbound_listeners";
-
-/// One requested listener: local address -> service port.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outbound {
-    pub local: SocketAddr,
-    pub service: String,
-    pub namespace: String,
-    pub port: u16,
-}
-
-/// Parses the node's request; `Ok(None)` if it names no listeners.
-pub fn requested(node: &Node) -> Result<Option<Vec<Outbound>>, String> {
-    let Some(value) = node
-        .metadata
-        .as_ref()
-        .and_then(|m| m.fields.get(METADATA_KEY))
-    else {
-        return Ok(None);
-    };
-    let Some(Kind::StringValue(text)) = &value.kind else {
-        return Err(format!("{METADATA_KEY} must be a string"));
-    };
-    let mut out = Vec::new();
-    let mut seen = BTreeMap::new();
-    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (local, target) = item
-            .split_once('=')
-            .ok_or_else(|| format!("{item:?}: expected LOCAL_IP:PORT=SERVICE.NAMESPACE:PORT"))?;
-        let local: SocketAddr = local
-            .parse()
-            .map_err(|_| format!("{item:?}: {local:?} is not IP:PORT"))?;
-        let (host, port) = target
-            .rsplit_once(':')
-            .ok_or_else(|| format!("{item:?}: {target:?} has no :PORT"))?;
-        let (service, namespace) = host
-            .split_once('.')
-            .ok_or_else(|| format!("{item:?}: {host:?} is not SERVICE.NAMESPACE"))?;
-        let port: u16 = port
-            .parse()
-            .map_err(|_| format!("{item:?}: {port:?} is not a port"))?;
-        if let Some(previous) = seen.insert(local, item) {
-            return Err(format!("{item:?} and {previous:?} both listen on {local}"));
-        }
-        out.push(Outbound {
-            local,
-            service: service.to_owned(),
-            namespace: namespace.to_owned(),
-            port,
-        });
-    }
-    Ok(Some(out))
-}
-
 /// The listeners for `requested`: HTTP ports (those with routes in the
 /// snapshot) get the HTTP connection manager, TCP ports the TCP proxy, and
 /// `auto` ports both, the HTTP inspector telling which a connection takes.
-pub fn listeners(requested: &[Outbound], snapshot: &Snapshot) -> Resources {
+pub fn listeners(requested: &[OutboundListener], snapshot: &Snapshot) -> Resources {
     let mut built = Snapshot::default();
     for o in requested {
         let name = format!("outbound|{}", o.local);

@@ -1,19 +1,6 @@
 //! What a sidecar gets besides the shared resources: its inbound side.
 //!
-//! A sidecar says so in its node metadata (all values strings):
-//!
-//! ```text
-//! rampart.sidecar      = "true"
-//! rampart.service      = "echo"                  the service it serves (its namespace)
-//! rampart.address      = "127.0.0.1"             where peers reach it
-//! rampart.ports        = "http=18081,grpc=15061" per service port: where it listens for peers
-//! rampart.app_ports    = "http=8081"             where the app listens on 127.0.0.1
-//!                                                (default: the service port number)
-//! rampart.labels       = "app=echo,version=v1"
-//! rampart.locality     = "region/zone"           optional
-//! rampart.dependencies = "db.data,auth.default"  optional: only these services
-//! ```
-//!
+//! A sidecar says so in its node metadata (`rampart_api::xds::SidecarMetadata`).
 //! Its namespace and service account are never taken from the metadata but
 //! from the SVID it connected with. It then gets, per port, an inbound
 //! listener terminating mTLS (certificate `default` from its local agent,
@@ -28,8 +15,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
-    ApiConfigSource, ConfigSource, GrpcService, Node, api_config_source, config_source,
-    grpc_service,
+    ApiConfigSource, ConfigSource, GrpcService, api_config_source, config_source, grpc_service,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
@@ -52,12 +38,12 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     tls_parameters,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
-use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 use envoy_types::util::pack_any;
 use rampart_api::mesh::{
     AuthorizationPolicySpec, MtlsMode, Object, Protocol, RateLimit, ServicePort, WorkloadEntrySpec,
 };
+use rampart_api::xds::SidecarMetadata;
 use rampart_certs::SpiffeId;
 
 use super::rbac;
@@ -146,52 +132,15 @@ pub enum SidecarError {
     Forbidden(String),
 }
 
-fn metadata<'a>(node: &'a Node, key: &str) -> Result<Option<&'a str>, SidecarError> {
-    match node
-        .metadata
-        .as_ref()
-        .and_then(|m| m.fields.get(key))
-        .and_then(|v| v.kind.as_ref())
-    {
-        None => Ok(None),
-        Some(Kind::StringValue(s)) => Ok(Some(s.as_str())),
-        Some(_) => Err(SidecarError::Invalid(format!("{key} must be a string"))),
-    }
-}
-
-/// Parses `k=v,k=v`.
-fn pairs(key: &str, text: &str) -> Result<BTreeMap<String, String>, SidecarError> {
-    let mut out = BTreeMap::new();
-    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (k, v) = item
-            .split_once('=')
-            .ok_or_else(|| SidecarError::Invalid(format!("{key}: {item:?} is not NAME=VALUE")))?;
-        if out.insert(k.to_owned(), v.to_owned()).is_some() {
-            return Err(SidecarError::Invalid(format!(
-                "{key}: {k:?} is given twice"
-            )));
-        }
-    }
-    Ok(out)
-}
-
-fn ports(key: &str, text: &str) -> Result<BTreeMap<String, u16>, SidecarError> {
-    pairs(key, text)?
-        .into_iter()
-        .map(|(name, port)| match port.parse::<u16>() {
-            Ok(p) if p > 0 => Ok((name, p)),
-            _ => Err(SidecarError::Invalid(format!(
-                "{key}: {port:?} (for {name}) is not a port"
-            ))),
-        })
-        .collect()
-}
-
 impl Sidecar {
-    /// The sidecar a node describes, with its identity from `peer`;
-    /// `Ok(None)` if the node is not a sidecar.
-    pub fn from_node(node: &Node, peer: &SpiffeId) -> Result<Option<Sidecar>, SidecarError> {
-        if metadata(node, "rampart.sidecar")? != Some("true") {
+    /// The sidecar a node's metadata describes, with its identity from
+    /// `peer`; `Ok(None)` if the node is not a sidecar.
+    pub fn from_metadata(
+        node_id: &str,
+        metadata: &SidecarMetadata,
+        peer: &SpiffeId,
+    ) -> Result<Option<Sidecar>, SidecarError> {
+        if !metadata.sidecar {
             return Ok(None);
         }
         let Some((namespace, service_account)) = peer.namespace_and_service_account() else {
@@ -199,86 +148,25 @@ impl Sidecar {
                 "a sidecar connects with a workload SVID (spiffe://<trust domain>/ns/<namespace>/sa/<account>), not {peer}"
             )));
         };
-        let workload = match metadata(node, "rampart.service")? {
-            None => None,
-            Some(service) => {
-                let address = metadata(node, "rampart.address")?
-                    .ok_or_else(|| {
-                        SidecarError::Invalid("rampart.service needs rampart.address".into())
-                    })?
-                    .parse::<IpAddr>()
-                    .map_err(|_| {
-                        SidecarError::Invalid("rampart.address is not an IP address".into())
-                    })?;
-                let listen = ports(
-                    "rampart.ports",
-                    metadata(node, "rampart.ports")?.unwrap_or_default(),
-                )?;
-                if listen.is_empty() {
-                    return Err(SidecarError::Invalid(
-                        "rampart.service needs rampart.ports (service port name=listen port)"
-                            .into(),
-                    ));
-                }
-                let app_ports = ports(
-                    "rampart.app_ports",
-                    metadata(node, "rampart.app_ports")?.unwrap_or_default(),
-                )?;
-                if let Some(name) = app_ports.keys().find(|n| !listen.contains_key(*n)) {
-                    return Err(SidecarError::Invalid(format!(
-                        "rampart.app_ports names {name:?}, which rampart.ports does not"
-                    )));
-                }
-                Some(Workload {
-                    name: node.id.clone(),
-                    service: service.to_owned(),
-                    address,
-                    ports: listen,
-                    app_ports,
-                    labels: pairs(
-                        "rampart.labels",
-                        metadata(node, "rampart.labels")?.unwrap_or_default(),
-                    )?,
-                    locality: match metadata(node, "rampart.locality")? {
-                        None => String::new(),
-                        Some(text) => {
-                            rampart_api::locality::parse(text).map_err(|e| {
-                                SidecarError::Invalid(format!("rampart.locality: {e}"))
-                            })?;
-                            text.to_owned()
-                        }
-                    },
-                })
-            }
-        };
-        if workload.as_ref().is_some_and(|w| w.name.is_empty()) {
+        let workload = metadata.serves.as_ref().map(|serves| Workload {
+            name: node_id.to_owned(),
+            service: serves.service.clone(),
+            address: serves.address,
+            ports: serves.ports.clone(),
+            app_ports: serves.app_ports.clone(),
+            labels: metadata.labels.clone(),
+            locality: metadata.locality.clone().unwrap_or_default(),
+        });
+        if workload.is_some() && node_id.is_empty() {
             return Err(SidecarError::Invalid(
                 "a sidecar serving a service needs a node id".into(),
             ));
         }
-        let dependencies = match metadata(node, "rampart.dependencies")? {
-            None => None,
-            Some(text) => {
-                let mut names = BTreeSet::new();
-                for name in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                    if name
-                        .split_once('.')
-                        .is_none_or(|(s, n)| s.is_empty() || n.is_empty())
-                    {
-                        return Err(SidecarError::Invalid(format!(
-                            "rampart.dependencies: {name:?} is not SERVICE.NAMESPACE"
-                        )));
-                    }
-                    names.insert(name.to_owned());
-                }
-                Some(names)
-            }
-        };
         Ok(Some(Sidecar {
             namespace: namespace.to_owned(),
             service_account: service_account.to_owned(),
             workload,
-            dependencies,
+            dependencies: metadata.dependencies.clone(),
         }))
     }
 

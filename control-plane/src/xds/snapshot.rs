@@ -10,64 +10,7 @@ use std::sync::Arc;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
-/// The resource types Rampart serves, in make-before-break push order:
-/// the trust bundle before the clusters and listeners that use it, clusters
-/// before their endpoints, listeners before their routes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum TypeUrl {
-    Secret,
-    Cluster,
-    Endpoint,
-    Listener,
-    Route,
-}
-
-impl TypeUrl {
-    /// Every type, in push order.
-    pub const ORDER: [TypeUrl; 5] = [
-        TypeUrl::Secret,
-        TypeUrl::Cluster,
-        TypeUrl::Endpoint,
-        TypeUrl::Listener,
-        TypeUrl::Route,
-    ];
-
-    /// The `type.googleapis.com/...` URL.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TypeUrl::Secret => {
-                "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
-            }
-            TypeUrl::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
-            TypeUrl::Endpoint => {
-                "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
-            }
-            TypeUrl::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
-            TypeUrl::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
-        }
-    }
-
-    /// Parses a type URL.
-    pub fn parse(url: &str) -> Option<TypeUrl> {
-        TypeUrl::ORDER.into_iter().find(|t| t.as_str() == url)
-    }
-
-    /// Short name for logs and metrics: `sds`, `cds`, `eds`, `lds`, `rds`.
-    pub fn short(self) -> &'static str {
-        match self {
-            TypeUrl::Secret => "sds",
-            TypeUrl::Cluster => "cds",
-            TypeUrl::Endpoint => "eds",
-            TypeUrl::Listener => "lds",
-            TypeUrl::Route => "rds",
-        }
-    }
-
-    /// Whether an empty subscription may mean "everything" (LDS and CDS).
-    pub fn supports_wildcard(self) -> bool {
-        matches!(self, TypeUrl::Cluster | TypeUrl::Listener)
-    }
-}
+pub use rampart_api::xds::TypeUrl;
 
 /// One encoded resource and the hash of its bytes.
 #[derive(Debug, Clone, PartialEq)]

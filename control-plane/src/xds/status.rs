@@ -62,17 +62,10 @@ impl StreamRegistry {
             status.user_agent = format!("{} {}", node.user_agent_name, version_of(node))
                 .trim()
                 .to_owned();
-            status.admin_addr = node
-                .metadata
-                .as_ref()
-                .and_then(|m| m.fields.get("rampart.admin"))
-                .and_then(|v| match &v.kind {
-                    Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) => s
-                        .parse::<std::net::SocketAddr>()
-                        .ok()
-                        .map(|a| a.to_string()),
-                    _ => None,
-                })
+            status.admin_addr = rampart_api::xds::SidecarMetadata::from_node(node)
+                .ok()
+                .and_then(|m| m.admin)
+                .map(|a| a.to_string())
                 .unwrap_or_default();
         }
         let now = time::OffsetDateTime::now_utc().unix_timestamp();

@@ -66,6 +66,7 @@ use rampart_api::mesh::{
 use super::sidecar::{self, ServiceInfo, SidecarInputs};
 use super::snapshot::{Snapshot, TypeUrl};
 use super::timeouts::ConnectionTimeouts;
+use rampart_api::xds::CaptureMetadata;
 
 /// The parts of the model the translator reads.
 #[derive(Debug)]
@@ -382,31 +383,6 @@ fn lb_policy(policy: Option<&TrafficPolicySpec>, flavour: Flavour<'_>) -> cluste
 /// The endpoint metadata that selects the mTLS transport socket.
 const TLS_MATCH: (&str, &str) = ("tls", "mtls");
 
-/// What rampart-proxy's traffic capture needs of a service cluster (Envoy
-/// ignores it): `protocol: auto` for an `auto` port, and the service's
-/// virtual IPs as `addresses`.
-fn capture_metadata(protocol: Protocol, addresses: &[String]) -> Option<Metadata> {
-    let mut fields = BTreeMap::new();
-    if protocol == Protocol::Auto {
-        fields.insert("protocol".to_owned(), string_value("auto"));
-    }
-    if !addresses.is_empty() {
-        let values = addresses.iter().map(|a| string_value(a)).collect();
-        let list = value::Kind::ListValue(envoy_types::pb::google::protobuf::ListValue { values });
-        fields.insert("addresses".to_owned(), Value { kind: Some(list) });
-    }
-    (!fields.is_empty()).then(|| Metadata {
-        filter_metadata: [(
-            "rampart".to_owned(),
-            Struct {
-                fields: fields.into_iter().collect(),
-            },
-        )]
-        .into(),
-        ..Default::default()
-    })
-}
-
 fn string_value(s: &str) -> Value {
     Value {
         kind: Some(value::Kind::StringValue(s.to_owned())),
@@ -555,7 +531,12 @@ fn build_cluster(
         circuit_breakers,
         outlier_detection,
         typed_extension_protocol_options: protocol_options(protocol),
-        metadata: capture_metadata(protocol, addresses),
+        metadata: CaptureMetadata {
+            detect_protocol: protocol == Protocol::Auto,
+            // The model checked that each is an IP address.
+            addresses: addresses.iter().filter_map(|a| a.parse().ok()).collect(),
+        }
+        .to_metadata(),
         transport_socket_matches: if expected.is_empty() {
             Vec::new()
         } else {

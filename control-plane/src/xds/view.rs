@@ -13,14 +13,15 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use rampart_certs::SpiffeId;
 
-use super::node_listeners::{Outbound, listeners, requested};
+use super::node_listeners::listeners;
 use super::sidecar::{Sidecar, SidecarError, SidecarInputs};
 use super::snapshot::{Resources, Snapshot, TypeUrl};
+use rampart_api::xds::{OutboundListener, SidecarMetadata};
 
 /// One node's view of the snapshots.
 #[derive(Debug, Default)]
 pub struct NodeView {
-    outbound: Option<Vec<Outbound>>,
+    outbound: Option<Vec<OutboundListener>>,
     sidecar: Option<Sidecar>,
     /// The snapshot the last view was built from, and that view.
     last: Option<(Arc<Snapshot>, Arc<Snapshot>)>,
@@ -60,8 +61,10 @@ impl NodeView {
         let Some(node) = node else {
             return Ok(Self::default());
         };
-        let outbound = requested(node).map_err(SidecarError::Invalid)?;
-        let sidecar = Sidecar::from_node(node, peer)?;
+        let metadata =
+            SidecarMetadata::from_node(node).map_err(|e| SidecarError::Invalid(e.to_string()))?;
+        let sidecar = Sidecar::from_metadata(&node.id, &metadata, peer)?;
+        let outbound = metadata.outbound;
         Ok(Self {
             outbound,
             sidecar,

@@ -38,8 +38,9 @@ use prost::Message;
 
 use super::access_log::{AccessLogPlan, Of};
 use super::rate_limit::TokenBucket;
-use crate::xds_client::{CLUSTER, Config, ENDPOINT, LISTENER, ROUTE};
+use crate::xds_client::Config;
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
+use rampart_api::xds::{CaptureMetadata, TypeUrl};
 
 /// Everything the traffic path needs, compiled once per xDS update.
 #[derive(Debug, Default)]
@@ -478,17 +479,17 @@ pub fn compile(config: &Config, previous: &Plan) -> std::result::Result<Plan, Ve
             reason,
         })
     };
-    let held = |type_url: &str| {
+    let held = |type_url: TypeUrl| {
         config
             .types
-            .get(type_url)
+            .get(&type_url)
             .into_iter()
             .flat_map(|m| m.iter())
     };
-    let assignments: HashMap<&str, &Arc<Any>> = held(ENDPOINT)
+    let assignments: HashMap<&str, &Arc<Any>> = held(TypeUrl::Endpoint)
         .map(|(n, h)| (n.as_str(), &h.resource))
         .collect();
-    for (name, h) in held(CLUSTER) {
+    for (name, h) in held(TypeUrl::Cluster) {
         let assignment = assignments.get(name.as_str()).copied();
         let unchanged = previous
             .compiled
@@ -498,7 +499,7 @@ pub fn compile(config: &Config, previous: &Plan) -> std::result::Result<Plan, Ve
             .and_then(|_| previous.clusters.get(name));
         let compiled = match unchanged {
             Some(c) => Ok(c.clone()),
-            None => decode::<Cluster>(&h.resource, CLUSTER)
+            None => decode::<Cluster>(&h.resource, TypeUrl::Cluster.as_str())
                 .and_then(|c| cluster_plan(&c, assignment.map(|a| &**a)))
                 .map(Arc::new),
         };
@@ -511,10 +512,10 @@ pub fn compile(config: &Config, previous: &Plan) -> std::result::Result<Plan, Ve
             Err(e) => record(name, e),
         }
     }
-    for (name, h) in held(ROUTE) {
+    for (name, h) in held(TypeUrl::Route) {
         let compiled = match previous.compiled.routes.get(name) {
             Some((r, table)) if same(r, &h.resource) => Ok(table.clone()),
-            _ => decode::<RouteConfiguration>(&h.resource, ROUTE)
+            _ => decode::<RouteConfiguration>(&h.resource, TypeUrl::Route.as_str())
                 .and_then(|r| route_table(&r))
                 .map(Arc::new),
         };
@@ -530,8 +531,10 @@ pub fn compile(config: &Config, previous: &Plan) -> std::result::Result<Plan, Ve
     }
     keep_routes_until_clusters_warm(&mut plan, previous);
     let mut bound: HashMap<SocketAddr, &str> = HashMap::new();
-    for (name, h) in held(LISTENER) {
-        match decode::<Listener>(&h.resource, LISTENER).and_then(|l| listener_plan(&l)) {
+    for (name, h) in held(TypeUrl::Listener) {
+        match decode::<Listener>(&h.resource, TypeUrl::Listener.as_str())
+            .and_then(|l| listener_plan(&l))
+        {
             Ok(Some(l)) => {
                 if let Some(other) = bound.insert(l.address, name) {
                     record(name, format!("address {} is also {other}'s", l.address));
@@ -1081,7 +1084,10 @@ fn cluster_plan(cluster: &Cluster, assignment: Option<&Any>) -> Result<ClusterPl
             )
         }
     };
-    let (detect_protocol, addresses) = capture_metadata(cluster)?;
+    let CaptureMetadata {
+        detect_protocol,
+        addresses,
+    } = CaptureMetadata::from_cluster(cluster).map_err(|e| e.to_string())?;
     let mut mtls = None;
     for m in &cluster.transport_socket_matches {
         let wants_mtls = m
@@ -1145,7 +1151,7 @@ fn cluster_plan(cluster: &Cluster, assignment: Option<&Any>) -> Result<ClusterPl
     });
     let endpoints = match (eds, assignment, &cluster.load_assignment) {
         (true, Some(any), _) => {
-            let a: ClusterLoadAssignment = decode(any, ENDPOINT)?;
+            let a: ClusterLoadAssignment = decode(any, TypeUrl::Endpoint.as_str())?;
             endpoint_plans(&a).map_err(|e| format!("endpoints: {e}"))?
         }
         (true, None, _) => Vec::new(),
@@ -1167,41 +1173,6 @@ fn cluster_plan(cluster: &Cluster, assignment: Option<&Any>) -> Result<ClusterPl
         detect_protocol,
         addresses,
     })
-}
-
-/// The cluster metadata (namespace `rampart`) traffic capture uses:
-/// `protocol: auto`, and the service's virtual IPs (`addresses`).
-fn capture_metadata(cluster: &Cluster) -> Result<(bool, Vec<IpAddr>)> {
-    use envoy_types::pb::google::protobuf::value::Kind;
-    let Some(fields) = cluster
-        .metadata
-        .as_ref()
-        .and_then(|m| m.filter_metadata.get(METADATA_NAMESPACE))
-        .map(|s| &s.fields)
-    else {
-        return Ok((false, Vec::new()));
-    };
-    let auto = matches!(
-        fields.get("protocol").and_then(|v| v.kind.as_ref()),
-        Some(Kind::StringValue(p)) if p == "auto"
-    );
-    let addresses = match fields.get("addresses").and_then(|v| v.kind.as_ref()) {
-        None => Vec::new(),
-        Some(Kind::ListValue(list)) => list
-            .values
-            .iter()
-            .map(|v| match &v.kind {
-                Some(Kind::StringValue(a)) => a
-                    .parse::<IpAddr>()
-                    .map_err(|_| format!("metadata rampart.addresses: {a:?} is not an IP address")),
-                _ => {
-                    Err("metadata rampart.addresses: holds a value that is not a string".to_owned())
-                }
-            })
-            .collect::<Result<_>>()?,
-        Some(_) => return Err("metadata rampart.addresses: not a list".to_owned()),
-    };
-    Ok((auto, addresses))
 }
 
 /// The URI SANs an upstream TLS context requires of the server.
@@ -1325,7 +1296,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::xds_client::Held;
 
-    fn hold(config: &mut Config, type_url: &'static str, name: &str, resource: Any) {
+    fn hold(config: &mut Config, type_url: TypeUrl, name: &str, resource: Any) {
         config.types.entry(type_url).or_default().insert(
             name.to_owned(),
             Held {
@@ -1346,13 +1317,13 @@ pub(crate) mod tests {
                 eds_cluster_config: Some(EdsClusterConfig::default()),
                 ..Default::default()
             };
-            hold(&mut config, CLUSTER, name, pack_any(cluster));
+            hold(&mut config, TypeUrl::Cluster, name, pack_any(cluster));
         }
         let assignment = ClusterLoadAssignment {
             cluster_name: "a".to_owned(),
             ..Default::default()
         };
-        hold(&mut config, ENDPOINT, "a", pack_any(assignment));
+        hold(&mut config, TypeUrl::Endpoint, "a", pack_any(assignment));
         let table = RouteConfiguration {
             name: "r".to_owned(),
             virtual_hosts: vec![VirtualHost {
@@ -1375,7 +1346,7 @@ pub(crate) mod tests {
             }],
             ..Default::default()
         };
-        hold(&mut config, ROUTE, "r", pack_any(table));
+        hold(&mut config, TypeUrl::Route, "r", pack_any(table));
         config
     }
 
@@ -1391,7 +1362,7 @@ pub(crate) mod tests {
             cluster_name: "b".to_owned(),
             ..Default::default()
         };
-        hold(&mut next, ENDPOINT, "b", pack_any(arrived.clone()));
+        hold(&mut next, TypeUrl::Endpoint, "b", pack_any(arrived.clone()));
         let second = compile(&next, &first).unwrap();
         // `a` and the route table are the very same compiled values...
         assert!(Arc::ptr_eq(&first.clusters["a"], &second.clusters["a"]));
@@ -1401,7 +1372,7 @@ pub(crate) mod tests {
         assert!(!second.clusters["b"].warming);
         // A changed route table is compiled again.
         let mut to_b = config("b");
-        hold(&mut to_b, ENDPOINT, "b", pack_any(arrived));
+        hold(&mut to_b, TypeUrl::Endpoint, "b", pack_any(arrived));
         let third = compile(&to_b, &second).unwrap();
         assert_eq!(target(&third), ["b"]);
         assert!(Arc::ptr_eq(&second.clusters["b"], &third.clusters["b"]));
@@ -1466,7 +1437,7 @@ pub(crate) mod tests {
             ..Default::default()
         };
         let mut config = Config::default();
-        hold(&mut config, CLUSTER, name, pack_any(cluster));
+        hold(&mut config, TypeUrl::Cluster, name, pack_any(cluster));
         config
     }
 
