@@ -155,7 +155,12 @@ pub async fn run(
         ready.clone(),
         stopped(stop_rx.clone()),
     ));
-    let ads = xds::AdsServer::new(snapshots, metrics.clone(), streams.clone(), registrations);
+    let ads = xds::AdsServer::new(
+        snapshots,
+        metrics.clone(),
+        streams.clone(),
+        Arc::new(xds::MeshSource::new(registrations)),
+    );
     let plaintext = match config.dev_plaintext_xds {
         None => None,
         Some(addr) => {

@@ -22,22 +22,26 @@ use envoy_types::util::pack_any;
 use rampart_api::mesh::Protocol;
 use rampart_api::xds::OutboundListener;
 
-use super::sidecar::http_inspector;
+use super::sidecar::{SidecarInputs, http_inspector};
 use super::snapshot::{Resources, Snapshot, TypeUrl};
 use super::translate::{cluster_name, listener_name, rds_manager, socket};
 
 /// The listeners for `requested`: HTTP ports (those with routes in the
 /// snapshot) get the HTTP connection manager, TCP ports the TCP proxy, and
 /// `auto` ports both, the HTTP inspector telling which a connection takes.
-pub fn listeners(requested: &[OutboundListener], snapshot: &Snapshot) -> Resources {
+pub fn listeners(
+    requested: &[OutboundListener],
+    snapshot: &Snapshot,
+    inputs: &SidecarInputs,
+) -> Resources {
     let mut built = Snapshot::default();
     for o in requested {
         let name = format!("outbound|{}", o.local);
         let route = listener_name(&o.service, &o.namespace, o.port);
         let http = || {
             let mut manager = rds_manager(&name, &route);
-            snapshot.sidecar.timeouts.set_http(&mut manager);
-            if snapshot.sidecar.access_log {
+            inputs.timeouts.set_http(&mut manager);
+            if inputs.access_log {
                 manager.access_log = vec![super::access_log::http()];
             }
             Filter {
@@ -52,8 +56,8 @@ pub fn listeners(requested: &[OutboundListener], snapshot: &Snapshot) -> Resourc
                 cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster)),
                 ..Default::default()
             };
-            snapshot.sidecar.timeouts.set_tcp(&mut proxy);
-            if snapshot.sidecar.access_log {
+            inputs.timeouts.set_tcp(&mut proxy);
+            if inputs.access_log {
                 proxy.access_log = vec![super::access_log::tcp()];
             }
             Filter {
@@ -69,8 +73,7 @@ pub fn listeners(requested: &[OutboundListener], snapshot: &Snapshot) -> Resourc
             }),
             ..Default::default()
         };
-        let auto = snapshot
-            .sidecar
+        let auto = inputs
             .services
             .get(&(o.namespace.clone(), o.service.clone()))
             .and_then(|s| s.ports.iter().find(|p| p.port == o.port))

@@ -18,15 +18,13 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::convergence::Convergence;
 use super::delta::DeltaStream;
-use super::sidecar::SidecarError;
 use super::snapshot::{Entry, Snapshot, TypeUrl};
+use super::snapshot_builder::Published;
 use super::sotw::{Event, Nack, Sent, SotwStream};
+use super::source::{NodeConfig, NodeSource};
 use super::status::ConfigRequest;
 use super::status::StreamRegistry;
-use super::view::NodeView;
-use super::watch::Published;
 use crate::ca::proof::caller_spiffe_id;
-use crate::discovery::Registrations;
 use crate::metrics::Metrics;
 use rampart_certs::SpiffeId;
 
@@ -117,7 +115,7 @@ pub struct AdsServer {
     metrics: Arc<Metrics>,
     registry: StreamRegistry,
     convergence: Arc<Convergence>,
-    registrations: Registrations,
+    nodes: Arc<dyn NodeSource>,
     /// The identity of callers without a client certificate; None: they
     /// are refused (the default; only the dev plaintext listener sets it).
     anonymous: Option<SpiffeId>,
@@ -128,7 +126,7 @@ impl AdsServer {
         snapshots: watch::Receiver<Arc<Published>>,
         metrics: Arc<Metrics>,
         registry: StreamRegistry,
-        registrations: Registrations,
+        nodes: Arc<dyn NodeSource>,
     ) -> Self {
         let convergence = Arc::new(Convergence::new(metrics.xds_convergence.clone()));
         Self {
@@ -136,7 +134,7 @@ impl AdsServer {
             metrics,
             registry,
             convergence,
-            registrations,
+            nodes,
             anonymous: None,
         }
     }
@@ -163,7 +161,7 @@ impl AdsServer {
         let metrics = self.metrics.clone();
         let registry = self.registry.clone();
         let convergence = self.convergence.clone();
-        let registrations = self.registrations.clone();
+        let nodes = self.nodes.clone();
         tokio::spawn(async move {
             metrics.xds_connected.inc();
             let (id, dumps) = registry.open(peer.to_string(), variant);
@@ -172,12 +170,12 @@ impl AdsServer {
                 metrics: &metrics,
                 registry: &registry,
                 convergence: &convergence,
-                registrations: &registrations,
+                nodes: &*nodes,
                 id,
                 peer,
             };
             let reason = run::<P>(incoming, tx, snapshots, dumps, &context).await;
-            registrations.leave(id);
+            nodes.leave(id);
             convergence.closed(id);
             registry.close(id);
             metrics.xds_connected.dec();
@@ -192,7 +190,7 @@ struct StreamContext<'a> {
     metrics: &'a Metrics,
     registry: &'a StreamRegistry,
     convergence: &'a Convergence,
-    registrations: &'a Registrations,
+    nodes: &'a dyn NodeSource,
     id: u64,
     peer: SpiffeId,
 }
@@ -217,7 +215,7 @@ async fn run<P: Protocol>(
 ) -> &'static str {
     let mut stream = P::default();
     // What this node is served; set by its first request.
-    let mut view: Option<NodeView> = None;
+    let mut view: Option<Box<dyn NodeConfig>> = None;
     // The newest generation pushed to this stream and not yet answered.
     let mut awaiting: Option<u64> = None;
     loop {
@@ -229,7 +227,7 @@ async fn run<P: Protocol>(
                     let published = snapshots.borrow().clone();
                     let view = match &mut view {
                         Some(view) => view,
-                        None => match admit(P::request_node(&request), &published, cx) {
+                        None => match cx.nodes.admit(P::request_node(&request), &cx.peer, cx.id, &published) {
                             Ok(admitted) => view.insert(admitted),
                             Err(status) => {
                                 let _ = tx.send(Err(status)).await;
@@ -237,7 +235,7 @@ async fn run<P: Protocol>(
                             }
                         },
                     };
-                    let (event, responses) = stream.handle(request, &view.of(&published.snapshot));
+                    let (event, responses) = stream.handle(request, &view.of(&published));
                     log_event(event, cx.metrics, &cx.peer.to_string(), stream.node());
                     responses
                 }
@@ -247,7 +245,7 @@ async fn run<P: Protocol>(
             Some(reply) = dumps.recv() => {
                 let published = snapshots.borrow().clone();
                 let resources = match &mut view {
-                    Some(view) => served(&stream, &view.of(&published.snapshot)),
+                    Some(view) => served(&stream, &view.of(&published)),
                     None => Vec::new(),
                 };
                 let _ = reply.send(resources);
@@ -261,7 +259,7 @@ async fn run<P: Protocol>(
                 let Some(view) = &mut view else {
                     continue; // nothing subscribed yet
                 };
-                let responses = stream.push(&view.of(&published.snapshot));
+                let responses = stream.push(&view.of(&published));
                 if let (false, Some(accepted_at)) = (responses.is_empty(), published.accepted_at) {
                     cx.convergence.pushed(published.generation, accepted_at, cx.id);
                     awaiting = Some(published.generation);
@@ -300,30 +298,6 @@ fn served<P: Protocol>(stream: &P, view: &Snapshot) -> Vec<rampart_api::admin::P
             value: entry.any.value.clone(),
         })
         .collect()
-}
-
-/// Reads what the node of a stream's first request is, checks it against
-/// its SVID and the model, and registers its endpoint if it serves one.
-fn admit(
-    node: Option<&Node>,
-    published: &Published,
-    cx: &StreamContext<'_>,
-) -> Result<NodeView, Status> {
-    let refuse = |e: SidecarError| {
-        tracing::warn!(peer = %cx.peer, stream = cx.id, error = %e, "xDS node refused");
-        match e {
-            SidecarError::Invalid(m) => Status::invalid_argument(m),
-            SidecarError::Forbidden(m) => Status::permission_denied(m),
-        }
-    };
-    let view = NodeView::new(node, &cx.peer).map_err(refuse)?;
-    if let Some(sidecar) = view.sidecar() {
-        sidecar.check(&published.snapshot.sidecar).map_err(refuse)?;
-        if let Some(endpoint) = sidecar.endpoint() {
-            cx.registrations.register(cx.id, endpoint);
-        }
-    }
-    Ok(view)
 }
 
 fn log_event(event: Option<Event>, metrics: &Metrics, peer: &str, node: Option<&Node>) {

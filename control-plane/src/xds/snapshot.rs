@@ -152,9 +152,6 @@ fn changed_names(from: &Resources, to: &Resources) -> Vec<String> {
 pub struct Snapshot {
     resources: BTreeMap<TypeUrl, Layer>,
     changes: ChangeLog,
-    /// What per-proxy views are built from (sidecar clusters, services,
-    /// authorization policies).
-    pub sidecar: Arc<super::sidecar::SidecarInputs>,
 }
 
 fn hash_bytes(bytes: &[u8]) -> u64 {
@@ -187,11 +184,6 @@ impl Snapshot {
             {
                 *layer = old.clone();
             }
-        }
-        if previous.sidecar == self.sidecar {
-            self.sidecar = previous.sidecar.clone();
-        } else {
-            Arc::make_mut(&mut self.sidecar).reuse_unchanged(&previous.sidecar);
         }
     }
 

@@ -21,6 +21,7 @@
 //! bytes, so unchanged resources keep their versions.
 
 use std::collections::{BTreeMap, BTreeSet};
+#[cfg(test)]
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::{
@@ -212,8 +213,17 @@ pub fn cluster_name(
     format!("outbound|{port}|{}|{service}.{namespace}", subset.join(","))
 }
 
+/// What the translator makes of the model: the resources every node may
+/// share, and what per-node views are built from. Nodes are served by a
+/// [`super::source::NodeSource`], which combines the two.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MeshConfig {
+    pub snapshot: Snapshot,
+    pub sidecars: SidecarInputs,
+}
+
 /// Translates the whole model.
-pub fn translate(model: &Model) -> Snapshot {
+pub fn translate(model: &Model) -> MeshConfig {
     let mut snapshot = Snapshot::default();
     let mut sidecar_clusters = Snapshot::default();
     let mut inputs = SidecarInputs {
@@ -315,8 +325,10 @@ pub fn translate(model: &Model) -> Snapshot {
             .insert((namespace.clone(), name.clone()), info);
     }
     inputs.clusters = sidecar_clusters.shared(TypeUrl::Cluster);
-    snapshot.sidecar = Arc::new(inputs);
-    snapshot
+    MeshConfig {
+        snapshot,
+        sidecars: inputs,
+    }
 }
 
 fn roots(pem: &str) -> Secret {
@@ -836,12 +848,17 @@ fn http_fault(fault: &Fault) -> HttpFault {
 }
 
 #[cfg(test)]
-pub fn test_snapshot(yaml: &str) -> Snapshot {
+pub fn test_config(yaml: &str) -> MeshConfig {
     translate(&Model::new(
         rampart_api::mesh::parse_documents("t", yaml).unwrap(),
         "example.org",
         "",
     ))
+}
+
+#[cfg(test)]
+pub fn test_snapshot(yaml: &str) -> Snapshot {
+    test_config(yaml).snapshot
 }
 
 /// Snapshots of successive models as the builder publishes them: each

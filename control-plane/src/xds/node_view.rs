@@ -16,6 +16,7 @@ use rampart_certs::SpiffeId;
 use super::node_listeners::listeners;
 use super::sidecar::{Sidecar, SidecarError, SidecarInputs};
 use super::snapshot::{Resources, Snapshot, TypeUrl};
+use super::snapshot_builder::Published;
 use rampart_api::xds::{OutboundListener, SidecarMetadata};
 
 /// One node's view of the snapshots.
@@ -77,8 +78,9 @@ impl NodeView {
         self.sidecar.as_ref()
     }
 
-    /// What this stream serves from `snapshot`.
-    pub fn of(&mut self, snapshot: &Arc<Snapshot>) -> Arc<Snapshot> {
+    /// What this node is served from `published`.
+    pub fn of(&mut self, published: &Published) -> Arc<Snapshot> {
+        let (snapshot, inputs) = (&published.snapshot, &published.sidecars);
         if self.outbound.is_none() && self.sidecar.is_none() {
             return snapshot.clone();
         }
@@ -89,11 +91,10 @@ impl NodeView {
         }
         let mut view = (**snapshot).clone();
         let mut own_listeners = match &self.outbound {
-            Some(requested) => listeners(requested, snapshot),
+            Some(requested) => listeners(requested, snapshot, inputs),
             None => Resources::new(),
         };
         if let Some(sidecar) = &self.sidecar {
-            let inputs = &snapshot.sidecar;
             if !matches!(&self.inbound, Some((built_from, ..)) if Arc::ptr_eq(built_from, inputs)) {
                 let (listeners, clusters) = sidecar.inbound(inputs);
                 self.inbound = Some((inputs.clone(), listeners, clusters));

@@ -8,19 +8,50 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::sidecar::SidecarInputs;
 use super::snapshot::Snapshot;
+use super::translate::{MeshConfig, Model, translate};
+use crate::discovery::Registrations;
+use crate::store::MeshStore;
 
-/// A snapshot as published to the streams: its generation and when the
-/// change that produced it was accepted (for convergence timing).
+/// A translation as published to the streams: the shared snapshot, what
+/// per-node views are built from, its generation and when the change that
+/// produced it was accepted (for convergence timing).
 #[derive(Debug, Default)]
 pub struct Published {
     pub snapshot: Arc<Snapshot>,
+    pub sidecars: Arc<SidecarInputs>,
     pub generation: u64,
     pub accepted_at: Option<Instant>,
 }
-use super::translate::{Model, translate};
-use crate::discovery::Registrations;
-use crate::store::MeshStore;
+
+impl Published {
+    /// Whether `config` would publish exactly what this holds.
+    fn holds(&self, config: &MeshConfig) -> bool {
+        *self.snapshot == config.snapshot && *self.sidecars == config.sidecars
+    }
+
+    /// The publication that replaces this one with `config`. Whatever did
+    /// not change keeps this one's `Arc`s, so streams settle an untouched
+    /// type in O(1) and node views rebuild nothing inbound; the names that
+    /// changed are recorded for delta streams.
+    fn next(&self, mut config: MeshConfig, generation: u64, accepted_at: Instant) -> Published {
+        config.snapshot.reuse_unchanged(&self.snapshot);
+        config.snapshot.record_changes(&self.snapshot);
+        let sidecars = if *self.sidecars == config.sidecars {
+            self.sidecars.clone()
+        } else {
+            config.sidecars.reuse_unchanged(&self.sidecars);
+            Arc::new(config.sidecars)
+        };
+        Published {
+            snapshot: Arc::new(config.snapshot),
+            sidecars,
+            generation,
+            accepted_at: Some(accepted_at),
+        }
+    }
+}
 
 /// What the snapshot is built from besides the store.
 #[derive(Clone)]
@@ -34,7 +65,7 @@ pub struct Sources {
 /// A burst of changes never delays a rebuild longer than this.
 const MAX_DEBOUNCE: Duration = Duration::from_secs(2);
 
-fn build(store: &impl MeshStore, sources: &Sources) -> Option<Snapshot> {
+fn build(store: &impl MeshStore, sources: &Sources) -> Option<MeshConfig> {
     match store.list(None, None, None) {
         Ok(resources) => {
             let model = Model::new(resources, &sources.trust_domain, &sources.roots_pem)
@@ -54,8 +85,10 @@ pub fn spawn_snapshot_builder<S: MeshStore + 'static>(
     sources: Sources,
     debounce: Duration,
 ) -> watch::Receiver<Arc<Published>> {
+    let first = build(&store, &sources).unwrap_or_default();
     let first = Published {
-        snapshot: Arc::new(build(&store, &sources).unwrap_or_default()),
+        snapshot: Arc::new(first.snapshot),
+        sidecars: Arc::new(first.sidecars),
         generation: 0,
         accepted_at: None,
     };
@@ -79,23 +112,16 @@ pub fn spawn_snapshot_builder<S: MeshStore + 'static>(
                 tokio::time::timeout_at(deadline.min(Instant::now() + debounce), changed()).await
             {
             }
-            let Some(mut snapshot) = build(&store, &sources) else {
+            let Some(config) = build(&store, &sources) else {
                 continue;
             };
             tx.send_if_modified(|current| {
-                snapshot.reuse_unchanged(&current.snapshot);
-                if *current.snapshot == snapshot {
-                    false
-                } else {
-                    snapshot.record_changes(&current.snapshot);
-                    generation += 1;
-                    *current = Arc::new(Published {
-                        snapshot: Arc::new(snapshot),
-                        generation,
-                        accepted_at: Some(accepted_at),
-                    });
-                    true
+                if current.holds(&config) {
+                    return false;
                 }
+                generation += 1;
+                *current = Arc::new(current.next(config, generation, accepted_at));
+                true
             });
         }
     });
