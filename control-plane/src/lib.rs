@@ -11,6 +11,7 @@ pub mod discovery;
 mod files;
 mod grpc;
 mod identity;
+pub mod k8s;
 pub mod metrics;
 pub mod names;
 pub mod store;
@@ -49,6 +50,8 @@ pub struct Config {
     pub serving_hosts: Vec<String>,
     /// Development only: plaintext xDS on this loopback address.
     pub dev_plaintext_xds: Option<SocketAddr>,
+    /// Take identities (and, later, the mesh) from the Kubernetes API server.
+    pub kubernetes: bool,
 }
 
 /// Written to `<data-dir>/control-plane.json` once the listeners are bound,
@@ -181,10 +184,19 @@ pub async fn run(
             Some(tokio::spawn(server))
         }
     };
+    let reviewer = match config.kubernetes {
+        false => None,
+        true => Some(k8s::TokenReviewer::new(
+            kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API server (KUBECONFIG or in-cluster)")?,
+        )),
+    };
     let grpc = tonic::transport::Server::builder()
         .add_service(CertificateServiceServer::new(ca::CaService::new(
             ca.clone(),
             tokens.clone(),
+            reviewer,
             metrics.clone(),
         )))
         .add_service(xds::AdsService::new(ads))

@@ -50,6 +50,11 @@ struct Args {
     /// are anonymous: they get the shared configuration, never a sidecar's.
     #[arg(long, value_parser = parse_loopback)]
     dev_plaintext_xds: Option<SocketAddr>,
+    /// Run in a Kubernetes cluster: accept ServiceAccount tokens (audience
+    /// rampart-ca, checked by TokenReview). The API server is found from
+    /// KUBECONFIG or, in a pod, the in-cluster configuration.
+    #[arg(long)]
+    kubernetes: bool,
     /// Extra DNS name or IP in the serving certificate, for clients that
     /// check hostnames (repeatable; localhost and loopback are always there).
     #[arg(long = "serving-host", value_parser = parse_serving_host)]
@@ -120,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
         endpoint_grace: args.endpoint_grace,
         serving_hosts: args.serving_hosts,
         dev_plaintext_xds: args.dev_plaintext_xds,
+        kubernetes: args.kubernetes,
     };
     run(config, shutdown_signal())
         .await

@@ -85,9 +85,10 @@ impl CaClient {
             .map_err(|e| tonic::Status::internal(format!("the CA's answer is unusable: {e:#}")))
     }
 
-    /// Gets the first SVID with a join token.
-    pub async fn bootstrap(&self, join_token: &str) -> Result<Identity, BootstrapError> {
-        match self.sign(None, Some(join_token), &self.trust_anchor).await {
+    /// Gets the first SVID with a bearer token: a join token or a
+    /// Kubernetes ServiceAccount token.
+    pub async fn bootstrap(&self, token: &str) -> Result<Identity, BootstrapError> {
+        match self.sign(None, Some(token), &self.trust_anchor).await {
             Ok((svid, bundle)) => Ok(Identity { svid, bundle }),
             Err(s)
                 if matches!(

@@ -37,8 +37,18 @@ struct Args {
     trust_anchor: PathBuf,
     /// One-time join token (`meshctl token create`). Prefer the environment
     /// variable: command lines are visible to other users.
-    #[arg(long, env = "RAMPART_JOIN_TOKEN", hide_env_values = true)]
-    join_token: String,
+    #[arg(
+        long,
+        env = "RAMPART_JOIN_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "token_file",
+        conflicts_with = "token_file"
+    )]
+    join_token: Option<String>,
+    /// Or, in Kubernetes: the projected ServiceAccount token (audience
+    /// rampart-ca), read again on every attempt since the kubelet rotates it.
+    #[arg(long, env = "RAMPART_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     /// Serve the SPIFFE Workload API on this unix socket.
     #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET_PATH")]
     workload_api_socket: PathBuf,
@@ -261,7 +271,12 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         wait_for(stopped.clone()),
     ));
 
-    let identity = bootstrap(&client, &args.join_token).await?;
+    let credential = match (&args.join_token, &args.token_file) {
+        (Some(token), _) => Credential::JoinToken(token.clone()),
+        (None, Some(path)) => Credential::TokenFile(path.clone()),
+        (None, None) => unreachable!("clap requires one of them"),
+    };
+    let identity = bootstrap(&client, &credential).await?;
     metrics.svid_in_use(&identity.svid);
     metrics
         .ready
@@ -398,14 +413,56 @@ async fn wait_for(mut stopped: tokio::sync::watch::Receiver<bool>) {
     let _ = stopped.wait_for(|s| *s).await;
 }
 
+/// What proves the workload's identity for its first SVID.
+enum Credential {
+    JoinToken(String),
+    TokenFile(PathBuf),
+}
+
+impl Credential {
+    fn token(&self) -> anyhow::Result<String> {
+        match self {
+            Credential::JoinToken(token) => Ok(token.clone()),
+            Credential::TokenFile(path) => {
+                let token = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the token file {}", path.display()))?;
+                let token = token.trim();
+                anyhow::ensure!(
+                    !token.is_empty(),
+                    "the token file {} is empty",
+                    path.display()
+                );
+                Ok(token.to_owned())
+            }
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Credential::JoinToken(_) => "join token",
+            Credential::TokenFile(_) => "ServiceAccount token",
+        }
+    }
+}
+
 /// Gets the first SVID, waiting out an unreachable control plane (it may
-/// start after the proxy); a refused token ends the process at once.
-async fn bootstrap(client: &CaClient, join_token: &str) -> anyhow::Result<identity::Identity> {
+/// start after the proxy) and a token file not yet mounted; a refused
+/// token ends the process at once.
+async fn bootstrap(
+    client: &CaClient,
+    credential: &Credential,
+) -> anyhow::Result<identity::Identity> {
     let mut backoff = Duration::from_millis(500);
     loop {
-        match client.bootstrap(join_token).await {
+        let attempt = match credential.token() {
+            Ok(token) => client.bootstrap(&token).await,
+            Err(e) => Err(BootstrapError::Other(e)),
+        };
+        match attempt {
             Ok(identity) => return Ok(identity),
-            Err(BootstrapError::Refused(reason)) => anyhow::bail!("join token refused: {reason}"),
+            Err(BootstrapError::Refused(reason)) => {
+                anyhow::bail!("{} refused: {reason}", credential.kind())
+            }
             Err(BootstrapError::Other(e)) => {
                 tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "cannot get the first SVID yet");
                 tokio::time::sleep(backoff).await;

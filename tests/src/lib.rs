@@ -7,6 +7,7 @@
 
 pub mod apps;
 pub mod demo;
+pub mod kube;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -289,6 +290,17 @@ pub async fn sign(
         .await?
         .into_inner();
     Ok((response, request))
+}
+
+/// A CSR (with a fresh key) whose only SAN is `uri`: asking for an
+/// identity the caller may not have.
+pub fn csr_naming(uri: &str) -> Vec<u8> {
+    use rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType};
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+    params.serialize_request(&key).unwrap().der().to_vec()
 }
 
 /// The SVID from a successful sign.

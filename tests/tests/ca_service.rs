@@ -2,17 +2,8 @@
 //! operator see when they get, renew or are refused a certificate.
 
 use rampart_api::admin::{CreateJoinTokenRequest, GetTrustBundleRequest};
-use rampart_tests::{ControlPlane, sign, svid_of};
-use rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType};
+use rampart_tests::{ControlPlane, csr_naming, sign, svid_of};
 use tonic::Code;
-
-fn csr_naming(uri: &str) -> Vec<u8> {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
-    params.serialize_request(&key).unwrap().der().to_vec()
-}
 
 #[tokio::test]
 async fn a_join_token_gets_exactly_its_identity_once() {

@@ -2,8 +2,9 @@
 //! request's metadata or its TLS session, never from the CSR.
 //!
 //! Bearer tokens are told apart by their prefix: Rampart join tokens start
-//! with `rjt_`. Kubernetes ServiceAccount tokens (checked with TokenReview)
-//! are the next kind of bearer proof and slot in beside `JoinToken` here.
+//! with `rjt_`; any other bearer token is taken as a Kubernetes
+//! ServiceAccount token, which only a control plane running with
+//! `--kubernetes` can check (TokenReview, [`crate::k8s::token_review`]).
 
 use rampart_certs::SpiffeId;
 use rampart_certs::tls::peer_spiffe_id;
@@ -15,6 +16,8 @@ use crate::store::join_tokens_prefix;
 pub enum Proof {
     /// A one-time join token (the secret itself; never log it).
     JoinToken(String),
+    /// A projected Kubernetes ServiceAccount token (never log it either).
+    ServiceAccountToken(String),
     /// The caller's current SVID, already verified against the trust bundle
     /// by the TLS handshake.
     Svid(SpiffeId),
@@ -25,6 +28,7 @@ impl Proof {
     pub fn kind(&self) -> &'static str {
         match self {
             Proof::JoinToken(_) => "join_token",
+            Proof::ServiceAccountToken(_) => "service_account_token",
             Proof::Svid(_) => "svid",
         }
     }
@@ -39,18 +43,19 @@ impl Proof {
             let token = value.strip_prefix("Bearer ").ok_or_else(|| {
                 Status::unauthenticated("authorization metadata must be \"Bearer <token>\"")
             })?;
+            if token.is_empty() {
+                return Err(Status::unauthenticated("the bearer token is empty"));
+            }
             if token.starts_with(join_tokens_prefix()) {
                 return Ok(Proof::JoinToken(token.to_owned()));
             }
-            return Err(Status::unauthenticated(
-                "unsupported bearer token: only Rampart join tokens (rjt_...) are accepted by this control plane",
-            ));
+            return Ok(Proof::ServiceAccountToken(token.to_owned()));
         }
         if let Some(id) = caller_spiffe_id(request) {
             return Ok(Proof::Svid(id));
         }
         Err(Status::unauthenticated(
-            "no proof of identity: send a join token (authorization: Bearer rjt_...) or connect with your current SVID",
+            "no proof of identity: send a join token (authorization: Bearer rjt_...), a ServiceAccount token for audience rampart-ca, or connect with your current SVID",
         ))
     }
 }

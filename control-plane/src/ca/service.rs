@@ -10,6 +10,7 @@ use rampart_certs::{CaError, CertificateAuthority, CsrError, IssuedSvid, SpiffeI
 use tonic::{Request, Response, Status};
 
 use super::Proof;
+use crate::k8s::{ReviewError, TokenReviewer};
 use crate::metrics::Metrics;
 use crate::store::{JoinTokenError, JoinTokens};
 
@@ -17,14 +18,22 @@ use crate::store::{JoinTokenError, JoinTokens};
 pub struct CaService {
     ca: Arc<CertificateAuthority>,
     tokens: JoinTokens,
+    /// Checks ServiceAccount tokens; None outside Kubernetes.
+    reviewer: Option<TokenReviewer>,
     metrics: Arc<Metrics>,
 }
 
 impl CaService {
-    pub fn new(ca: Arc<CertificateAuthority>, tokens: JoinTokens, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        ca: Arc<CertificateAuthority>,
+        tokens: JoinTokens,
+        reviewer: Option<TokenReviewer>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             ca,
             tokens,
+            reviewer,
             metrics,
         }
     }
@@ -47,6 +56,24 @@ impl CaService {
                 // Refuse a CSR for someone else before spending the token.
                 csr.check_identity(&id).map_err(csr_status)?;
                 self.tokens.consume(token).await.map_err(token_status)?;
+                sign(&self.ca, csr, &id, ttl)
+            }
+            Proof::ServiceAccountToken(token) => {
+                let Some(reviewer) = &self.reviewer else {
+                    return Err(Status::unauthenticated(
+                        "unsupported bearer token: this control plane runs without --kubernetes, so it accepts only Rampart join tokens (rjt_...)",
+                    ));
+                };
+                let (namespace, account) = reviewer.review(token).await.map_err(|e| match e {
+                    ReviewError::Unavailable(_) => Status::unavailable(e.to_string()),
+                    _ => Status::unauthenticated(e.to_string()),
+                })?;
+                let id = self
+                    .ca
+                    .trust_domain()
+                    .workload_id(&namespace, &account)
+                    .map_err(|e| Status::permission_denied(format!("no SPIFFE ID for it: {e}")))?;
+                csr.check_identity(&id).map_err(csr_status)?;
                 sign(&self.ca, csr, &id, ttl)
             }
         }

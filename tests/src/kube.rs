@@ -1,0 +1,100 @@
+//! The real kube-apiserver the Kubernetes tests run against, started by
+//! `scripts/kube-test-env.sh run -- cargo test` (the test script does it).
+//! Without it these tests fail and say how to get one; they never skip.
+//! The API server has no controllers, scheduler or kubelet, so each test
+//! makes what it needs (namespaces, ServiceAccounts) itself, in a namespace
+//! of its own.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{Api, ObjectMeta, PostParams};
+
+/// A client for the test API server (from `KUBECONFIG`).
+pub async fn client() -> kube::Client {
+    assert!(
+        std::env::var_os("KUBE_TEST_SERVER").is_some(),
+        "this test needs the real kube-apiserver: run it as \
+         `scripts/kube-test-env.sh run -- cargo test ...` (scripts/test.sh does)"
+    );
+    kube::Client::try_default()
+        .await
+        .expect("a client for the test kube-apiserver (KUBECONFIG)")
+}
+
+/// A new namespace `<prefix>-<random>` with `labels`.
+pub async fn namespace(client: &kube::Client, prefix: &str, labels: &[(&str, &str)]) -> String {
+    let name = format!("{prefix}-{:08x}", rand_suffix());
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("creating a namespace");
+    name
+}
+
+/// Creates ServiceAccount `name` in `namespace`.
+pub async fn service_account(client: &kube::Client, namespace: &str, name: &str) {
+    let sa = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &sa)
+        .await
+        .expect("creating a ServiceAccount");
+}
+
+/// A token for ServiceAccount `name` (TokenRequest, as the kubelet
+/// projects it) with `audience`, optionally bound to a Pod.
+pub async fn token(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    audience: &str,
+    bound_pod: Option<(&str, &str)>,
+) -> String {
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(vec![audience.to_owned()]),
+            expiration_seconds: Some(600),
+            bound_object_ref: bound_pod.map(|(pod, uid)| {
+                k8s_openapi::api::authentication::v1::BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: Some(pod.to_owned()),
+                    uid: Some(uid.to_owned()),
+                }
+            }),
+        }),
+        ..Default::default()
+    };
+    Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .expect("TokenRequest")
+        .status
+        .and_then(|s| s.token)
+        .expect("a TokenRequest answer has a token")
+}
+
+fn rand_suffix() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now()) as u32
+}
