@@ -6,6 +6,7 @@
 //! * [`workload`]: the standard SPIFFE Workload API the proxy serves.
 //! * [`connect`]: a gRPC channel over a SPIFFE-verifying rustls config.
 //! * [`xds`]: the contract with the proxies: resource types, node and cluster metadata.
+//! * [`inject`]: the sidecar a pod gets (the admission webhook and `meshctl inject`).
 //! * [`mesh`]: the mesh model (Service, WorkloadEntry, TrafficPolicy, ...) and its YAML parser.
 
 #![forbid(unsafe_code)]
@@ -13,6 +14,7 @@
 
 mod channel;
 pub mod duration;
+pub mod inject;
 pub mod locality;
 pub mod mesh;
 pub mod xds;

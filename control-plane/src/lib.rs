@@ -6,6 +6,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod admin;
+pub mod admission;
 pub mod ca;
 pub mod discovery;
 mod files;
@@ -52,6 +53,24 @@ pub struct Config {
     pub dev_plaintext_xds: Option<SocketAddr>,
     /// Take identities (and, later, the mesh) from the Kubernetes API server.
     pub kubernetes: bool,
+    /// Serve the admission webhooks (HTTPS) here.
+    pub webhook_addr: Option<SocketAddr>,
+    /// What injected sidecars run and dial.
+    pub sidecar: SidecarSettings,
+    /// The MutatingWebhookConfiguration whose caBundle is kept equal to
+    /// the mesh's root bundle (needs `kubernetes`).
+    pub webhook_configuration: Option<String>,
+}
+
+/// The injected sidecar's image, the control plane address it dials, and
+/// whether it runs as a native sidecar.
+#[derive(Debug, Clone)]
+pub struct SidecarSettings {
+    pub image: String,
+    pub control_plane: String,
+    /// None: native when the API server is 1.29 or newer (always outside
+    /// Kubernetes, where only `meshctl inject`-style use applies).
+    pub native: Option<bool>,
 }
 
 /// Written to `<data-dir>/control-plane.json` once the listeners are bound,
@@ -60,6 +79,8 @@ pub struct Config {
 pub struct Discovery {
     pub grpc_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    #[serde(default)]
+    pub webhook_addr: Option<SocketAddr>,
     pub trust_domain: String,
     pub pid: u32,
 }
@@ -135,9 +156,21 @@ pub async fn run(
     let http_listener = TcpListener::bind(config.metrics_addr)
         .await
         .with_context(|| format!("binding the metrics address {}", config.metrics_addr))?;
+    let webhook_listener = match config.webhook_addr {
+        None => None,
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the webhook address {addr}"))?,
+        ),
+    };
     let discovery = Discovery {
         grpc_addr: grpc_listener.local_addr()?,
         metrics_addr: http_listener.local_addr()?,
+        webhook_addr: webhook_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?,
         trust_domain: config.trust_domain.to_string(),
         pid: std::process::id(),
     };
@@ -184,14 +217,49 @@ pub async fn run(
             Some(tokio::spawn(server))
         }
     };
-    let reviewer = match config.kubernetes {
+    let kube = match config.kubernetes {
         false => None,
-        true => Some(k8s::TokenReviewer::new(
+        true => Some(
             kube::Client::try_default()
                 .await
                 .context("connecting to the Kubernetes API server (KUBECONFIG or in-cluster)")?,
-        )),
+        ),
     };
+    let reviewer = kube.clone().map(k8s::TokenReviewer::new);
+    let webhooks = match webhook_listener {
+        None => None,
+        Some(listener) => {
+            let native = match (config.sidecar.native, &kube) {
+                (Some(native), _) => native,
+                (None, Some(client)) => k8s::supports_native_sidecars(client).await?,
+                (None, None) => true,
+            };
+            let mut tls = tls.clone();
+            tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let webhook = Arc::new(admission::WebhookConfig {
+                template: rampart_api::inject::Template {
+                    image: config.sidecar.image.clone(),
+                    control_plane: config.sidecar.control_plane.clone(),
+                    native_sidecar: native,
+                },
+                metrics: metrics.clone(),
+            });
+            tracing::info!(addr = %listener.local_addr()?, native_sidecar = native, "serving the admission webhooks (/inject)");
+            Some(tokio::spawn(admission::serve(
+                listener,
+                Arc::new(tls),
+                webhook,
+                stopped(stop_rx.clone()),
+            )))
+        }
+    };
+    if let (Some(name), Some(client)) = (&config.webhook_configuration, &kube) {
+        tokio::spawn(k8s::webhook_config::keep_ca_bundle(
+            client.clone(),
+            name.clone(),
+            ca.bundle().to_pem(),
+        ));
+    }
     let grpc = tonic::transport::Server::builder()
         .add_service(CertificateServiceServer::new(ca::CaService::new(
             ca.clone(),
@@ -233,6 +301,9 @@ pub async fn run(
             http??;
             if let Some(plaintext) = plaintext {
                 plaintext.await??;
+            }
+            if let Some(webhooks) = webhooks {
+                webhooks.await??;
             }
         }
         Err(_) => tracing::warn!(

@@ -55,6 +55,25 @@ struct Args {
     /// KUBECONFIG or, in a pod, the in-cluster configuration.
     #[arg(long)]
     kubernetes: bool,
+    /// Serve the admission webhooks (/inject) over HTTPS on this address,
+    /// with the serving certificate (add the webhook's Service name with
+    /// --serving-host).
+    #[arg(long)]
+    webhook_addr: Option<SocketAddr>,
+    /// The image injected sidecars run (it must have rampart-proxy on its PATH).
+    #[arg(long, default_value = concat!("rampart/rampart-proxy:", env!("CARGO_PKG_VERSION")))]
+    sidecar_image: String,
+    /// The control plane address injected sidecars dial.
+    #[arg(long, default_value = "rampart-control.rampart-system.svc:15012")]
+    sidecar_control_plane: String,
+    /// Inject native sidecars (restartPolicy: Always init containers):
+    /// auto = when the API server is 1.29 or newer.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
+    native_sidecar: String,
+    /// Keep the caBundle of this MutatingWebhookConfiguration equal to the
+    /// mesh's root bundle.
+    #[arg(long, requires = "kubernetes")]
+    webhook_configuration: Option<String>,
     /// Extra DNS name or IP in the serving certificate, for clients that
     /// check hostnames (repeatable; localhost and loopback are always there).
     #[arg(long = "serving-host", value_parser = parse_serving_host)]
@@ -126,6 +145,17 @@ async fn main() -> anyhow::Result<()> {
         serving_hosts: args.serving_hosts,
         dev_plaintext_xds: args.dev_plaintext_xds,
         kubernetes: args.kubernetes,
+        webhook_addr: args.webhook_addr,
+        sidecar: rampart_control_plane::SidecarSettings {
+            image: args.sidecar_image,
+            control_plane: args.sidecar_control_plane,
+            native: match args.native_sidecar.as_str() {
+                "always" => Some(true),
+                "never" => Some(false),
+                _ => None,
+            },
+        },
+        webhook_configuration: args.webhook_configuration,
     };
     run(config, shutdown_signal())
         .await

@@ -26,6 +26,15 @@ pub struct XdsLabels {
     pub type_url: String,
 }
 
+/// Labels of an admission outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    /// `inject`.
+    pub webhook: &'static str,
+    /// `injected`, `skipped`, `denied`, `malformed`.
+    pub result: &'static str,
+}
+
 /// Labels of `rampart_build_info`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 pub struct BuildLabels {
@@ -45,6 +54,8 @@ pub struct Metrics {
     pub xds_pushes: Family<XdsLabels, Counter>,
     pub xds_nacks: Family<XdsLabels, Counter>,
     pub xds_convergence: Histogram,
+    pub admissions: Family<AdmissionLabels, Counter>,
+    pub admission_seconds: Histogram,
 }
 
 impl Metrics {
@@ -107,6 +118,19 @@ impl Metrics {
             "From a model change being accepted to every affected xDS stream answering the push",
             xds_convergence.clone(),
         );
+        let admissions = Family::<AdmissionLabels, Counter>::default();
+        registry.register(
+            "rampart_admission_reviews",
+            "AdmissionReviews answered, by webhook and result",
+            admissions.clone(),
+        );
+        // 50 us .. ~1.6 s
+        let admission_seconds = Histogram::new(exponential_buckets(0.00005, 2.0, 16));
+        registry.register(
+            "rampart_admission_review_seconds",
+            "Time to answer an AdmissionReview, from its body read to the response",
+            admission_seconds.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         registry.register(
             "rampart_build_info",
@@ -145,6 +169,8 @@ impl Metrics {
             xds_pushes,
             xds_nacks,
             xds_convergence,
+            admissions,
+            admission_seconds,
         })
     }
 
@@ -171,6 +197,13 @@ impl Metrics {
             .get_or_create(&XdsLabels {
                 type_url: type_url.to_owned(),
             })
+            .inc();
+    }
+
+    /// Counts one admission outcome.
+    pub fn count_admission(&self, webhook: &'static str, result: &'static str) {
+        self.admissions
+            .get_or_create(&AdmissionLabels { webhook, result })
             .inc();
     }
 

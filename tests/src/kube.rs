@@ -25,7 +25,7 @@ pub async fn client() -> kube::Client {
 
 /// A new namespace `<prefix>-<random>` with `labels`.
 pub async fn namespace(client: &kube::Client, prefix: &str, labels: &[(&str, &str)]) -> String {
-    let name = format!("{prefix}-{:08x}", rand_suffix());
+    let name = format!("{prefix}-{}", suffix());
     let ns = Namespace {
         metadata: ObjectMeta {
             name: Some(name.clone()),
@@ -94,7 +94,11 @@ pub async fn token(
         .expect("a TokenRequest answer has a token")
 }
 
-fn rand_suffix() -> u32 {
+/// A random suffix for cluster-wide names, so tests never collide.
+pub fn suffix() -> String {
     use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::SystemTime::now()) as u32
+    format!(
+        "{:08x}",
+        RandomState::new().hash_one(std::time::SystemTime::now()) as u32
+    )
 }

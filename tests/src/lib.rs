@@ -74,6 +74,8 @@ pub struct ControlPlane {
     pub data_dir: PathBuf,
     pub grpc_addr: String,
     pub metrics_addr: String,
+    /// Where the admission webhooks listen (with `--webhook-addr`).
+    pub webhook_addr: Option<String>,
     pub logs: Logs,
 }
 
@@ -108,6 +110,7 @@ impl ControlPlane {
                     let cp = Self {
                         grpc_addr: d["grpc_addr"].as_str().unwrap().to_owned(),
                         metrics_addr: d["metrics_addr"].as_str().unwrap().to_owned(),
+                        webhook_addr: d["webhook_addr"].as_str().map(str::to_owned),
                         data_dir: data_dir.to_owned(),
                         child,
                         logs,

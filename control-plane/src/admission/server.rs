@@ -1,0 +1,205 @@
+//! The HTTPS listener of the webhooks and the `/inject` handler.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use rampart_api::inject::{Outcome, Template, inject_pod, patch};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::review;
+use crate::metrics::Metrics;
+
+/// The API server sends objects of at most ~3 MiB (etcd's limit), twice
+/// for an UPDATE (object and oldObject); anything larger is not from it.
+const MAX_REVIEW_BYTES: usize = 8 << 20;
+
+/// What the webhooks need.
+pub struct WebhookConfig {
+    /// The sidecar injected pods get.
+    pub template: Template,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Serves the webhooks on `listener` with `tls` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    config: Arc<WebhookConfig>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/inject", post(inject))
+        .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))
+        .with_state(config);
+    let local = listener.local_addr()?;
+    let incoming = TlsListener {
+        streams: crate::grpc::tls_incoming(listener, tls),
+        local,
+    };
+    axum::serve(incoming, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Established TLS connections, for axum.
+struct TlsListener {
+    streams: ReceiverStream<std::io::Result<TlsStream<tokio::net::TcpStream>>>,
+    local: std::net::SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.streams.next().await {
+                Some(Ok(stream)) => {
+                    let peer = stream
+                        .get_ref()
+                        .0
+                        .peer_addr()
+                        .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+                    return (stream, peer);
+                }
+                Some(Err(_)) => continue,
+                // The acceptor task only ends with the process.
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+/// `/inject`: the sidecar for a pod being created.
+async fn inject(State(config): State<Arc<WebhookConfig>>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let (result, response) = answer_inject(&config.template, &body);
+    config.metrics.count_admission("inject", result);
+    config
+        .metrics
+        .admission_seconds
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+fn answer_inject(template: &Template, body: &[u8]) -> (&'static str, Response) {
+    let request = match review::parse(body) {
+        Ok(request) => request,
+        Err(message) => {
+            tracing::warn!(error = %message, "malformed AdmissionReview");
+            return (
+                "malformed",
+                (StatusCode::BAD_REQUEST, message).into_response(),
+            );
+        }
+    };
+    let json = |v: Value| {
+        let body = serde_json::to_vec(&v).expect("a review serializes");
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
+    };
+    let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
+    if !is_pod || request.operation != "CREATE" {
+        return ("skipped", json(review::allowed(&request.uid, None, &[])));
+    }
+    let Some(object) = &request.object else {
+        let message = "the AdmissionReview request has no object";
+        return (
+            "malformed",
+            json(review::denied(&request.uid, 400, message)),
+        );
+    };
+    let namespace = request.namespace.as_deref().unwrap_or_default();
+    let name = object["metadata"]["name"]
+        .as_str()
+        .or_else(|| object["metadata"]["generateName"].as_str())
+        .unwrap_or_default();
+    match inject_pod(object, template) {
+        Ok(Outcome::Injected(pod)) => {
+            tracing::info!(namespace, pod = name, "injected the sidecar");
+            let patch = patch(object, &pod);
+            (
+                "injected",
+                json(review::allowed(&request.uid, Some(&patch), &[])),
+            )
+        }
+        Ok(Outcome::Skipped(reason)) => {
+            tracing::debug!(namespace, pod = name, reason, "not injected");
+            ("skipped", json(review::allowed(&request.uid, None, &[])))
+        }
+        Err(e) => {
+            tracing::warn!(namespace, pod = name, error = %e, "cannot inject");
+            let message = format!("rampart cannot inject this pod: {e}");
+            ("denied", json(review::denied(&request.uid, 400, &message)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn template() -> Template {
+        Template {
+            image: "rampart-proxy:test".into(),
+            control_plane: "cp:15012".into(),
+            native_sidecar: true,
+        }
+    }
+
+    fn review_of(pod: Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "7d1c", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                        "namespace": "shop", "operation": "CREATE", "object": pod}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_large_pod_is_injected() {
+        // 64 KB of pod spec: many containers with long env lists.
+        let containers: Vec<Value> = (0..40)
+            .map(|i| {
+                json!({"name": format!("c{i}"), "image": "app:1",
+                       "env": (0..20).map(|j| json!({"name": format!("V{j}"), "value": "x".repeat(60)})).collect::<Vec<_>>()})
+            })
+            .collect();
+        let body =
+            review_of(json!({"metadata": {"name": "big"}, "spec": {"containers": containers}}));
+        assert!(body.len() > 64 * 1024, "{}", body.len());
+        let (result, response) = answer_inject(&template(), &body);
+        assert_eq!(result, "injected");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn garbage_gets_a_clear_400_and_a_bad_pod_a_denial() {
+        let (result, response) = answer_inject(&template(), b"not json");
+        assert_eq!(
+            (result, response.status()),
+            ("malformed", StatusCode::BAD_REQUEST)
+        );
+        let (result, _) =
+            answer_inject(&template(), &review_of(json!({"spec": {"containers": []}})));
+        assert_eq!(result, "denied");
+    }
+}

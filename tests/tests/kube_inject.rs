@@ -1,0 +1,224 @@
+//! The injection webhook through the real kube-apiserver: the API server
+//! calls rampart-control's `/inject` over HTTPS (trusting it through the
+//! caBundle rampart-control keeps in sync), and the Pod it stores has the
+//! sidecar. Pods in unlabeled namespaces, pods that opt out and pods that
+//! already have it are stored as they were sent.
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use rampart_tests::{ControlPlane, counter, eventually, kube as k8s};
+use serde_json::{Value, json};
+
+const IMAGE: &str = "registry.example/rampart-proxy:test";
+
+fn webhook_configuration(name: &str, url: &str) -> MutatingWebhookConfiguration {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "inject.rampart.dev",
+            "clientConfig": {"url": url},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+            "namespaceSelector": {"matchLabels": {"rampart.dev/inject": "enabled"}},
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "reinvocationPolicy": "IfNeeded",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 10
+        }]
+    }))
+    .unwrap()
+}
+
+fn pod(name: &str, extra_metadata: Value) -> Pod {
+    let mut metadata = json!({"name": name, "labels": {"app": "web"}});
+    for (k, v) in extra_metadata.as_object().unwrap() {
+        metadata[k] = v.clone();
+    }
+    serde_json::from_value(json!({
+        "metadata": metadata,
+        "spec": {"serviceAccountName": "web", "containers": [{
+            "name": "app", "image": "web:1", "ports": [{"name": "http", "containerPort": 8080}]
+        }]}
+    }))
+    .unwrap()
+}
+
+/// Names of the stored pod's init containers and containers.
+fn containers(pod: &Pod) -> (Vec<String>, Vec<String>) {
+    let spec = pod.spec.as_ref().unwrap();
+    let names = |cs: &Vec<k8s_openapi::api::core::v1::Container>| {
+        cs.iter().map(|c| c.name.clone()).collect::<Vec<_>>()
+    };
+    (
+        spec.init_containers.as_ref().map(names).unwrap_or_default(),
+        names(&spec.containers),
+    )
+}
+
+#[tokio::test]
+async fn pods_in_labeled_namespaces_are_stored_with_the_sidecar() {
+    let client = k8s::client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config_name = format!("rampart-injector-{}", k8s::suffix());
+    let cp = ControlPlane::start(
+        dir.path(),
+        &[
+            "--kubernetes",
+            "--webhook-addr",
+            "127.0.0.1:0",
+            "--webhook-configuration",
+            &config_name,
+            "--sidecar-image",
+            IMAGE,
+        ],
+    )
+    .await;
+    let url = format!("https://{}/inject", cp.webhook_addr.as_ref().unwrap());
+    let configs = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    configs
+        .create(
+            &PostParams::default(),
+            &webhook_configuration(&config_name, &url),
+        )
+        .await
+        .unwrap();
+
+    // rampart-control fills in the caBundle (the mesh root), and puts it
+    // back when someone resets it.
+    let bundle = std::fs::read_to_string(dir.path().join("admin/bundle.pem")).unwrap();
+    let has_bundle = || async {
+        let c = configs.get(&config_name).await.unwrap();
+        c.webhooks.unwrap()[0]
+            .client_config
+            .ca_bundle
+            .as_ref()
+            .map(|b| b.0.clone())
+            == Some(bundle.as_bytes().to_vec())
+    };
+    assert!(
+        eventually(100, has_bundle).await,
+        "the caBundle was never set"
+    );
+    let reset =
+        json!([{"op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": ""}]);
+    configs
+        .patch(
+            &config_name,
+            &PatchParams::default(),
+            &Patch::Json::<()>(serde_json::from_value(reset).unwrap()),
+        )
+        .await
+        .unwrap();
+    assert!(
+        eventually(100, has_bundle).await,
+        "a reset caBundle was not restored"
+    );
+
+    let injected_ns = k8s::namespace(&client, "inject", &[("rampart.dev/inject", "enabled")]).await;
+    k8s::service_account(&client, &injected_ns, "web").await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &injected_ns);
+
+    // A bare Pod.
+    let stored = pods
+        .create(&PostParams::default(), &pod("web-0", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(
+        containers(&stored),
+        (
+            vec!["rampart-init".to_owned(), "rampart-proxy".to_owned()],
+            vec!["app".to_owned()]
+        )
+    );
+    let read_back = pods.get("web-0").await.unwrap();
+    let spec = read_back.spec.as_ref().unwrap();
+    let proxy = &spec.init_containers.as_ref().unwrap()[1];
+    assert_eq!(
+        proxy.restart_policy.as_deref(),
+        Some("Always"),
+        "a native sidecar on 1.36"
+    );
+    assert_eq!(proxy.image.as_deref(), Some(IMAGE));
+    let args = proxy.args.clone().unwrap();
+    assert!(args.contains(&"--service=web".to_owned()), "{args:?}");
+    let sc = proxy.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    let token = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "rampart-token")
+        .expect("the projected token volume");
+    let projection = token.projected.as_ref().unwrap().sources.as_ref().unwrap()[0]
+        .service_account_token
+        .as_ref()
+        .unwrap();
+    assert_eq!(projection.audience.as_deref(), Some("rampart-ca"));
+    assert_eq!(
+        read_back.metadata.annotations.unwrap()["rampart.dev/status"],
+        "injected"
+    );
+
+    // A Deployment's pod template, created the way its ReplicaSet would.
+    let mut from_template = pod("ignored", json!({}));
+    from_template.metadata.name = None;
+    from_template.metadata.generate_name = Some("web-7d9f-".into());
+    let stored = pods
+        .create(&PostParams::default(), &from_template)
+        .await
+        .unwrap();
+    assert_eq!(containers(&stored).0, ["rampart-init", "rampart-proxy"]);
+
+    // Opted out, and already injected (e.g. by `meshctl inject`): as sent.
+    let stored = pods
+        .create(
+            &PostParams::default(),
+            &pod(
+                "opted-out",
+                json!({"annotations": {"rampart.dev/inject": "disabled"}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(containers(&stored), (vec![], vec!["app".to_owned()]));
+    let mut already: Pod = pod("already", json!({}));
+    already
+        .spec
+        .as_mut()
+        .unwrap()
+        .containers
+        .push(serde_json::from_value(json!({"name": "rampart-proxy", "image": IMAGE})).unwrap());
+    let stored = pods.create(&PostParams::default(), &already).await.unwrap();
+    assert_eq!(
+        containers(&stored),
+        (vec![], vec!["app".to_owned(), "rampart-proxy".to_owned()])
+    );
+
+    // An unlabeled namespace is not the webhook's business.
+    let plain_ns = k8s::namespace(&client, "plain", &[]).await;
+    k8s::service_account(&client, &plain_ns, "web").await;
+    let stored = Api::<Pod>::namespaced(client.clone(), &plain_ns)
+        .create(&PostParams::default(), &pod("web-0", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(containers(&stored), (vec![], vec!["app".to_owned()]));
+
+    let metrics = cp.http_get("/metrics").await.unwrap().1;
+    assert_eq!(
+        counter(
+            &metrics,
+            "rampart_admission_reviews_total",
+            &[r#"result="injected""#]
+        ),
+        2.0,
+        "{metrics}"
+    );
+
+    // A webhook with failurePolicy Fail must not outlive its server.
+    configs
+        .delete(&config_name, &DeleteParams::default())
+        .await
+        .unwrap();
+}
