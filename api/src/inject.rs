@@ -424,6 +424,30 @@ pub fn pod_template_pointer(kind: &str) -> Option<&'static str> {
     }
 }
 
+/// Injects the sidecar into the pod template of a workload manifest (any
+/// kind [`pod_template_pointer`] knows), in place. Ok(None): a kind without
+/// pods, left as it is.
+pub fn inject_manifest(
+    object: &mut Value,
+    template: &Template,
+) -> Result<Option<Outcome>, InjectError> {
+    let kind = object["kind"].as_str().unwrap_or_default().to_owned();
+    let Some(pointer) = pod_template_pointer(&kind) else {
+        return Ok(None);
+    };
+    let pod = object.pointer_mut(pointer).ok_or_else(|| {
+        InjectError(format!(
+            "a {kind} needs a pod template at {}",
+            pointer.replace('/', ".")
+        ))
+    })?;
+    let outcome = inject_pod(pod, template)?;
+    if let Outcome::Injected(injected) = &outcome {
+        *pod = injected.clone();
+    }
+    Ok(Some(outcome))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -570,6 +594,40 @@ mod tests {
             let err = inject_pod(&pod, &template()).unwrap_err().to_string();
             assert!(err.contains(expected), "{err}");
         }
+    }
+
+    #[test]
+    fn workload_manifests_get_the_sidecar_in_their_pod_template() {
+        let template_pod =
+            json!({"metadata": {"labels": {"app": "web"}}, "spec": pod()["spec"].clone()});
+        for (kind, wrap) in [
+            ("Deployment", json!({"template": template_pod.clone()})),
+            ("StatefulSet", json!({"template": template_pod.clone()})),
+            ("DaemonSet", json!({"template": template_pod.clone()})),
+            ("Job", json!({"template": template_pod.clone()})),
+            (
+                "CronJob",
+                json!({"jobTemplate": {"spec": {"template": template_pod.clone()}}}),
+            ),
+        ] {
+            let mut object = json!({"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": "web"}, "spec": wrap});
+            let outcome = inject_manifest(&mut object, &template()).unwrap();
+            assert!(matches!(outcome, Some(Outcome::Injected(_))), "{kind}");
+            let pointer = pod_template_pointer(kind).unwrap();
+            let pod = object.pointer(pointer).unwrap();
+            assert_eq!(
+                pod["spec"]["initContainers"][1]["name"], PROXY_CONTAINER,
+                "{kind}"
+            );
+        }
+        let mut service =
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}});
+        assert_eq!(inject_manifest(&mut service, &template()).unwrap(), None);
+        let mut broken = json!({"kind": "Deployment", "spec": {}});
+        let err = inject_manifest(&mut broken, &template())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("spec.template"), "{err}");
     }
 
     #[test]

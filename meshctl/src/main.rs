@@ -12,6 +12,7 @@ mod commands;
 mod demo;
 mod http;
 mod identity;
+mod inject;
 mod mesh;
 mod metrics;
 mod proxy_config;
@@ -49,6 +50,9 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Add the sidecar to Kubernetes manifests, offline, as the injection
+    /// webhook would (Pods, Deployments, StatefulSets, DaemonSets, Jobs, ...).
+    Inject(inject::InjectArgs),
     /// Show mesh resources.
     Get {
         /// Kind: service (svc), workloadentry (we), trafficpolicy (tp), authorizationpolicy (ap), meshconfig, or all.
@@ -216,6 +220,7 @@ async fn main() -> ExitCode {
         Command::ProxyConfig { node, kind, output } => {
             proxy_config::proxy_config(&cli.target, &node, kind.as_deref(), output).await
         }
+        Command::Inject(args) => inject::inject(&args),
         Command::Apply { files, dry_run } => mesh::apply(&cli.target, &files, dry_run).await,
         Command::Get {
             kind,

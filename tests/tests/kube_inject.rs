@@ -222,3 +222,123 @@ async fn pods_in_labeled_namespaces_are_stored_with_the_sidecar() {
         .await
         .unwrap();
 }
+
+/// `meshctl inject` on a manifest file, as stdout.
+fn meshctl_inject(dir: &std::path::Path, yaml: &str) -> String {
+    let file = dir.join("manifest.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = std::process::Command::new(rampart_tests::bin("meshctl"))
+        .args(["inject", "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "meshctl inject failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A pod whose app container passes the `restricted` Pod Security level.
+const RESTRICTED_POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: NAME, labels: {app: web}, annotations: ANNOTATIONS}
+spec:
+  serviceAccountName: web
+  securityContext: {runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}
+  containers:
+  - name: app
+    image: web:1
+    ports: [{name: http, containerPort: 8080}]
+    securityContext:
+      runAsUser: 1000
+      allowPrivilegeEscalation: false
+      capabilities: {drop: [ALL]}
+"#;
+
+#[tokio::test]
+async fn meshctl_inject_output_is_valid_and_the_sidecar_passes_the_restricted_level() {
+    let client = k8s::client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ns = k8s::namespace(
+        &client,
+        "restricted",
+        &[("pod-security.kubernetes.io/enforce", "restricted")],
+    )
+    .await;
+    k8s::service_account(&client, &ns, "web").await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+
+    // Without traffic capture the pod is only the app and the sidecar, and
+    // the API server's own PodSecurity admission lets it in.
+    let sidecar_only = RESTRICTED_POD
+        .replace("NAME", "web-0")
+        .replace("ANNOTATIONS", r#"{"rampart.dev/capture": "none"}"#);
+    let injected: Pod = serde_saphyr::from_str(&meshctl_inject(dir.path(), &sidecar_only)).unwrap();
+    let stored = pods
+        .create(&PostParams::default(), &injected)
+        .await
+        .unwrap();
+    assert_eq!(containers(&stored).0, ["rampart-proxy"]);
+
+    // The iptables init container needs NET_ADMIN as root, which
+    // `restricted` forbids: refused, and the message names it.
+    let captured = RESTRICTED_POD
+        .replace("NAME", "web-1")
+        .replace("ANNOTATIONS", "{}");
+    let injected: Pod = serde_saphyr::from_str(&meshctl_inject(dir.path(), &captured)).unwrap();
+    let refused = pods
+        .create(&PostParams::default(), &injected)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("rampart-init") && refused.contains("restricted"),
+        "{refused}"
+    );
+
+    // A multi-document file: the Deployment's template is injected (and
+    // valid to the API server), the Service passes through.
+    let manifests = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec: {ports: [{name: http, port: 80, targetPort: http}], selector: {app: web}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      serviceAccountName: web
+      containers: [{name: app, image: web:1, ports: [{name: http, containerPort: 8080}]}]
+"#;
+    let out = meshctl_inject(dir.path(), manifests);
+    let documents: Vec<Value> = serde_saphyr::from_multiple(&out).unwrap();
+    assert_eq!(documents.len(), 2);
+    assert_eq!(documents[0]["kind"], "Service");
+    assert!(documents[0]["spec"].get("template").is_none());
+    let deployment: k8s_openapi::api::apps::v1::Deployment =
+        serde_json::from_value(documents[1].clone()).unwrap();
+    let plain_ns = k8s::namespace(&client, "manifests", &[]).await;
+    let stored =
+        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &plain_ns)
+            .create(&PostParams::default(), &deployment)
+            .await
+            .unwrap();
+    let template = stored.spec.unwrap().template;
+    let names: Vec<String> = template
+        .spec
+        .unwrap()
+        .init_containers
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["rampart-init", "rampart-proxy"]);
+}
