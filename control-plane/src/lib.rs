@@ -110,12 +110,25 @@ pub async fn run(
     )?);
     let registrations =
         discovery::Registrations::load(store.registrations()?, config.endpoint_grace);
+    let kube = match config.kubernetes {
+        false => None,
+        true => Some(
+            kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API server (KUBECONFIG or in-cluster)")?,
+        ),
+    };
+    let cluster = match &kube {
+        None => None,
+        Some(client) => Some(k8s::discovery::Discovery::start(client.clone()).await?),
+    };
     let snapshots = xds::spawn_snapshot_builder(
         mesh.clone(),
         xds::Sources {
             registrations: registrations.clone(),
             trust_domain: config.trust_domain.to_string(),
             roots_pem: ca.bundle().to_pem(),
+            kubernetes: cluster,
         },
         config.xds_debounce,
     );
@@ -216,14 +229,6 @@ pub async fn run(
                 );
             Some(tokio::spawn(server))
         }
-    };
-    let kube = match config.kubernetes {
-        false => None,
-        true => Some(
-            kube::Client::try_default()
-                .await
-                .context("connecting to the Kubernetes API server (KUBECONFIG or in-cluster)")?,
-        ),
     };
     let reviewer = kube.clone().map(k8s::TokenReviewer::new);
     let webhooks = match webhook_listener {

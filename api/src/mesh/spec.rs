@@ -135,6 +135,11 @@ pub struct WorkloadEntrySpec {
     /// Locality, e.g. `region/zone`; default empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub locality: String,
+    /// Draining: it finishes what it has but gets no new requests (unless
+    /// every endpoint of the service is draining). Kubernetes discovery
+    /// sets it for terminating pods that still serve; default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 fn default_service_account() -> String {

@@ -1,6 +1,7 @@
 //! Kubernetes: what the control plane takes from the API server when it
 //! runs in a cluster (`--kubernetes`). Standalone it needs none of this.
 
+pub mod discovery;
 pub mod token_review;
 pub mod webhook_config;
 

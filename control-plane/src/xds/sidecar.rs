@@ -222,6 +222,7 @@ impl Sidecar {
                 sidecar: true,
                 weight: 1,
                 locality: w.locality.clone(),
+                draining: false,
             },
         })
     }

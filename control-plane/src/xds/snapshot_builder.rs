@@ -8,10 +8,13 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use rampart_api::mesh::Resource;
+
 use super::sidecar::SidecarInputs;
 use super::snapshot::Snapshot;
 use super::translate::{MeshConfig, Model, translate};
 use crate::discovery::Registrations;
+use crate::k8s::discovery::Discovery;
 use crate::store::MeshStore;
 
 /// A translation as published to the streams: the shared snapshot, what
@@ -60,6 +63,8 @@ pub struct Sources {
     pub trust_domain: String,
     /// The trust bundle served as `ROOTCA`.
     pub roots_pem: String,
+    /// Services and endpoints from the Kubernetes API server.
+    pub kubernetes: Option<Discovery>,
 }
 
 /// A burst of changes never delays a rebuild longer than this.
@@ -67,9 +72,15 @@ const MAX_DEBOUNCE: Duration = Duration::from_secs(2);
 
 fn build(store: &impl MeshStore, sources: &Sources) -> Option<MeshConfig> {
     match store.list(None, None, None) {
-        Ok(resources) => {
+        Ok(mut resources) => {
+            let mut registered = sources.registrations.entries();
+            if let Some(cluster) = &sources.kubernetes {
+                let (services, endpoints) = cluster.resources();
+                resources.extend(services.into_iter().map(Resource::Service));
+                registered.extend(endpoints);
+            }
             let model = Model::new(resources, &sources.trust_domain, &sources.roots_pem)
-                .with_registered(sources.registrations.entries());
+                .with_registered(registered);
             Some(translate(&model))
         }
         Err(e) => {
@@ -95,13 +106,22 @@ pub fn spawn_snapshot_builder<S: MeshStore + 'static>(
     let (tx, rx) = watch::channel(Arc::new(first));
     let mut revisions = store.revision();
     let mut registered = sources.registrations.revision();
+    // Without Kubernetes, a revision that never changes (its sender lives
+    // as long as the task, so it never reads as closed either).
+    let (idle_sender, idle) = watch::channel(0);
+    let mut cluster = sources
+        .kubernetes
+        .as_ref()
+        .map_or(idle, Discovery::revision);
     tokio::spawn(async move {
+        let _idle_sender = idle_sender;
         let mut generation = 0;
-        // A change to the model or to the registered endpoints.
+        // A change to the model, to the registered endpoints or in the cluster.
         let mut changed = async || {
             tokio::select! {
                 r = revisions.changed() => r.is_ok(),
                 r = registered.changed() => r.is_ok(),
+                r = cluster.changed() => r.is_ok(),
             }
         };
         while changed().await {

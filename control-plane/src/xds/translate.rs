@@ -28,7 +28,7 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, OutlierDetection, circuit_breakers, cluster,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, AggregatedConfigSource, ConfigSource, DataSource, Locality, Metadata,
+    Address, AggregatedConfigSource, ConfigSource, DataSource, HealthStatus, Locality, Metadata,
     RuntimeFractionalPercent, SocketAddress, TransportSocket, address, config_source, data_source,
     socket_address, transport_socket,
 };
@@ -562,7 +562,18 @@ fn build_cluster(
     }
 }
 
-/// Endpoints of a service port, filtered by subset labels: (locality, address, port, weight).
+/// One endpoint of a service port, as EDS carries it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct PortEndpoint<'a> {
+    locality: &'a str,
+    address: &'a str,
+    port: u16,
+    weight: u32,
+    sidecar: bool,
+    draining: bool,
+}
+
+/// Endpoints of a service port, filtered by subset labels.
 /// A sidecar endpoint whose service account the Service does not allow is
 /// left out: clients would refuse its certificate anyway.
 fn endpoints<'a>(
@@ -570,7 +581,7 @@ fn endpoints<'a>(
     service: &Object<ServiceSpec>,
     port: &ServicePort,
     subset: &BTreeMap<String, String>,
-) -> Vec<(&'a str, &'a str, u16, u32, bool)> {
+) -> Vec<PortEndpoint<'a>> {
     let (name, namespace) = (&service.metadata.name, &service.metadata.namespace);
     let allowed = &service.spec.service_accounts;
     let mut out: Vec<_> = model
@@ -586,33 +597,27 @@ fn endpoints<'a>(
                 .all(|(k, v)| e.metadata.labels.get(k) == Some(v))
         })
         .filter_map(|e| {
-            let target = *e.spec.ports.get(&port.name)?;
-            Some((
-                e.spec.locality.as_str(),
-                e.spec.address.as_str(),
-                target,
-                e.spec.weight,
-                e.spec.sidecar,
-            ))
+            Some(PortEndpoint {
+                locality: e.spec.locality.as_str(),
+                address: e.spec.address.as_str(),
+                port: *e.spec.ports.get(&port.name)?,
+                weight: e.spec.weight,
+                sidecar: e.spec.sidecar,
+                draining: e.spec.draining,
+            })
         })
         .collect();
     out.sort();
     // A registered sidecar and a static entry for the same address and port
     // are one endpoint.
-    out.dedup_by_key(|e| (e.1, e.2));
+    out.dedup_by_key(|e| (e.address, e.port));
     out
 }
 
-fn load_assignment(
-    cluster: &str,
-    endpoints: Vec<(&str, &str, u16, u32, bool)>,
-) -> ClusterLoadAssignment {
-    let mut by_locality: BTreeMap<&str, Vec<(&str, u16, u32, bool)>> = BTreeMap::new();
-    for (locality, address, port, weight, sidecar) in endpoints {
-        by_locality
-            .entry(locality)
-            .or_default()
-            .push((address, port, weight, sidecar));
+fn load_assignment(cluster: &str, endpoints: Vec<PortEndpoint<'_>>) -> ClusterLoadAssignment {
+    let mut by_locality: BTreeMap<&str, Vec<PortEndpoint<'_>>> = BTreeMap::new();
+    for e in endpoints {
+        by_locality.entry(e.locality).or_default().push(e);
     }
     let localities = by_locality
         .into_iter()
@@ -623,7 +628,7 @@ fn load_assignment(
                 zone: parts.next().unwrap_or_default().to_owned(),
                 sub_zone: parts.next().unwrap_or_default().to_owned(),
             };
-            let total: u32 = endpoints.iter().map(|e| e.2).sum();
+            let total: u32 = endpoints.iter().map(|e| e.weight).sum();
             LocalityLbEndpoints {
                 locality: Some(locality),
                 load_balancing_weight: Some(UInt32Value {
@@ -632,13 +637,18 @@ fn load_assignment(
                 priority: 0,
                 lb_endpoints: endpoints
                     .into_iter()
-                    .map(|(address, port, weight, sidecar)| LbEndpoint {
+                    .map(|e| LbEndpoint {
                         host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
-                            address: Some(socket(address, port)),
+                            address: Some(socket(e.address, e.port)),
                             ..Default::default()
                         })),
-                        load_balancing_weight: Some(UInt32Value { value: weight }),
-                        metadata: sidecar.then(|| Metadata {
+                        load_balancing_weight: Some(UInt32Value { value: e.weight }),
+                        health_status: if e.draining {
+                            HealthStatus::Draining as i32
+                        } else {
+                            HealthStatus::Unknown as i32
+                        },
+                        metadata: e.sidecar.then(|| Metadata {
                             filter_metadata: [(
                                 "envoy.transport_socket_match".to_owned(),
                                 tls_match(),
@@ -646,7 +656,6 @@ fn load_assignment(
                             .into(),
                             ..Default::default()
                         }),
-                        ..Default::default()
                     })
                     .collect(),
                 ..Default::default()

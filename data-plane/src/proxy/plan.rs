@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
-use envoy_types::pb::envoy::config::core::v3::{Address, address, socket_address};
+use envoy_types::pb::envoy::config::core::v3::{Address, HealthStatus, address, socket_address};
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
 use envoy_types::pb::envoy::config::rbac::v3::Rbac;
@@ -1203,8 +1203,14 @@ fn expected_sans(tls: &UpstreamTlsContext) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// The endpoints new requests may go to. Draining ones (EDS health status
+/// DRAINING: a terminating pod that still serves) finish what they have and
+/// get nothing new, unless every endpoint drains (a rollout of a single
+/// replica): then they are all there is, as Envoy's panic mode would do.
 fn endpoint_plans(assignment: &ClusterLoadAssignment) -> Result<Vec<EndpointPlan>> {
+    let draining = HealthStatus::Draining as i32;
     let mut out = Vec::new();
+    let mut drained = Vec::new();
     for locality in &assignment.endpoints {
         for e in &locality.lb_endpoints {
             let Some(lb_endpoint::HostIdentifier::Endpoint(endpoint)) = &e.host_identifier else {
@@ -1217,7 +1223,12 @@ fn endpoint_plans(assignment: &ClusterLoadAssignment) -> Result<Vec<EndpointPlan
                 .and_then(|s| s.fields.get("tls"))
                 .is_some_and(|v| matches!(&v.kind, Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) if s == "mtls"));
             let at = locality.locality.as_ref();
-            out.push(EndpointPlan {
+            let into = if e.health_status == draining {
+                &mut drained
+            } else {
+                &mut out
+            };
+            into.push(EndpointPlan {
                 address: socket_addr(endpoint.address.as_ref())?,
                 weight: e.load_balancing_weight.map_or(1, |w| w.value.max(1)),
                 mtls,
@@ -1229,7 +1240,7 @@ fn endpoint_plans(assignment: &ClusterLoadAssignment) -> Result<Vec<EndpointPlan
             });
         }
     }
-    Ok(out)
+    Ok(if out.is_empty() { drained } else { out })
 }
 
 impl RouteTable {
@@ -1518,5 +1529,52 @@ pub(crate) mod tests {
             error.starts_with("request_headers_timeout: -1s 0ns is not a valid duration"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn draining_endpoints_get_new_requests_only_when_all_drain() {
+        use envoy_types::pb::envoy::config::core::v3::SocketAddress;
+        use envoy_types::pb::envoy::config::endpoint::v3::{
+            Endpoint, LbEndpoint, LocalityLbEndpoints,
+        };
+        let endpoint = |port: u32, status: HealthStatus| LbEndpoint {
+            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: "10.0.0.1".into(),
+                        port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            })),
+            health_status: status as i32,
+            ..Default::default()
+        };
+        let assignment = |endpoints: Vec<LbEndpoint>| ClusterLoadAssignment {
+            cluster_name: "c".into(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: endpoints,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let ports = |a: &ClusterLoadAssignment| -> Vec<u16> {
+            endpoint_plans(a)
+                .unwrap()
+                .iter()
+                .map(|e| e.address.port())
+                .collect()
+        };
+        let mixed = assignment(vec![
+            endpoint(1, HealthStatus::Unknown),
+            endpoint(2, HealthStatus::Draining),
+        ]);
+        assert_eq!(ports(&mixed), [1]);
+        let all = assignment(vec![
+            endpoint(2, HealthStatus::Draining),
+            endpoint(3, HealthStatus::Draining),
+        ]);
+        assert_eq!(ports(&all), [2, 3]);
     }
 }
