@@ -100,7 +100,6 @@ pub async fn run(
     let store = store::Store::open(&config.data_dir.join("store"))
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let tokens = store.join_tokens()?;
-    let mesh = store.mesh()?;
     let streams = xds::StreamRegistry::default();
     let ca = Arc::new(ca::load_or_create(
         &config.data_dir,
@@ -121,6 +120,13 @@ pub async fn run(
     let cluster = match &kube {
         None => None,
         Some(client) => Some(k8s::discovery::Discovery::start(client.clone()).await?),
+    };
+    // In a cluster the model lives in the API server (custom resources).
+    let mesh = match &kube {
+        None => store::Mesh::Embedded(store.mesh()?),
+        Some(client) => {
+            store::Mesh::Kubernetes(k8s::mesh_store::KubeMeshStore::start(client.clone()).await?)
+        }
     };
     let snapshots = xds::spawn_snapshot_builder(
         mesh.clone(),

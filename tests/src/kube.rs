@@ -102,3 +102,57 @@ pub fn suffix() -> String {
         RandomState::new().hash_one(std::time::SystemTime::now()) as u32
     )
 }
+
+/// Installs (server-side apply, idempotent) the mesh CRDs from
+/// `deploy/crds/rampart.dev.yaml` and waits until the API server serves them.
+pub async fn install_crds(client: &kube::Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Patch, PatchParams};
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/crds/rampart.dev.yaml"
+    );
+    let crds: Vec<CustomResourceDefinition> =
+        serde_saphyr::from_multiple(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    for crd in &crds {
+        let name = crd.metadata.name.clone().unwrap();
+        api.patch(
+            &name,
+            &PatchParams::apply("rampart-tests").force(),
+            &Patch::Apply(crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("installing CRD {name}: {e}"));
+    }
+    for crd in &crds {
+        let name = crd.metadata.name.clone().unwrap();
+        let established = crate::eventually(100, || async {
+            api.get(&name)
+                .await
+                .ok()
+                .and_then(|c| c.status)
+                .is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .flatten()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                })
+        })
+        .await;
+        assert!(established, "CRD {name} never became established");
+    }
+}
+
+/// A `rampart-control --kubernetes` on `dir` (CRDs installed first: its
+/// mesh model is custom resources), with `extra` flags.
+pub async fn control_plane(
+    client: &kube::Client,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> crate::ControlPlane {
+    install_crds(client).await;
+    let mut args = vec!["--kubernetes"];
+    args.extend_from_slice(extra);
+    crate::ControlPlane::start(dir, &args).await
+}

@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ads;
 pub mod apps;
 pub mod demo;
 pub mod kube;

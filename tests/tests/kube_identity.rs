@@ -10,7 +10,7 @@ use rampart_tests::{ControlPlane, csr_naming, eventually, kube as k8s, sign, svi
 use tonic::Code;
 
 async fn kubernetes_control_plane(dir: &std::path::Path) -> ControlPlane {
-    ControlPlane::start(dir, &["--kubernetes"]).await
+    k8s::control_plane(&k8s::client().await, dir, &[]).await
 }
 
 /// Whether `token` is refused as unauthenticated within 30 s: kube-apiserver

@@ -7,7 +7,7 @@
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use rampart_tests::{ControlPlane, counter, eventually, kube as k8s};
+use rampart_tests::{counter, eventually, kube as k8s};
 use serde_json::{Value, json};
 
 const IMAGE: &str = "registry.example/rampart-proxy:test";
@@ -61,10 +61,10 @@ async fn pods_in_labeled_namespaces_are_stored_with_the_sidecar() {
     let client = k8s::client().await;
     let dir = tempfile::tempdir().unwrap();
     let config_name = format!("rampart-injector-{}", k8s::suffix());
-    let cp = ControlPlane::start(
+    let cp = k8s::control_plane(
+        &client,
         dir.path(),
         &[
-            "--kubernetes",
             "--webhook-addr",
             "127.0.0.1:0",
             "--webhook-configuration",

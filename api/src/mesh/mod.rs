@@ -6,6 +6,7 @@
 //! `metadata` (name, namespace, labels) and a `spec`. Unknown fields are
 //! errors, so a typo never silently does nothing.
 
+pub mod crd;
 mod parse;
 mod spec;
 mod validate;

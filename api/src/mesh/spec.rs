@@ -6,7 +6,23 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Mesh-wide settings (one, named `default`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    Default,
+    schemars::JsonSchema,
+    kube::CustomResource,
+)]
+#[kube(
+    group = "rampart.dev",
+    version = "v1alpha1",
+    kind = "MeshConfig",
+    shortname = "rmc"
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MeshConfigSpec {
     /// Informational: the control plane's `--trust-domain` decides; a
@@ -28,7 +44,7 @@ pub struct MeshConfigSpec {
 /// Timeouts every sidecar applies to the connections it accepts (from its
 /// app outbound, from peers inbound). Durations like `90s`, `1h`; `0s`
 /// turns one off.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConnectionSettings {
     /// An HTTP connection with no request in flight for this long is closed
@@ -46,7 +62,7 @@ pub struct ConnectionSettings {
 }
 
 /// mTLS settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MtlsSettings {
     /// STRICT (mTLS only) or PERMISSIVE (mTLS and plaintext).
@@ -55,7 +71,9 @@ pub struct MtlsSettings {
 }
 
 /// Inbound mTLS mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum MtlsMode {
     #[default]
@@ -64,7 +82,16 @@ pub enum MtlsMode {
 }
 
 /// A service: a name and its ports.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, kube::CustomResource,
+)]
+#[kube(
+    group = "rampart.dev",
+    version = "v1alpha1",
+    kind = "Service",
+    namespaced,
+    shortname = "rsvc"
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceSpec {
     /// At least one port; names and numbers unique.
@@ -84,7 +111,7 @@ pub struct ServiceSpec {
 }
 
 /// One service port.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServicePort {
     /// DNS label, unique in the service.
@@ -97,7 +124,9 @@ pub struct ServicePort {
 }
 
 /// Application protocol of a port.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Http,
@@ -113,7 +142,16 @@ pub enum Protocol {
 }
 
 /// A standalone endpoint of a service (a VM or process without Kubernetes).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, kube::CustomResource,
+)]
+#[kube(
+    group = "rampart.dev",
+    version = "v1alpha1",
+    kind = "WorkloadEntry",
+    namespaced,
+    shortname = "we"
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkloadEntrySpec {
     /// The service (same namespace) this endpoint belongs to.
@@ -155,7 +193,16 @@ fn is_one(n: &u32) -> bool {
 }
 
 /// How traffic to a service is handled.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, kube::CustomResource,
+)]
+#[kube(
+    group = "rampart.dev",
+    version = "v1alpha1",
+    kind = "TrafficPolicy",
+    namespaced,
+    shortname = "tp"
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficPolicySpec {
     /// The service (same namespace) this policy applies to.
@@ -195,7 +242,7 @@ pub struct TrafficPolicySpec {
 /// A local rate limit: every endpoint's sidecar answers 429 to the HTTP
 /// requests beyond it (a token bucket per sidecar and port, as Envoy's
 /// local rate limit; not a limit shared across endpoints).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RateLimit {
     /// Sustained rate, 1-1,000,000.
@@ -207,7 +254,7 @@ pub struct RateLimit {
 }
 
 /// Retry settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Retries {
     /// Retries after the first try, 1-10.
@@ -227,7 +274,7 @@ pub struct Retries {
 }
 
 /// Load-balancing policies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum LoadBalancer {
     LeastRequest,
@@ -236,7 +283,7 @@ pub enum LoadBalancer {
 }
 
 /// Connection and request limits towards a service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CircuitBreakers {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -250,7 +297,7 @@ pub struct CircuitBreakers {
 }
 
 /// Ejecting endpoints that keep failing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutlierDetection {
     /// Consecutive 5xx (or connect failures) before ejection; default 5.
@@ -268,7 +315,7 @@ pub struct OutlierDetection {
 }
 
 /// One target of a weighted split.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SplitTarget {
     /// Endpoint labels that select the subset (non-empty).
@@ -278,7 +325,7 @@ pub struct SplitTarget {
 }
 
 /// Faults injected into requests (for testing resilience).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Fault {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -288,7 +335,7 @@ pub struct Fault {
 }
 
 /// Delay a share of requests.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FaultDelay {
     /// e.g. `100ms`.
@@ -298,7 +345,7 @@ pub struct FaultDelay {
 }
 
 /// Fail a share of requests.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FaultAbort {
     /// HTTP status 200-599.
@@ -308,7 +355,7 @@ pub struct FaultAbort {
 }
 
 /// Traffic mirroring.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Mirror {
     /// Service (same namespace) receiving the copies.
@@ -323,7 +370,16 @@ fn hundred() -> u32 {
 }
 
 /// Who may call the selected workloads.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, kube::CustomResource,
+)]
+#[kube(
+    group = "rampart.dev",
+    version = "v1alpha1",
+    kind = "AuthorizationPolicy",
+    namespaced,
+    shortname = "ap"
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthorizationPolicySpec {
     /// Workload labels the policy applies to (same namespace); empty = all
@@ -340,7 +396,7 @@ pub struct AuthorizationPolicySpec {
 }
 
 /// ALLOW or DENY.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum AuthorizationAction {
     Allow,
@@ -348,7 +404,7 @@ pub enum AuthorizationAction {
 }
 
 /// A rule matches if its `from` and its `to` both match (an empty list matches anything).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthorizationRule {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -358,7 +414,7 @@ pub struct AuthorizationRule {
 }
 
 /// Callers: SPIFFE IDs (exact, or a trailing `*`) and/or namespaces.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Source {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -368,7 +424,7 @@ pub struct Source {
 }
 
 /// What is called: ports, HTTP methods, paths (exact, `prefix*` or `*suffix`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Operation {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::ca;
 use crate::metrics::Metrics;
 use crate::names::{check_namespace, check_service_account};
-use crate::store::{JoinTokens, SledMeshStore};
+use crate::store::{JoinTokens, Mesh};
 use crate::xds::StreamRegistry;
 
 /// Default and maximum join-token lifetimes.
@@ -25,7 +25,7 @@ pub struct AdminService {
     ca: Arc<CertificateAuthority>,
     tokens: JoinTokens,
     metrics: Arc<Metrics>,
-    mesh: SledMeshStore,
+    mesh: Mesh,
     streams: StreamRegistry,
     admin: SpiffeId,
 }
@@ -34,7 +34,7 @@ impl AdminService {
     pub fn new(
         ca: Arc<CertificateAuthority>,
         tokens: JoinTokens,
-        mesh: SledMeshStore,
+        mesh: Mesh,
         streams: StreamRegistry,
         metrics: Arc<Metrics>,
     ) -> Self {

@@ -19,14 +19,14 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::Store;
 use rampart_api::inject::PROXY_CONTAINER;
 use rampart_api::mesh::{
     API_VERSION, Metadata, Object, Protocol, ServicePort, ServiceSpec, WorkloadEntrySpec,
 };
 use tokio::sync::watch;
-use tokio_stream::StreamExt;
+
+use super::reflect;
 
 /// What the API server currently says, kept current in the background.
 #[derive(Clone)]
@@ -43,9 +43,9 @@ impl Discovery {
     pub async fn start(client: kube::Client) -> anyhow::Result<Self> {
         let (tx, revision) = watch::channel(0);
         let tx = Arc::new(tx);
-        let services = reflect(Api::<Service>::all(client.clone()), tx.clone());
-        let slices = reflect(Api::<EndpointSlice>::all(client.clone()), tx.clone());
-        let pods = reflect(Api::<Pod>::all(client), tx);
+        let services = reflect(Api::<Service>::all(client.clone()), (), tx.clone());
+        let slices = reflect(Api::<EndpointSlice>::all(client.clone()), (), tx.clone());
+        let pods = reflect(Api::<Pod>::all(client), (), tx);
         for (kind, ready) in [
             ("Services", services.wait_until_ready().await),
             ("EndpointSlices", slices.wait_until_ready().await),
@@ -81,34 +81,6 @@ impl Discovery {
             .collect();
         to_mesh(&services, &slices, &pods)
     }
-}
-
-/// A reflector over `api` whose every event bumps `revision`.
-fn reflect<K>(api: Api<K>, revision: Arc<watch::Sender<u64>>) -> Store<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()));
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(_) => revision.send_modify(|r| *r += 1),
-                // The watcher backs off and re-lists by itself.
-                Err(e) => {
-                    tracing::warn!(kind = %K::kind(&()), error = %e, "watch interrupted; resuming")
-                }
-            }
-        }
-    });
-    reader
 }
 
 /// The pure part: Kubernetes objects to mesh resources.

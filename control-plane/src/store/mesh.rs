@@ -56,6 +56,13 @@ pub trait MeshStore: Send + Sync {
     fn revision(&self) -> watch::Receiver<u64>;
 }
 
+/// Whether `key` passes a list's namespace and name filters (None = any;
+/// a cluster-wide kind is in every namespace).
+pub fn selected(key: &ResourceKey, namespace: Option<&str>, name: Option<&str>) -> bool {
+    namespace.is_none_or(|ns| !key.kind.namespaced() || key.namespace == ns)
+        && name.is_none_or(|n| key.name == n)
+}
+
 /// The sled-backed mesh store.
 #[derive(Clone)]
 pub struct SledMeshStore {
@@ -132,10 +139,7 @@ impl MeshStore for SledMeshStore {
             };
             let json = std::str::from_utf8(&value).map_err(|e| corrupt(e.to_string()))?;
             let resource = Resource::from_json(json).map_err(|e| corrupt(e.to_string()))?;
-            let resource_key = resource.key();
-            let namespace_ok = namespace
-                .is_none_or(|ns| !resource.kind().namespaced() || resource_key.namespace == ns);
-            if namespace_ok && name.is_none_or(|n| resource_key.name == n) {
+            if selected(&resource.key(), namespace, name) {
                 out.push(resource);
             }
         }

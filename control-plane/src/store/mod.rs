@@ -1,12 +1,13 @@
 //! Where the control plane keeps its state. The embedded default is sled in
-//! the data directory; the Kubernetes backend (CRDs) will sit beside it.
+//! the data directory; in Kubernetes the mesh model is custom resources in
+//! the API server ([`crate::k8s::mesh_store`]) and [`Mesh`] is either.
 //! Every write that a caller is told about is flushed to disk first, so a
 //! crash never loses an acknowledged change.
 
 mod join_tokens;
 mod mesh;
 
-pub use mesh::{ApplyOutcome, MeshStore, SledMeshStore};
+pub use mesh::{ApplyOutcome, MeshStore, SledMeshStore, selected};
 
 pub use join_tokens::{JoinTokenError, JoinTokenRecord, JoinTokens, TOKEN_PREFIX};
 
@@ -24,6 +25,57 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("store record {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
+    #[error("Kubernetes API server: {0}")]
+    Kubernetes(String),
+}
+
+/// The mesh model's store: embedded, or the API server.
+#[derive(Clone)]
+pub enum Mesh {
+    Embedded(SledMeshStore),
+    Kubernetes(crate::k8s::mesh_store::KubeMeshStore),
+}
+
+impl MeshStore for Mesh {
+    async fn apply(
+        &self,
+        resources: &[rampart_api::mesh::Resource],
+        dry_run: bool,
+    ) -> Result<Vec<ApplyOutcome>, StoreError> {
+        match self {
+            Mesh::Embedded(s) => s.apply(resources, dry_run).await,
+            Mesh::Kubernetes(s) => s.apply(resources, dry_run).await,
+        }
+    }
+
+    fn list(
+        &self,
+        kind: Option<rampart_api::mesh::Kind>,
+        namespace: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<Vec<rampart_api::mesh::Resource>, StoreError> {
+        match self {
+            Mesh::Embedded(s) => s.list(kind, namespace, name),
+            Mesh::Kubernetes(s) => s.list(kind, namespace, name),
+        }
+    }
+
+    async fn delete(
+        &self,
+        keys: &[rampart_api::mesh::ResourceKey],
+    ) -> Result<Vec<bool>, StoreError> {
+        match self {
+            Mesh::Embedded(s) => s.delete(keys).await,
+            Mesh::Kubernetes(s) => s.delete(keys).await,
+        }
+    }
+
+    fn revision(&self) -> tokio::sync::watch::Receiver<u64> {
+        match self {
+            Mesh::Embedded(s) => s.revision(),
+            Mesh::Kubernetes(s) => s.revision(),
+        }
+    }
 }
 
 /// The embedded store.

@@ -76,7 +76,16 @@ fn build(store: &impl MeshStore, sources: &Sources) -> Option<MeshConfig> {
             let mut registered = sources.registrations.entries();
             if let Some(cluster) = &sources.kubernetes {
                 let (services, endpoints) = cluster.resources();
-                resources.extend(services.into_iter().map(Resource::Service));
+                // A mesh Service of the same name says more than the
+                // Kubernetes Service it describes: it wins.
+                let declared: std::collections::BTreeSet<_> =
+                    resources.iter().map(Resource::key).collect();
+                resources.extend(
+                    services
+                        .into_iter()
+                        .map(Resource::Service)
+                        .filter(|s| !declared.contains(&s.key())),
+                );
                 registered.extend(endpoints);
             }
             let model = Model::new(resources, &sources.trust_domain, &sources.roots_pem)
