@@ -60,6 +60,15 @@ pub struct Config {
     /// The MutatingWebhookConfiguration whose caBundle is kept equal to
     /// the mesh's root bundle (needs `kubernetes`).
     pub webhook_configuration: Option<String>,
+    /// The namespace the control plane runs in (its Lease, its CA Secret).
+    pub namespace: String,
+    /// The Lease replicas elect their leader with.
+    pub leader_lease: String,
+    /// This replica's name in the Lease.
+    pub replica_id: String,
+    /// Keep the CA root in this Secret (in `namespace`) instead of the data
+    /// directory, so replicas share it.
+    pub ca_secret: Option<String>,
 }
 
 /// The injected sidecar's image, the control plane address it dials, and
@@ -101,14 +110,6 @@ pub async fn run(
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let tokens = store.join_tokens()?;
     let streams = xds::StreamRegistry::default();
-    let ca = Arc::new(ca::load_or_create(
-        &config.data_dir,
-        &config.trust_domain,
-        &config.ca_source,
-        config.lifetimes,
-    )?);
-    let registrations =
-        discovery::Registrations::load(store.registrations()?, config.endpoint_grace);
     let kube = match config.kubernetes {
         false => None,
         true => Some(
@@ -117,6 +118,28 @@ pub async fn run(
                 .context("connecting to the Kubernetes API server (KUBECONFIG or in-cluster)")?,
         ),
     };
+    let ca_source = match (&config.ca_secret, &kube) {
+        (Some(name), Some(client)) => {
+            let (cert, key) = k8s::ca_secret::load_or_create(
+                client.clone(),
+                &config.namespace,
+                name,
+                &config.trust_domain,
+            )
+            .await
+            .with_context(|| format!("the CA Secret {}/{name}", config.namespace))?;
+            ca::CaSource::Pem { cert, key }
+        }
+        _ => config.ca_source.clone(),
+    };
+    let ca = Arc::new(ca::load_or_create(
+        &config.data_dir,
+        &config.trust_domain,
+        &ca_source,
+        config.lifetimes,
+    )?);
+    let registrations =
+        discovery::Registrations::load(store.registrations()?, config.endpoint_grace);
     let cluster = match &kube {
         None => None,
         Some(client) => Some(k8s::discovery::Discovery::start(client.clone()).await?),
@@ -264,12 +287,25 @@ pub async fn run(
             )))
         }
     };
-    if let (Some(name), Some(client)) = (&config.webhook_configuration, &kube) {
-        tokio::spawn(k8s::webhook_config::keep_ca_bundle(
+    if let Some(client) = &kube {
+        // Every replica serves; one leads the singletons.
+        let leadership = k8s::leader::campaign(
             client.clone(),
-            name.clone(),
-            ca.bundle().to_pem(),
-        ));
+            &config.namespace,
+            &config.leader_lease,
+            config.replica_id.clone(),
+        );
+        let bundle = ca.bundle().to_pem();
+        if let Some(name) = config.webhook_configuration.clone() {
+            let (client, bundle) = (client.clone(), bundle.clone());
+            leadership.run_while_leading("webhook caBundle", move || {
+                k8s::webhook_config::keep_ca_bundle(client.clone(), name.clone(), bundle.clone())
+            });
+        }
+        let client = client.clone();
+        leadership.run_while_leading("root bundle ConfigMaps", move || {
+            k8s::root_bundle::publish(client.clone(), bundle.clone())
+        });
     }
     let grpc = tonic::transport::Server::builder()
         .add_service(CertificateServiceServer::new(ca::CaService::new(

@@ -74,6 +74,21 @@ struct Args {
     /// mesh's root bundle.
     #[arg(long, requires = "kubernetes")]
     webhook_configuration: Option<String>,
+    /// The namespace this control plane runs in: its leader Lease and CA
+    /// Secret live there.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "rampart-system")]
+    namespace: String,
+    /// The Lease the replicas elect a leader with (in --namespace).
+    #[arg(long, default_value = "rampart-control")]
+    leader_lease: String,
+    /// This replica's name in the Lease (default: the pod name, else
+    /// HOSTNAME-PID).
+    #[arg(long, env = "POD_NAME")]
+    replica_id: Option<String>,
+    /// Keep the CA root in this Secret (in --namespace) so every replica
+    /// signs with the same key; created with a new root if missing.
+    #[arg(long, requires = "kubernetes", conflicts_with_all = ["plugin_ca_dir", "intermediate_ca"])]
+    ca_secret: Option<String>,
     /// Extra DNS name or IP in the serving certificate, for clients that
     /// check hostnames (repeatable; localhost and loopback are always there).
     #[arg(long = "serving-host", value_parser = parse_serving_host)]
@@ -156,6 +171,13 @@ async fn main() -> anyhow::Result<()> {
             },
         },
         webhook_configuration: args.webhook_configuration,
+        namespace: args.namespace,
+        leader_lease: args.leader_lease,
+        replica_id: args.replica_id.unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "rampart-control".into());
+            format!("{host}-{}", std::process::id())
+        }),
+        ca_secret: args.ca_secret,
     };
     run(config, shutdown_signal())
         .await

@@ -152,7 +152,43 @@ pub async fn control_plane(
     extra: &[&str],
 ) -> crate::ControlPlane {
     install_crds(client).await;
-    let mut args = vec!["--kubernetes"];
+    // A Lease of its own unless the test shares one between replicas.
+    let lease = format!("rampart-test-{}", suffix());
+    let mut args = vec!["--kubernetes", "--namespace", "default"];
+    if !extra.contains(&"--leader-lease") {
+        args.extend(["--leader-lease", &lease]);
+    }
     args.extend_from_slice(extra);
     crate::ControlPlane::start(dir, &args).await
+}
+
+/// Whether MutatingWebhookConfiguration `name`'s first webhook trusts
+/// exactly `bundle_pem`.
+pub async fn has_ca_bundle(client: &kube::Client, name: &str, bundle_pem: &str) -> bool {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    let config = Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .get(name)
+        .await
+        .unwrap();
+    config
+        .webhooks
+        .unwrap_or_default()
+        .first()
+        .and_then(|w| w.client_config.ca_bundle.as_ref())
+        .is_some_and(|b| b.0 == bundle_pem.as_bytes())
+}
+
+/// Empties the first webhook's caBundle, as a careless `kubectl apply` would.
+pub async fn reset_ca_bundle(client: &kube::Client, name: &str) {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use kube::api::{Patch, PatchParams};
+    let reset = serde_json::json!([{"op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": ""}]);
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Json::<()>(serde_json::from_value(reset).unwrap()),
+        )
+        .await
+        .unwrap();
 }

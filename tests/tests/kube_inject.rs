@@ -6,7 +6,7 @@
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use rampart_tests::{counter, eventually, kube as k8s};
 use serde_json::{Value, json};
 
@@ -87,29 +87,12 @@ async fn pods_in_labeled_namespaces_are_stored_with_the_sidecar() {
     // rampart-control fills in the caBundle (the mesh root), and puts it
     // back when someone resets it.
     let bundle = std::fs::read_to_string(dir.path().join("admin/bundle.pem")).unwrap();
-    let has_bundle = || async {
-        let c = configs.get(&config_name).await.unwrap();
-        c.webhooks.unwrap()[0]
-            .client_config
-            .ca_bundle
-            .as_ref()
-            .map(|b| b.0.clone())
-            == Some(bundle.as_bytes().to_vec())
-    };
+    let has_bundle = || k8s::has_ca_bundle(&client, &config_name, &bundle);
     assert!(
         eventually(100, has_bundle).await,
         "the caBundle was never set"
     );
-    let reset =
-        json!([{"op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": ""}]);
-    configs
-        .patch(
-            &config_name,
-            &PatchParams::default(),
-            &Patch::Json::<()>(serde_json::from_value(reset).unwrap()),
-        )
-        .await
-        .unwrap();
+    k8s::reset_ca_bundle(&client, &config_name).await;
     assert!(
         eventually(100, has_bundle).await,
         "a reset caBundle was not restored"

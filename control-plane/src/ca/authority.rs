@@ -18,6 +18,9 @@ pub enum CaSource {
     /// `ca-key.pem`, `root-cert.pem` and optionally `cert-chain.pem`
     /// (intermediates between the signing certificate and the root).
     PlugIn(PathBuf),
+    /// A root given as PEM (read from a Kubernetes Secret, never written to
+    /// disk).
+    Pem { cert: String, key: String },
 }
 
 /// Builds the CA, creating and persisting a root on first start.
@@ -53,6 +56,10 @@ pub fn load_or_create(
                 CertificateAuthority::from_root_pem(td, &cert, &key, lifetimes)
             };
             ca.with_context(|| format!("loading the CA from {}", dir.display()))
+        }
+        CaSource::Pem { cert, key } => {
+            CertificateAuthority::from_root_pem(trust_domain.clone(), cert, key, lifetimes)
+                .context("loading the CA root from its Secret")
         }
         CaSource::PlugIn(dir) => {
             let file = |name: &str| read_to_string(&dir.join(name));
