@@ -13,6 +13,7 @@ mod demo;
 mod http;
 mod identity;
 mod inject;
+mod install;
 mod mesh;
 mod metrics;
 mod proxy_config;
@@ -50,6 +51,9 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Install Rampart into the cluster KUBECONFIG points at (or print the
+    /// manifests with --dry-run).
+    Install(install::InstallArgs),
     /// Add the sidecar to Kubernetes manifests, offline, as the injection
     /// webhook would (Pods, Deployments, StatefulSets, DaemonSets, Jobs, ...).
     Inject(inject::InjectArgs),
@@ -221,6 +225,7 @@ async fn main() -> ExitCode {
             proxy_config::proxy_config(&cli.target, &node, kind.as_deref(), output).await
         }
         Command::Inject(args) => inject::inject(&args),
+        Command::Install(args) => install::install(&args).await,
         Command::Apply { files, dry_run } => mesh::apply(&cli.target, &files, dry_run).await,
         Command::Get {
             kind,
