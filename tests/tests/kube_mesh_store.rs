@@ -109,7 +109,16 @@ async fn meshctl_apply_and_the_kubernetes_api_share_one_model() {
         .patch("no-ports", &strict_apply(), &Patch::Apply(&empty))
         .await
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let refused = rampart_tests::eventually(100, || async {
+        cp.logs.text().contains("Service no-ports")
+            && cp.logs.text().contains("fails the model's checks")
+    })
+    .await;
+    assert!(
+        refused,
+        "the control plane never read the Service without ports:\n{}",
+        cp.logs.text()
+    );
     let shown = cp.meshctl_ok(&["get", "svc", "-n", &ns]);
     let shown = String::from_utf8_lossy(&shown.stdout);
     assert!(

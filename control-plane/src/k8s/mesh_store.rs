@@ -103,6 +103,22 @@ impl KubeMeshStore {
     }
 }
 
+impl KubeMeshStore {
+    /// Waits (briefly) until the watch caches show what was just written,
+    /// so a caller reads its own writes as with the embedded store: an
+    /// apply followed by a get, or a second apply reporting `unchanged`.
+    async fn settle(&self, done: impl Fn(&Self) -> bool) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !done(self) {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("the watch has not caught up with a write after 5 s");
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+}
+
 /// A custom resource as a mesh resource, checked like a `meshctl apply`.
 fn to_resource(kind: Kind, object: &DynamicObject) -> Option<Resource> {
     let name = object.metadata.name.clone()?;
@@ -185,6 +201,14 @@ impl MeshStore for KubeMeshStore {
                     .map_err(|e| StoreError::Kubernetes(format!("{key}: {e}")))?;
             }
         }
+        if !dry_run {
+            self.settle(|store| {
+                changed
+                    .iter()
+                    .all(|r| store.cached(&r.key()).as_ref() == Some(*r))
+            })
+            .await;
+        }
         Ok(outcomes)
     }
 
@@ -225,6 +249,8 @@ impl MeshStore for KubeMeshStore {
                 Err(e) => return Err(api_error(e)),
             });
         }
+        self.settle(|store| keys.iter().all(|k| store.cached(k).is_none()))
+            .await;
         Ok(existed)
     }
 
