@@ -191,15 +191,23 @@ impl Sidecar {
                 self.service_account, workload.service, self.namespace, service.service_accounts
             )));
         }
-        if let Some(name) = workload
+        // A pod names all its container ports, some of which (metrics, an
+        // admin port) are not the service's: those are ignored, and only a
+        // sidecar that serves none of the service's ports is refused.
+        let (known, unknown): (Vec<&String>, Vec<&String>) = workload
             .ports
             .keys()
-            .find(|n| !service.ports.iter().any(|p| p.name == **n))
-        {
+            .partition(|n| service.ports.iter().any(|p| p.name == **n));
+        if known.is_empty() {
             return Err(SidecarError::Invalid(format!(
-                "rampart.ports names {name:?}, which service {}.{} does not have",
-                workload.service, self.namespace
+                "rampart.ports names {unknown:?}, none of which service {}.{} has (its ports are {:?})",
+                workload.service,
+                self.namespace,
+                service.ports.iter().map(|p| &p.name).collect::<Vec<_>>()
             )));
+        }
+        if !unknown.is_empty() {
+            tracing::warn!(sidecar = workload.name, service = %format!("{}.{}", workload.service, self.namespace), ignored = ?unknown, "rampart.ports names ports the service does not have; ignoring them");
         }
         Ok(())
     }

@@ -167,6 +167,22 @@ mod tests {
         assert!(registrations.entries().is_empty());
     }
 
+    #[tokio::test]
+    async fn ports_the_service_does_not_have_are_ignored_not_fatal() {
+        let (source, registrations) = source();
+        let mut node = sidecar_node("http");
+        let mut metadata = SidecarMetadata::from_node(&node).unwrap();
+        if let Some(serves) = metadata.serves.as_mut() {
+            serves.ports.insert("metrics".into(), 9102);
+        }
+        node.metadata = Some(metadata.to_struct());
+        let published = published(MODEL);
+        source
+            .admit(Some(&node), &sa("echo"), 1, &published)
+            .unwrap();
+        assert_eq!(registrations.entries().len(), 1);
+    }
+
     #[test]
     fn a_plain_client_gets_the_shared_snapshot() {
         let (source, _) = source();
