@@ -9,7 +9,9 @@
 //!   `rampart.dev/capture: none`);
 //! * `rampart-proxy`, as a native sidecar (an init container with
 //!   `restartPolicy: Always`, Kubernetes 1.29+: it starts before the app and
-//!   stops after it) or, on older clusters, as the first container;
+//!   stops after it) or, on older clusters, as the first container with a
+//!   postStart hook (`rampart-proxy wait`) that holds the app back until
+//!   the proxy is ready;
 //! * the projected ServiceAccount token it proves its identity with
 //!   (audience `rampart-ca`), the mesh's root bundle (ConfigMap
 //!   `rampart-root-ca`), and the SPIFFE Workload API socket, which the app
@@ -123,7 +125,11 @@ pub fn inject_pod(pod: &Value, template: &Template) -> Result<Outcome, InjectErr
             ..proxy
         }));
     } else {
-        array(spec, "containers")?.insert(0, to_value(proxy));
+        // The kubelet starts containers in order and the next one only after
+        // this one's postStart hook returns: the app waits for the proxy.
+        let mut proxy = to_value(proxy);
+        proxy["lifecycle"] = json!({"postStart": {"exec": {"command": ["rampart-proxy", "wait"]}}});
+        array(spec, "containers")?.insert(0, proxy);
     }
     // First, so the capture is in place and the proxy up before any other
     // init container (or the app) opens a connection.
@@ -543,6 +549,10 @@ mod tests {
             },
         );
         assert_eq!(out["spec"]["containers"][0]["name"], PROXY_CONTAINER);
+        assert_eq!(
+            out["spec"]["containers"][0]["lifecycle"]["postStart"]["exec"]["command"],
+            json!(["rampart-proxy", "wait"])
+        );
         assert_eq!(out["spec"]["containers"][1]["name"], "app");
         assert_eq!(out["spec"]["initContainers"].as_array().unwrap().len(), 1);
     }

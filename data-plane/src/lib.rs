@@ -11,5 +11,6 @@ pub mod init;
 pub mod proxy;
 pub mod sds;
 pub mod uds_authority;
+pub mod wait;
 pub mod workload_api;
 pub mod xds_client;

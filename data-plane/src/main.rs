@@ -6,7 +6,9 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
-use rampart_proxy::{admin, identity, init, proxy, sds, uds_authority, workload_api, xds_client};
+use rampart_proxy::{
+    admin, identity, init, proxy, sds, uds_authority, wait, workload_api, xds_client,
+};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -189,16 +191,23 @@ fn node(args: &Args) -> anyhow::Result<envoy_types::pb::envoy::config::core::v3:
     })
 }
 
+/// Runs `rampart-proxy NAME ...`: its own flags, its own exit status.
+fn subcommand<A: Parser>(name: &str, run: impl FnOnce(&A) -> anyhow::Result<()>) -> ExitCode {
+    let args = A::parse_from(std::env::args().skip(1));
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rampart-proxy {name}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("init") {
-        let args = init::InitArgs::parse_from(std::env::args().skip(1));
-        return match init::run(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("rampart-proxy init: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
+    match std::env::args().nth(1).as_deref() {
+        Some("init") => return subcommand::<init::InitArgs>("init", init::run),
+        Some("wait") => return subcommand::<wait::WaitArgs>("wait", wait::run),
+        _ => {}
     }
     let args = Args::parse();
     // One thread: a current-thread runtime (no work stealing, no cross-thread

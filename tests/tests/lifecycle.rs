@@ -183,3 +183,52 @@ fn bad_flags_are_refused_with_what_was_wrong() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unit"));
 }
+
+/// `rampart-proxy wait` (the postStart hook injected where native sidecars
+/// are not available) returns once the proxy beside it is ready, and fails
+/// with a clear message when it never is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_wait_returns_when_the_proxy_is_ready_and_fails_when_it_never_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path(), &[]).await;
+    let token = cp.join_token("default", "waiter", 600).await;
+    let (mut command, admin) = rampart_tests::proxy(&cp, &token, &dir.path().join("waiter.sock"));
+    let mut proxy = command
+        .arg("--agent-only")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Started at once: it waits for the proxy, however long it takes.
+    let waited = Command::new(bin("rampart-proxy"))
+        .args(["wait", "--admin-addr", &admin, "--timeout-seconds", "60"])
+        .output()
+        .unwrap();
+    let ready = rampart_tests::http_get(&admin, "/ready").await;
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    assert!(
+        waited.status.success(),
+        "{}",
+        String::from_utf8_lossy(&waited.stderr)
+    );
+    assert_eq!(
+        ready.unwrap().0,
+        200,
+        "wait returned before the proxy was ready"
+    );
+
+    let port = rampart_tests::free_port();
+    let never = Command::new(bin("rampart-proxy"))
+        .args([
+            "wait",
+            "--admin-addr",
+            &format!("127.0.0.1:{port}"),
+            "--timeout-seconds",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!never.status.success());
+    let message = String::from_utf8_lossy(&never.stderr);
+    assert!(message.contains("was not ready after 1 s"), "{message}");
+}
