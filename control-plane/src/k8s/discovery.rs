@@ -89,6 +89,21 @@ pub fn to_mesh(
     slices: &[Arc<EndpointSlice>],
     pods: &BTreeMap<(String, String), Arc<Pod>>,
 ) -> (Vec<Object<ServiceSpec>>, Vec<Object<WorkloadEntrySpec>>) {
+    // Slices by (namespace, service), once: this runs on every rebuild.
+    let mut slices_of: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    for slice in slices {
+        let service = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("kubernetes.io/service-name"));
+        if let (Some(namespace), Some(service)) = (&slice.metadata.namespace, service) {
+            slices_of
+                .entry((namespace.as_str(), service.as_str()))
+                .or_default()
+                .push(slice);
+        }
+    }
     let mut mesh_services = Vec::new();
     let mut entries = Vec::new();
     for service in services {
@@ -136,15 +151,8 @@ pub fn to_mesh(
                 addresses,
             },
         });
-        let of_service = slices.iter().filter(|s| {
-            s.metadata.namespace.as_ref() == Some(namespace)
-                && s.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("kubernetes.io/service-name"))
-                    == Some(name)
-        });
-        for slice in of_service {
+        let of_service = slices_of.get(&(namespace.as_str(), name.as_str()));
+        for slice in of_service.into_iter().flatten() {
             entries.extend(slice_entries(name, namespace, slice, pods));
         }
     }

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use rampart_api::mesh::{
     AuthorizationPolicy, Kind, MeshConfig, Resource, ResourceKey, Service, TrafficPolicy,
     WorkloadEntry, parse_documents,
@@ -93,13 +93,12 @@ impl KubeMeshStore {
 
     /// The cached resource of `key`, as the model reads it.
     fn cached(&self, key: &ResourceKey) -> Option<Resource> {
-        let cache = &self.caches[&key.kind];
-        let object = cache.state().into_iter().find(|o| {
-            o.metadata.name.as_deref() == Some(&key.name)
-                && (!key.kind.namespaced()
-                    || o.metadata.namespace.as_deref() == Some(&key.namespace))
-        })?;
-        to_resource(key.kind, &object)
+        let mut object = ObjectRef::new_with(&key.name, api_resource(key.kind));
+        if key.kind.namespaced() {
+            object = object.within(&key.namespace);
+        }
+        let found = self.caches[&key.kind].get(&object)?;
+        to_resource(key.kind, &found)
     }
 }
 
