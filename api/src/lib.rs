@@ -7,6 +7,7 @@
 //! * [`connect`]: a gRPC channel over a SPIFFE-verifying rustls config.
 //! * [`xds`]: the contract with the proxies: resource types, node and cluster metadata.
 //! * [`inject`]: the sidecar a pod gets (the admission webhook and `meshctl inject`).
+//! * [`policy`]: the admission security policy (the `/validate` webhook and `meshctl policy check`).
 //! * [`mesh`]: the mesh model (Service, WorkloadEntry, TrafficPolicy, ...) and its YAML parser.
 
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@ pub mod duration;
 pub mod inject;
 pub mod locality;
 pub mod mesh;
+pub mod policy;
 pub mod xds;
 pub use channel::connect;
 

@@ -100,9 +100,18 @@ pub fn manifests(v: &Values, with_namespace: bool) -> Vec<Value> {
     if with_namespace {
         out.push(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}}));
     }
+    let crds = rampart_api::mesh::crd::crds();
+    // The control plane reads and writes every mesh kind.
+    let plurals: Vec<&str> = crds.iter().map(|c| c.spec.names.plural.as_str()).collect();
+    let mesh_kinds = rule(
+        &["rampart.dev"],
+        &plurals,
+        &[
+            "get", "list", "watch", "create", "update", "patch", "delete",
+        ],
+    );
     out.extend(
-        rampart_api::mesh::crd::crds()
-            .into_iter()
+        crds.iter()
             .map(|c| serde_json::to_value(c).expect("CRDs serialize")),
     );
     out.push(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(NAME)}));
@@ -112,8 +121,7 @@ pub fn manifests(v: &Values, with_namespace: bool) -> Vec<Value> {
             rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
             rule(&[""], &["services", "pods", "namespaces"], &read),
             rule(&["discovery.k8s.io"], &["endpointslices"], &read),
-            rule(&["rampart.dev"], &["meshconfigs", "services", "workloadentries", "trafficpolicies", "authorizationpolicies"],
-                 &["get", "list", "watch", "create", "update", "patch", "delete"]),
+            mesh_kinds,
             json!({"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
                    "verbs": ["get", "list", "watch", "update"], "resourceNames": [WEBHOOK]}),
             // list/watch cannot be limited to one name; they only read.

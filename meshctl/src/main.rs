@@ -16,6 +16,7 @@ mod inject;
 mod install;
 mod mesh;
 mod metrics;
+mod policy;
 mod proxy_config;
 mod proxy_status;
 mod status;
@@ -57,6 +58,10 @@ enum Command {
     /// Add the sidecar to Kubernetes manifests, offline, as the injection
     /// webhook would (Pods, Deployments, StatefulSets, DaemonSets, Jobs, ...).
     Inject(inject::InjectArgs),
+    /// The admission security policy, offline: `meshctl policy check`
+    /// exits 0 when every pod is admitted, 1 when one is denied, 2 on bad input.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Show mesh resources.
     Get {
         /// Kind: service (svc), workloadentry (we), trafficpolicy (tp), authorizationpolicy (ap), meshconfig, or all.
@@ -193,6 +198,8 @@ struct IdentityArgs {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        // Its own exit codes: 1 is a verdict, not a failure of meshctl.
+        Command::Policy(policy::PolicyCommand::Check(args)) => return policy::check(&args),
         Command::Demo {
             step: None,
             rate,

@@ -228,6 +228,19 @@ fn summary(resource: &Resource) -> String {
             )
             .to_uppercase()
         }
+        Resource::SecurityPolicy(o) => {
+            let mut parts = vec![o.spec.enforcement_action.to_string()];
+            if let Some(level) = o.spec.pod_security {
+                parts.push(format!("podSecurity={level}"));
+            }
+            if !o.spec.images.allowed_registries.is_empty() {
+                parts.push(format!(
+                    "registries={}",
+                    o.spec.images.allowed_registries.join(",")
+                ));
+            }
+            parts.join(" ")
+        }
     }
 }
 

@@ -18,6 +18,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         WorkloadEntry::crd(),
         TrafficPolicy::crd(),
         AuthorizationPolicy::crd(),
+        crate::policy::SecurityPolicy::crd(),
     ]
 }
 

@@ -11,6 +11,7 @@ mod parse;
 mod spec;
 mod validate;
 
+pub use crate::policy::SecurityPolicySpec;
 pub use parse::{DocumentError, ParseError, parse_documents};
 pub use spec::*;
 
@@ -48,16 +49,18 @@ pub enum Kind {
     WorkloadEntry,
     TrafficPolicy,
     AuthorizationPolicy,
+    SecurityPolicy,
 }
 
 impl Kind {
     /// Every kind, in the order resources are applied and shown.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::MeshConfig,
         Kind::Service,
         Kind::WorkloadEntry,
         Kind::TrafficPolicy,
         Kind::AuthorizationPolicy,
+        Kind::SecurityPolicy,
     ];
 
     /// The `kind:` string.
@@ -68,6 +71,7 @@ impl Kind {
             Kind::WorkloadEntry => "WorkloadEntry",
             Kind::TrafficPolicy => "TrafficPolicy",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::SecurityPolicy => "SecurityPolicy",
         }
     }
 
@@ -81,6 +85,7 @@ impl Kind {
             "workloadentry" | "workloadentrie" | "we" => Kind::WorkloadEntry,
             "trafficpolicy" | "trafficpolicie" | "tp" => Kind::TrafficPolicy,
             "authorizationpolicy" | "authorizationpolicie" | "ap" => Kind::AuthorizationPolicy,
+            "securitypolicy" | "securitypolicie" | "secp" => Kind::SecurityPolicy,
             _ => return None,
         })
     }
@@ -106,6 +111,7 @@ pub enum Resource {
     WorkloadEntry(Object<WorkloadEntrySpec>),
     TrafficPolicy(Box<Object<TrafficPolicySpec>>),
     AuthorizationPolicy(Object<AuthorizationPolicySpec>),
+    SecurityPolicy(Object<SecurityPolicySpec>),
 }
 
 /// Metadata plus a typed spec.
@@ -151,6 +157,7 @@ impl Resource {
             Resource::WorkloadEntry(_) => Kind::WorkloadEntry,
             Resource::TrafficPolicy(_) => Kind::TrafficPolicy,
             Resource::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Resource::SecurityPolicy(_) => Kind::SecurityPolicy,
         }
     }
 
@@ -162,6 +169,7 @@ impl Resource {
             Resource::WorkloadEntry(o) => &o.metadata,
             Resource::TrafficPolicy(o) => &o.metadata,
             Resource::AuthorizationPolicy(o) => &o.metadata,
+            Resource::SecurityPolicy(o) => &o.metadata,
         }
     }
 

@@ -31,6 +31,7 @@ pub fn check(resource: &Resource) -> Problems {
         Resource::WorkloadEntry(o) => workload_entry(&mut p, &o.spec),
         Resource::TrafficPolicy(o) => traffic_policy(&mut p, &o.spec),
         Resource::AuthorizationPolicy(o) => authorization_policy(&mut p, &o.spec),
+        Resource::SecurityPolicy(o) => p.extend(crate::policy::spec::validate(&o.spec)),
     }
     p
 }

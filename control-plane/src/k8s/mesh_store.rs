@@ -21,6 +21,7 @@ use rampart_api::mesh::{
     AuthorizationPolicy, Kind, MeshConfig, Resource, ResourceKey, Service, TrafficPolicy,
     WorkloadEntry, parse_documents,
 };
+use rampart_api::policy::SecurityPolicy;
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -38,6 +39,7 @@ fn api_resource(kind: Kind) -> ApiResource {
         Kind::WorkloadEntry => ApiResource::erase::<WorkloadEntry>(&()),
         Kind::TrafficPolicy => ApiResource::erase::<TrafficPolicy>(&()),
         Kind::AuthorizationPolicy => ApiResource::erase::<AuthorizationPolicy>(&()),
+        Kind::SecurityPolicy => ApiResource::erase::<SecurityPolicy>(&()),
     }
 }
 

@@ -110,6 +110,8 @@ impl Model {
                     model.connections = m.spec.connections.clone();
                     model.access_log = m.spec.access_log;
                 }
+                // Admission policy: what may run, not how traffic flows.
+                Resource::SecurityPolicy(_) => {}
             }
         }
         model

@@ -1,0 +1,360 @@
+//! The admission security policy: what may run in the cluster. One engine
+//! for the validating webhook (`/validate`) and for `meshctl policy check`
+//! on manifests, so what a CI pipeline checks offline is what the cluster
+//! admits.
+//!
+//! A pod is checked against every policy that applies to it: the
+//! `SecurityPolicy` resources of its namespace and of the root namespace,
+//! and the standard `pod-security.kubernetes.io/{enforce,audit,warn}`
+//! labels of its namespace. Each gives a [`Finding`] with its own
+//! enforcement action; a pod is denied if an `enforce` finding has
+//! violations, and every violation names the field and the fix.
+
+pub mod image;
+pub mod pss;
+mod rules;
+pub mod spec;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use image::allowed_by;
+pub use spec::{EnforcementAction, SecurityPolicy, SecurityPolicySpec};
+
+/// Where Rampart runs by default; its SecurityPolicies apply cluster-wide.
+pub const DEFAULT_ROOT_NAMESPACE: &str = "rampart-system";
+
+/// Whether a SecurityPolicy in `policy_namespace` applies to a pod in
+/// `pod_namespace`: its own namespace, or any if it is in the root namespace.
+pub fn applies(policy_namespace: &str, pod_namespace: &str, root_namespace: &str) -> bool {
+    policy_namespace == pod_namespace || policy_namespace == root_namespace
+}
+
+/// A Pod Security Standards level.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Privileged,
+    Baseline,
+    Restricted,
+}
+
+impl Level {
+    pub fn parse(s: &str) -> Option<Level> {
+        match s {
+            "privileged" => Some(Level::Privileged),
+            "baseline" => Some(Level::Baseline),
+            "restricted" => Some(Level::Restricted),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Level::Privileged => "privileged",
+            Level::Baseline => "baseline",
+            Level::Restricted => "restricted",
+        })
+    }
+}
+
+/// One broken rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    /// `pod-security/restricted:runAsNonRoot`, `images:allowedRegistries`.
+    pub rule: String,
+    /// The field, as kubectl spells it: `spec.containers[0].securityContext.privileged`.
+    pub path: String,
+    pub message: String,
+    /// What to change.
+    pub fix: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} [{}]; fix: {}",
+            self.path, self.message, self.rule, self.fix
+        )
+    }
+}
+
+/// What one policy said of a pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// `SecurityPolicy shop/strict`, `namespace label pod-security.kubernetes.io/enforce=restricted`.
+    pub source: String,
+    pub action: EnforcementAction,
+    pub violations: Vec<Violation>,
+}
+
+/// Every policy's verdict on one pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// Policies with violations.
+    pub findings: Vec<Finding>,
+    /// Exemptions used: which policy did not apply, and why.
+    pub exemptions: Vec<String>,
+}
+
+impl Report {
+    /// Denied: an `enforce` policy has violations.
+    pub fn denied(&self) -> bool {
+        self.with(EnforcementAction::Enforce).next().is_some()
+    }
+
+    /// The findings with `action`.
+    pub fn with(&self, action: EnforcementAction) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(move |f| f.action == action)
+    }
+
+    /// Every violation of the findings with `action`, one per line, each
+    /// prefixed by its policy.
+    pub fn lines(&self, action: EnforcementAction) -> Vec<String> {
+        self.with(action)
+            .flat_map(|f| {
+                f.violations
+                    .iter()
+                    .map(move |v| format!("{}: {v}", f.source))
+            })
+            .collect()
+    }
+}
+
+/// Where a pod is being admitted.
+#[derive(Debug, Clone, Default)]
+pub struct Context<'a> {
+    pub namespace: &'a str,
+    /// The namespace's labels (for the `pod-security.kubernetes.io/*` ones).
+    pub namespace_labels: BTreeMap<String, String>,
+}
+
+/// A policy and the name it is reported under.
+pub struct Named<'a> {
+    /// `SecurityPolicy rampart-system/default`.
+    pub source: String,
+    pub spec: &'a SecurityPolicySpec,
+}
+
+/// The namespace label that sets a Pod Security level for an action.
+const PSA_LABELS: [(&str, EnforcementAction); 3] = [
+    (
+        "pod-security.kubernetes.io/enforce",
+        EnforcementAction::Enforce,
+    ),
+    ("pod-security.kubernetes.io/audit", EnforcementAction::Audit),
+    ("pod-security.kubernetes.io/warn", EnforcementAction::Warn),
+];
+
+/// Checks `pod` (a Pod or pod template) against `policies` and the
+/// namespace's Pod Security labels.
+pub fn evaluate(pod: &Value, context: &Context<'_>, policies: &[Named<'_>]) -> Report {
+    let mut report = Report::default();
+    for (label, action) in PSA_LABELS {
+        let Some(value) = context.namespace_labels.get(label) else {
+            continue;
+        };
+        // An unknown level is read as the strictest, as a typo must not
+        // open the namespace.
+        let level = Level::parse(value).unwrap_or(Level::Restricted);
+        let violations = pss::check(pod, level);
+        if !violations.is_empty() {
+            report.findings.push(Finding {
+                source: format!("namespace label {label}={value}"),
+                action,
+                violations,
+            });
+        }
+    }
+    let service_account = format!(
+        "{}/{}",
+        context.namespace,
+        pod["spec"]["serviceAccountName"]
+            .as_str()
+            .unwrap_or("default")
+    );
+    for policy in policies {
+        let exemptions = &policy.spec.exemptions;
+        if exemptions.namespaces.iter().any(|n| n == context.namespace) {
+            report.exemptions.push(format!(
+                "{}: namespace {} is exempt",
+                policy.source, context.namespace
+            ));
+            continue;
+        }
+        if exemptions.service_accounts.contains(&service_account) {
+            report.exemptions.push(format!(
+                "{}: service account {service_account} is exempt",
+                policy.source
+            ));
+            continue;
+        }
+        let exempt_image = |image: &str| {
+            image::ImageRef::parse(image)
+                .is_ok_and(|r| exemptions.images.iter().any(|e| allowed_by(&r, e)))
+        };
+        let exempt_paths: Vec<String> = containers(&pod["spec"])
+            .into_iter()
+            .filter(|c| exempt_image(c.value["image"].as_str().unwrap_or_default()))
+            .map(|c| {
+                report.exemptions.push(format!(
+                    "{}: container {:?} runs an exempt image",
+                    policy.source, c.name
+                ));
+                format!("{}.", c.path)
+            })
+            .collect();
+        let mut violations = match policy.spec.pod_security {
+            Some(level) => pss::check(pod, level),
+            None => Vec::new(),
+        };
+        violations.retain(|v| !exempt_paths.iter().any(|p| v.path.starts_with(p)));
+        violations.extend(rules::check(
+            pod,
+            &policy.spec.containers,
+            &policy.spec.images,
+            &exempt_image,
+        ));
+        if !violations.is_empty() {
+            report.findings.push(Finding {
+                source: policy.source.clone(),
+                action: policy.spec.enforcement_action,
+                violations,
+            });
+        }
+    }
+    report
+}
+
+/// One container of the pod, with where it sits.
+struct Container<'a> {
+    /// `spec.containers[0]`
+    path: String,
+    name: &'a str,
+    value: &'a Value,
+}
+
+impl Container<'_> {
+    fn security(&self) -> &Value {
+        &self.value["securityContext"]
+    }
+}
+
+/// Every container: init, regular and ephemeral.
+fn containers(spec: &Value) -> Vec<Container<'_>> {
+    let mut all = Vec::new();
+    for list in ["initContainers", "containers", "ephemeralContainers"] {
+        for (i, value) in spec[list].as_array().into_iter().flatten().enumerate() {
+            all.push(Container {
+                path: format!("spec.{list}[{i}]"),
+                name: value["name"].as_str().unwrap_or("?"),
+                value,
+            });
+        }
+    }
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(containers: Value) -> Value {
+        json!({"metadata": {"name": "p"}, "spec": {"serviceAccountName": "web", "containers": containers}})
+    }
+
+    fn named(spec: &SecurityPolicySpec) -> Vec<Named<'_>> {
+        vec![Named {
+            source: "SecurityPolicy rampart-system/default".into(),
+            spec,
+        }]
+    }
+
+    #[test]
+    fn an_exempt_image_exempts_its_container_and_says_so() {
+        let spec = SecurityPolicySpec {
+            pod_security: Some(Level::Baseline),
+            exemptions: spec::Exemptions {
+                images: vec!["registry.k8s.io/debug".into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let p = pod(json!([
+            {"name": "debug", "image": "registry.k8s.io/debug/tools:1", "securityContext": {"privileged": true}},
+            {"name": "app", "image": "app:1", "securityContext": {"privileged": true}},
+        ]));
+        let report = evaluate(&p, &Context::default(), &named(&spec));
+        let paths: Vec<&str> = report.findings[0]
+            .violations
+            .iter()
+            .map(|v| v.path.as_str())
+            .collect();
+        assert_eq!(paths, ["spec.containers[1].securityContext.privileged"]);
+        assert!(report.exemptions[0].contains("\"debug\" runs an exempt image"));
+    }
+
+    #[test]
+    fn a_service_account_exemption_is_scoped_to_its_namespace() {
+        let spec = SecurityPolicySpec {
+            pod_security: Some(Level::Restricted),
+            exemptions: spec::Exemptions {
+                service_accounts: vec!["ops/web".into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let p = pod(json!([{"name": "app", "image": "app:1"}]));
+        let in_ops = Context {
+            namespace: "ops",
+            ..Default::default()
+        };
+        assert!(!evaluate(&p, &in_ops, &named(&spec)).denied());
+        let in_shop = Context {
+            namespace: "shop",
+            ..Default::default()
+        };
+        assert!(evaluate(&p, &in_shop, &named(&spec)).denied());
+    }
+
+    #[test]
+    fn a_misspelled_pod_security_label_is_read_as_restricted() {
+        let p = pod(json!([{"name": "app", "image": "app:1"}]));
+        let context = Context {
+            namespace: "shop",
+            namespace_labels: [(
+                "pod-security.kubernetes.io/enforce".into(),
+                "restrictd".into(),
+            )]
+            .into(),
+        };
+        let report = evaluate(&p, &context, &[]);
+        assert!(report.denied());
+        assert!(
+            report.findings[0].violations[0]
+                .rule
+                .starts_with("pod-security/restricted:")
+        );
+        // audit and warn findings never deny.
+        let context = Context {
+            namespace: "shop",
+            namespace_labels: [(
+                "pod-security.kubernetes.io/audit".into(),
+                "restricted".into(),
+            )]
+            .into(),
+        };
+        let report = evaluate(&p, &context, &[]);
+        assert!(!report.denied());
+        assert!(!report.lines(EnforcementAction::Audit).is_empty());
+    }
+}

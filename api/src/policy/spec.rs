@@ -1,0 +1,187 @@
+//! The `SecurityPolicy` kind: what a pod must be to be admitted. One in a
+//! namespace applies to that namespace; one in the control plane's root
+//! namespace (`rampart-system`) applies to every namespace. Every policy
+//! that applies is checked, each with its own enforcement action, so a
+//! namespace cannot weaken the cluster's policy; only the cluster policy's
+//! own exemptions can.
+
+use serde::{Deserialize, Serialize};
+
+use super::Level;
+
+/// Admission rules for pods.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+    kube::CustomResource,
+)]
+#[kube(
+    group = "rampart.dev",
+    version = "v1alpha1",
+    kind = "SecurityPolicy",
+    namespaced,
+    shortname = "secp"
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecurityPolicySpec {
+    /// `enforce` (default) denies a violating pod; `audit` admits it and
+    /// records the violations (an Event, audit annotations, metrics); `warn`
+    /// admits it and returns the violations as warnings to the client.
+    #[serde(default)]
+    pub enforcement_action: EnforcementAction,
+    /// A Pod Security Standards level (`baseline` or `restricted`, latest
+    /// version) every pod must meet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_security: Option<Level>,
+    /// Rules beyond the standards (or stricter than them).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub containers: ContainerRules,
+    /// Where images may come from.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub images: ImageRules,
+    /// Who and what this policy does not apply to. Every exemption used is
+    /// reported (a warning and an audit annotation), never silent.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub exemptions: Exemptions,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// What happens to a pod that violates the policy.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Default,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum EnforcementAction {
+    #[default]
+    Enforce,
+    Audit,
+    Warn,
+}
+
+impl std::fmt::Display for EnforcementAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EnforcementAction::Enforce => "enforce",
+            EnforcementAction::Audit => "audit",
+            EnforcementAction::Warn => "warn",
+        })
+    }
+}
+
+/// Per-container rules, checked on containers, initContainers and
+/// ephemeralContainers (the pod-level securityContext counts as their default).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerRules {
+    /// `runAsNonRoot: true` and no `runAsUser: 0`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_run_as_non_root: bool,
+    /// `readOnlyRootFilesystem: true`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_read_only_root_filesystem: bool,
+    /// No `privileged: true`, no `allowPrivilegeEscalation` left on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forbid_privileged: bool,
+    /// No hostNetwork, hostPID or hostIPC.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forbid_host_namespaces: bool,
+    /// A seccomp profile is required, of one of these types
+    /// (`RuntimeDefault`, `Localhost`); empty: no rule.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seccomp_profile_types: Vec<String>,
+    /// If set, an AppArmor profile is required, one of these:
+    /// `RuntimeDefault`, `Localhost/<profile>` or `Localhost/*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub app_armor_profiles: Vec<String>,
+    /// If set, an SELinux type is required, one of these (`container_t`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub se_linux_types: Vec<String>,
+}
+
+/// Image rules.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageRules {
+    /// Registries or repository prefixes images must come from, matched on
+    /// the normalized reference by whole path components (`ghcr.io/acme`,
+    /// `nginx` = `docker.io/library/nginx`); empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_registries: Vec<String>,
+    /// Only `image@sha256:…` references (a tag can be re-pushed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_digest: bool,
+}
+
+/// Exemptions; each entry names what it exempts.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Exemptions {
+    /// Namespaces the policy does not apply to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// `namespace/name` of ServiceAccounts whose pods are exempt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<String>,
+    /// Images (allow-list syntax) exempt from the image rules and from the
+    /// container rules for the containers that run them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
+}
+
+/// Problems with a spec, as (field, message).
+pub fn validate(spec: &SecurityPolicySpec) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    for (i, kind) in spec.containers.seccomp_profile_types.iter().enumerate() {
+        if !matches!(kind.as_str(), "RuntimeDefault" | "Localhost") {
+            problems.push((
+                format!("spec.containers.seccompProfileTypes[{i}]"),
+                format!("{kind:?} is not RuntimeDefault or Localhost"),
+            ));
+        }
+    }
+    for (i, profile) in spec.containers.app_armor_profiles.iter().enumerate() {
+        if profile != "RuntimeDefault" && !profile.starts_with("Localhost/") {
+            problems.push((
+                format!("spec.containers.appArmorProfiles[{i}]"),
+                format!("{profile:?} is not RuntimeDefault or Localhost/<profile>"),
+            ));
+        }
+    }
+    for (i, entry) in spec.images.allowed_registries.iter().enumerate() {
+        if entry.trim().is_empty() || entry.contains(char::is_whitespace) || entry.contains('@') {
+            problems.push((
+                format!("spec.images.allowedRegistries[{i}]"),
+                format!("{entry:?} is not a registry or repository prefix"),
+            ));
+        }
+    }
+    for (i, sa) in spec.exemptions.service_accounts.iter().enumerate() {
+        if !matches!(sa.split_once('/'), Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/'))
+        {
+            problems.push((
+                format!("spec.exemptions.serviceAccounts[{i}]"),
+                format!("{sa:?} is not namespace/name"),
+            ));
+        }
+    }
+    problems
+}
