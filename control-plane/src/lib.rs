@@ -60,6 +60,8 @@ pub struct Config {
     /// The MutatingWebhookConfiguration whose caBundle is kept equal to
     /// the mesh's root bundle (needs `kubernetes`).
     pub webhook_configuration: Option<String>,
+    /// The ValidatingWebhookConfiguration (of `/validate`) kept the same way.
+    pub validating_webhook_configuration: Option<String>,
     /// The namespace the control plane runs in (its Lease, its CA Secret).
     pub namespace: String,
     /// The Lease replicas elect their leader with.
@@ -145,7 +147,7 @@ pub async fn run(
         Some(client) => Some(k8s::discovery::Discovery::start(client.clone()).await?),
     };
     // In a cluster the model lives in the API server (custom resources).
-    let mesh = match &kube {
+    let mesh: store::Mesh = match &kube {
         None => store::Mesh::Embedded(store.mesh()?),
         Some(client) => {
             store::Mesh::Kubernetes(k8s::mesh_store::KubeMeshStore::start(client.clone()).await?)
@@ -270,15 +272,30 @@ pub async fn run(
             };
             let mut tls = tls.clone();
             tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+            // The pod-security.kubernetes.io labels of namespaces count too.
+            let namespaces = match &kube {
+                None => None,
+                Some(client) => Some(k8s::namespaces::Namespaces::start(client.clone()).await?),
+            };
             let webhook = Arc::new(admission::WebhookConfig {
                 template: rampart_api::inject::Template {
                     image: config.sidecar.image.clone(),
                     control_plane: config.sidecar.control_plane.clone(),
                     native_sidecar: native,
                 },
+                policy: admission::PolicyInputs {
+                    mesh: mesh.clone(),
+                    namespaces,
+                    root_namespace: config.namespace.clone(),
+                },
+                audit: admission::AuditTrail::new(
+                    metrics.clone(),
+                    kube.clone(),
+                    &config.replica_id,
+                ),
                 metrics: metrics.clone(),
             });
-            tracing::info!(addr = %listener.local_addr()?, native_sidecar = native, "serving the admission webhooks (/inject)");
+            tracing::info!(addr = %listener.local_addr()?, native_sidecar = native, "serving the admission webhooks (/inject, /validate)");
             Some(tokio::spawn(admission::serve(
                 listener,
                 Arc::new(tls),
@@ -296,10 +313,19 @@ pub async fn run(
             config.replica_id.clone(),
         );
         let bundle = ca.bundle().to_pem();
-        if let Some(name) = config.webhook_configuration.clone() {
+        use k8s::webhook_config::{WebhookKind, keep_ca_bundle};
+        let configurations = [
+            (WebhookKind::Mutating, &config.webhook_configuration),
+            (
+                WebhookKind::Validating,
+                &config.validating_webhook_configuration,
+            ),
+        ];
+        for (kind, name) in configurations {
+            let Some(name) = name.clone() else { continue };
             let (client, bundle) = (client.clone(), bundle.clone());
             leadership.run_while_leading("webhook caBundle", move || {
-                k8s::webhook_config::keep_ca_bundle(client.clone(), name.clone(), bundle.clone())
+                keep_ca_bundle(client.clone(), kind, name.clone(), bundle.clone())
             });
         }
         let client = client.clone();

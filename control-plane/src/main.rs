@@ -55,7 +55,7 @@ struct Args {
     /// KUBECONFIG or, in a pod, the in-cluster configuration.
     #[arg(long)]
     kubernetes: bool,
-    /// Serve the admission webhooks (/inject) over HTTPS on this address,
+    /// Serve the admission webhooks (/inject, /validate) over HTTPS on this address,
     /// with the serving certificate (add the webhook's Service name with
     /// --serving-host).
     #[arg(long)]
@@ -74,6 +74,10 @@ struct Args {
     /// mesh's root bundle.
     #[arg(long, requires = "kubernetes")]
     webhook_configuration: Option<String>,
+    /// Keep the caBundle of this ValidatingWebhookConfiguration (the
+    /// security policy's, /validate) equal to the mesh's root bundle.
+    #[arg(long, requires = "kubernetes")]
+    validating_webhook_configuration: Option<String>,
     /// The namespace this control plane runs in: its leader Lease and CA
     /// Secret live there.
     #[arg(long, env = "POD_NAMESPACE", default_value = "rampart-system")]
@@ -171,6 +175,7 @@ async fn main() -> anyhow::Result<()> {
             },
         },
         webhook_configuration: args.webhook_configuration,
+        validating_webhook_configuration: args.validating_webhook_configuration,
         namespace: args.namespace,
         leader_lease: args.leader_lease,
         replica_id: args.replica_id.unwrap_or_else(|| {

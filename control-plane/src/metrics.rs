@@ -29,10 +29,26 @@ pub struct XdsLabels {
 /// Labels of an admission outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AdmissionLabels {
-    /// `inject`.
+    /// `inject` or `validate`.
     pub webhook: &'static str,
-    /// `injected`, `skipped`, `denied`, `malformed`.
+    /// `injected`, `admitted`, `skipped`, `denied`, `malformed`, `error`.
     pub result: &'static str,
+}
+
+/// Labels of `rampart_admission_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// `inject` or `validate`.
+    pub webhook: &'static str,
+}
+
+/// Labels of a security policy violation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ViolationLabels {
+    /// `SecurityPolicy rampart-system/default`, `namespace label ...`.
+    pub policy: String,
+    /// `enforce`, `audit` or `warn`.
+    pub action: &'static str,
 }
 
 /// Labels of `rampart_build_info`.
@@ -55,7 +71,9 @@ pub struct Metrics {
     pub xds_nacks: Family<XdsLabels, Counter>,
     pub xds_convergence: Histogram,
     pub admissions: Family<AdmissionLabels, Counter>,
-    pub admission_seconds: Histogram,
+    pub admission_seconds: Family<WebhookLabels, Histogram, fn() -> Histogram>,
+    /// Pods admitted or denied with violations, by policy and action.
+    pub policy_violations: Family<ViolationLabels, Counter>,
 }
 
 impl Metrics {
@@ -125,11 +143,20 @@ impl Metrics {
             admissions.clone(),
         );
         // 50 us .. ~1.6 s
-        let admission_seconds = Histogram::new(exponential_buckets(0.00005, 2.0, 16));
+        let admission_seconds =
+            Family::<WebhookLabels, Histogram, fn() -> Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.00005, 2.0, 16))
+            });
         registry.register(
             "rampart_admission_review_seconds",
-            "Time to answer an AdmissionReview, from its body read to the response",
+            "Time to answer an AdmissionReview, from its body read to the response, by webhook",
             admission_seconds.clone(),
+        );
+        let policy_violations = Family::<ViolationLabels, Counter>::default();
+        registry.register(
+            "rampart_admission_policy_violations",
+            "Pods reviewed with security policy violations, by policy and its enforcement action",
+            policy_violations.clone(),
         );
         let build = Family::<BuildLabels, Gauge>::default();
         registry.register(
@@ -171,6 +198,7 @@ impl Metrics {
             xds_convergence,
             admissions,
             admission_seconds,
+            policy_violations,
         })
     }
 
@@ -200,11 +228,19 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one admission outcome.
-    pub fn count_admission(&self, webhook: &'static str, result: &'static str) {
+    /// Counts one admission outcome and the time it took.
+    pub fn count_admission(
+        &self,
+        webhook: &'static str,
+        result: &'static str,
+        took: std::time::Duration,
+    ) {
         self.admissions
             .get_or_create(&AdmissionLabels { webhook, result })
             .inc();
+        self.admission_seconds
+            .get_or_create(&WebhookLabels { webhook })
+            .observe(took.as_secs_f64());
     }
 
     /// Counts one signing outcome.

@@ -10,9 +10,9 @@
 //! resources, the injector's webhook configuration, the root bundle
 //! ConfigMaps; in its namespace only: its Lease and its CA Secret); a
 //! Deployment of replicated control planes with probes and a restricted
-//! securityContext; a PodDisruptionBudget; the Service; and the injection
-//! webhook, which leaves the control plane's own namespace and kube-system
-//! alone.
+//! securityContext; a PodDisruptionBudget; the Service; the injection
+//! webhook and the security policy's validating webhook, both of which leave
+//! the control plane's own namespace and kube-system alone.
 
 use std::time::Duration;
 
@@ -43,6 +43,11 @@ pub struct InstallArgs {
     /// The mesh's trust domain.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
+    /// What the API server does with a pod when no control plane replica
+    /// answers the security policy webhook: Fail refuses it (nothing
+    /// unchecked runs), Ignore admits it unchecked.
+    #[arg(long, default_value = "Fail", value_parser = ["Fail", "Ignore"])]
+    policy_failure_policy: String,
     /// Wait until the control plane is available (applying only).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     wait: bool,
@@ -58,6 +63,7 @@ pub struct Values {
     pub image: String,
     pub proxy_image: String,
     pub trust_domain: String,
+    pub policy_failure_policy: String,
 }
 
 impl Values {
@@ -68,6 +74,7 @@ impl Values {
             image: args.image.clone(),
             proxy_image: args.proxy_image.clone(),
             trust_domain: args.trust_domain.clone(),
+            policy_failure_policy: args.policy_failure_policy.clone(),
         }
     }
 
@@ -86,6 +93,7 @@ impl Values {
 
 const NAME: &str = "rampart-control";
 const WEBHOOK: &str = "rampart-sidecar-injector";
+const POLICY_WEBHOOK: &str = "rampart-security-policy";
 const PORTS: [(&str, u16); 3] = [("grpc", 15012), ("metrics", 15014), ("webhook", 15017)];
 
 /// Every object, in the order they are applied.
@@ -124,8 +132,12 @@ pub fn manifests(v: &Values, with_namespace: bool) -> Vec<Value> {
             mesh_kinds,
             json!({"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
                    "verbs": ["get", "list", "watch", "update"], "resourceNames": [WEBHOOK]}),
+            json!({"apiGroups": ["admissionregistration.k8s.io"], "resources": ["validatingwebhookconfigurations"],
+                   "verbs": ["get", "list", "watch", "update"], "resourceNames": [POLICY_WEBHOOK]}),
             // list/watch cannot be limited to one name; they only read.
-            rule(&["admissionregistration.k8s.io"], &["mutatingwebhookconfigurations"], &["list", "watch"]),
+            rule(&["admissionregistration.k8s.io"], &["mutatingwebhookconfigurations", "validatingwebhookconfigurations"], &["list", "watch"]),
+            // The audit trail of the security policy.
+            rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
             rule(&[""], &["configmaps"], &["get", "create", "patch"]),
         ]
     }));
@@ -149,6 +161,9 @@ pub fn manifests(v: &Values, with_namespace: bool) -> Vec<Value> {
         "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": ns}]
     }));
     let service_host = format!("{NAME}.{ns}.svc");
+    // The control plane's own namespace (it must be able to start the
+    // webhooks' replicas) and kube-system are left alone by both webhooks.
+    let not_system = json!({"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [ns.as_str(), "kube-system"]});
     let env_field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
     out.push(json!({
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta(NAME),
@@ -169,6 +184,7 @@ pub fn manifests(v: &Values, with_namespace: bool) -> Vec<Value> {
                             "--grpc-addr=0.0.0.0:15012", "--metrics-addr=0.0.0.0:15014",
                             "--webhook-addr=0.0.0.0:15017",
                             format!("--webhook-configuration={WEBHOOK}"),
+                            format!("--validating-webhook-configuration={POLICY_WEBHOOK}"),
                             "--ca-secret=rampart-ca",
                             format!("--serving-host={service_host}"),
                             format!("--sidecar-image={}", v.proxy_image),
@@ -213,7 +229,7 @@ pub fn manifests(v: &Values, with_namespace: bool) -> Vec<Value> {
             "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced"}],
             "namespaceSelector": {"matchExpressions": [
                 {"key": "rampart.dev/inject", "operator": "In", "values": ["enabled"]},
-                {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [ns.as_str(), "kube-system"]}
+                not_system
             ]},
             "objectSelector": {"matchExpressions": [{"key": "rampart.dev/inject", "operator": "NotIn", "values": ["disabled"]}]},
             // A pod created while no replica answers would run without its
@@ -223,6 +239,22 @@ pub fn manifests(v: &Values, with_namespace: bool) -> Vec<Value> {
             "reinvocationPolicy": "IfNeeded",
             "sideEffects": "None",
             "timeoutSeconds": 10,
+            "admissionReviewVersions": ["v1"]
+        }]
+    }));
+    out.push(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+        "metadata": cluster_meta(POLICY_WEBHOOK),
+        "webhooks": [{
+            "name": "policy.rampart.dev",
+            "clientConfig": {"service": {"name": NAME, "namespace": ns, "path": "/validate", "port": 443}},
+            "rules": [{"operations": ["CREATE", "UPDATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                       "resources": ["pods", "pods/ephemeralcontainers"], "scope": "Namespaced"}],
+            "namespaceSelector": {"matchExpressions": [not_system]},
+            "failurePolicy": v.policy_failure_policy,
+            "sideEffects": "None",
+            // Answers come from memory; registry lookups are bounded below this.
+            "timeoutSeconds": 5,
             "admissionReviewVersions": ["v1"]
         }]
     }));
@@ -236,6 +268,7 @@ pub fn helm_values() -> String {
     let values = json!({
         "image": d.image, "proxyImage": d.proxy_image,
         "trustDomain": d.trust_domain, "replicas": d.replicas,
+        "policyFailurePolicy": d.policy_failure_policy,
     });
     let header = "# Generated by meshctl (meshctl/src/install.rs); do not edit.\n";
     format!(
@@ -259,6 +292,7 @@ pub fn helm_template() -> String {
         image: "{{ .Values.image }}".into(),
         proxy_image: "{{ .Values.proxyImage }}".into(),
         trust_domain: "{{ .Values.trustDomain }}".into(),
+        policy_failure_policy: "{{ .Values.policyFailurePolicy }}".into(),
     };
     let mut objects = manifests(&values, false);
     // CRDs go in the chart's crds/ directory (Helm installs them first).
@@ -416,6 +450,13 @@ mod tests {
         let excluded = &webhook["webhooks"][0]["namespaceSelector"]["matchExpressions"][1];
         assert_eq!(excluded["operator"], "NotIn");
         assert_eq!(excluded["values"], json!(["rampart-system", "kube-system"]));
+        let policy = objects
+            .iter()
+            .find(|o| o["kind"] == "ValidatingWebhookConfiguration")
+            .unwrap();
+        let excluded = &policy["webhooks"][0]["namespaceSelector"]["matchExpressions"][0];
+        assert_eq!(excluded["values"], json!(["rampart-system", "kube-system"]));
+        assert_eq!(policy["webhooks"][0]["failurePolicy"], "Fail");
         let helm = helm_template();
         assert!(helm.contains("replicas: {{ .Values.replicas }}"), "{helm}");
         assert!(!helm.contains("CustomResourceDefinition"));

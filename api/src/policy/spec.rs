@@ -77,13 +77,20 @@ pub enum EnforcementAction {
     Warn,
 }
 
-impl std::fmt::Display for EnforcementAction {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl EnforcementAction {
+    /// As written in a policy.
+    pub fn as_str(self) -> &'static str {
+        match self {
             EnforcementAction::Enforce => "enforce",
             EnforcementAction::Audit => "audit",
             EnforcementAction::Warn => "warn",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for EnforcementAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -1,9 +1,14 @@
 //! Admission webhooks, served over HTTPS with the control plane's serving
 //! certificate (from the mesh CA; the API server trusts it through the
-//! webhook configuration's caBundle, which `k8s::webhook_config` keeps in
-//! sync): `/inject` adds the sidecar to pods.
+//! webhook configurations' caBundle, which `k8s::webhook_config` keeps in
+//! sync): `/inject` adds the sidecar to pods, `/validate` holds them to the
+//! security policy (`rampart_api::policy`) and records what it let through.
 
+mod audit;
 mod review;
 mod server;
+mod validate;
 
+pub use audit::AuditTrail;
 pub use server::{WebhookConfig, serve};
+pub use validate::PolicyInputs;

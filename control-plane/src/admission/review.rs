@@ -14,10 +14,16 @@ pub struct Request {
     pub kind: Kind,
     #[serde(default)]
     pub namespace: Option<String>,
+    /// `ephemeralcontainers` when `kubectl debug` adds a container.
+    #[serde(default)]
+    pub sub_resource: Option<String>,
     #[serde(default)]
     pub operation: String,
     #[serde(default)]
     pub object: Option<Value>,
+    /// The object before an UPDATE.
+    #[serde(default)]
+    pub old_object: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,16 +60,13 @@ pub fn parse(body: &[u8]) -> Result<Request, String> {
 }
 
 /// An AdmissionReview v1 response: allowed, with an optional JSON Patch
-/// (base64, as the API requires) and warnings.
-pub fn allowed(uid: &str, patch: Option<&json_patch::Patch>, warnings: &[String]) -> Value {
+/// (base64, as the API requires).
+pub fn allowed(uid: &str, patch: Option<&json_patch::Patch>) -> Value {
     let mut response = json!({"uid": uid, "allowed": true});
     if let Some(patch) = patch.filter(|p| !p.0.is_empty()) {
         let bytes = serde_json::to_vec(patch).expect("a patch serializes");
         response["patchType"] = json!("JSONPatch");
         response["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(bytes));
-    }
-    if !warnings.is_empty() {
-        response["warnings"] = json!(warnings);
     }
     review(response)
 }
@@ -75,6 +78,40 @@ pub fn denied(uid: &str, code: u16, message: &str) -> Value {
         "allowed": false,
         "status": {"code": code, "message": message},
     }))
+}
+
+/// `review` with warnings and audit annotations added (the API server
+/// prefixes the annotation keys with the webhook's name).
+pub fn with_notes(
+    mut review: Value,
+    warnings: &[String],
+    audit_annotations: &[(&str, String)],
+) -> Value {
+    if !warnings.is_empty() {
+        // kubectl shows each; the API server truncates long ones.
+        let warnings: Vec<String> = warnings.iter().map(|w| truncate(w, 250)).collect();
+        review["response"]["warnings"] = json!(warnings);
+    }
+    if !audit_annotations.is_empty() {
+        review["response"]["auditAnnotations"] = audit_annotations
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+    }
+    review
+}
+
+/// `s` cut to at most `max` bytes on a character boundary, marked `...`.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max - 3;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
 }
 
 fn review(response: Value) -> Value {
@@ -103,7 +140,7 @@ mod tests {
     fn an_allowed_response_carries_the_uid_and_a_base64_patch() {
         let patch: json_patch::Patch =
             serde_json::from_value(json!([{"op": "add", "path": "/a", "value": 1}])).unwrap();
-        let out = allowed("u-1", Some(&patch), &[]);
+        let out = allowed("u-1", Some(&patch));
         assert_eq!(out["response"]["uid"], "u-1");
         assert_eq!(out["response"]["patchType"], "JSONPatch");
         let decoded = base64::engine::general_purpose::STANDARD
@@ -113,7 +150,7 @@ mod tests {
             serde_json::from_slice::<Value>(&decoded).unwrap(),
             json!([{"op": "add", "path": "/a", "value": 1}])
         );
-        let none = allowed("u-2", None, &[]);
+        let none = allowed("u-2", None);
         assert!(none["response"].get("patch").is_none());
     }
 }

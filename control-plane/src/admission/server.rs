@@ -1,4 +1,5 @@
-//! The HTTPS listener of the webhooks and the `/inject` handler.
+//! The HTTPS listener of the webhooks: `/inject` (the sidecar) and
+//! `/validate` (the security policy, in `validate`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,7 +17,9 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::audit::AuditTrail;
 use super::review;
+use super::validate::{self, PolicyInputs};
 use crate::metrics::Metrics;
 
 /// The API server sends objects of at most ~3 MiB (etcd's limit), twice
@@ -27,6 +30,10 @@ const MAX_REVIEW_BYTES: usize = 8 << 20;
 pub struct WebhookConfig {
     /// The sidecar injected pods get.
     pub template: Template,
+    /// What `/validate` judges pods by.
+    pub policy: PolicyInputs,
+    /// Where `/validate` records violations.
+    pub audit: AuditTrail,
     pub metrics: Arc<Metrics>,
 }
 
@@ -39,6 +46,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/inject", post(inject))
+        .route("/validate", post(validate))
         .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))
         .with_state(config);
     let local = listener.local_addr()?;
@@ -88,36 +96,59 @@ impl axum::serve::Listener for TlsListener {
 async fn inject(State(config): State<Arc<WebhookConfig>>, body: Bytes) -> Response {
     let started = Instant::now();
     let (result, response) = answer_inject(&config.template, &body);
-    config.metrics.count_admission("inject", result);
     config
         .metrics
-        .admission_seconds
-        .observe(started.elapsed().as_secs_f64());
+        .count_admission("inject", result, started.elapsed());
     response
+}
+
+/// `/validate`: the security policy on a pod being created or changed.
+async fn validate(State(config): State<Arc<WebhookConfig>>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let (result, response) = match review::parse(&body) {
+        Ok(request) => {
+            let verdict = validate::answer(&config.policy, &request);
+            if let Some((namespace, name, report)) = &verdict.judged {
+                config.audit.record(namespace, name, report);
+            }
+            (verdict.result, json_response(&verdict.response))
+        }
+        Err(message) => malformed(message),
+    };
+    config
+        .metrics
+        .count_admission("validate", result, started.elapsed());
+    response
+}
+
+/// A body that is not an AdmissionReview: the API server only sends
+/// those, so this is a 400 for whoever sent it.
+fn malformed(message: String) -> (&'static str, Response) {
+    tracing::warn!(error = %message, "malformed AdmissionReview");
+    (
+        "malformed",
+        (StatusCode::BAD_REQUEST, message).into_response(),
+    )
+}
+
+fn json_response(review: &Value) -> Response {
+    let body = serde_json::to_vec(review).expect("a review serializes");
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 fn answer_inject(template: &Template, body: &[u8]) -> (&'static str, Response) {
     let request = match review::parse(body) {
         Ok(request) => request,
-        Err(message) => {
-            tracing::warn!(error = %message, "malformed AdmissionReview");
-            return (
-                "malformed",
-                (StatusCode::BAD_REQUEST, message).into_response(),
-            );
-        }
+        Err(message) => return malformed(message),
     };
-    let json = |v: Value| {
-        let body = serde_json::to_vec(&v).expect("a review serializes");
-        (
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            body,
-        )
-            .into_response()
-    };
+    let json = |v: Value| json_response(&v);
     let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
     if !is_pod || request.operation != "CREATE" {
-        return ("skipped", json(review::allowed(&request.uid, None, &[])));
+        return ("skipped", json(review::allowed(&request.uid, None)));
     }
     let Some(object) = &request.object else {
         let message = "the AdmissionReview request has no object";
@@ -137,12 +168,12 @@ fn answer_inject(template: &Template, body: &[u8]) -> (&'static str, Response) {
             let patch = patch(object, &pod);
             (
                 "injected",
-                json(review::allowed(&request.uid, Some(&patch), &[])),
+                json(review::allowed(&request.uid, Some(&patch))),
             )
         }
         Ok(Outcome::Skipped(reason)) => {
             tracing::debug!(namespace, pod = name, reason, "not injected");
-            ("skipped", json(review::allowed(&request.uid, None, &[])))
+            ("skipped", json(review::allowed(&request.uid, None)))
         }
         Err(e) => {
             tracing::warn!(namespace, pod = name, error = %e, "cannot inject");

@@ -5,6 +5,7 @@ pub mod ca_secret;
 pub mod discovery;
 pub mod leader;
 pub mod mesh_store;
+pub mod namespaces;
 pub mod root_bundle;
 pub mod token_review;
 pub mod webhook_config;
