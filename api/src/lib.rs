@@ -8,6 +8,7 @@
 //! * [`xds`]: the contract with the proxies: resource types, node and cluster metadata.
 //! * [`inject`]: the sidecar a pod gets (the admission webhook and `meshctl inject`).
 //! * [`policy`]: the admission security policy (the `/validate` webhook and `meshctl policy check`).
+//! * [`oci`]: image signatures in their registry (cosign's format), for the policy and `meshctl image`.
 //! * [`mesh`]: the mesh model (Service, WorkloadEntry, TrafficPolicy, ...) and its YAML parser.
 
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@ pub mod duration;
 pub mod inject;
 pub mod locality;
 pub mod mesh;
+pub mod oci;
 pub mod policy;
 pub mod xds;
 pub use channel::connect;

@@ -12,6 +12,7 @@ mod commands;
 mod demo;
 mod http;
 mod identity;
+mod image;
 mod inject;
 mod install;
 mod mesh;
@@ -62,6 +63,9 @@ enum Command {
     /// exits 0 when every pod is admitted, 1 when one is denied, 2 on bad input.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Sign and verify images in their registry (cosign's key-based format).
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// Show mesh resources.
     Get {
         /// Kind: service (svc), workloadentry (we), trafficpolicy (tp), authorizationpolicy (ap), meshconfig, or all.
@@ -200,6 +204,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         // Its own exit codes: 1 is a verdict, not a failure of meshctl.
         Command::Policy(policy::PolicyCommand::Check(args)) => return policy::check(&args),
+        Command::Image(command) => return image::run(command).await,
         Command::Demo {
             step: None,
             rate,
