@@ -62,6 +62,8 @@ pub struct Config {
     pub webhook_configuration: Option<String>,
     /// The ValidatingWebhookConfiguration (of `/validate`) kept the same way.
     pub validating_webhook_configuration: Option<String>,
+    /// How image registries are reached (for image signatures).
+    pub registries: RegistrySettings,
     /// The namespace the control plane runs in (its Lease, its CA Secret).
     pub namespace: String,
     /// The Lease replicas elect their leader with.
@@ -82,6 +84,15 @@ pub struct SidecarSettings {
     /// None: native when the API server is 1.29 or newer (always outside
     /// Kubernetes, where only `meshctl inject`-style use applies).
     pub native: Option<bool>,
+}
+
+/// How the security policy reaches image registries.
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    /// Registries (`host:port`) spoken to in plain HTTP.
+    pub plain_http: Vec<String>,
+    /// The bound on each registry call (the webhook itself has 5 s).
+    pub timeout: Duration,
 }
 
 /// Written to `<data-dir>/control-plane.json` once the listeners are bound,
@@ -287,6 +298,12 @@ pub async fn run(
                     mesh: mesh.clone(),
                     namespaces,
                     root_namespace: config.namespace.clone(),
+                    signatures: Arc::new(admission::SignatureVerifier::new(
+                        rampart_api::oci::Registry::new(
+                            config.registries.plain_http.clone(),
+                            config.registries.timeout,
+                        )?,
+                    )),
                 },
                 audit: admission::AuditTrail::new(
                     metrics.clone(),

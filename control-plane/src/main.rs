@@ -93,6 +93,14 @@ struct Args {
     /// signs with the same key; created with a new root if missing.
     #[arg(long, requires = "kubernetes", conflicts_with_all = ["plugin_ca_dir", "intermediate_ca"])]
     ca_secret: Option<String>,
+    /// Speak plain HTTP to this image registry (host:port) when checking
+    /// image signatures; repeatable. For local test registries only.
+    #[arg(long = "registry-plain-http")]
+    registry_plain_http: Vec<String>,
+    /// The bound on each image registry call of the security policy (the
+    /// API server gives the webhook 5 s in all).
+    #[arg(long, default_value = "2s", value_parser = rampart_api::duration::parse)]
+    registry_timeout: Duration,
     /// Extra DNS name or IP in the serving certificate, for clients that
     /// check hostnames (repeatable; localhost and loopback are always there).
     #[arg(long = "serving-host", value_parser = parse_serving_host)]
@@ -176,6 +184,10 @@ async fn main() -> anyhow::Result<()> {
         },
         webhook_configuration: args.webhook_configuration,
         validating_webhook_configuration: args.validating_webhook_configuration,
+        registries: rampart_control_plane::RegistrySettings {
+            plain_http: args.registry_plain_http,
+            timeout: args.registry_timeout,
+        },
         namespace: args.namespace,
         leader_lease: args.leader_lease,
         replica_id: args.replica_id.unwrap_or_else(|| {

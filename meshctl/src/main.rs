@@ -203,7 +203,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         // Its own exit codes: 1 is a verdict, not a failure of meshctl.
-        Command::Policy(policy::PolicyCommand::Check(args)) => return policy::check(&args),
+        Command::Policy(policy::PolicyCommand::Check(args)) => return policy::check(&args).await,
         Command::Image(command) => return image::run(command).await,
         Command::Demo {
             step: None,

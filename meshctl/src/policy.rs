@@ -13,6 +13,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use rampart_api::inject::pod_template_pointer;
 use rampart_api::mesh::{Resource, parse_documents};
+use rampart_api::oci::{self, SignatureCheck};
+use rampart_api::policy::image::ImageRef;
 use rampart_api::policy::{self, EnforcementAction, Level, Named, SecurityPolicySpec};
 use serde_json::Value;
 
@@ -41,6 +43,10 @@ pub struct CheckArgs {
     /// Manifest files, directories or - for stdin.
     #[arg(required = true)]
     files: Vec<PathBuf>,
+    /// How registries are reached when a policy needs image signatures
+    /// (`images.signedBy`); without such a policy nothing leaves the machine.
+    #[command(flatten)]
+    registry: crate::image::RegistryArgs,
 }
 
 fn parse_level(s: &str) -> Result<Level, String> {
@@ -54,7 +60,7 @@ struct Subject {
     pod: Value,
 }
 
-pub fn check(args: &CheckArgs) -> ExitCode {
+pub async fn check(args: &CheckArgs) -> ExitCode {
     let (policies, subjects, namespaces) = match read(args) {
         Ok(read) => read,
         Err(e) => {
@@ -67,6 +73,9 @@ pub fn check(args: &CheckArgs) -> ExitCode {
         ..Default::default()
     });
     let mut denied = 0;
+    let mut registry = None;
+    // Each image is asked about once per set of keys.
+    let mut checked: BTreeMap<(String, Vec<String>), SignatureCheck> = BTreeMap::new();
     for subject in &subjects {
         let mut applicable: Vec<Named<'_>> = policies
             .iter()
@@ -82,12 +91,37 @@ pub fn check(args: &CheckArgs) -> ExitCode {
                 spec,
             });
         }
+        let (images, keys) = policy::signature_lookups(&subject.pod, &applicable);
+        let fingerprints: Vec<String> = keys.iter().map(|k| k.fingerprint()).collect();
+        let mut signatures = BTreeMap::new();
+        for image in images {
+            let memo = (image.clone(), fingerprints.clone());
+            if !checked.contains_key(&memo) {
+                if registry.is_none() {
+                    match args.registry.client() {
+                        Ok(client) => registry = Some(client),
+                        Err(e) => {
+                            eprintln!("error: {e:#}");
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+                let client = registry.as_ref().expect("set above");
+                let check = match ImageRef::parse(&image) {
+                    Ok(parsed) => oci::verify(client, &parsed, &keys).await,
+                    Err(e) => SignatureCheck::Failed(e),
+                };
+                checked.insert(memo.clone(), check);
+            }
+            signatures.insert(image, checked[&memo].clone());
+        }
         let context = policy::Context {
             namespace: &subject.namespace,
             namespace_labels: namespaces
                 .get(&subject.namespace)
                 .cloned()
                 .unwrap_or_default(),
+            signatures,
         };
         let report = policy::evaluate(&subject.pod, &context, &applicable);
         for exemption in &report.exemptions {

@@ -21,6 +21,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::oci::SignatureCheck;
+use crate::oci::cosign::PublicKey;
 use image::allowed_by;
 pub use spec::{EnforcementAction, SecurityPolicy, SecurityPolicySpec};
 
@@ -135,6 +137,34 @@ pub struct Context<'a> {
     pub namespace: &'a str,
     /// The namespace's labels (for the `pod-security.kubernetes.io/*` ones).
     pub namespace_labels: BTreeMap<String, String>,
+    /// What the registries said of the signatures of the pod's images (by
+    /// the image as written), for `images.signedBy`; see [`signature_lookups`].
+    pub signatures: BTreeMap<String, SignatureCheck>,
+}
+
+/// The images of `pod` whose signatures `policies` need, and the keys to
+/// check them with: what to ask the registries before [`evaluate`].
+pub fn signature_lookups(pod: &Value, policies: &[Named<'_>]) -> (Vec<String>, Vec<PublicKey>) {
+    let mut keys: Vec<PublicKey> = Vec::new();
+    for key in policies.iter().flat_map(|p| &p.spec.images.signed_by) {
+        // A key that does not parse was refused when the policy was
+        // applied; here it simply trusts nothing.
+        if let Ok(key) = PublicKey::from_pem(&key.public_key)
+            && !keys.contains(&key)
+        {
+            keys.push(key);
+        }
+    }
+    if keys.is_empty() {
+        return (Vec::new(), keys);
+    }
+    let mut images: Vec<String> = containers(&pod["spec"])
+        .iter()
+        .filter_map(|c| c.value["image"].as_str().map(str::to_owned))
+        .collect();
+    images.sort();
+    images.dedup();
+    (images, keys)
 }
 
 /// A policy and the name it is reported under.
@@ -222,6 +252,7 @@ pub fn evaluate(pod: &Value, context: &Context<'_>, policies: &[Named<'_>]) -> R
             &policy.spec.containers,
             &policy.spec.images,
             &exempt_image,
+            &context.signatures,
         ));
         if !violations.is_empty() {
             report.findings.push(Finding {
@@ -336,6 +367,7 @@ mod tests {
                 "restrictd".into(),
             )]
             .into(),
+            ..Default::default()
         };
         let report = evaluate(&p, &context, &[]);
         assert!(report.denied());
@@ -352,9 +384,68 @@ mod tests {
                 "restricted".into(),
             )]
             .into(),
+            ..Default::default()
         };
         let report = evaluate(&p, &context, &[]);
         assert!(!report.denied());
         assert!(!report.lines(EnforcementAction::Audit).is_empty());
+    }
+
+    #[test]
+    fn signed_by_admits_only_images_its_keys_signed() {
+        use crate::oci::cosign::SigningKey;
+        let release = SigningKey::from_pem(&SigningKey::generate_pem())
+            .unwrap()
+            .public_key();
+        let other = SigningKey::from_pem(&SigningKey::generate_pem())
+            .unwrap()
+            .public_key();
+        let spec = SecurityPolicySpec {
+            images: spec::ImageRules {
+                signed_by: vec![spec::TrustedKey {
+                    name: "release".into(),
+                    public_key: release.to_pem(),
+                }],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let p = pod(json!([{"name": "app", "image": "reg.example/app:1"}]));
+        let (images, keys) = signature_lookups(&p, &named(&spec));
+        assert_eq!(images, ["reg.example/app:1"]);
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0], release);
+        let digest = "sha256:00".to_owned();
+        let judged = |check: Option<SignatureCheck>| {
+            let context = Context {
+                signatures: check
+                    .map(|c| [("reg.example/app:1".to_owned(), c)].into())
+                    .unwrap_or_default(),
+                ..Default::default()
+            };
+            let report = evaluate(&p, &context, &named(&spec));
+            report.lines(EnforcementAction::Enforce).join("\n")
+        };
+        let verified = |by: &PublicKey| {
+            Some(SignatureCheck::Verified {
+                digest: digest.clone(),
+                by: vec![by.fingerprint()],
+            })
+        };
+        assert_eq!(judged(verified(&release)), "");
+        assert!(judged(verified(&other)).contains("is signed, but not by release"));
+        let unsigned = judged(Some(SignatureCheck::Unsigned {
+            digest: digest.clone(),
+            found: 0,
+        }));
+        assert!(unsigned.contains("spec.containers[0].image"), "{unsigned}");
+        assert!(
+            unsigned.contains("no valid signature by release"),
+            "{unsigned}"
+        );
+        assert!(unsigned.contains("meshctl image sign"), "{unsigned}");
+        let down = judged(Some(SignatureCheck::Failed("registry down".into())));
+        assert!(down.contains("cannot be checked: registry down"), "{down}");
+        assert!(judged(None).contains("was not checked"));
     }
 }

@@ -1,11 +1,15 @@
 //! A SecurityPolicy's own rules (beyond the Pod Security Standards): the
 //! container rules and the image rules, for every container of a pod.
 
+use std::collections::BTreeMap;
+
 use serde_json::Value;
 
 use super::image::{ImageRef, allowed_by};
 use super::spec::{ContainerRules, ImageRules};
 use super::{Container, Violation, containers};
+use crate::oci::SignatureCheck;
+use crate::oci::cosign::PublicKey;
 
 /// Violations of `rules` and `images` in `pod`, skipping containers whose
 /// image `exempt` says is exempt.
@@ -14,6 +18,7 @@ pub fn check(
     rules: &ContainerRules,
     images: &ImageRules,
     exempt: &dyn Fn(&str) -> bool,
+    signatures: &BTreeMap<String, SignatureCheck>,
 ) -> Vec<Violation> {
     let spec = &pod["spec"];
     let pod_sc = &spec["securityContext"];
@@ -142,6 +147,7 @@ pub fn check(
             &rules.se_linux_types,
         );
         image_rules(&c, image, images, &mut flag);
+        signature_rule(&c, image, images, signatures, &mut flag);
     }
     out
 }
@@ -188,6 +194,56 @@ fn image_rules(
             "pin the image by digest (image@sha256:...)",
         );
     }
+}
+
+/// `images.signedBy`: the image is signed by one of the policy's keys.
+fn signature_rule(
+    c: &Container<'_>,
+    image: &str,
+    rules: &ImageRules,
+    signatures: &BTreeMap<String, SignatureCheck>,
+    flag: &mut impl FnMut(&str, String, String, &str),
+) {
+    if rules.signed_by.is_empty() {
+        return;
+    }
+    let names: Vec<&str> = rules.signed_by.iter().map(|k| k.name.as_str()).collect();
+    let trusted: Vec<String> = rules
+        .signed_by
+        .iter()
+        .filter_map(|k| PublicKey::from_pem(&k.public_key).ok())
+        .map(|k| k.fingerprint())
+        .collect();
+    let path = format!("{}.image", c.path);
+    let fix = format!(
+        "sign the image with one of the keys {} (meshctl image sign --key KEY {image})",
+        names.join(", ")
+    );
+    let problem = match signatures.get(image) {
+        Some(SignatureCheck::Verified { by, .. }) if by.iter().any(|f| trusted.contains(f)) => {
+            return;
+        }
+        Some(SignatureCheck::Verified { digest, .. }) => {
+            format!(
+                "{image} ({digest}) is signed, but not by {}",
+                names.join(" or ")
+            )
+        }
+        Some(SignatureCheck::Unsigned { digest, found }) => format!(
+            "{image} ({digest}) has no valid signature by {} ({found} found)",
+            names.join(" or ")
+        ),
+        Some(SignatureCheck::Failed(e)) => {
+            format!("the signature of {image} cannot be checked: {e}")
+        }
+        None => format!("the signature of {image} was not checked"),
+    };
+    flag(
+        "images:signedBy",
+        path,
+        format!("container {:?}: {problem}", c.name),
+        &fix,
+    );
 }
 
 /// The container's AppArmor profile as `RuntimeDefault`, `Localhost/<name>`

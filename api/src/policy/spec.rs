@@ -136,6 +136,21 @@ pub struct ImageRules {
     /// Only `image@sha256:…` references (a tag can be re-pushed).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub require_digest: bool,
+    /// If set, every image must carry a cosign signature (checked in its
+    /// registry) by one of these keys; empty: no signature needed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signed_by: Vec<TrustedKey>,
+}
+
+/// A key images may be signed with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrustedKey {
+    /// What reports call it (`release`, `ci`).
+    pub name: String,
+    /// The ECDSA P-256 public key, PEM (`-----BEGIN PUBLIC KEY-----`, as
+    /// in cosign.pub).
+    pub public_key: String,
 }
 
 /// Exemptions; each entry names what it exempts.
@@ -178,6 +193,20 @@ pub fn validate(spec: &SecurityPolicySpec) -> Vec<(String, String)> {
             problems.push((
                 format!("spec.images.allowedRegistries[{i}]"),
                 format!("{entry:?} is not a registry or repository prefix"),
+            ));
+        }
+    }
+    for (i, key) in spec.images.signed_by.iter().enumerate() {
+        if key.name.trim().is_empty() {
+            problems.push((
+                format!("spec.images.signedBy[{i}].name"),
+                "a key needs a name".to_owned(),
+            ));
+        }
+        if let Err(e) = crate::oci::cosign::PublicKey::from_pem(&key.public_key) {
+            problems.push((
+                format!("spec.images.signedBy[{i}].publicKey"),
+                e.to_string(),
             ));
         }
     }

@@ -7,8 +7,10 @@
 mod audit;
 mod review;
 mod server;
+mod signatures;
 mod validate;
 
 pub use audit::AuditTrail;
 pub use server::{WebhookConfig, serve};
+pub use signatures::SignatureVerifier;
 pub use validate::PolicyInputs;

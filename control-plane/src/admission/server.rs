@@ -107,7 +107,7 @@ async fn validate(State(config): State<Arc<WebhookConfig>>, body: Bytes) -> Resp
     let started = Instant::now();
     let (result, response) = match review::parse(&body) {
         Ok(request) => {
-            let verdict = validate::answer(&config.policy, &request);
+            let verdict = validate::answer(&config.policy, &request).await;
             if let Some((namespace, name, report)) = &verdict.judged {
                 config.audit.record(namespace, name, report);
             }

@@ -9,11 +9,14 @@
 //! and `rampart_admission_policy_violations_total`. Exemptions used are
 //! returned as warnings and annotations too, so none is silent.
 
+use std::sync::Arc;
+
 use rampart_api::mesh::{Kind, Resource};
 use rampart_api::policy::{self, EnforcementAction, Named, Report, SecurityPolicySpec};
 use serde_json::Value;
 
 use super::review::{self, Request};
+use super::signatures::SignatureVerifier;
 use crate::k8s::namespaces::Namespaces;
 use crate::store::{Mesh, MeshStore};
 
@@ -25,6 +28,8 @@ pub struct PolicyInputs {
     pub namespaces: Option<Namespaces>,
     /// Its SecurityPolicies apply to every namespace.
     pub root_namespace: String,
+    /// Asks registries about image signatures (`images.signedBy`).
+    pub signatures: Arc<SignatureVerifier>,
 }
 
 /// What a review decided, for the metrics and the audit trail.
@@ -37,7 +42,7 @@ pub struct Verdict {
 }
 
 /// Answers one parsed review.
-pub fn answer(inputs: &PolicyInputs, request: &Request) -> Verdict {
+pub async fn answer(inputs: &PolicyInputs, request: &Request) -> Verdict {
     let skip = |result| Verdict {
         result,
         response: review::allowed(&request.uid, None),
@@ -109,6 +114,7 @@ pub fn answer(inputs: &PolicyInputs, request: &Request) -> Verdict {
             spec,
         })
         .collect();
+    let (images, keys) = policy::signature_lookups(pod, &named);
     let context = policy::Context {
         namespace: &namespace,
         namespace_labels: inputs
@@ -116,6 +122,7 @@ pub fn answer(inputs: &PolicyInputs, request: &Request) -> Verdict {
             .as_ref()
             .map(|n| n.labels(&namespace))
             .unwrap_or_default(),
+        signatures: inputs.signatures.check(&images, &keys).await,
     };
     let report = policy::evaluate(pod, &context, &named);
     let (result, response) = respond(&request.uid, &report);
