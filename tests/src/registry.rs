@@ -1,0 +1,147 @@
+//! A real OCI registry on loopback (Debian's `docker-registry`, the CNCF
+//! distribution server), images built with `umoci` and pushed with
+//! `skopeo`, and a real `cosign` (built from the Go module proxy by
+//! scripts/test.sh) for format compatibility. A missing tool fails the test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+/// A running registry; killed when dropped.
+pub struct Registry {
+    /// `127.0.0.1:PORT`
+    pub addr: String,
+    child: Child,
+    config: PathBuf,
+}
+
+impl Registry {
+    /// Starts a registry storing under `dir`.
+    pub async fn start(dir: &Path) -> Registry {
+        let port = crate::free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        let mut registry = Registry {
+            child: spawn(&config),
+            addr,
+            config,
+        };
+        registry.wait_ready().await;
+        registry
+    }
+
+    async fn wait_ready(&mut self) {
+        for _ in 0..100 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("docker-registry exited with {status}");
+            }
+            if tokio::net::TcpStream::connect(&self.addr).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("docker-registry did not listen on {}", self.addr);
+    }
+
+    /// Stops it (the port then refuses connections).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port and storage.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.child = spawn(&self.config);
+        self.wait_ready().await;
+    }
+
+    /// Builds an image whose content is unique to `content` (its command)
+    /// and pushes it as `repository:tag`; returns its digest.
+    pub fn push(&self, work: &Path, repository: &str, tag: &str, content: &str) -> String {
+        let layout = work.join(format!("layout-{}", crate::free_port()));
+        let layout = layout.to_str().unwrap();
+        run("umoci", &["init", "--layout", layout]);
+        let image = format!("{layout}:{tag}");
+        run("umoci", &["new", "--image", &image]);
+        run(
+            "umoci",
+            &["config", "--image", &image, "--config.cmd", content],
+        );
+        let target = format!("docker://{}/{repository}:{tag}", self.addr);
+        run(
+            "skopeo",
+            &[
+                "copy",
+                "-q",
+                "--dest-tls-verify=false",
+                &format!("oci:{image}"),
+                &target,
+            ],
+        );
+        let digest = run(
+            "skopeo",
+            &[
+                "inspect",
+                "--tls-verify=false",
+                "--format",
+                "{{.Digest}}",
+                &target,
+            ],
+        );
+        String::from_utf8(digest.stdout).unwrap().trim().to_owned()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn spawn(config: &Path) -> Child {
+    Command::new("docker-registry")
+        .arg("serve")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting docker-registry (Debian package docker-registry; scripts/test.sh installs it)")
+}
+
+fn run(tool: &str, args: &[&str]) -> Output {
+    let out = Command::new(tool)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {tool} (scripts/test.sh installs it): {e}"));
+    assert!(
+        out.status.success(),
+        "{tool} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The cosign binary: $RAMPART_COSIGN, else the one scripts/test.sh builds.
+pub fn cosign() -> PathBuf {
+    let path = std::env::var_os("RAMPART_COSIGN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap())
+                .join(".cache/rampart/cosign-v2.6.5/cosign")
+        });
+    assert!(
+        path.exists(),
+        "cosign not found at {} (scripts/test.sh builds it from the Go module proxy)",
+        path.display()
+    );
+    path
+}

@@ -1,0 +1,281 @@
+//! Signed images only, against a real registry on loopback: `meshctl image
+//! sign/verify` and a real cosign read each other's signatures, and the
+//! `/validate` webhook (and `meshctl policy check`) admit a pod whose image
+//! a trusted key signed and refuse one unsigned, one signed by another
+//! key, one whose tag was re-pushed after signing, and, with the registry
+//! down, one they cannot check.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use rampart_tests::registry::{Registry, cosign};
+use rampart_tests::{ControlPlane, bin};
+use serde_json::{Value, json};
+
+fn meshctl(args: &[&str]) -> Output {
+    Command::new(bin("meshctl"))
+        .args(args)
+        .output()
+        .expect("running meshctl")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `meshctl image keygen` into `dir`; returns (private, public) paths.
+fn keygen(dir: &Path, name: &str) -> (String, String) {
+    let key = dir.join(name).display().to_string();
+    let out = meshctl(&["image", "keygen", "--key", &key]);
+    assert!(out.status.success(), "{}", text(&out));
+    let public = format!("{key}.pub");
+    (key, public)
+}
+
+#[tokio::test]
+async fn meshctl_and_cosign_read_each_others_signatures() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = Registry::start(dir.path()).await;
+    let addr = registry.addr.clone();
+    let app = format!("{addr}/demo/app:1.0");
+    let digest = registry.push(dir.path(), "demo/app", "1.0", "/app-v1");
+    let (key, public) = keygen(dir.path(), "release.key");
+    let (_, other_public) = keygen(dir.path(), "other.key");
+    let plain = ["--plain-http", addr.as_str()];
+
+    let signed = meshctl(&[&["image", "sign", "--key", &key, &app][..], &plain].concat());
+    assert!(signed.status.success(), "{}", text(&signed));
+    assert_eq!(
+        String::from_utf8_lossy(&signed.stdout).trim(),
+        format!("{app}@{digest}"),
+        "sign prints the reference pinned to what it signed"
+    );
+    let verify = |key: &str, image: &str| {
+        meshctl(&[&["image", "verify", "--key", key, image][..], &plain].concat())
+    };
+    let out = verify(&public, &app);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = verify(&other_public, &app);
+    assert_eq!(out.status.code(), Some(1), "another key: {}", text(&out));
+    assert!(
+        text(&out).contains("1 signature, none valid"),
+        "{}",
+        text(&out)
+    );
+
+    // Real cosign accepts Rampart's signature (no transparency log here).
+    let cosign_verify = Command::new(cosign())
+        .args(["verify", "--key", &public, "--insecure-ignore-tlog=true"])
+        .args(["--allow-http-registry=true", &app])
+        .output()
+        .unwrap();
+    assert!(
+        cosign_verify.status.success(),
+        "cosign verify: {}",
+        text(&cosign_verify)
+    );
+    assert!(String::from_utf8_lossy(&cosign_verify.stdout).contains(&digest));
+
+    // ... and Rampart accepts cosign's.
+    let tool = registry.push(dir.path(), "demo/tool", "2.0", "/tool");
+    let generated = Command::new(cosign())
+        .current_dir(dir.path())
+        .env("COSIGN_PASSWORD", "")
+        .args(["generate-key-pair"])
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{}", text(&generated));
+    let cosign_signed = Command::new(cosign())
+        .current_dir(dir.path())
+        .env("COSIGN_PASSWORD", "")
+        .args([
+            "sign",
+            "--key",
+            "cosign.key",
+            "--tlog-upload=false",
+            "--yes",
+        ])
+        .args([
+            "--allow-http-registry=true",
+            &format!("{addr}/demo/tool@{tool}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(cosign_signed.status.success(), "{}", text(&cosign_signed));
+    let cosign_public = dir.path().join("cosign.pub").display().to_string();
+    let out = verify(&cosign_public, &format!("{addr}/demo/tool:2.0"));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = verify(&public, &format!("{addr}/demo/tool:2.0"));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+
+    // Unsigned; then the signed tag re-pushed with other content.
+    registry.push(dir.path(), "demo/unsigned", "1.0", "/x");
+    let out = verify(&public, &format!("{addr}/demo/unsigned:1.0"));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("0 signatures"), "{}", text(&out));
+    let repushed = registry.push(dir.path(), "demo/app", "1.0", "/app-evil");
+    assert_ne!(repushed, digest);
+    let out = verify(&public, &app);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a re-pushed tag: {}",
+        text(&out)
+    );
+    // The signed digest itself still verifies.
+    let out = verify(&public, &format!("{addr}/demo/app@{digest}"));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // A key that is not a P-256 public key, and a registry that is down.
+    let out = verify(&key, &app);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("PUBLIC KEY"), "{}", text(&out));
+    registry.stop();
+    let out = verify(&public, &app);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("unreachable"), "{}", text(&out));
+}
+
+/// A SecurityPolicy in `shop` that trusts `public_pem` only.
+fn signed_only_policy(public_pem: &str) -> String {
+    serde_json::to_string(&json!({
+        "apiVersion": "rampart.dev/v1alpha1", "kind": "SecurityPolicy",
+        "metadata": {"name": "signed-only", "namespace": "shop"},
+        "spec": {"images": {"signedBy": [{"name": "release", "publicKey": public_pem}]}}
+    }))
+    .unwrap()
+}
+
+fn pod(image: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "web", "namespace": "shop"},
+           "spec": {"containers": [{"name": "app", "image": image}]}})
+}
+
+/// POSTs a CREATE review of `pod` to `/validate` with curl (a real HTTPS
+/// client trusting the mesh root); returns the response.
+fn review(cp: &ControlPlane, pod: &Value) -> Value {
+    let body = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "r-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "namespace": "shop", "operation": "CREATE", "object": pod}
+    });
+    let url = format!("https://{}/validate", cp.webhook_addr.as_ref().unwrap());
+    let out = Command::new("curl")
+        .args(["-sS", "--fail-with-body", "--cacert"])
+        .arg(cp.data_dir.join("admin/bundle.pem"))
+        .args(["-H", "Content-Type: application/json", "--data-binary"])
+        .arg(body.to_string())
+        .arg(&url)
+        .output()
+        .expect("running curl");
+    assert!(out.status.success(), "curl {url}: {}", text(&out));
+    serde_json::from_slice::<Value>(&out.stdout).unwrap()["response"].clone()
+}
+
+#[tokio::test]
+async fn the_webhook_admits_only_images_a_trusted_key_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let mut registry = Registry::start(&work).await;
+    let addr = registry.addr.clone();
+    let plain = ["--plain-http", addr.as_str()];
+    let (key, public) = keygen(&work, "release.key");
+    let (other_key, _) = keygen(&work, "other.key");
+    let sign = |key: &str, image: &str| {
+        let out = meshctl(&[&["image", "sign", "--key", key, image][..], &plain].concat());
+        assert!(out.status.success(), "{}", text(&out));
+    };
+    let signed_digest = registry.push(&work, "shop/web", "1.0", "/web");
+    sign(&key, &format!("{addr}/shop/web:1.0"));
+    registry.push(&work, "shop/unsigned", "1.0", "/u");
+    registry.push(&work, "shop/theirs", "1.0", "/t");
+    sign(&other_key, &format!("{addr}/shop/theirs:1.0"));
+    registry.push(&work, "shop/moving", "1.0", "/m1");
+    sign(&key, &format!("{addr}/shop/moving:1.0"));
+    registry.push(&work, "shop/moving", "1.0", "/m2");
+
+    let data = dir.path().join("cp");
+    let cp = ControlPlane::start(
+        &data,
+        &[
+            "--webhook-addr",
+            "127.0.0.1:0",
+            "--registry-plain-http",
+            &addr,
+        ],
+    )
+    .await;
+    let policy_file = work.join("policy.yaml");
+    std::fs::write(
+        &policy_file,
+        signed_only_policy(&std::fs::read_to_string(&public).unwrap()),
+    )
+    .unwrap();
+    cp.meshctl_ok(&["apply", "-f", policy_file.to_str().unwrap()]);
+
+    let admitted = |response: &Value| response["allowed"] == true;
+    let message = |response: &Value| {
+        response["status"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let signed = review(&cp, &pod(&format!("{addr}/shop/web:1.0")));
+    assert!(admitted(&signed), "{signed}");
+    for (image, expected) in [
+        (
+            "shop/unsigned:1.0",
+            "no valid signature by release (0 found)",
+        ),
+        ("shop/theirs:1.0", "no valid signature by release (1 found)"),
+        ("shop/moving:1.0", "no valid signature by release (0 found)"),
+    ] {
+        let response = review(&cp, &pod(&format!("{addr}/{image}")));
+        assert!(!admitted(&response), "{image} was admitted");
+        let message = message(&response);
+        assert!(message.contains(expected), "{image}: {message}");
+        assert!(message.contains("spec.containers[0].image"), "{message}");
+    }
+
+    // The same verdicts offline, from the same engine.
+    let manifests = work.join("pods.yaml");
+    let check = |image: &str| {
+        std::fs::write(&manifests, serde_json::to_string(&pod(image)).unwrap()).unwrap();
+        meshctl(
+            &[
+                &["policy", "check", "--policy", policy_file.to_str().unwrap()][..],
+                &plain,
+                &[manifests.to_str().unwrap()],
+            ]
+            .concat(),
+        )
+    };
+    let out = check(&format!("{addr}/shop/web:1.0"));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = check(&format!("{addr}/shop/theirs:1.0"));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+
+    // Registry down: what cannot be checked is refused, saying why; a
+    // digest verified moments ago is still admitted from the cache.
+    registry.stop();
+    let response = review(&cp, &pod(&format!("{addr}/shop/web:1.0")));
+    assert!(!admitted(&response));
+    assert!(
+        message(&response).contains("cannot be checked"),
+        "{response}"
+    );
+    assert!(message(&response).contains("unreachable"), "{response}");
+    let pinned = review(&cp, &pod(&format!("{addr}/shop/web@{signed_digest}")));
+    assert!(admitted(&pinned), "{pinned}");
+    let out = check(&format!("{addr}/shop/web:1.0"));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    registry.restart().await;
+    let again = review(&cp, &pod(&format!("{addr}/shop/web:1.0")));
+    assert!(admitted(&again), "{again}");
+}
