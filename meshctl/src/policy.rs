@@ -13,9 +13,9 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use rampart_api::inject::pod_template_pointer;
 use rampart_api::mesh::{Resource, parse_documents};
-use rampart_api::oci::{self, SignatureCheck};
+use rampart_api::oci::{self, Registry, ReportCheck, SignatureCheck};
 use rampart_api::policy::image::ImageRef;
-use rampart_api::policy::{self, EnforcementAction, Level, Named, SecurityPolicySpec};
+use rampart_api::policy::{self, EnforcementAction, Level, Lookups, Named, SecurityPolicySpec};
 use serde_json::Value;
 
 use crate::mesh::read_sources;
@@ -74,8 +74,7 @@ pub async fn check(args: &CheckArgs) -> ExitCode {
     });
     let mut denied = 0;
     let mut registry = None;
-    // Each image is asked about once per set of keys.
-    let mut checked: BTreeMap<(String, Vec<String>), SignatureCheck> = BTreeMap::new();
+    let mut asked = Asked::new();
     for subject in &subjects {
         let mut applicable: Vec<Named<'_>> = policies
             .iter()
@@ -91,30 +90,20 @@ pub async fn check(args: &CheckArgs) -> ExitCode {
                 spec,
             });
         }
-        let (images, keys) = policy::signature_lookups(&subject.pod, &applicable);
-        let fingerprints: Vec<String> = keys.iter().map(|k| k.fingerprint()).collect();
-        let mut signatures = BTreeMap::new();
-        for image in images {
-            let memo = (image.clone(), fingerprints.clone());
-            if !checked.contains_key(&memo) {
-                if registry.is_none() {
-                    match args.registry.client() {
-                        Ok(client) => registry = Some(client),
-                        Err(e) => {
-                            eprintln!("error: {e:#}");
-                            return ExitCode::from(2);
-                        }
-                    }
+        let lookups = policy::registry_lookups(&subject.pod, &applicable);
+        if !lookups.images.is_empty() && registry.is_none() {
+            match args.registry.client() {
+                Ok(client) => registry = Some(client),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::from(2);
                 }
-                let client = registry.as_ref().expect("set above");
-                let check = match ImageRef::parse(&image) {
-                    Ok(parsed) => oci::verify(client, &parsed, &keys).await,
-                    Err(e) => SignatureCheck::Failed(e),
-                };
-                checked.insert(memo.clone(), check);
             }
-            signatures.insert(image, checked[&memo].clone());
         }
+        let (signatures, vulnerabilities) = match &registry {
+            Some(client) => ask_registry(client, &lookups, &mut asked).await,
+            None => Default::default(),
+        };
         let context = policy::Context {
             namespace: &subject.namespace,
             namespace_labels: namespaces
@@ -122,6 +111,7 @@ pub async fn check(args: &CheckArgs) -> ExitCode {
                 .cloned()
                 .unwrap_or_default(),
             signatures,
+            vulnerabilities,
         };
         let report = policy::evaluate(&subject.pod, &context, &applicable);
         for exemption in &report.exemptions {
@@ -151,6 +141,50 @@ pub async fn check(args: &CheckArgs) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// What the registries said, by (image, key fingerprints): each image is
+/// asked about once per set of keys.
+type Asked = BTreeMap<(String, Vec<String>), (SignatureCheck, Option<ReportCheck>)>;
+
+/// The signatures (and reports, if asked) of the images in `lookups`.
+async fn ask_registry(
+    client: &Registry,
+    lookups: &Lookups,
+    asked: &mut Asked,
+) -> (
+    BTreeMap<String, SignatureCheck>,
+    BTreeMap<String, ReportCheck>,
+) {
+    let fingerprints: Vec<String> = lookups.keys.iter().map(|k| k.fingerprint()).collect();
+    let (mut signatures, mut reports) = (BTreeMap::new(), BTreeMap::new());
+    for image in &lookups.images {
+        let memo = (image.clone(), fingerprints.clone());
+        if !asked.contains_key(&memo) || (lookups.reports && asked[&memo].1.is_none()) {
+            let answer = match ImageRef::parse(image) {
+                Ok(parsed) => {
+                    let report = match lookups.reports {
+                        true => {
+                            Some(oci::vulnerability_report(client, &parsed, &lookups.keys).await)
+                        }
+                        false => None,
+                    };
+                    (oci::verify(client, &parsed, &lookups.keys).await, report)
+                }
+                Err(e) => (
+                    SignatureCheck::Failed(e.clone()),
+                    Some(ReportCheck::Failed(e)),
+                ),
+            };
+            asked.insert(memo.clone(), answer);
+        }
+        let (signature, report) = &asked[&memo];
+        signatures.insert(image.clone(), signature.clone());
+        if let Some(report) = report {
+            reports.insert(image.clone(), report.clone());
+        }
+    }
+    (signatures, reports)
 }
 
 /// A SecurityPolicy read from a file.

@@ -279,3 +279,143 @@ async fn the_webhook_admits_only_images_a_trusted_key_signed() {
     let again = review(&cp, &pod(&format!("{addr}/shop/web:1.0")));
     assert!(admitted(&again), "{again}");
 }
+
+/// A cosign vulnerability predicate (what `trivy image --format
+/// cosign-vuln` writes) with findings of these severities.
+fn vuln_predicate(severities: &[&str]) -> String {
+    let findings: Vec<Value> = severities
+        .iter()
+        .enumerate()
+        .map(|(i, s)| json!({"VulnerabilityID": format!("CVE-2026-{i}"), "PkgName": "libx", "Severity": s}))
+        .collect();
+    json!({
+        "invocation": {"parameters": null, "uri": "", "event_id": "", "builder.id": ""},
+        "scanner": {"uri": "pkg:github/aquasecurity/trivy@v0.74.0", "version": "0.74.0",
+                    "db": {"uri": "", "version": ""},
+                    "result": {"SchemaVersion": 2, "ArtifactName": "app",
+                               "Results": [{"Target": "app", "Vulnerabilities": findings}]}},
+        "metadata": {"scanStartedOn": "2026-12-06T00:00:00Z", "scanFinishedOn": "2026-12-06T00:00:00Z"}
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn images_over_the_vulnerability_budget_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let registry = Registry::start(&work).await;
+    let addr = registry.addr.clone();
+    let cosign_in_work = |args: &[&str]| {
+        let out = Command::new(cosign())
+            .current_dir(&work)
+            .env("COSIGN_PASSWORD", "")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "cosign {args:?}: {}", text(&out));
+    };
+    cosign_in_work(&["generate-key-pair"]);
+    // Signed, and attested by cosign with a Trivy report (or not at all).
+    for (repository, findings) in [
+        ("shop/clean", Some(&["HIGH", "HIGH", "MEDIUM"][..])),
+        ("shop/critical", Some(&["CRITICAL", "LOW"][..])),
+        ("shop/unscanned", None),
+    ] {
+        let digest = registry.push(&work, repository, "1.0", repository);
+        let pinned = format!("{addr}/{repository}@{digest}");
+        cosign_in_work(&[
+            "sign",
+            "--key",
+            "cosign.key",
+            "--tlog-upload=false",
+            "--yes",
+            "--allow-http-registry=true",
+            &pinned,
+        ]);
+        if let Some(findings) = findings {
+            let predicate = work.join(format!("{}.json", repository.replace('/', "-")));
+            std::fs::write(&predicate, vuln_predicate(findings)).unwrap();
+            cosign_in_work(&[
+                "attest",
+                "--key",
+                "cosign.key",
+                "--type",
+                "vuln",
+                "--predicate",
+                predicate.to_str().unwrap(),
+                "--tlog-upload=false",
+                "--yes",
+                "--allow-http-registry=true",
+                &pinned,
+            ]);
+        }
+    }
+    let cp = ControlPlane::start(
+        &dir.path().join("cp"),
+        &[
+            "--webhook-addr",
+            "127.0.0.1:0",
+            "--registry-plain-http",
+            &addr,
+        ],
+    )
+    .await;
+    let public = std::fs::read_to_string(work.join("cosign.pub")).unwrap();
+    let policy_file = work.join("policy.yaml");
+    std::fs::write(
+        &policy_file,
+        serde_json::to_string(&json!({
+            "apiVersion": "rampart.dev/v1alpha1", "kind": "SecurityPolicy",
+            "metadata": {"name": "scanned", "namespace": "shop"},
+            "spec": {"images": {
+                "signedBy": [{"name": "ci", "publicKey": public}],
+                "vulnerabilities": {"maxCritical": 0, "maxHigh": 3}
+            }}
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    cp.meshctl_ok(&["apply", "-f", policy_file.to_str().unwrap()]);
+
+    let clean = review(&cp, &pod(&format!("{addr}/shop/clean:1.0")));
+    assert_eq!(clean["allowed"], true, "{clean}");
+    for (image, expected) in [
+        (
+            "shop/critical:1.0",
+            "over the vulnerability budget: 1 critical (at most 0)",
+        ),
+        (
+            "shop/unscanned:1.0",
+            "has no vulnerability report signed by a trusted key",
+        ),
+    ] {
+        let response = review(&cp, &pod(&format!("{addr}/{image}")));
+        assert_eq!(response["allowed"], false, "{image} was admitted");
+        let message = response["status"]["message"].as_str().unwrap();
+        assert!(message.contains(expected), "{image}: {message}");
+    }
+
+    // meshctl policy check reads the same attestations.
+    let manifests = work.join("pod.yaml");
+    std::fs::write(
+        &manifests,
+        serde_json::to_string(&pod(&format!("{addr}/shop/critical:1.0"))).unwrap(),
+    )
+    .unwrap();
+    let out = meshctl(&[
+        "policy",
+        "check",
+        "--policy",
+        policy_file.to_str().unwrap(),
+        "--plain-http",
+        &addr,
+        manifests.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("1 critical (at most 0)"),
+        "{}",
+        text(&out)
+    );
+}

@@ -4,6 +4,7 @@
 //! signatures. `registry` speaks the OCI distribution API; `cosign` is the
 //! format and the keys.
 
+pub mod attestation;
 pub mod cosign;
 pub mod registry;
 
@@ -24,6 +25,71 @@ pub enum SignatureCheck {
     Unsigned { digest: String, found: usize },
     /// The image or its signatures could not be read.
     Failed(String),
+}
+
+/// What the registry holds of an image's vulnerability reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportCheck {
+    /// The newest vulnerability attestation signed by a trusted key.
+    Found {
+        counts: attestation::SeverityCounts,
+        by: Vec<String>,
+    },
+    /// None signed by a trusted key.
+    Missing,
+    Failed(String),
+}
+
+/// The vulnerability report attested for `image` (pinned to a digest) by
+/// one of `keys`.
+pub async fn vulnerability_report(
+    registry: &Registry,
+    image: &ImageRef,
+    keys: &[PublicKey],
+) -> ReportCheck {
+    let digest = match resolve(registry, image).await {
+        Ok(digest) => digest,
+        Err(e) => return ReportCheck::Failed(e),
+    };
+    let tag = attestation::attestation_tag(&digest);
+    let manifest = match registry
+        .manifest(&image.registry, &image.repository, &tag)
+        .await
+    {
+        Ok(Some(manifest)) => manifest,
+        Ok(None) => return ReportCheck::Missing,
+        Err(e) => return ReportCheck::Failed(e.to_string()),
+    };
+    let json = match manifest.json() {
+        Ok(json) => json,
+        Err(e) => return ReportCheck::Failed(e.to_string()),
+    };
+    let layers: Vec<&serde_json::Value> = json["layers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| {
+            l["mediaType"] == attestation::DSSE_ENVELOPE
+                && l["annotations"]["predicateType"] == attestation::VULN_PREDICATE
+        })
+        .collect();
+    // Attestations are appended: the last one is the newest scan.
+    for layer in layers.into_iter().rev() {
+        let Some(blob_digest) = layer["digest"].as_str() else {
+            continue;
+        };
+        let envelope = match registry
+            .blob(&image.registry, &image.repository, blob_digest)
+            .await
+        {
+            Ok(envelope) => envelope,
+            Err(e) => return ReportCheck::Failed(e.to_string()),
+        };
+        if let Some((counts, by)) = attestation::verified_counts(&envelope, &digest, keys) {
+            return ReportCheck::Found { counts, by };
+        }
+    }
+    ReportCheck::Missing
 }
 
 /// The digest `image` names, or the one its tag points at now.

@@ -21,8 +21,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::oci::SignatureCheck;
 use crate::oci::cosign::PublicKey;
+use crate::oci::{ReportCheck, SignatureCheck};
 use image::allowed_by;
 pub use spec::{EnforcementAction, SecurityPolicy, SecurityPolicySpec};
 
@@ -138,13 +138,40 @@ pub struct Context<'a> {
     /// The namespace's labels (for the `pod-security.kubernetes.io/*` ones).
     pub namespace_labels: BTreeMap<String, String>,
     /// What the registries said of the signatures of the pod's images (by
-    /// the image as written), for `images.signedBy`; see [`signature_lookups`].
+    /// the image as written), for `images.signedBy`; see [`registry_lookups`].
     pub signatures: BTreeMap<String, SignatureCheck>,
+    /// Their vulnerability reports, for `images.vulnerabilities`.
+    pub vulnerabilities: BTreeMap<String, ReportCheck>,
+}
+
+/// What to ask the registries before [`evaluate`].
+#[derive(Debug, Default)]
+pub struct Lookups {
+    /// The pod's images, if a policy needs their signatures.
+    pub images: Vec<String>,
+    /// The keys signatures and reports are checked with.
+    pub keys: Vec<PublicKey>,
+    /// Whether a policy needs their vulnerability reports too.
+    pub reports: bool,
+}
+
+/// What `policies` need to know of `pod`'s images from their registries.
+pub fn registry_lookups(pod: &Value, policies: &[Named<'_>]) -> Lookups {
+    let (images, keys) = signature_lookups(pod, policies);
+    let reports = !images.is_empty()
+        && policies
+            .iter()
+            .any(|p| p.spec.images.vulnerabilities.is_some());
+    Lookups {
+        images,
+        keys,
+        reports,
+    }
 }
 
 /// The images of `pod` whose signatures `policies` need, and the keys to
-/// check them with: what to ask the registries before [`evaluate`].
-pub fn signature_lookups(pod: &Value, policies: &[Named<'_>]) -> (Vec<String>, Vec<PublicKey>) {
+/// check them with.
+fn signature_lookups(pod: &Value, policies: &[Named<'_>]) -> (Vec<String>, Vec<PublicKey>) {
     let mut keys: Vec<PublicKey> = Vec::new();
     for key in policies.iter().flat_map(|p| &p.spec.images.signed_by) {
         // A key that does not parse was refused when the policy was
@@ -252,7 +279,7 @@ pub fn evaluate(pod: &Value, context: &Context<'_>, policies: &[Named<'_>]) -> R
             &policy.spec.containers,
             &policy.spec.images,
             &exempt_image,
-            &context.signatures,
+            context,
         ));
         if !violations.is_empty() {
             report.findings.push(Finding {

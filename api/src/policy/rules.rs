@@ -7,9 +7,9 @@ use serde_json::Value;
 
 use super::image::{ImageRef, allowed_by};
 use super::spec::{ContainerRules, ImageRules};
-use super::{Container, Violation, containers};
-use crate::oci::SignatureCheck;
+use super::{Container, Context, Violation, containers};
 use crate::oci::cosign::PublicKey;
+use crate::oci::{ReportCheck, SignatureCheck};
 
 /// Violations of `rules` and `images` in `pod`, skipping containers whose
 /// image `exempt` says is exempt.
@@ -18,7 +18,7 @@ pub fn check(
     rules: &ContainerRules,
     images: &ImageRules,
     exempt: &dyn Fn(&str) -> bool,
-    signatures: &BTreeMap<String, SignatureCheck>,
+    context: &Context<'_>,
 ) -> Vec<Violation> {
     let spec = &pod["spec"];
     let pod_sc = &spec["securityContext"];
@@ -147,7 +147,8 @@ pub fn check(
             &rules.se_linux_types,
         );
         image_rules(&c, image, images, &mut flag);
-        signature_rule(&c, image, images, signatures, &mut flag);
+        signature_rule(&c, image, images, &context.signatures, &mut flag);
+        vulnerability_rule(&c, image, images, &context.vulnerabilities, &mut flag);
     }
     out
 }
@@ -244,6 +245,71 @@ fn signature_rule(
         format!("container {:?}: {problem}", c.name),
         &fix,
     );
+}
+
+/// `images.vulnerabilities`: the image's signed report is within the budget.
+fn vulnerability_rule(
+    c: &Container<'_>,
+    image: &str,
+    rules: &ImageRules,
+    reports: &BTreeMap<String, ReportCheck>,
+    flag: &mut impl FnMut(&str, String, String, &str),
+) {
+    let Some(budget) = &rules.vulnerabilities else {
+        return;
+    };
+    let path = format!("{}.image", c.path);
+    let mut deny = |problem: String, fix: &str| {
+        flag(
+            "images:vulnerabilities",
+            path.clone(),
+            format!("container {:?}: {problem}", c.name),
+            fix,
+        )
+    };
+    let counts = match reports.get(image) {
+        Some(ReportCheck::Found { counts, .. }) => counts,
+        Some(ReportCheck::Missing) if !budget.require_report => return,
+        Some(ReportCheck::Missing) => {
+            return deny(
+                format!("{image} has no vulnerability report signed by a trusted key"),
+                "scan it and attach the report (trivy image --format cosign-vuln; cosign attest --type vuln)",
+            );
+        }
+        Some(ReportCheck::Failed(e)) => {
+            return deny(
+                format!("the vulnerability report of {image} cannot be read: {e}"),
+                "make the registry reachable, or check the report",
+            );
+        }
+        None => {
+            return deny(
+                format!("the vulnerability report of {image} was not checked"),
+                "check it where the registry can be reached",
+            );
+        }
+    };
+    let over: Vec<String> = [
+        ("critical", counts.critical, budget.max_critical),
+        ("high", counts.high, budget.max_high),
+        ("medium", counts.medium, budget.max_medium),
+        ("low", counts.low, budget.max_low),
+    ]
+    .into_iter()
+    .filter_map(|(name, found, max)| {
+        max.filter(|max| found > *max)
+            .map(|max| format!("{found} {name} (at most {max})"))
+    })
+    .collect();
+    if !over.is_empty() {
+        deny(
+            format!(
+                "{image} is over the vulnerability budget: {}",
+                over.join(", ")
+            ),
+            "rebuild it on patched packages and scan it again",
+        );
+    }
 }
 
 /// The container's AppArmor profile as `RuntimeDefault`, `Localhost/<name>`

@@ -140,6 +140,34 @@ pub struct ImageRules {
     /// registry) by one of these keys; empty: no signature needed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub signed_by: Vec<TrustedKey>,
+    /// If set, the image's vulnerability report (a cosign vulnerability
+    /// attestation signed by one of `signedBy`'s keys, carrying a Trivy
+    /// JSON report) must stay within these counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vulnerabilities: Option<VulnerabilityBudget>,
+}
+
+/// The most findings of each severity an image may have; a severity left
+/// out is not limited.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VulnerabilityBudget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_critical: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_high: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_medium: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_low: Option<u32>,
+    /// Deny images with no report (default true: an unscanned image is
+    /// not known to be within the budget).
+    #[serde(default = "yes")]
+    pub require_report: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A key images may be signed with.
@@ -209,6 +237,12 @@ pub fn validate(spec: &SecurityPolicySpec) -> Vec<(String, String)> {
                 e.to_string(),
             ));
         }
+    }
+    if spec.images.vulnerabilities.is_some() && spec.images.signed_by.is_empty() {
+        problems.push((
+            "spec.images.vulnerabilities".to_owned(),
+            "a vulnerability budget needs images.signedBy: reports are trusted only when a listed key signed them".to_owned(),
+        ));
     }
     for (i, sa) in spec.exemptions.service_accounts.iter().enumerate() {
         if !matches!(sa.split_once('/'), Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/'))

@@ -1,5 +1,6 @@
-//! Image signatures for `/validate`, asked of the images' registries and
-//! cached by digest: a digest's signatures never change meaning, so a
+//! Image signatures and vulnerability reports for `/validate`, asked of the
+//! images' registries and cached by digest (reports for a minute: a new
+//! scan is attached to the same digest): a digest's signatures never change meaning, so a
 //! verified digest is not asked about again for a while, while a tag is
 //! resolved on every review (it can be re-pushed: what was signed is not
 //! what a re-pushed tag now names). A registry that cannot be reached gives
@@ -11,7 +12,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rampart_api::oci::cosign::PublicKey;
-use rampart_api::oci::{self, Registry, SignatureCheck};
+use rampart_api::oci::{self, Registry, ReportCheck, SignatureCheck};
+use rampart_api::policy::Lookups;
 use rampart_api::policy::image::ImageRef;
 
 /// How long a verified digest stays verified without asking again.
@@ -19,6 +21,8 @@ const VERIFIED_FOR: Duration = Duration::from_secs(600);
 /// How long "not signed" is believed: a pipeline that signs after pushing
 /// sees its pods admitted within this.
 const UNSIGNED_FOR: Duration = Duration::from_secs(10);
+/// How long a vulnerability report is believed.
+const REPORT_FOR: Duration = Duration::from_secs(60);
 /// Entries kept at most (the oldest go first).
 const CACHE_ENTRIES: usize = 10_000;
 
@@ -27,52 +31,22 @@ type CacheKey = (String, String, Vec<String>);
 
 pub struct SignatureVerifier {
     registry: Registry,
-    cache: Mutex<HashMap<CacheKey, (SignatureCheck, Instant)>>,
+    cache: Cache<SignatureCheck>,
+    reports: Cache<ReportCheck>,
 }
 
-impl SignatureVerifier {
-    pub fn new(registry: Registry) -> Self {
-        Self {
-            registry,
-            cache: Mutex::default(),
-        }
+/// Answers by (repository, digest, keys) until their deadline.
+struct Cache<T>(Mutex<HashMap<CacheKey, (T, Instant)>>);
+
+impl<T: Clone> Cache<T> {
+    fn get(&self, key: &CacheKey) -> Option<T> {
+        let cache = self.0.lock().expect("not poisoned");
+        let (value, until) = cache.get(key)?;
+        (*until > Instant::now()).then(|| value.clone())
     }
 
-    /// The signature checks of `images` against `keys`.
-    pub async fn check(
-        &self,
-        images: &[String],
-        keys: &[PublicKey],
-    ) -> BTreeMap<String, SignatureCheck> {
-        let mut out = BTreeMap::new();
-        for image in images {
-            let check = match ImageRef::parse(image) {
-                Ok(parsed) => self.check_one(&parsed, keys).await,
-                Err(e) => SignatureCheck::Failed(e),
-            };
-            out.insert(image.clone(), check);
-        }
-        out
-    }
-
-    async fn check_one(&self, image: &ImageRef, keys: &[PublicKey]) -> SignatureCheck {
-        let digest = match oci::resolve(&self.registry, image).await {
-            Ok(digest) => digest,
-            Err(e) => return SignatureCheck::Failed(e),
-        };
-        let mut fingerprints: Vec<String> = keys.iter().map(PublicKey::fingerprint).collect();
-        fingerprints.sort();
-        let key = (image.name(), digest.clone(), fingerprints);
-        if let Some(cached) = self.cached(&key) {
-            return cached;
-        }
-        let check = oci::verify(&self.registry, &image.pinned(&digest), keys).await;
-        let lifetime = match &check {
-            SignatureCheck::Verified { .. } => VERIFIED_FOR,
-            SignatureCheck::Unsigned { .. } => UNSIGNED_FOR,
-            SignatureCheck::Failed(_) => return check,
-        };
-        let mut cache = self.cache.lock().expect("not poisoned");
+    fn put(&self, key: CacheKey, value: T, lifetime: Duration) {
+        let mut cache = self.0.lock().expect("not poisoned");
         if cache.len() >= CACHE_ENTRIES {
             let now = Instant::now();
             cache.retain(|_, (_, until)| *until > now);
@@ -80,13 +54,92 @@ impl SignatureVerifier {
                 cache.clear();
             }
         }
-        cache.insert(key, (check.clone(), Instant::now() + lifetime));
+        cache.insert(key, (value, Instant::now() + lifetime));
+    }
+}
+
+impl SignatureVerifier {
+    pub fn new(registry: Registry) -> Self {
+        Self {
+            registry,
+            cache: Cache(Mutex::default()),
+            reports: Cache(Mutex::default()),
+        }
+    }
+
+    /// The signature checks (and, if asked, the vulnerability reports) of
+    /// the images in `lookups`.
+    pub async fn check(
+        &self,
+        lookups: &Lookups,
+    ) -> (
+        BTreeMap<String, SignatureCheck>,
+        BTreeMap<String, ReportCheck>,
+    ) {
+        let (mut signatures, mut reports) = (BTreeMap::new(), BTreeMap::new());
+        for image in &lookups.images {
+            let parsed = match ImageRef::parse(image) {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    signatures.insert(image.clone(), SignatureCheck::Failed(e.clone()));
+                    reports.insert(image.clone(), ReportCheck::Failed(e));
+                    continue;
+                }
+            };
+            let digest = match oci::resolve(&self.registry, &parsed).await {
+                Ok(digest) => digest,
+                Err(e) => {
+                    signatures.insert(image.clone(), SignatureCheck::Failed(e.clone()));
+                    reports.insert(image.clone(), ReportCheck::Failed(e));
+                    continue;
+                }
+            };
+            let pinned = parsed.pinned(&digest);
+            let mut fingerprints: Vec<String> =
+                lookups.keys.iter().map(PublicKey::fingerprint).collect();
+            fingerprints.sort();
+            let key = (parsed.name(), digest, fingerprints);
+            signatures.insert(
+                image.clone(),
+                self.signature(&key, &pinned, &lookups.keys).await,
+            );
+            if lookups.reports {
+                reports.insert(
+                    image.clone(),
+                    self.report(&key, &pinned, &lookups.keys).await,
+                );
+            }
+        }
+        (signatures, reports)
+    }
+
+    async fn signature(
+        &self,
+        key: &CacheKey,
+        image: &ImageRef,
+        keys: &[PublicKey],
+    ) -> SignatureCheck {
+        if let Some(cached) = self.cache.get(key) {
+            return cached;
+        }
+        let check = oci::verify(&self.registry, image, keys).await;
+        let lifetime = match &check {
+            SignatureCheck::Verified { .. } => VERIFIED_FOR,
+            SignatureCheck::Unsigned { .. } => UNSIGNED_FOR,
+            SignatureCheck::Failed(_) => return check,
+        };
+        self.cache.put(key.clone(), check.clone(), lifetime);
         check
     }
 
-    fn cached(&self, key: &CacheKey) -> Option<SignatureCheck> {
-        let cache = self.cache.lock().expect("not poisoned");
-        let (check, until) = cache.get(key)?;
-        (*until > Instant::now()).then(|| check.clone())
+    async fn report(&self, key: &CacheKey, image: &ImageRef, keys: &[PublicKey]) -> ReportCheck {
+        if let Some(cached) = self.reports.get(key) {
+            return cached;
+        }
+        let check = oci::vulnerability_report(&self.registry, image, keys).await;
+        if !matches!(check, ReportCheck::Failed(_)) {
+            self.reports.put(key.clone(), check.clone(), REPORT_FOR);
+        }
+        check
     }
 }

@@ -114,7 +114,8 @@ pub async fn answer(inputs: &PolicyInputs, request: &Request) -> Verdict {
             spec,
         })
         .collect();
-    let (images, keys) = policy::signature_lookups(pod, &named);
+    let lookups = policy::registry_lookups(pod, &named);
+    let (signatures, vulnerabilities) = inputs.signatures.check(&lookups).await;
     let context = policy::Context {
         namespace: &namespace,
         namespace_labels: inputs
@@ -122,7 +123,8 @@ pub async fn answer(inputs: &PolicyInputs, request: &Request) -> Verdict {
             .as_ref()
             .map(|n| n.labels(&namespace))
             .unwrap_or_default(),
-        signatures: inputs.signatures.check(&images, &keys).await,
+        signatures,
+        vulnerabilities,
     };
     let report = policy::evaluate(pod, &context, &named);
     let (result, response) = respond(&request.uid, &report);
