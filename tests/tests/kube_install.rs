@@ -3,7 +3,9 @@
 //! configuration) is accepted and stored, applying again changes nothing,
 //! and `--dry-run` prints the same objects without touching the cluster.
 
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::{Api, DeleteParams};
@@ -104,10 +106,32 @@ async fn meshctl_install_applies_an_install_the_api_server_accepts() {
         String::from_utf8_lossy(&again.stderr)
     );
 
-    // Nothing answers this webhook here (no kubelet runs the control
-    // plane): remove it so later tests' pods are not refused.
+    // The security policy's webhook: every namespace but the control
+    // plane's and kube-system, refusing pods when nothing answers.
+    let policy = Api::<ValidatingWebhookConfiguration>::all(client.clone());
+    let stored = policy.get("rampart-security-policy").await.unwrap();
+    let webhook = &stored.webhooks.unwrap()[0];
+    assert_eq!(webhook.failure_policy.as_deref(), Some("Fail"));
+    let excluded = &webhook
+        .namespace_selector
+        .as_ref()
+        .unwrap()
+        .match_expressions
+        .as_ref()
+        .unwrap()[0];
+    assert_eq!(
+        excluded.values.clone().unwrap(),
+        [ns.clone(), "kube-system".to_owned()]
+    );
+
+    // Nothing answers these webhooks here (no kubelet runs the control
+    // plane): remove them so later tests' pods are not refused.
     configs
         .delete("rampart-sidecar-injector", &DeleteParams::default())
+        .await
+        .unwrap();
+    policy
+        .delete("rampart-security-policy", &DeleteParams::default())
         .await
         .unwrap();
 }
