@@ -298,7 +298,7 @@ pub async fn run(
                     mesh: mesh.clone(),
                     namespaces,
                     root_namespace: config.namespace.clone(),
-                    signatures: Arc::new(admission::SignatureVerifier::new(
+                    signatures: Arc::new(rampart_api::oci::ImageVerifier::new(
                         rampart_api::oci::Registry::new(
                             config.registries.plain_http.clone(),
                             config.registries.timeout,

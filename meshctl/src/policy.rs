@@ -13,9 +13,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use rampart_api::inject::pod_template_pointer;
 use rampart_api::mesh::{Resource, parse_documents};
-use rampart_api::oci::{self, Registry, ReportCheck, SignatureCheck};
-use rampart_api::policy::image::ImageRef;
-use rampart_api::policy::{self, EnforcementAction, Level, Lookups, Named, SecurityPolicySpec};
+use rampart_api::oci::ImageVerifier;
+use rampart_api::policy::{self, EnforcementAction, Level, Named, SecurityPolicySpec};
 use serde_json::Value;
 
 use crate::mesh::read_sources;
@@ -73,8 +72,8 @@ pub async fn check(args: &CheckArgs) -> ExitCode {
         ..Default::default()
     });
     let mut denied = 0;
-    let mut registry = None;
-    let mut asked = Asked::new();
+    // Made on first need: without signature rules nothing leaves the machine.
+    let mut registry: Option<ImageVerifier> = None;
     for subject in &subjects {
         let mut applicable: Vec<Named<'_>> = policies
             .iter()
@@ -93,7 +92,7 @@ pub async fn check(args: &CheckArgs) -> ExitCode {
         let lookups = policy::registry_lookups(&subject.pod, &applicable);
         if !lookups.images.is_empty() && registry.is_none() {
             match args.registry.client() {
-                Ok(client) => registry = Some(client),
+                Ok(client) => registry = Some(ImageVerifier::new(client)),
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     return ExitCode::from(2);
@@ -101,7 +100,7 @@ pub async fn check(args: &CheckArgs) -> ExitCode {
             }
         }
         let (signatures, vulnerabilities) = match &registry {
-            Some(client) => ask_registry(client, &lookups, &mut asked).await,
+            Some(verifier) => verifier.check(&lookups).await,
             None => Default::default(),
         };
         let context = policy::Context {
@@ -141,50 +140,6 @@ pub async fn check(args: &CheckArgs) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
-}
-
-/// What the registries said, by (image, key fingerprints): each image is
-/// asked about once per set of keys.
-type Asked = BTreeMap<(String, Vec<String>), (SignatureCheck, Option<ReportCheck>)>;
-
-/// The signatures (and reports, if asked) of the images in `lookups`.
-async fn ask_registry(
-    client: &Registry,
-    lookups: &Lookups,
-    asked: &mut Asked,
-) -> (
-    BTreeMap<String, SignatureCheck>,
-    BTreeMap<String, ReportCheck>,
-) {
-    let fingerprints: Vec<String> = lookups.keys.iter().map(|k| k.fingerprint()).collect();
-    let (mut signatures, mut reports) = (BTreeMap::new(), BTreeMap::new());
-    for image in &lookups.images {
-        let memo = (image.clone(), fingerprints.clone());
-        if !asked.contains_key(&memo) || (lookups.reports && asked[&memo].1.is_none()) {
-            let answer = match ImageRef::parse(image) {
-                Ok(parsed) => {
-                    let report = match lookups.reports {
-                        true => {
-                            Some(oci::vulnerability_report(client, &parsed, &lookups.keys).await)
-                        }
-                        false => None,
-                    };
-                    (oci::verify(client, &parsed, &lookups.keys).await, report)
-                }
-                Err(e) => (
-                    SignatureCheck::Failed(e.clone()),
-                    Some(ReportCheck::Failed(e)),
-                ),
-            };
-            asked.insert(memo.clone(), answer);
-        }
-        let (signature, report) = &asked[&memo];
-        signatures.insert(image.clone(), signature.clone());
-        if let Some(report) = report {
-            reports.insert(image.clone(), report.clone());
-        }
-    }
-    (signatures, reports)
 }
 
 /// A SecurityPolicy read from a file.

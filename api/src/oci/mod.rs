@@ -7,6 +7,7 @@
 pub mod attestation;
 pub mod cosign;
 pub mod registry;
+mod verifier;
 
 use bytes::Bytes;
 use serde_json::json;
@@ -14,6 +15,7 @@ use serde_json::json;
 use crate::policy::image::ImageRef;
 use cosign::{PublicKey, SigningKey};
 pub use registry::{Registry, RegistryError};
+pub use verifier::ImageVerifier;
 
 /// What the registry says of an image's signatures.
 #[derive(Debug, Clone, PartialEq, Eq)]

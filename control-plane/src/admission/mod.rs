@@ -7,10 +7,8 @@
 mod audit;
 mod review;
 mod server;
-mod signatures;
 mod validate;
 
 pub use audit::AuditTrail;
 pub use server::{WebhookConfig, serve};
-pub use signatures::SignatureVerifier;
 pub use validate::PolicyInputs;

@@ -12,11 +12,11 @@
 use std::sync::Arc;
 
 use rampart_api::mesh::{Kind, Resource};
+use rampart_api::oci::ImageVerifier;
 use rampart_api::policy::{self, EnforcementAction, Named, Report, SecurityPolicySpec};
 use serde_json::Value;
 
 use super::review::{self, Request};
-use super::signatures::SignatureVerifier;
 use crate::k8s::namespaces::Namespaces;
 use crate::store::{Mesh, MeshStore};
 
@@ -29,7 +29,7 @@ pub struct PolicyInputs {
     /// Its SecurityPolicies apply to every namespace.
     pub root_namespace: String,
     /// Asks registries about image signatures (`images.signedBy`).
-    pub signatures: Arc<SignatureVerifier>,
+    pub signatures: Arc<ImageVerifier>,
 }
 
 /// What a review decided, for the metrics and the audit trail.

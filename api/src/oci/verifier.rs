@@ -1,9 +1,10 @@
-//! Image signatures and vulnerability reports for `/validate`, asked of the
-//! images' registries and cached by digest (reports for a minute: a new
-//! scan is attached to the same digest): a digest's signatures never change meaning, so a
-//! verified digest is not asked about again for a while, while a tag is
-//! resolved on every review (it can be re-pushed: what was signed is not
-//! what a re-pushed tag now names). A registry that cannot be reached gives
+//! Image signatures and vulnerability reports, asked of the images'
+//! registries for `/validate` and `meshctl policy check`, and cached by
+//! digest (reports for a minute: a new scan is attached to the same
+//! digest): a digest's signatures never change meaning, so a verified
+//! digest is not asked about again for a while, while a tag is resolved on
+//! every check, once for both lookups (it can be re-pushed: what was
+//! signed is not what a re-pushed tag now names). A registry that cannot be reached gives
 //! a `Failed` check, which the policy turns into a denial (fail closed),
 //! except for digests verified within the cache's lifetime.
 
@@ -11,10 +12,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rampart_api::oci::cosign::PublicKey;
-use rampart_api::oci::{self, Registry, ReportCheck, SignatureCheck};
-use rampart_api::policy::Lookups;
-use rampart_api::policy::image::ImageRef;
+use super::cosign::PublicKey;
+use super::{Registry, ReportCheck, SignatureCheck};
+use crate::policy::Lookups;
+use crate::policy::image::ImageRef;
 
 /// How long a verified digest stays verified without asking again.
 const VERIFIED_FOR: Duration = Duration::from_secs(600);
@@ -23,13 +24,13 @@ const VERIFIED_FOR: Duration = Duration::from_secs(600);
 const UNSIGNED_FOR: Duration = Duration::from_secs(10);
 /// How long a vulnerability report is believed.
 const REPORT_FOR: Duration = Duration::from_secs(60);
-/// Entries kept at most (the oldest go first).
+/// Entries kept at most (when full, the expired go, then all).
 const CACHE_ENTRIES: usize = 10_000;
 
 /// (repository, digest, key fingerprints)
 type CacheKey = (String, String, Vec<String>);
 
-pub struct SignatureVerifier {
+pub struct ImageVerifier {
     registry: Registry,
     cache: Cache<SignatureCheck>,
     reports: Cache<ReportCheck>,
@@ -58,7 +59,7 @@ impl<T: Clone> Cache<T> {
     }
 }
 
-impl SignatureVerifier {
+impl ImageVerifier {
     pub fn new(registry: Registry) -> Self {
         Self {
             registry,
@@ -77,17 +78,12 @@ impl SignatureVerifier {
         BTreeMap<String, ReportCheck>,
     ) {
         let (mut signatures, mut reports) = (BTreeMap::new(), BTreeMap::new());
+        let mut fingerprints: Vec<String> =
+            lookups.keys.iter().map(PublicKey::fingerprint).collect();
+        fingerprints.sort();
         for image in &lookups.images {
-            let parsed = match ImageRef::parse(image) {
-                Ok(parsed) => parsed,
-                Err(e) => {
-                    signatures.insert(image.clone(), SignatureCheck::Failed(e.clone()));
-                    reports.insert(image.clone(), ReportCheck::Failed(e));
-                    continue;
-                }
-            };
-            let digest = match oci::resolve(&self.registry, &parsed).await {
-                Ok(digest) => digest,
+            let (parsed, digest) = match self.resolve(image).await {
+                Ok(resolved) => resolved,
                 Err(e) => {
                     signatures.insert(image.clone(), SignatureCheck::Failed(e.clone()));
                     reports.insert(image.clone(), ReportCheck::Failed(e));
@@ -95,10 +91,7 @@ impl SignatureVerifier {
                 }
             };
             let pinned = parsed.pinned(&digest);
-            let mut fingerprints: Vec<String> =
-                lookups.keys.iter().map(PublicKey::fingerprint).collect();
-            fingerprints.sort();
-            let key = (parsed.name(), digest, fingerprints);
+            let key = (parsed.name(), digest, fingerprints.clone());
             signatures.insert(
                 image.clone(),
                 self.signature(&key, &pinned, &lookups.keys).await,
@@ -113,6 +106,13 @@ impl SignatureVerifier {
         (signatures, reports)
     }
 
+    /// `image` parsed, and the digest it names (a tag resolved now).
+    async fn resolve(&self, image: &str) -> Result<(ImageRef, String), String> {
+        let parsed = ImageRef::parse(image)?;
+        let digest = super::resolve(&self.registry, &parsed).await?;
+        Ok((parsed, digest))
+    }
+
     async fn signature(
         &self,
         key: &CacheKey,
@@ -122,7 +122,7 @@ impl SignatureVerifier {
         if let Some(cached) = self.cache.get(key) {
             return cached;
         }
-        let check = oci::verify(&self.registry, image, keys).await;
+        let check = super::verify(&self.registry, image, keys).await;
         let lifetime = match &check {
             SignatureCheck::Verified { .. } => VERIFIED_FOR,
             SignatureCheck::Unsigned { .. } => UNSIGNED_FOR,
@@ -136,7 +136,7 @@ impl SignatureVerifier {
         if let Some(cached) = self.reports.get(key) {
             return cached;
         }
-        let check = oci::vulnerability_report(&self.registry, image, keys).await;
+        let check = super::vulnerability_report(&self.registry, image, keys).await;
         if !matches!(check, ReportCheck::Failed(_)) {
             self.reports.put(key.clone(), check.clone(), REPORT_FOR);
         }
