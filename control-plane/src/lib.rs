@@ -64,6 +64,9 @@ pub struct Config {
     pub validating_webhook_configuration: Option<String>,
     /// How image registries are reached (for image signatures).
     pub registries: RegistrySettings,
+    /// How often running pods are judged again even when nothing in the
+    /// cluster changed (image signatures and reports change in registries).
+    pub policy_recheck: Duration,
     /// The namespace the control plane runs in (its Lease, its CA Secret).
     pub namespace: String,
     /// The Lease replicas elect their leader with.
@@ -170,7 +173,7 @@ pub async fn run(
             registrations: registrations.clone(),
             trust_domain: config.trust_domain.to_string(),
             roots_pem: ca.bundle().to_pem(),
-            kubernetes: cluster,
+            kubernetes: cluster.clone(),
         },
         config.xds_debounce,
     );
@@ -272,6 +275,33 @@ pub async fn run(
             Some(tokio::spawn(server))
         }
     };
+    // What pods are judged by, at admission and while they run.
+    let policy = admission::PolicyInputs {
+        mesh: mesh.clone(),
+        // The pod-security.kubernetes.io labels of namespaces count too.
+        namespaces: match &kube {
+            None => None,
+            Some(client) => Some(k8s::namespaces::Namespaces::start(client.clone()).await?),
+        },
+        root_namespace: config.namespace.clone(),
+        signatures: Arc::new(rampart_api::oci::ImageVerifier::new(
+            rampart_api::oci::Registry::new(
+                config.registries.plain_http.clone(),
+                config.registries.timeout,
+            )?,
+        )),
+    };
+    let running = cluster.map(|cluster| {
+        admission::running::spawn(
+            policy.clone(),
+            admission::running::PodSource {
+                revision: cluster.revision(),
+                pods: Box::new(move || cluster.pods()),
+            },
+            metrics.clone(),
+            config.policy_recheck,
+        )
+    });
     let reviewer = kube.clone().map(k8s::TokenReviewer::new);
     let webhooks = match webhook_listener {
         None => None,
@@ -283,28 +313,13 @@ pub async fn run(
             };
             let mut tls = tls.clone();
             tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-            // The pod-security.kubernetes.io labels of namespaces count too.
-            let namespaces = match &kube {
-                None => None,
-                Some(client) => Some(k8s::namespaces::Namespaces::start(client.clone()).await?),
-            };
             let webhook = Arc::new(admission::WebhookConfig {
                 template: rampart_api::inject::Template {
                     image: config.sidecar.image.clone(),
                     control_plane: config.sidecar.control_plane.clone(),
                     native_sidecar: native,
                 },
-                policy: admission::PolicyInputs {
-                    mesh: mesh.clone(),
-                    namespaces,
-                    root_namespace: config.namespace.clone(),
-                    signatures: Arc::new(rampart_api::oci::ImageVerifier::new(
-                        rampart_api::oci::Registry::new(
-                            config.registries.plain_http.clone(),
-                            config.registries.timeout,
-                        )?,
-                    )),
-                },
+                policy: policy.clone(),
                 audit: admission::AuditTrail::new(
                     metrics.clone(),
                     kube.clone(),
@@ -363,6 +378,7 @@ pub async fn run(
             tokens,
             mesh,
             streams,
+            running,
             metrics,
         )))
         .serve_with_incoming_shutdown(

@@ -101,6 +101,11 @@ struct Args {
     /// API server gives the webhook 5 s in all).
     #[arg(long, default_value = "2s", value_parser = rampart_api::duration::parse)]
     registry_timeout: Duration,
+    /// How often running pods are judged by the security policy again when
+    /// nothing in the cluster changed (signatures and vulnerability reports
+    /// change in the registries); changes are judged within a second.
+    #[arg(long, default_value = "5m", value_parser = rampart_api::duration::parse)]
+    policy_recheck_interval: Duration,
     /// Extra DNS name or IP in the serving certificate, for clients that
     /// check hostnames (repeatable; localhost and loopback are always there).
     #[arg(long = "serving-host", value_parser = parse_serving_host)]
@@ -188,6 +193,7 @@ async fn main() -> anyhow::Result<()> {
             plain_http: args.registry_plain_http,
             timeout: args.registry_timeout,
         },
+        policy_recheck: args.policy_recheck_interval,
         namespace: args.namespace,
         leader_lease: args.leader_lease,
         replica_id: args.replica_id.unwrap_or_else(|| {

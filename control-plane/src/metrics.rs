@@ -74,6 +74,11 @@ pub struct Metrics {
     pub admission_seconds: Family<WebhookLabels, Histogram, fn() -> Histogram>,
     /// Pods admitted or denied with violations, by policy and action.
     pub policy_violations: Family<ViolationLabels, Counter>,
+    /// Running pods that violate a policy now, by policy and action
+    /// (the continuous evaluation, `admission::running`).
+    pub violating_pods: Family<ViolationLabels, Gauge>,
+    /// Pods the last continuous evaluation judged.
+    pub evaluated_pods: Gauge,
 }
 
 impl Metrics {
@@ -158,6 +163,18 @@ impl Metrics {
             "Pods reviewed with security policy violations, by policy and its enforcement action",
             policy_violations.clone(),
         );
+        let violating_pods = Family::<ViolationLabels, Gauge>::default();
+        registry.register(
+            "rampart_policy_violating_pods",
+            "Pods in the cluster that violate a security policy now, by policy and its enforcement action (re-evaluated when policies, namespaces or pods change, and periodically)",
+            violating_pods.clone(),
+        );
+        let evaluated_pods = Gauge::default();
+        registry.register(
+            "rampart_policy_evaluated_pods",
+            "Pods judged by the last continuous evaluation of the security policy",
+            evaluated_pods.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         registry.register(
             "rampart_build_info",
@@ -199,6 +216,8 @@ impl Metrics {
             admissions,
             admission_seconds,
             policy_violations,
+            violating_pods,
+            evaluated_pods,
         })
     }
 

@@ -18,6 +18,7 @@ mod install;
 mod mesh;
 mod metrics;
 mod policy;
+mod policy_report;
 mod proxy_config;
 mod proxy_status;
 mod status;
@@ -239,6 +240,9 @@ async fn main() -> ExitCode {
         Command::Inject(args) => inject::inject(&args),
         Command::Install(args) => install::install(&args).await,
         Command::Apply { files, dry_run } => mesh::apply(&cli.target, &files, dry_run).await,
+        Command::Policy(policy::PolicyCommand::Report(args)) => {
+            policy_report::report(&cli.target, &args).await
+        }
         Command::Get {
             kind,
             name,

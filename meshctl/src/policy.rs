@@ -23,6 +23,9 @@ use crate::mesh::read_sources;
 pub enum PolicyCommand {
     /// Check Pods and workload manifests against the admission policy.
     Check(CheckArgs),
+    /// The pods in the cluster that violate a policy now (the control
+    /// plane judges them again whenever a policy, a namespace or a pod changes).
+    Report(crate::policy_report::ReportArgs),
 }
 
 #[derive(clap::Args, Debug)]

@@ -263,3 +263,134 @@ async fn the_api_server_holds_pods_to_the_security_policy() {
         .await
         .unwrap();
 }
+
+/// `meshctl policy report` as JSON.
+fn report(cp: &rampart_tests::ControlPlane, namespace: &str) -> Value {
+    let out = cp.meshctl_ok(&["policy", "report", "-n", namespace, "-o", "json"]);
+    serde_json::from_slice(&out.stdout).expect("meshctl policy report -o json prints JSON")
+}
+
+/// The policies `report` says pod `name` violates, with their action.
+fn violated(report: &Value, name: &str) -> Vec<(String, String)> {
+    report["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == name)
+        .flat_map(|p| p["findings"].as_array().unwrap().clone())
+        .map(|f| {
+            (
+                f["policy"].as_str().unwrap().to_owned(),
+                f["action"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn running_pods_are_judged_again_when_the_policy_changes() {
+    let client = k8s::client().await;
+    let dir = tempfile::tempdir().unwrap();
+    // No webhook at all: these pods are stored whatever they are, like pods
+    // admitted before Rampart or while its webhook was down.
+    let cp = k8s::control_plane(&client, dir.path(), &[]).await;
+    let ns = k8s::namespace(&client, "running", &[]).await;
+    k8s::service_account(&client, &ns, "default").await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    for pod in [root_pod("legacy"), compliant_pod("fine")] {
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+    let judged = eventually(100, || async { report(&cp, &ns)["podsChecked"] == 2 }).await;
+    assert!(
+        judged,
+        "the two pods were never judged: {}",
+        report(&cp, &ns)
+    );
+    assert!(violated(&report(&cp, &ns), "legacy").is_empty());
+
+    // A policy arrives: the running root pod is reported, the other is not.
+    let policies = Api::<SecurityPolicy>::namespaced(client.clone(), &ns);
+    policies
+        .create(&PostParams::default(), &policy("strict", "enforce"))
+        .await
+        .unwrap();
+    let strict = (format!("SecurityPolicy {ns}/strict"), "enforce".to_owned());
+    let reported = eventually(100, || async {
+        violated(&report(&cp, &ns), "legacy") == [strict.clone()]
+    })
+    .await;
+    let now = report(&cp, &ns);
+    assert!(reported, "{now}");
+    assert!(violated(&now, "fine").is_empty(), "{now}");
+    let legacy = now["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "legacy")
+        .unwrap();
+    let paths: Vec<&str> = legacy["findings"][0]["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        paths.contains(&"spec.containers[0].securityContext.runAsUser"),
+        "{paths:?}"
+    );
+    // The people's format says the same.
+    let text = cp.meshctl_ok(&["policy", "report", "-n", &ns]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("2 pods judged"), "{text}");
+    assert!(text.contains("1 violate a policy"), "{text}");
+    assert!(
+        text.contains("fix: set runAsUser to a non-zero UID"),
+        "{text}"
+    );
+    let gauge = |metrics: &str| {
+        counter(
+            metrics,
+            "rampart_policy_violating_pods",
+            &[&format!(r#"policy="SecurityPolicy {ns}/strict""#)],
+        )
+    };
+    let metrics = cp.http_get("/metrics").await.unwrap().1;
+    assert_eq!(gauge(&metrics), 1.0, "{metrics}");
+
+    // A namespace label is a policy too.
+    let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
+    let restricted =
+        json!({"metadata": {"labels": {"pod-security.kubernetes.io/warn": "restricted"}}});
+    namespaces
+        .patch(&ns, &PatchParams::default(), &Patch::Merge(&restricted))
+        .await
+        .unwrap();
+    let label_restricted = (
+        "namespace label pod-security.kubernetes.io/warn=restricted".to_owned(),
+        "warn".to_owned(),
+    );
+    let both = eventually(100, || async {
+        let found = violated(&report(&cp, &ns), "legacy");
+        found.contains(&label_restricted) && found.contains(&strict)
+    })
+    .await;
+    assert!(both, "{}", report(&cp, &ns));
+
+    // The policy and the label go: nothing is reported, the series is gone.
+    policies
+        .delete("strict", &DeleteParams::default())
+        .await
+        .unwrap();
+    let unlabel = json!({"metadata": {"labels": {"pod-security.kubernetes.io/warn": null}}});
+    namespaces
+        .patch(&ns, &PatchParams::default(), &Patch::Merge(&unlabel))
+        .await
+        .unwrap();
+    let clean = eventually(100, || async {
+        violated(&report(&cp, &ns), "legacy").is_empty()
+    })
+    .await;
+    assert!(clean, "{}", report(&cp, &ns));
+    let metrics = cp.http_get("/metrics").await.unwrap().1;
+    assert_eq!(gauge(&metrics), 0.0, "{metrics}");
+}

@@ -74,6 +74,10 @@ fn check_identity_and_completions() {
         "{version}"
     );
 
+    // policy report: standalone there are no pods to judge, and it says so.
+    let (ok, _, err) = meshctl(&["--data-dir", d, "policy", "report"]);
+    assert!(!ok && err.contains("runs standalone"), "{err}");
+
     // identity: the SVID the frontend's proxy holds, signed by the mesh's root.
     let (ok, json, err) = meshctl(&["--data-dir", d, "identity", "frontend", "-o", "json"]);
     assert!(ok, "{err}");

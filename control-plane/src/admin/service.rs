@@ -8,8 +8,10 @@ use std::time::Duration;
 use rampart_api::admin::admin_service_server::AdminService as AdminApi;
 use rampart_api::admin::*;
 use rampart_certs::{CertificateAuthority, SpiffeId, VerifiedCsr};
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use crate::admission::running::RunningReport;
 use crate::ca;
 use crate::metrics::Metrics;
 use crate::names::{check_namespace, check_service_account};
@@ -27,6 +29,8 @@ pub struct AdminService {
     metrics: Arc<Metrics>,
     mesh: Mesh,
     streams: StreamRegistry,
+    /// The continuous evaluation of the security policy (in a cluster).
+    running: Option<watch::Receiver<Arc<RunningReport>>>,
     admin: SpiffeId,
 }
 
@@ -36,6 +40,7 @@ impl AdminService {
         tokens: JoinTokens,
         mesh: Mesh,
         streams: StreamRegistry,
+        running: Option<watch::Receiver<Arc<RunningReport>>>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let admin = rampart_certs::well_known::admin_id(ca.trust_domain());
@@ -45,6 +50,7 @@ impl AdminService {
             metrics,
             mesh,
             streams,
+            running,
             admin,
         }
     }
@@ -229,5 +235,67 @@ impl AdminApi for AdminService {
             proxy: Some(proxy),
             resources,
         }))
+    }
+
+    async fn policy_report(
+        &self,
+        request: Request<PolicyReportRequest>,
+    ) -> Result<Response<PolicyReportResponse>, Status> {
+        self.authorize(&request)?;
+        let namespace = request.into_inner().namespace;
+        let running = self.running.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this control plane runs standalone: the running pods are judged only in a cluster (--kubernetes)",
+            )
+        })?;
+        let report = running.borrow().clone();
+        Ok(Response::new(policy_report(&report, &namespace)))
+    }
+}
+
+/// The admin API's view of the continuous evaluation, for `namespace` (all if empty).
+fn policy_report(report: &RunningReport, namespace: &str) -> PolicyReportResponse {
+    let wanted = |ns: &str| namespace.is_empty() || ns == namespace;
+    let pods = report
+        .pods
+        .iter()
+        .filter(|p| wanted(&p.namespace))
+        .map(|p| PodPolicyReport {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            findings: p
+                .report
+                .findings
+                .iter()
+                .map(|f| PolicyFinding {
+                    policy: f.source.clone(),
+                    action: f.action.as_str().to_owned(),
+                    violations: f
+                        .violations
+                        .iter()
+                        .map(|v| PolicyViolation {
+                            rule: v.rule.clone(),
+                            path: v.path.clone(),
+                            message: v.message.clone(),
+                            fix: v.fix.clone(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            exemptions: p.report.exemptions.clone(),
+        })
+        .collect();
+    let pods_checked = match namespace.is_empty() {
+        true => report.pods_checked(),
+        false => report.checked.get(namespace).copied().unwrap_or(0),
+    };
+    PolicyReportResponse {
+        evaluated_at_unix: report
+            .evaluated_at
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs() as i64),
+        pods_checked: pods_checked as u32,
+        pods,
+        error: report.error.clone().unwrap_or_default(),
     }
 }

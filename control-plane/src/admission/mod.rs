@@ -6,6 +6,7 @@
 
 mod audit;
 mod review;
+pub mod running;
 mod server;
 mod validate;
 

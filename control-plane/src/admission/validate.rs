@@ -90,8 +90,8 @@ pub async fn answer(inputs: &PolicyInputs, request: &Request) -> Verdict {
         .or_else(|| pod["metadata"]["generateName"].as_str())
         .unwrap_or_default()
         .to_owned();
-    let policies = match policies_for(inputs, &namespace) {
-        Ok(policies) => policies,
+    let report = match judge(inputs, &namespace, pod).await {
+        Ok(report) => report,
         Err(e) => {
             // Without its policies the webhook cannot judge; the API
             // server's failurePolicy decides what that means.
@@ -107,6 +107,23 @@ pub async fn answer(inputs: &PolicyInputs, request: &Request) -> Verdict {
             };
         }
     };
+    let (result, response) = respond(&request.uid, &report);
+    Verdict {
+        result,
+        response,
+        judged: Some((namespace, name, report)),
+    }
+}
+
+/// Judges `pod` in `namespace` by every policy that applies there, asking
+/// the registries what the image rules need (cached by digest). The one
+/// judgement of the webhook and of the continuous evaluation of running pods.
+pub async fn judge(
+    inputs: &PolicyInputs,
+    namespace: &str,
+    pod: &Value,
+) -> Result<Report, crate::store::StoreError> {
+    let policies = policies_for(inputs, namespace)?;
     let named: Vec<Named<'_>> = policies
         .iter()
         .map(|(source, spec)| Named {
@@ -117,22 +134,16 @@ pub async fn answer(inputs: &PolicyInputs, request: &Request) -> Verdict {
     let lookups = policy::registry_lookups(pod, &named);
     let (signatures, vulnerabilities) = inputs.signatures.check(&lookups).await;
     let context = policy::Context {
-        namespace: &namespace,
+        namespace,
         namespace_labels: inputs
             .namespaces
             .as_ref()
-            .map(|n| n.labels(&namespace))
+            .map(|n| n.labels(namespace))
             .unwrap_or_default(),
         signatures,
         vulnerabilities,
     };
-    let report = policy::evaluate(pod, &context, &named);
-    let (result, response) = respond(&request.uid, &report);
-    Verdict {
-        result,
-        response,
-        judged: Some((namespace, name, report)),
-    }
+    Ok(policy::evaluate(pod, &context, &named))
 }
 
 /// The SecurityPolicies that apply in `namespace`, named for the reports.

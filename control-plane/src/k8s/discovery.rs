@@ -66,6 +66,11 @@ impl Discovery {
         self.revision.clone()
     }
 
+    /// Every pod, as last seen.
+    pub fn pods(&self) -> Vec<Arc<Pod>> {
+        self.pods.state()
+    }
+
     /// The mesh Services and WorkloadEntries the cluster describes now.
     pub fn resources(&self) -> (Vec<Object<ServiceSpec>>, Vec<Object<WorkloadEntrySpec>>) {
         let services: Vec<Arc<Service>> = self.services.state();
