@@ -29,16 +29,16 @@ pub struct XdsLabels {
 /// Labels of an admission outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AdmissionLabels {
-    /// `inject` or `validate`.
+    /// `inject`, `validate` or `pin`.
     pub webhook: &'static str,
-    /// `injected`, `admitted`, `skipped`, `denied`, `malformed`, `error`.
+    /// `injected`, `pinned`, `admitted`, `skipped`, `denied`, `malformed`, `error`.
     pub result: &'static str,
 }
 
 /// Labels of `rampart_admission_seconds`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WebhookLabels {
-    /// `inject` or `validate`.
+    /// `inject`, `validate` or `pin`.
     pub webhook: &'static str,
 }
 

@@ -11,8 +11,9 @@
 //! ConfigMaps; in its namespace only: its Lease and its CA Secret); a
 //! Deployment of replicated control planes with probes and a restricted
 //! securityContext; a PodDisruptionBudget; the Service; the injection
-//! webhook and the security policy's validating webhook, both of which leave
-//! the control plane's own namespace and kube-system alone.
+//! webhook, the image digest pinning webhook and the security policy's
+//! validating webhook, all of which leave the control plane's own namespace
+//! and kube-system alone.
 
 use std::time::Duration;
 
@@ -240,6 +241,20 @@ pub fn manifests(v: &Values, with_namespace: bool) -> Vec<Value> {
             "sideEffects": "None",
             "timeoutSeconds": 10,
             "admissionReviewVersions": ["v1"]
+        }, {
+            // Signed images' tags rewritten to the verified digest
+            // (images.pinDigest). Only a rewrite: /validate is the gate,
+            // so a pod is not refused when this one cannot answer.
+            "name": "images.rampart.dev",
+            "clientConfig": {"service": {"name": NAME, "namespace": ns, "path": "/pin-images", "port": 443}},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced"}],
+            "namespaceSelector": {"matchExpressions": [not_system]},
+            "failurePolicy": "Ignore",
+            // Again after the injector, whose sidecar image counts too.
+            "reinvocationPolicy": "IfNeeded",
+            "sideEffects": "None",
+            "timeoutSeconds": 5,
+            "admissionReviewVersions": ["v1"]
         }]
     }));
     out.push(json!({
@@ -450,6 +465,13 @@ mod tests {
         let excluded = &webhook["webhooks"][0]["namespaceSelector"]["matchExpressions"][1];
         assert_eq!(excluded["operator"], "NotIn");
         assert_eq!(excluded["values"], json!(["rampart-system", "kube-system"]));
+        let pin = &webhook["webhooks"][1];
+        assert_eq!(pin["clientConfig"]["service"]["path"], "/pin-images");
+        assert_eq!(pin["failurePolicy"], "Ignore", "/validate is the gate");
+        assert_eq!(
+            pin["namespaceSelector"]["matchExpressions"][0]["values"],
+            json!(["rampart-system", "kube-system"])
+        );
         let policy = objects
             .iter()
             .find(|o| o["kind"] == "ValidatingWebhookConfiguration")

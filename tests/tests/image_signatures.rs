@@ -159,12 +159,17 @@ fn pod(image: &str) -> Value {
 /// POSTs a CREATE review of `pod` to `/validate` with curl (a real HTTPS
 /// client trusting the mesh root); returns the response.
 fn review(cp: &ControlPlane, pod: &Value) -> Value {
+    review_at(cp, "/validate", pod)
+}
+
+/// The same to the webhook at `path`.
+fn review_at(cp: &ControlPlane, path: &str, pod: &Value) -> Value {
     let body = json!({
         "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
         "request": {"uid": "r-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
                     "namespace": "shop", "operation": "CREATE", "object": pod}
     });
-    let url = format!("https://{}/validate", cp.webhook_addr.as_ref().unwrap());
+    let url = format!("https://{}{path}", cp.webhook_addr.as_ref().unwrap());
     let out = Command::new("curl")
         .args(["-sS", "--fail-with-body", "--cacert"])
         .arg(cp.data_dir.join("admin/bundle.pem"))
@@ -241,6 +246,29 @@ async fn the_webhook_admits_only_images_a_trusted_key_signed() {
         let message = message(&response);
         assert!(message.contains(expected), "{image}: {message}");
         assert!(message.contains("spec.containers[0].image"), "{message}");
+    }
+
+    // /pin-images rewrites the verified tag to the digest it verified, and
+    // leaves alone what it could not verify (a re-pushed tag included).
+    let pin = review_at(&cp, "/pin-images", &pod(&format!("{addr}/shop/web:1.0")));
+    assert_eq!(pin["allowed"], true, "{pin}");
+    assert_eq!(pin["patchType"], "JSONPatch", "{pin}");
+    use base64::Engine;
+    let patch: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(pin["patch"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        patch,
+        json!([{"op": "replace", "path": "/spec/containers/0/image",
+                "value": format!("{addr}/shop/web:1.0@{signed_digest}")}])
+    );
+    for image in ["shop/unsigned:1.0", "shop/moving:1.0"] {
+        let left = review_at(&cp, "/pin-images", &pod(&format!("{addr}/{image}")));
+        assert_eq!(left["allowed"], true, "{left}");
+        assert!(left["patch"].is_null(), "{image}: {left}");
     }
 
     // The same verdicts offline, from the same engine.

@@ -394,3 +394,141 @@ async fn running_pods_are_judged_again_when_the_policy_changes() {
     let metrics = cp.http_get("/metrics").await.unwrap().1;
     assert_eq!(gauge(&metrics), 0.0, "{metrics}");
 }
+
+#[tokio::test]
+async fn the_api_server_stores_signed_images_pinned_to_the_verified_digest() {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use rampart_tests::registry::Registry;
+    let client = k8s::client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(dir.path()).await;
+    let addr = registry.addr.clone();
+    let digest = registry.push(dir.path(), "shop/web", "1.0", "/web");
+    let selector = k8s::suffix();
+    let name = format!("rampart-pin-{selector}");
+    let cp = k8s::control_plane(
+        &client,
+        &dir.path().join("cp"),
+        &[
+            "--webhook-addr",
+            "127.0.0.1:0",
+            "--registry-plain-http",
+            &addr,
+            "--webhook-configuration",
+            &name,
+            "--validating-webhook-configuration",
+            &name,
+        ],
+    )
+    .await;
+    let key = dir.path().join("release.key").display().to_string();
+    cp.meshctl_ok(&["image", "keygen", "--key", &key]);
+    let image = format!("{addr}/shop/web:1.0");
+    cp.meshctl_ok(&[
+        "image",
+        "sign",
+        "--key",
+        &key,
+        "--plain-http",
+        &addr,
+        &image,
+    ]);
+    let base = format!("https://{}", cp.webhook_addr.as_ref().unwrap());
+    // The same registrations as meshctl install's, for this test's namespace.
+    let rules = json!([{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}]);
+    let webhook = |name: &str, path: &str, failure: &str| {
+        json!({
+            "name": name, "clientConfig": {"url": format!("{base}{path}")}, "rules": rules,
+            "namespaceSelector": {"matchLabels": {"rampart-test/pin": selector}},
+            "failurePolicy": failure, "sideEffects": "None",
+            "admissionReviewVersions": ["v1"], "timeoutSeconds": 5
+        })
+    };
+    let mutating: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "webhooks": [webhook("images.rampart.dev", "/pin-images", "Ignore")]
+    }))
+    .unwrap();
+    let validating: ValidatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "webhooks": [webhook("policy.rampart.dev", "/validate", "Fail")]
+    }))
+    .unwrap();
+    let mutating_api = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    let validating_api = Api::<ValidatingWebhookConfiguration>::all(client.clone());
+    mutating_api
+        .create(&PostParams::default(), &mutating)
+        .await
+        .unwrap();
+    validating_api
+        .create(&PostParams::default(), &validating)
+        .await
+        .unwrap();
+
+    let ns = k8s::namespace(
+        &client,
+        "pinned",
+        &[("rampart-test/pin", selector.as_str())],
+    )
+    .await;
+    k8s::service_account(&client, &ns, "default").await;
+    let public = std::fs::read_to_string(format!("{key}.pub")).unwrap();
+    let signed_only: SecurityPolicy = serde_json::from_value(json!({
+        "apiVersion": "rampart.dev/v1alpha1", "kind": "SecurityPolicy",
+        "metadata": {"name": "signed"},
+        "spec": {"images": {"signedBy": [{"name": "release", "publicKey": public}]}}
+    }))
+    .unwrap();
+    Api::<SecurityPolicy>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &signed_only)
+        .await
+        .unwrap();
+
+    // Once both webhooks are trusted and the policy is read, the pod is
+    // stored with the digest that was verified.
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    let pinned = format!("{image}@{digest}");
+    let mut stored = Vec::new();
+    for attempt in 0..100 {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("web-{attempt}")},
+            "spec": {"containers": [{"name": "app", "image": image}]}
+        }))
+        .unwrap();
+        if let Ok(created) = pods.create(&PostParams::default(), &pod).await {
+            stored = created.spec.unwrap().containers;
+            if stored[0].image.as_deref() == Some(pinned.as_str()) {
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        stored.first().and_then(|c| c.image.as_deref()),
+        Some(pinned.as_str()),
+        "the signed image was never stored pinned"
+    );
+    // An unsigned image is not pinned, and /validate refuses it.
+    registry.push(dir.path(), "shop/unsigned", "1.0", "/u");
+    let unsigned: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "unsigned"},
+        "spec": {"containers": [{"name": "app", "image": format!("{addr}/shop/unsigned:1.0")}]}
+    }))
+    .unwrap();
+    let message = refusal(&pods, &unsigned)
+        .await
+        .expect("an unsigned image was admitted");
+    assert!(
+        message.contains("no valid signature by release"),
+        "{message}"
+    );
+
+    mutating_api
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    validating_api
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+}

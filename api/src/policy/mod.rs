@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use crate::oci::cosign::PublicKey;
 use crate::oci::{ReportCheck, SignatureCheck};
-use image::allowed_by;
+use image::{ImageRef, allowed_by};
 pub use spec::{EnforcementAction, SecurityPolicy, SecurityPolicySpec};
 
 /// Where Rampart runs by default; its SecurityPolicies apply cluster-wide.
@@ -231,29 +231,13 @@ pub fn evaluate(pod: &Value, context: &Context<'_>, policies: &[Named<'_>]) -> R
             });
         }
     }
-    let service_account = format!(
-        "{}/{}",
-        context.namespace,
-        pod["spec"]["serviceAccountName"]
-            .as_str()
-            .unwrap_or("default")
-    );
+    let service_account = service_account(pod, context.namespace);
     for policy in policies {
+        if let Some(why) = pod_exemption(policy, context.namespace, &service_account) {
+            report.exemptions.push(format!("{}: {why}", policy.source));
+            continue;
+        }
         let exemptions = &policy.spec.exemptions;
-        if exemptions.namespaces.iter().any(|n| n == context.namespace) {
-            report.exemptions.push(format!(
-                "{}: namespace {} is exempt",
-                policy.source, context.namespace
-            ));
-            continue;
-        }
-        if exemptions.service_accounts.contains(&service_account) {
-            report.exemptions.push(format!(
-                "{}: service account {service_account} is exempt",
-                policy.source
-            ));
-            continue;
-        }
         let exempt_image = |image: &str| {
             image::ImageRef::parse(image)
                 .is_ok_and(|r| exemptions.images.iter().any(|e| allowed_by(&r, e)))
@@ -292,10 +276,83 @@ pub fn evaluate(pod: &Value, context: &Context<'_>, policies: &[Named<'_>]) -> R
     report
 }
 
+/// `namespace/name` of the pod's ServiceAccount.
+fn service_account(pod: &Value, namespace: &str) -> String {
+    let name = pod["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap_or("default");
+    format!("{namespace}/{name}")
+}
+
+/// Why `policy` does not apply to the pod at all, if it does not.
+fn pod_exemption(policy: &Named<'_>, namespace: &str, service_account: &str) -> Option<String> {
+    let exemptions = &policy.spec.exemptions;
+    if exemptions.namespaces.iter().any(|n| n == namespace) {
+        return Some(format!("namespace {namespace} is exempt"));
+    }
+    if exemptions
+        .service_accounts
+        .iter()
+        .any(|s| s == service_account)
+    {
+        return Some(format!("service account {service_account} is exempt"));
+    }
+    None
+}
+
+/// An image reference to rewrite: the container's `image` field (a JSON
+/// pointer) and the reference with the verified digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestPin {
+    pub pointer: String,
+    pub image: String,
+}
+
+/// The images of `pod` written by tag whose signature was verified, by a
+/// key of a policy that applies and pins digests (`images.pinDigest`):
+/// each is pinned to the digest that was verified, keeping the tag for
+/// people (`app:1@sha256:…`; the kubelet pulls by the digest).
+pub fn digest_pins(pod: &Value, context: &Context<'_>, policies: &[Named<'_>]) -> Vec<DigestPin> {
+    let service_account = service_account(pod, context.namespace);
+    let trusted: Vec<String> = policies
+        .iter()
+        .filter(|p| p.spec.images.pin_digest)
+        .filter(|p| pod_exemption(p, context.namespace, &service_account).is_none())
+        .flat_map(|p| &p.spec.images.signed_by)
+        .filter_map(|k| PublicKey::from_pem(&k.public_key).ok())
+        .map(|k| k.fingerprint())
+        .collect();
+    if trusted.is_empty() {
+        return Vec::new();
+    }
+    containers(&pod["spec"])
+        .into_iter()
+        .filter_map(|c| {
+            let image = c.value["image"].as_str()?;
+            if ImageRef::parse(image).ok()?.digest.is_some() {
+                return None;
+            }
+            match context.signatures.get(image)? {
+                SignatureCheck::Verified { digest, by }
+                    if by.iter().any(|f| trusted.contains(f)) =>
+                {
+                    Some(DigestPin {
+                        pointer: format!("{}/image", c.pointer),
+                        image: format!("{image}@{digest}"),
+                    })
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 /// One container of the pod, with where it sits.
 struct Container<'a> {
     /// `spec.containers[0]`
     path: String,
+    /// `/spec/containers/0` (a JSON pointer, for patches).
+    pointer: String,
     name: &'a str,
     value: &'a Value,
 }
@@ -313,6 +370,7 @@ fn containers(spec: &Value) -> Vec<Container<'_>> {
         for (i, value) in spec[list].as_array().into_iter().flatten().enumerate() {
             all.push(Container {
                 path: format!("spec.{list}[{i}]"),
+                pointer: format!("/spec/{list}/{i}"),
                 name: value["name"].as_str().unwrap_or("?"),
                 value,
             });
@@ -418,15 +476,16 @@ mod tests {
         assert!(!report.lines(EnforcementAction::Audit).is_empty());
     }
 
-    #[test]
-    fn signed_by_admits_only_images_its_keys_signed() {
+    fn new_key() -> PublicKey {
         use crate::oci::cosign::SigningKey;
-        let release = SigningKey::from_pem(&SigningKey::generate_pem())
+        SigningKey::from_pem(&SigningKey::generate_pem())
             .unwrap()
-            .public_key();
-        let other = SigningKey::from_pem(&SigningKey::generate_pem())
-            .unwrap()
-            .public_key();
+            .public_key()
+    }
+
+    /// A key, and a policy that wants images signed by it.
+    fn signed_by_release() -> (PublicKey, SecurityPolicySpec) {
+        let release = new_key();
         let spec = SecurityPolicySpec {
             images: spec::ImageRules {
                 signed_by: vec![spec::TrustedKey {
@@ -437,6 +496,13 @@ mod tests {
             },
             ..Default::default()
         };
+        (release, spec)
+    }
+
+    #[test]
+    fn signed_by_admits_only_images_its_keys_signed() {
+        let (release, spec) = signed_by_release();
+        let other = new_key();
         let p = pod(json!([{"name": "app", "image": "reg.example/app:1"}]));
         let (images, keys) = signature_lookups(&p, &named(&spec));
         assert_eq!(images, ["reg.example/app:1"]);
@@ -474,5 +540,71 @@ mod tests {
         let down = judged(Some(SignatureCheck::Failed("registry down".into())));
         assert!(down.contains("cannot be checked: registry down"), "{down}");
         assert!(judged(None).contains("was not checked"));
+    }
+
+    #[test]
+    fn verified_tags_are_pinned_to_their_digest_unless_the_policy_says_not() {
+        let (release, mut spec) = signed_by_release();
+        assert!(spec.images.pin_digest, "pinning is the default");
+        let pinned_already = format!("reg.example/side@sha256:{}", "1".repeat(64));
+        let p = json!({"spec": {
+        "initContainers": [{"name": "init", "image": "reg.example/app:1"}],
+        "containers": [
+            {"name": "app", "image": "reg.example/app:1"},
+            {"name": "other", "image": "reg.example/other:2"},
+            {"name": "side", "image": pinned_already},
+        ]}});
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let context = Context {
+            namespace: "shop",
+            signatures: [
+                (
+                    "reg.example/app:1".to_owned(),
+                    SignatureCheck::Verified {
+                        digest: digest.clone(),
+                        by: vec![release.fingerprint()],
+                    },
+                ),
+                (
+                    "reg.example/other:2".to_owned(),
+                    SignatureCheck::Unsigned {
+                        digest: digest.clone(),
+                        found: 0,
+                    },
+                ),
+                (
+                    pinned_already.clone(),
+                    SignatureCheck::Verified {
+                        digest: digest.clone(),
+                        by: vec![release.fingerprint()],
+                    },
+                ),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let pins = digest_pins(&p, &context, &named(&spec));
+        let expected = |pointer: &str| DigestPin {
+            pointer: pointer.into(),
+            image: format!("reg.example/app:1@{digest}"),
+        };
+        assert_eq!(
+            pins,
+            [
+                expected("/spec/initContainers/0/image"),
+                expected("/spec/containers/0/image")
+            ]
+        );
+        // A policy that does not apply to the pod pins nothing.
+        spec.exemptions.namespaces = vec!["shop".into()];
+        assert!(digest_pins(&p, &context, &named(&spec)).is_empty());
+        spec.exemptions.namespaces.clear();
+        spec.images.pin_digest = false;
+        assert!(digest_pins(&p, &context, &named(&spec)).is_empty());
+        // Written out, the default is left out and the opt-out kept.
+        let yaml = serde_json::to_value(&spec.images).unwrap();
+        assert_eq!(yaml["pinDigest"], false);
+        spec.images.pin_digest = true;
+        assert!(serde_json::to_value(&spec.images).unwrap()["pinDigest"].is_null());
     }
 }

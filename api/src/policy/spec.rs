@@ -125,7 +125,7 @@ pub struct ContainerRules {
 }
 
 /// Image rules.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ImageRules {
     /// Registries or repository prefixes images must come from, matched on
@@ -145,6 +145,28 @@ pub struct ImageRules {
     /// JSON report) must stay within these counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vulnerabilities: Option<VulnerabilityBudget>,
+    /// With `signedBy`: rewrite each verified image's tag to the digest
+    /// that was verified (`app:1` -> `app:1@sha256:…`) as the pod is
+    /// created, so the kubelet pulls what was checked, not whatever the tag
+    /// names by then. Default true; false leaves images as written.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub pin_digest: bool,
+}
+
+impl Default for ImageRules {
+    fn default() -> Self {
+        Self {
+            allowed_registries: Vec::new(),
+            require_digest: false,
+            signed_by: Vec::new(),
+            vulnerabilities: None,
+            pin_digest: true,
+        }
+    }
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// The most findings of each severity an image may have; a severity left

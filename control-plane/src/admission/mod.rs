@@ -2,9 +2,11 @@
 //! certificate (from the mesh CA; the API server trusts it through the
 //! webhook configurations' caBundle, which `k8s::webhook_config` keeps in
 //! sync): `/inject` adds the sidecar to pods, `/validate` holds them to the
-//! security policy (`rampart_api::policy`) and records what it let through.
+//! security policy (`rampart_api::policy`) and records what it let through,
+//! `/pin-images` rewrites verified image tags to their digests.
 
 mod audit;
+mod pin;
 mod review;
 pub mod running;
 mod server;

@@ -1,5 +1,6 @@
-//! The HTTPS listener of the webhooks: `/inject` (the sidecar) and
-//! `/validate` (the security policy, in `validate`).
+//! The HTTPS listener of the webhooks: `/inject` (the sidecar),
+//! `/validate` (the security policy, in `validate`) and `/pin-images`
+//! (verified tags to digests, in `pin`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,6 +48,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/inject", post(inject))
         .route("/validate", post(validate))
+        .route("/pin-images", post(pin_images))
         .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))
         .with_state(config);
     let local = listener.local_addr()?;
@@ -118,6 +120,22 @@ async fn validate(State(config): State<Arc<WebhookConfig>>, body: Bytes) -> Resp
     config
         .metrics
         .count_admission("validate", result, started.elapsed());
+    response
+}
+
+/// `/pin-images`: verified image tags pinned to their digests.
+async fn pin_images(State(config): State<Arc<WebhookConfig>>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let (result, response) = match review::parse(&body) {
+        Ok(request) => {
+            let (result, review) = super::pin::answer(&config.policy, &request).await;
+            (result, json_response(&review))
+        }
+        Err(message) => malformed(message),
+    };
+    config
+        .metrics
+        .count_admission("pin", result, started.elapsed());
     response
 }
 

@@ -115,35 +115,77 @@ pub async fn answer(inputs: &PolicyInputs, request: &Request) -> Verdict {
     }
 }
 
-/// Judges `pod` in `namespace` by every policy that applies there, asking
-/// the registries what the image rules need (cached by digest). The one
-/// judgement of the webhook and of the continuous evaluation of running pods.
+/// What judging a pod in a namespace takes: the policies that apply there
+/// (named for the reports) and what the registries say of the pod's images.
+pub struct Gathered {
+    policies: Vec<(String, SecurityPolicySpec)>,
+    context: policy::Context<'static>,
+}
+
+impl Gathered {
+    /// Reads the policies that apply in `namespace` and asks the
+    /// registries what their image rules need (cached by digest).
+    pub async fn new(
+        inputs: &PolicyInputs,
+        namespace: &str,
+        pod: &Value,
+    ) -> Result<Self, crate::store::StoreError> {
+        let policies = policies_for(inputs, namespace)?;
+        let named = Self::name(&policies);
+        let lookups = policy::registry_lookups(pod, &named);
+        let (signatures, vulnerabilities) = inputs.signatures.check(&lookups).await;
+        let context = policy::Context {
+            // Set per use: the context borrows the namespace.
+            namespace: "",
+            namespace_labels: inputs
+                .namespaces
+                .as_ref()
+                .map(|n| n.labels(namespace))
+                .unwrap_or_default(),
+            signatures,
+            vulnerabilities,
+        };
+        Ok(Self { policies, context })
+    }
+
+    fn name(policies: &[(String, SecurityPolicySpec)]) -> Vec<Named<'_>> {
+        policies
+            .iter()
+            .map(|(source, spec)| Named {
+                source: source.clone(),
+                spec,
+            })
+            .collect()
+    }
+
+    fn context<'a>(&'a self, namespace: &'a str) -> policy::Context<'a> {
+        policy::Context {
+            namespace,
+            ..self.context.clone()
+        }
+    }
+
+    /// Every policy's verdict on `pod`.
+    pub fn evaluate(&self, namespace: &str, pod: &Value) -> Report {
+        policy::evaluate(pod, &self.context(namespace), &Self::name(&self.policies))
+    }
+
+    /// The images of `pod` to pin to their verified digest.
+    pub fn digest_pins(&self, namespace: &str, pod: &Value) -> Vec<policy::DigestPin> {
+        policy::digest_pins(pod, &self.context(namespace), &Self::name(&self.policies))
+    }
+}
+
+/// Judges `pod` in `namespace` by every policy that applies there: the
+/// one judgement of the webhook and of the continuous evaluation.
 pub async fn judge(
     inputs: &PolicyInputs,
     namespace: &str,
     pod: &Value,
 ) -> Result<Report, crate::store::StoreError> {
-    let policies = policies_for(inputs, namespace)?;
-    let named: Vec<Named<'_>> = policies
-        .iter()
-        .map(|(source, spec)| Named {
-            source: source.clone(),
-            spec,
-        })
-        .collect();
-    let lookups = policy::registry_lookups(pod, &named);
-    let (signatures, vulnerabilities) = inputs.signatures.check(&lookups).await;
-    let context = policy::Context {
-        namespace,
-        namespace_labels: inputs
-            .namespaces
-            .as_ref()
-            .map(|n| n.labels(namespace))
-            .unwrap_or_default(),
-        signatures,
-        vulnerabilities,
-    };
-    Ok(policy::evaluate(pod, &context, &named))
+    Ok(Gathered::new(inputs, namespace, pod)
+        .await?
+        .evaluate(namespace, pod))
 }
 
 /// The SecurityPolicies that apply in `namespace`, named for the reports.
