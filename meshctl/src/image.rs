@@ -34,6 +34,9 @@ pub enum ImageCommand {
         #[command(flatten)]
         registry: RegistryArgs,
     },
+    /// Supply a Trivy JSON report of an image to the control plane (a
+    /// VulnerabilityReport), for the policy's vulnerability budget.
+    Report(crate::image_report::ReportArgs),
     /// Write a new P-256 key pair: KEY (private, 0600) and KEY.pub.
     Keygen {
         /// Where the private key goes.
@@ -73,6 +76,7 @@ pub async fn run(command: ImageCommand) -> ExitCode {
             registry,
         } => sign(&key, &image, &registry).await,
         ImageCommand::Keygen { key } => keygen(&key),
+        ImageCommand::Report(_) => unreachable!("main runs image report with its target"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,6 +13,7 @@ mod demo;
 mod http;
 mod identity;
 mod image;
+mod image_report;
 mod inject;
 mod install;
 mod mesh;
@@ -205,6 +206,9 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         // Its own exit codes: 1 is a verdict, not a failure of meshctl.
         Command::Policy(policy::PolicyCommand::Check(args)) => return policy::check(&args).await,
+        Command::Image(image::ImageCommand::Report(args)) => {
+            image_report::report(&cli.target, &args).await
+        }
         Command::Image(command) => return image::run(command).await,
         Command::Demo {
             step: None,

@@ -241,6 +241,7 @@ fn summary(resource: &Resource) -> String {
             }
             parts.join(" ")
         }
+        Resource::VulnerabilityReport(o) => format!("{} ({})", o.spec.image, o.spec.summary),
     }
 }
 

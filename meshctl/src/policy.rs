@@ -14,7 +14,9 @@ use anyhow::{Context, bail};
 use rampart_api::inject::pod_template_pointer;
 use rampart_api::mesh::{Resource, parse_documents};
 use rampart_api::oci::ImageVerifier;
-use rampart_api::policy::{self, EnforcementAction, Level, Named, SecurityPolicySpec};
+use rampart_api::policy::{
+    self, EnforcementAction, Level, Named, SecurityPolicySpec, SuppliedReport,
+};
 use serde_json::Value;
 
 use crate::mesh::read_sources;
@@ -33,7 +35,8 @@ pub struct CheckArgs {
     /// A Pod Security Standards level every pod must meet (enforced).
     #[arg(long, value_parser = parse_level)]
     pod_security: Option<Level>,
-    /// A file (or directory) of SecurityPolicy resources; repeatable.
+    /// A file (or directory) of SecurityPolicy resources, and of
+    /// VulnerabilityReports for the vulnerability budget; repeatable.
     #[arg(long = "policy")]
     policies: Vec<PathBuf>,
     /// The namespace of pods whose manifest names none.
@@ -63,7 +66,12 @@ struct Subject {
 }
 
 pub async fn check(args: &CheckArgs) -> ExitCode {
-    let (policies, subjects, namespaces) = match read(args) {
+    let Read {
+        policies,
+        reports,
+        subjects,
+        namespaces,
+    } = match read(args) {
         Ok(read) => read,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -92,7 +100,8 @@ pub async fn check(args: &CheckArgs) -> ExitCode {
                 spec,
             });
         }
-        let lookups = policy::registry_lookups(&subject.pod, &applicable);
+        let mut lookups = policy::registry_lookups(&subject.pod, &applicable);
+        lookups.supplied = reports.clone();
         if !lookups.images.is_empty() && registry.is_none() {
             match args.registry.client() {
                 Ok(client) => registry = Some(ImageVerifier::new(client)),
@@ -152,26 +161,36 @@ struct Policy {
     spec: SecurityPolicySpec,
 }
 
-type Read = (
-    Vec<Policy>,
-    Vec<Subject>,
-    BTreeMap<String, BTreeMap<String, String>>,
-);
+/// What `policy check` reads before judging anything.
+struct Read {
+    policies: Vec<Policy>,
+    /// VulnerabilityReports among the `--policy` inputs.
+    reports: Vec<SuppliedReport>,
+    subjects: Vec<Subject>,
+    /// Labels of the Namespace documents among the inputs.
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
+}
 
 /// Everything is read and checked before anything is judged.
 fn read(args: &CheckArgs) -> anyhow::Result<Read> {
     let mut policies = Vec::new();
+    let mut reports = Vec::new();
     if !args.policies.is_empty() {
         for source in read_sources(&args.policies)? {
             let resources = parse_documents(&source.source, &source.text)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             for resource in resources {
-                let Resource::SecurityPolicy(p) = resource else {
-                    bail!(
-                        "{}: {} is not a SecurityPolicy",
+                let p = match resource {
+                    Resource::SecurityPolicy(p) => p,
+                    Resource::VulnerabilityReport(r) => {
+                        reports.extend(SuppliedReport::new(&r.metadata.name, &r.spec));
+                        continue;
+                    }
+                    other => bail!(
+                        "{}: {} is not a SecurityPolicy or a VulnerabilityReport",
                         source.source,
-                        resource.key()
-                    );
+                        other.key()
+                    ),
                 };
                 policies.push(Policy {
                     source: format!(
@@ -228,5 +247,10 @@ fn read(args: &CheckArgs) -> anyhow::Result<Read> {
     if subjects.is_empty() {
         bail!("no Pods or workloads with a pod template in the input");
     }
-    Ok((policies, subjects, namespaces))
+    Ok(Read {
+        policies,
+        reports,
+        subjects,
+        namespaces,
+    })
 }

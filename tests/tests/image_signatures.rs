@@ -345,6 +345,7 @@ async fn images_over_the_vulnerability_budget_are_refused() {
     };
     cosign_in_work(&["generate-key-pair"]);
     // Signed, and attested by cosign with a Trivy report (or not at all).
+    let mut digests = std::collections::BTreeMap::new();
     for (repository, findings) in [
         ("shop/clean", Some(&["HIGH", "HIGH", "MEDIUM"][..])),
         ("shop/critical", Some(&["CRITICAL", "LOW"][..])),
@@ -352,6 +353,7 @@ async fn images_over_the_vulnerability_budget_are_refused() {
     ] {
         let digest = registry.push(&work, repository, "1.0", repository);
         let pinned = format!("{addr}/{repository}@{digest}");
+        digests.insert(repository, pinned.clone());
         cosign_in_work(&[
             "sign",
             "--key",
@@ -415,7 +417,7 @@ async fn images_over_the_vulnerability_budget_are_refused() {
         ),
         (
             "shop/unscanned:1.0",
-            "has no vulnerability report signed by a trusted key",
+            "has no vulnerability report (none attested by a trusted key",
         ),
     ] {
         let response = review(&cp, &pod(&format!("{addr}/{image}")));
@@ -443,6 +445,95 @@ async fn images_over_the_vulnerability_budget_are_refused() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("1 critical (at most 0)"),
+        "{}",
+        text(&out)
+    );
+
+    // Reports supplied to the control plane (a Trivy JSON report made
+    // into a VulnerabilityReport): the unscanned image now has one within
+    // the budget, and the clean one a second, worse report, which wins.
+    let trivy = |name: &str, severities: &[&str]| {
+        let predicate: Value = serde_json::from_str(&vuln_predicate(severities)).unwrap();
+        let path = work.join(name);
+        std::fs::write(&path, predicate["scanner"]["result"].to_string()).unwrap();
+        path.display().to_string()
+    };
+    let unscanned_report = trivy("unscanned-trivy.json", &["HIGH", "HIGH"]);
+    let out = cp.meshctl_ok(&[
+        "image",
+        "report",
+        "--trivy",
+        &unscanned_report,
+        &digests["shop/unscanned"],
+    ]);
+    assert!(text(&out).contains("created"), "{}", text(&out));
+    cp.meshctl_ok(&[
+        "image",
+        "report",
+        "--trivy",
+        &trivy("clean-rescan.json", &["CRITICAL"]),
+        &digests["shop/clean"],
+    ]);
+    let unscanned = review(&cp, &pod(&format!("{addr}/shop/unscanned:1.0")));
+    assert_eq!(unscanned["allowed"], true, "{unscanned}");
+    let rescanned = review(&cp, &pod(&format!("{addr}/shop/clean:1.0")));
+    assert_eq!(rescanned["allowed"], false, "{rescanned}");
+    assert!(
+        rescanned["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 critical (at most 0)"),
+        "{rescanned}"
+    );
+    // -o yaml prints the resource instead (for kubectl or a Git repository).
+    let out = meshctl(&[
+        "image",
+        "report",
+        "--trivy",
+        &unscanned_report,
+        "-o",
+        "yaml",
+        &digests["shop/unscanned"],
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let yaml = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(yaml.contains("kind: VulnerabilityReport"), "{yaml}");
+
+    // Offline, a budget without keys reads the reports given beside the
+    // policy: the unscanned image's is within it, the critical one has none.
+    let report_file = work.join("report.yaml");
+    std::fs::write(&report_file, &yaml).unwrap();
+    let budget_only = work.join("budget.yaml");
+    std::fs::write(
+        &budget_only,
+        serde_json::to_string(&json!({
+            "apiVersion": "rampart.dev/v1alpha1", "kind": "SecurityPolicy",
+            "metadata": {"name": "budget", "namespace": "shop"},
+            "spec": {"images": {"vulnerabilities": {"maxCritical": 0}}}
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let check = |image: &str| {
+        std::fs::write(&manifests, serde_json::to_string(&pod(image)).unwrap()).unwrap();
+        meshctl(&[
+            "policy",
+            "check",
+            "--policy",
+            budget_only.to_str().unwrap(),
+            "--policy",
+            report_file.to_str().unwrap(),
+            "--plain-http",
+            &addr,
+            manifests.to_str().unwrap(),
+        ])
+    };
+    let out = check(&format!("{addr}/shop/unscanned:1.0"));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = check(&format!("{addr}/shop/critical:1.0"));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("no VulnerabilityReport of its digest"),
         "{}",
         text(&out)
     );

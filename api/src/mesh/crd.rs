@@ -19,6 +19,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         TrafficPolicy::crd(),
         AuthorizationPolicy::crd(),
         crate::policy::SecurityPolicy::crd(),
+        crate::policy::VulnerabilityReport::crd(),
     ]
 }
 

@@ -11,7 +11,7 @@ mod parse;
 mod spec;
 mod validate;
 
-pub use crate::policy::SecurityPolicySpec;
+pub use crate::policy::{SecurityPolicySpec, VulnerabilityReportSpec};
 pub use parse::{DocumentError, ParseError, parse_documents};
 pub use spec::*;
 
@@ -50,17 +50,19 @@ pub enum Kind {
     TrafficPolicy,
     AuthorizationPolicy,
     SecurityPolicy,
+    VulnerabilityReport,
 }
 
 impl Kind {
     /// Every kind, in the order resources are applied and shown.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::MeshConfig,
         Kind::Service,
         Kind::WorkloadEntry,
         Kind::TrafficPolicy,
         Kind::AuthorizationPolicy,
         Kind::SecurityPolicy,
+        Kind::VulnerabilityReport,
     ];
 
     /// The `kind:` string.
@@ -72,6 +74,7 @@ impl Kind {
             Kind::TrafficPolicy => "TrafficPolicy",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::SecurityPolicy => "SecurityPolicy",
+            Kind::VulnerabilityReport => "VulnerabilityReport",
         }
     }
 
@@ -86,13 +89,14 @@ impl Kind {
             "trafficpolicy" | "trafficpolicie" | "tp" => Kind::TrafficPolicy,
             "authorizationpolicy" | "authorizationpolicie" | "ap" => Kind::AuthorizationPolicy,
             "securitypolicy" | "securitypolicie" | "secp" => Kind::SecurityPolicy,
+            "vulnerabilityreport" | "vulnreport" => Kind::VulnerabilityReport,
             _ => return None,
         })
     }
 
     /// Whether resources of this kind live in a namespace.
     pub fn namespaced(self) -> bool {
-        self != Kind::MeshConfig
+        !matches!(self, Kind::MeshConfig | Kind::VulnerabilityReport)
     }
 }
 
@@ -112,6 +116,7 @@ pub enum Resource {
     TrafficPolicy(Box<Object<TrafficPolicySpec>>),
     AuthorizationPolicy(Object<AuthorizationPolicySpec>),
     SecurityPolicy(Object<SecurityPolicySpec>),
+    VulnerabilityReport(Object<VulnerabilityReportSpec>),
 }
 
 /// Metadata plus a typed spec.
@@ -158,6 +163,7 @@ impl Resource {
             Resource::TrafficPolicy(_) => Kind::TrafficPolicy,
             Resource::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Resource::SecurityPolicy(_) => Kind::SecurityPolicy,
+            Resource::VulnerabilityReport(_) => Kind::VulnerabilityReport,
         }
     }
 
@@ -170,6 +176,7 @@ impl Resource {
             Resource::TrafficPolicy(o) => &o.metadata,
             Resource::AuthorizationPolicy(o) => &o.metadata,
             Resource::SecurityPolicy(o) => &o.metadata,
+            Resource::VulnerabilityReport(o) => &o.metadata,
         }
     }
 

@@ -175,6 +175,7 @@ fn parse_one(mut document: Value) -> Result<Resource, Failure> {
         Kind::TrafficPolicy => typed(document, label).map(|o| Resource::TrafficPolicy(Box::new(o))),
         Kind::AuthorizationPolicy => typed(document, label).map(Resource::AuthorizationPolicy),
         Kind::SecurityPolicy => typed(document, label).map(Resource::SecurityPolicy),
+        Kind::VulnerabilityReport => typed(document, label).map(Resource::VulnerabilityReport),
     }
 }
 

@@ -32,6 +32,9 @@ pub fn check(resource: &Resource) -> Problems {
         Resource::TrafficPolicy(o) => traffic_policy(&mut p, &o.spec),
         Resource::AuthorizationPolicy(o) => authorization_policy(&mut p, &o.spec),
         Resource::SecurityPolicy(o) => p.extend(crate::policy::spec::validate(&o.spec)),
+        Resource::VulnerabilityReport(o) => {
+            p.extend(crate::policy::vulnerability::validate(&o.spec))
+        }
     }
     p
 }

@@ -23,13 +23,35 @@ pub fn attestation_tag(digest: &str) -> String {
 }
 
 /// Vulnerabilities by severity, as Trivy grades them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(deny_unknown_fields)]
 pub struct SeverityCounts {
+    #[serde(default)]
     pub critical: u32,
+    #[serde(default)]
     pub high: u32,
+    #[serde(default)]
     pub medium: u32,
+    #[serde(default)]
     pub low: u32,
+    #[serde(default)]
     pub unknown: u32,
+}
+
+impl SeverityCounts {
+    /// The larger count of each severity: two reports of one image are
+    /// held to the budget by the worse of them.
+    pub fn worst(&self, other: &SeverityCounts) -> SeverityCounts {
+        SeverityCounts {
+            critical: self.critical.max(other.critical),
+            high: self.high.max(other.high),
+            medium: self.medium.max(other.medium),
+            low: self.low.max(other.low),
+            unknown: self.unknown.max(other.unknown),
+        }
+    }
 }
 
 impl std::fmt::Display for SeverityCounts {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use super::cosign::PublicKey;
 use super::{Registry, ReportCheck, SignatureCheck};
 use crate::policy::Lookups;
+use crate::policy::SuppliedReport;
 use crate::policy::image::ImageRef;
 
 /// How long a verified digest stays verified without asking again.
@@ -91,16 +92,26 @@ impl ImageVerifier {
                 }
             };
             let pinned = parsed.pinned(&digest);
+            let supplied = lookups
+                .supplied
+                .iter()
+                .find(|s| s.repository == parsed.name() && s.digest == digest);
             let key = (parsed.name(), digest, fingerprints.clone());
+            // Without keys there is nothing to verify a signature or an
+            // attestation with: no registry call for them.
+            if lookups.keys.is_empty() {
+                if lookups.reports {
+                    reports.insert(image.clone(), with_supplied(ReportCheck::Missing, supplied));
+                }
+                continue;
+            }
             signatures.insert(
                 image.clone(),
                 self.signature(&key, &pinned, &lookups.keys).await,
             );
             if lookups.reports {
-                reports.insert(
-                    image.clone(),
-                    self.report(&key, &pinned, &lookups.keys).await,
-                );
+                let attested = self.report(&key, &pinned, &lookups.keys).await;
+                reports.insert(image.clone(), with_supplied(attested, supplied));
             }
         }
         (signatures, reports)
@@ -141,5 +152,74 @@ impl ImageVerifier {
             self.reports.put(key.clone(), check.clone(), REPORT_FOR);
         }
         check
+    }
+}
+
+/// The attested report and the supplied one together: with both, the
+/// worse count of each severity. A report that could not be read stays
+/// unreadable (fail closed): it might be the worse one.
+fn with_supplied(attested: ReportCheck, supplied: Option<&SuppliedReport>) -> ReportCheck {
+    let Some(supplied) = supplied else {
+        return attested;
+    };
+    match attested {
+        ReportCheck::Found { counts, mut by } => {
+            by.push(supplied.source.clone());
+            ReportCheck::Found {
+                counts: counts.worst(&supplied.counts),
+                by,
+            }
+        }
+        ReportCheck::Missing => ReportCheck::Found {
+            counts: supplied.counts.clone(),
+            by: vec![supplied.source.clone()],
+        },
+        failed @ ReportCheck::Failed(_) => failed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::attestation::SeverityCounts;
+
+    #[test]
+    fn a_supplied_report_counts_and_the_worse_of_two_wins() {
+        let supplied = SuppliedReport {
+            source: "VulnerabilityReport web".into(),
+            repository: "reg.example/web".into(),
+            digest: "sha256:00".into(),
+            counts: SeverityCounts {
+                critical: 1,
+                low: 2,
+                ..Default::default()
+            },
+        };
+        let ReportCheck::Found { counts, by } =
+            with_supplied(ReportCheck::Missing, Some(&supplied))
+        else {
+            panic!("a supplied report is a report");
+        };
+        assert_eq!(
+            (counts.critical, by),
+            (1, vec!["VulnerabilityReport web".to_owned()])
+        );
+        let attested = ReportCheck::Found {
+            counts: SeverityCounts {
+                high: 3,
+                low: 1,
+                ..Default::default()
+            },
+            by: vec!["key".into()],
+        };
+        let ReportCheck::Found { counts, by } = with_supplied(attested, Some(&supplied)) else {
+            panic!("two reports are a report");
+        };
+        assert_eq!((counts.critical, counts.high, counts.low), (1, 3, 2));
+        assert_eq!(by.len(), 2);
+        assert!(matches!(
+            with_supplied(ReportCheck::Failed("down".into()), Some(&supplied)),
+            ReportCheck::Failed(_)
+        ));
     }
 }

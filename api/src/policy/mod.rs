@@ -14,6 +14,7 @@ pub mod image;
 pub mod pss;
 mod rules;
 pub mod spec;
+pub mod vulnerability;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,6 +26,7 @@ use crate::oci::cosign::PublicKey;
 use crate::oci::{ReportCheck, SignatureCheck};
 use image::{ImageRef, allowed_by};
 pub use spec::{EnforcementAction, SecurityPolicy, SecurityPolicySpec};
+pub use vulnerability::{SuppliedReport, VulnerabilityReport, VulnerabilityReportSpec};
 
 /// Where Rampart runs by default; its SecurityPolicies apply cluster-wide.
 pub const DEFAULT_ROOT_NAMESPACE: &str = "rampart-system";
@@ -147,31 +149,21 @@ pub struct Context<'a> {
 /// What to ask the registries before [`evaluate`].
 #[derive(Debug, Default)]
 pub struct Lookups {
-    /// The pod's images, if a policy needs their signatures.
+    /// The pod's images, if a policy needs their signatures or reports.
     pub images: Vec<String>,
-    /// The keys signatures and reports are checked with.
+    /// The keys signatures and attested reports are checked with (none:
+    /// no signature is asked for).
     pub keys: Vec<PublicKey>,
     /// Whether a policy needs their vulnerability reports too.
     pub reports: bool,
+    /// Reports supplied to the control plane (`VulnerabilityReport`),
+    /// matched to the images by repository and digest once resolved.
+    pub supplied: Vec<SuppliedReport>,
 }
 
 /// What `policies` need to know of `pod`'s images from their registries.
+/// The caller adds the supplied reports, if it has any.
 pub fn registry_lookups(pod: &Value, policies: &[Named<'_>]) -> Lookups {
-    let (images, keys) = signature_lookups(pod, policies);
-    let reports = !images.is_empty()
-        && policies
-            .iter()
-            .any(|p| p.spec.images.vulnerabilities.is_some());
-    Lookups {
-        images,
-        keys,
-        reports,
-    }
-}
-
-/// The images of `pod` whose signatures `policies` need, and the keys to
-/// check them with.
-fn signature_lookups(pod: &Value, policies: &[Named<'_>]) -> (Vec<String>, Vec<PublicKey>) {
     let mut keys: Vec<PublicKey> = Vec::new();
     for key in policies.iter().flat_map(|p| &p.spec.images.signed_by) {
         // A key that does not parse was refused when the policy was
@@ -182,8 +174,11 @@ fn signature_lookups(pod: &Value, policies: &[Named<'_>]) -> (Vec<String>, Vec<P
             keys.push(key);
         }
     }
-    if keys.is_empty() {
-        return (Vec::new(), keys);
+    let reports = policies
+        .iter()
+        .any(|p| p.spec.images.vulnerabilities.is_some());
+    if keys.is_empty() && !reports {
+        return Lookups::default();
     }
     let mut images: Vec<String> = containers(&pod["spec"])
         .iter()
@@ -191,7 +186,12 @@ fn signature_lookups(pod: &Value, policies: &[Named<'_>]) -> (Vec<String>, Vec<P
         .collect();
     images.sort();
     images.dedup();
-    (images, keys)
+    Lookups {
+        images,
+        keys,
+        reports,
+        supplied: Vec::new(),
+    }
 }
 
 /// A policy and the name it is reported under.
@@ -504,10 +504,10 @@ mod tests {
         let (release, spec) = signed_by_release();
         let other = new_key();
         let p = pod(json!([{"name": "app", "image": "reg.example/app:1"}]));
-        let (images, keys) = signature_lookups(&p, &named(&spec));
-        assert_eq!(images, ["reg.example/app:1"]);
-        assert_eq!(keys.len(), 1);
-        assert_eq!(keys[0], release);
+        let lookups = registry_lookups(&p, &named(&spec));
+        assert_eq!(lookups.images, ["reg.example/app:1"]);
+        assert_eq!(lookups.keys, std::slice::from_ref(&release));
+        assert!(!lookups.reports);
         let digest = "sha256:00".to_owned();
         let judged = |check: Option<SignatureCheck>| {
             let context = Context {

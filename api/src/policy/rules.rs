@@ -247,7 +247,8 @@ fn signature_rule(
     );
 }
 
-/// `images.vulnerabilities`: the image's signed report is within the budget.
+/// `images.vulnerabilities`: the image's report (attested or supplied) is
+/// within the budget.
 fn vulnerability_rule(
     c: &Container<'_>,
     image: &str,
@@ -272,8 +273,10 @@ fn vulnerability_rule(
         Some(ReportCheck::Missing) if !budget.require_report => return,
         Some(ReportCheck::Missing) => {
             return deny(
-                format!("{image} has no vulnerability report signed by a trusted key"),
-                "scan it and attach the report (trivy image --format cosign-vuln; cosign attest --type vuln)",
+                format!(
+                    "{image} has no vulnerability report (none attested by a trusted key, no VulnerabilityReport of its digest)"
+                ),
+                "scan it and attest the report (trivy image --format cosign-vuln; cosign attest --type vuln), or supply it (meshctl image report --trivy REPORT.json IMAGE@DIGEST)",
             );
         }
         Some(ReportCheck::Failed(e)) => {

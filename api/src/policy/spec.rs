@@ -140,9 +140,10 @@ pub struct ImageRules {
     /// registry) by one of these keys; empty: no signature needed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub signed_by: Vec<TrustedKey>,
-    /// If set, the image's vulnerability report (a cosign vulnerability
-    /// attestation signed by one of `signedBy`'s keys, carrying a Trivy
-    /// JSON report) must stay within these counts.
+    /// If set, the image's vulnerability report must stay within these
+    /// counts: a cosign vulnerability attestation signed by one of
+    /// `signedBy`'s keys (carrying a Trivy JSON report), or a
+    /// `VulnerabilityReport` for its digest; with both, the worse counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vulnerabilities: Option<VulnerabilityBudget>,
     /// With `signedBy`: rewrite each verified image's tag to the digest
@@ -259,12 +260,6 @@ pub fn validate(spec: &SecurityPolicySpec) -> Vec<(String, String)> {
                 e.to_string(),
             ));
         }
-    }
-    if spec.images.vulnerabilities.is_some() && spec.images.signed_by.is_empty() {
-        problems.push((
-            "spec.images.vulnerabilities".to_owned(),
-            "a vulnerability budget needs images.signedBy: reports are trusted only when a listed key signed them".to_owned(),
-        ));
     }
     for (i, sa) in spec.exemptions.service_accounts.iter().enumerate() {
         if !matches!(sa.split_once('/'), Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/'))

@@ -132,7 +132,10 @@ impl Gathered {
     ) -> Result<Self, crate::store::StoreError> {
         let policies = policies_for(inputs, namespace)?;
         let named = Self::name(&policies);
-        let lookups = policy::registry_lookups(pod, &named);
+        let mut lookups = policy::registry_lookups(pod, &named);
+        if lookups.reports {
+            lookups.supplied = supplied_reports(inputs)?;
+        }
         let (signatures, vulnerabilities) = inputs.signatures.check(&lookups).await;
         let context = policy::Context {
             // Set per use: the context borrows the namespace.
@@ -186,6 +189,24 @@ pub async fn judge(
     Ok(Gathered::new(inputs, namespace, pod)
         .await?
         .evaluate(namespace, pod))
+}
+
+/// The vulnerability reports supplied to the control plane.
+fn supplied_reports(
+    inputs: &PolicyInputs,
+) -> Result<Vec<policy::SuppliedReport>, crate::store::StoreError> {
+    let all = inputs
+        .mesh
+        .list(Some(Kind::VulnerabilityReport), None, None)?;
+    Ok(all
+        .iter()
+        .filter_map(|r| match r {
+            Resource::VulnerabilityReport(o) => {
+                policy::SuppliedReport::new(&o.metadata.name, &o.spec)
+            }
+            _ => None,
+        })
+        .collect())
 }
 
 /// The SecurityPolicies that apply in `namespace`, named for the reports.

@@ -21,7 +21,7 @@ use rampart_api::mesh::{
     AuthorizationPolicy, Kind, MeshConfig, Resource, ResourceKey, Service, TrafficPolicy,
     WorkloadEntry, parse_documents,
 };
-use rampart_api::policy::SecurityPolicy;
+use rampart_api::policy::{SecurityPolicy, VulnerabilityReport};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -40,6 +40,7 @@ fn api_resource(kind: Kind) -> ApiResource {
         Kind::TrafficPolicy => ApiResource::erase::<TrafficPolicy>(&()),
         Kind::AuthorizationPolicy => ApiResource::erase::<AuthorizationPolicy>(&()),
         Kind::SecurityPolicy => ApiResource::erase::<SecurityPolicy>(&()),
+        Kind::VulnerabilityReport => ApiResource::erase::<VulnerabilityReport>(&()),
     }
 }
 

@@ -111,7 +111,7 @@ impl Model {
                     model.access_log = m.spec.access_log;
                 }
                 // Admission policy: what may run, not how traffic flows.
-                Resource::SecurityPolicy(_) => {}
+                Resource::SecurityPolicy(_) | Resource::VulnerabilityReport(_) => {}
             }
         }
         model
