@@ -117,6 +117,33 @@ fn spawn(config: &Path) -> Child {
         .expect("starting docker-registry (Debian package docker-registry; scripts/test.sh installs it)")
 }
 
+impl Registry {
+    /// `meshctl image keygen --key KEY`: the key pair for [`Registry::sign`].
+    pub fn keygen(key: &str) {
+        run(
+            crate::bin("meshctl").to_str().unwrap(),
+            &["image", "keygen", "--key", key],
+        );
+    }
+
+    /// `meshctl image sign` of `image` (in this registry) with `key`;
+    /// returns the signed reference, pinned to its digest.
+    pub fn sign(&self, key: &str, image: &str) -> String {
+        let meshctl = crate::bin("meshctl");
+        let args = [
+            "image",
+            "sign",
+            "--key",
+            key,
+            "--plain-http",
+            &self.addr,
+            image,
+        ];
+        let out = run(meshctl.to_str().unwrap(), &args);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
 fn run(tool: &str, args: &[&str]) -> Output {
     let out = Command::new(tool)
         .args(args)

@@ -192,10 +192,7 @@ async fn the_webhook_admits_only_images_a_trusted_key_signed() {
     let plain = ["--plain-http", addr.as_str()];
     let (key, public) = keygen(&work, "release.key");
     let (other_key, _) = keygen(&work, "other.key");
-    let sign = |key: &str, image: &str| {
-        let out = meshctl(&[&["image", "sign", "--key", key, image][..], &plain].concat());
-        assert!(out.status.success(), "{}", text(&out));
-    };
+    let sign = |key: &str, image: &str| registry.sign(key, image);
     let signed_digest = registry.push(&work, "shop/web", "1.0", "/web");
     sign(&key, &format!("{addr}/shop/web:1.0"));
     registry.push(&work, "shop/unsigned", "1.0", "/u");

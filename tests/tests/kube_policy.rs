@@ -422,17 +422,9 @@ async fn the_api_server_stores_signed_images_pinned_to_the_verified_digest() {
     )
     .await;
     let key = dir.path().join("release.key").display().to_string();
-    cp.meshctl_ok(&["image", "keygen", "--key", &key]);
+    Registry::keygen(&key);
     let image = format!("{addr}/shop/web:1.0");
-    cp.meshctl_ok(&[
-        "image",
-        "sign",
-        "--key",
-        &key,
-        "--plain-http",
-        &addr,
-        &image,
-    ]);
+    registry.sign(&key, &image);
     let base = format!("https://{}", cp.webhook_addr.as_ref().unwrap());
     // The same registrations as meshctl install's, for this test's namespace.
     let rules = json!([{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}]);
