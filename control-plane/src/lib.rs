@@ -96,6 +96,8 @@ pub struct RegistrySettings {
     pub plain_http: Vec<String>,
     /// The bound on each registry call (the webhook itself has 5 s).
     pub timeout: Duration,
+    /// A Docker config.json with registry credentials.
+    pub auth_file: Option<PathBuf>,
 }
 
 /// Written to `<data-dir>/control-plane.json` once the listeners are bound,
@@ -284,12 +286,9 @@ pub async fn run(
             Some(client) => Some(k8s::namespaces::Namespaces::start(client.clone()).await?),
         },
         root_namespace: config.namespace.clone(),
-        signatures: Arc::new(rampart_api::oci::ImageVerifier::new(
-            rampart_api::oci::Registry::new(
-                config.registries.plain_http.clone(),
-                config.registries.timeout,
-            )?,
-        )),
+        signatures: Arc::new(rampart_api::oci::ImageVerifier::new(registry_client(
+            &config.registries,
+        )?)),
     };
     let running = cluster.map(|cluster| {
         admission::running::spawn(
@@ -420,6 +419,13 @@ pub async fn run(
     store.flush().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The registry client of the security policy's image lookups.
+fn registry_client(settings: &RegistrySettings) -> anyhow::Result<rampart_api::oci::Registry> {
+    rampart_api::oci::Registry::new(settings.plain_http.clone(), settings.timeout)?
+        .with_credentials_file(settings.auth_file.as_deref())
+        .map_err(anyhow::Error::msg)
 }
 
 fn spawn_token_purge(tokens: store::JoinTokens) {

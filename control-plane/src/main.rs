@@ -101,6 +101,12 @@ struct Args {
     /// API server gives the webhook 5 s in all).
     #[arg(long, default_value = "2s", value_parser = rampart_api::duration::parse)]
     registry_timeout: Duration,
+    /// Registry credentials for the security policy's image lookups: a
+    /// Docker config.json (e.g. a mounted kubernetes.io/dockerconfigjson
+    /// Secret's `.dockerconfigjson`); without it, registries are asked
+    /// anonymously.
+    #[arg(long)]
+    registry_auth: Option<std::path::PathBuf>,
     /// How often running pods are judged by the security policy again when
     /// nothing in the cluster changed (signatures and vulnerability reports
     /// change in the registries); changes are judged within a second.
@@ -192,6 +198,7 @@ async fn main() -> anyhow::Result<()> {
         registries: rampart_control_plane::RegistrySettings {
             plain_http: args.registry_plain_http,
             timeout: args.registry_timeout,
+            auth_file: args.registry_auth,
         },
         policy_recheck: args.policy_recheck_interval,
         namespace: args.namespace,

@@ -54,12 +54,18 @@ pub struct RegistryArgs {
     /// How long each registry call may take.
     #[arg(long, default_value = "10s", value_parser = rampart_api::duration::parse)]
     pub registry_timeout: Duration,
+    /// Registry credentials: a Docker config.json (`docker login`,
+    /// `podman login`); without it registries are asked anonymously.
+    #[arg(long, env = "REGISTRY_AUTH_FILE")]
+    pub registry_auth: Option<PathBuf>,
 }
 
 impl RegistryArgs {
     pub fn client(&self) -> anyhow::Result<Registry> {
         Registry::new(self.plain_http.clone(), self.registry_timeout)
-            .context("setting up the registry client")
+            .context("setting up the registry client")?
+            .with_credentials_file(self.registry_auth.as_deref())
+            .map_err(anyhow::Error::msg)
     }
 }
 

@@ -13,26 +13,54 @@ pub struct Registry {
     pub addr: String,
     child: Child,
     config: PathBuf,
+    /// `user:password` when it asks for a login.
+    login: Option<String>,
+    /// Then, a Docker config.json with that login (`--registry-auth`).
+    pub auth_file: Option<PathBuf>,
 }
 
 impl Registry {
     /// Starts a registry storing under `dir`.
     pub async fn start(dir: &Path) -> Registry {
+        Self::start_with(dir, None).await
+    }
+
+    /// Starts one that wants HTTP Basic `user`/`password` for everything
+    /// (an htpasswd file made with `htpasswd -B`, Debian apache2-utils).
+    pub async fn start_with_login(dir: &Path, user: &str, password: &str) -> Registry {
+        Self::start_with(dir, Some((user, password))).await
+    }
+
+    async fn start_with(dir: &Path, login: Option<(&str, &str)>) -> Registry {
         let port = crate::free_port();
         let addr = format!("127.0.0.1:{port}");
         let config = dir.join("registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-                dir.join("data").display()
-            ),
-        )
-        .unwrap();
+        let mut yaml = format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            dir.join("data").display()
+        );
+        let mut auth_file = None;
+        if let Some((user, password)) = login {
+            let file = dir.join("auth.json");
+            let auths =
+                serde_json::json!({"auths": {&addr: {"username": user, "password": password}}});
+            std::fs::write(&file, auths.to_string()).unwrap();
+            auth_file = Some(file);
+            let htpasswd = dir.join("htpasswd");
+            let out = run("htpasswd", &["-Bbn", user, password]);
+            std::fs::write(&htpasswd, &out.stdout).unwrap();
+            yaml.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: rampart-test\n    path: {}\n",
+                htpasswd.display()
+            ));
+        }
+        std::fs::write(&config, yaml).unwrap();
         let mut registry = Registry {
             child: spawn(&config),
             addr,
             config,
+            login: login.map(|(user, password)| format!("{user}:{password}")),
+            auth_file,
         };
         registry.wait_ready().await;
         registry
@@ -77,25 +105,24 @@ impl Registry {
             &["config", "--image", &image, "--config.cmd", content],
         );
         let target = format!("docker://{}/{repository}:{tag}", self.addr);
+        let creds = |flag: &str| self.login.as_ref().map(|l| format!("--{flag}={l}"));
+        let mut copy = vec![
+            "copy".to_owned(),
+            "-q".into(),
+            "--dest-tls-verify=false".into(),
+        ];
+        copy.extend(creds("dest-creds"));
+        copy.extend([format!("oci:{image}"), target.clone()]);
         run(
             "skopeo",
-            &[
-                "copy",
-                "-q",
-                "--dest-tls-verify=false",
-                &format!("oci:{image}"),
-                &target,
-            ],
+            &copy.iter().map(String::as_str).collect::<Vec<_>>(),
         );
+        let mut inspect = vec!["inspect".to_owned(), "--tls-verify=false".into()];
+        inspect.extend(creds("creds"));
+        inspect.extend(["--format".into(), "{{.Digest}}".into(), target]);
         let digest = run(
             "skopeo",
-            &[
-                "inspect",
-                "--tls-verify=false",
-                "--format",
-                "{{.Digest}}",
-                &target,
-            ],
+            &inspect.iter().map(String::as_str).collect::<Vec<_>>(),
         );
         String::from_utf8(digest.stdout).unwrap().trim().to_owned()
     }
@@ -130,15 +157,11 @@ impl Registry {
     /// returns the signed reference, pinned to its digest.
     pub fn sign(&self, key: &str, image: &str) -> String {
         let meshctl = crate::bin("meshctl");
-        let args = [
-            "image",
-            "sign",
-            "--key",
-            key,
-            "--plain-http",
-            &self.addr,
-            image,
-        ];
+        let mut args = vec!["image", "sign", "--key", key, "--plain-http", &self.addr];
+        if let Some(file) = &self.auth_file {
+            args.extend(["--registry-auth", file.to_str().unwrap()]);
+        }
+        args.push(image);
         let out = run(meshctl.to_str().unwrap(), &args);
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }

@@ -535,3 +535,82 @@ async fn images_over_the_vulnerability_budget_are_refused() {
         text(&out)
     );
 }
+
+#[tokio::test]
+async fn a_registry_that_wants_a_login_gets_the_configured_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let password = "s3cret-for-the-test";
+    let registry = Registry::start_with_login(work, "ci", password).await;
+    let addr = registry.addr.clone();
+    let auth = registry.auth_file.clone().unwrap();
+    registry.push(work, "shop/web", "1.0", "/web");
+    let (key, public) = keygen(work, "release.key");
+    let image = format!("{addr}/shop/web:1.0");
+    // Signing and verifying with the login; without it, a clear refusal.
+    let pinned = registry.sign(&key, &image);
+    assert!(pinned.contains("@sha256:"), "{pinned}");
+    let verify = |with_login: bool| {
+        let mut args = vec!["image", "verify", "--key", &public, "--plain-http", &addr];
+        if with_login {
+            args.extend(["--registry-auth", auth.to_str().unwrap()]);
+        }
+        args.push(&image);
+        meshctl(&args)
+    };
+    let out = verify(true);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = verify(false);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("asks for credentials") && text(&out).contains("--registry-auth"),
+        "{}",
+        text(&out)
+    );
+
+    // The webhook with the login admits the signed image; one without
+    // refuses it, saying why.
+    let policy_file = work.join("policy.yaml");
+    std::fs::write(
+        &policy_file,
+        signed_only_policy(&std::fs::read_to_string(&public).unwrap()),
+    )
+    .unwrap();
+    for (name, with_login) in [("with", true), ("without", false)] {
+        let mut args = vec![
+            "--webhook-addr",
+            "127.0.0.1:0",
+            "--registry-plain-http",
+            &addr,
+        ];
+        if with_login {
+            args.extend(["--registry-auth", auth.to_str().unwrap()]);
+        }
+        let cp = ControlPlane::start(&work.join(name), &args).await;
+        cp.meshctl_ok(&["apply", "-f", policy_file.to_str().unwrap()]);
+        let response = review(&cp, &pod(&image));
+        assert_eq!(response["allowed"], with_login, "{name}: {response}");
+        if !with_login {
+            let message = response["status"]["message"].as_str().unwrap();
+            assert!(message.contains("asks for credentials"), "{message}");
+        }
+        assert!(
+            !cp.logs.text().contains(password),
+            "the registry password is in the control plane's log"
+        );
+    }
+    // A credentials file that is not one is refused at start, naming the problem.
+    let bad = work.join("bad.json");
+    std::fs::write(&bad, r#"{"auths": {"x": {"auth": "%%"}}}"#).unwrap();
+    let out = std::process::Command::new(rampart_tests::bin("rampart-control"))
+        .args(["--data-dir", work.join("bad").to_str().unwrap()])
+        .args(["--registry-auth", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("\"auth\" is not base64"),
+        "{}",
+        text(&out)
+    );
+}

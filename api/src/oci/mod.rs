@@ -6,6 +6,7 @@
 
 pub mod attestation;
 pub mod cosign;
+pub mod credentials;
 pub mod registry;
 mod verifier;
 

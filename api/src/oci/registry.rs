@@ -1,6 +1,8 @@
 //! A small client of the OCI distribution API: what signing and verifying
 //! images needs (manifests by tag or digest, blobs, and pushing both), with
-//! the anonymous bearer-token challenge public registries use. Every call
+//! the bearer-token challenge public registries use (anonymous, or with
+//! the registry's credentials) and HTTP Basic for registries that ask for
+//! it. Every call
 //! is bounded by a timeout, and every byte read is checked against the
 //! digest it was asked for: a registry is not trusted to say what it holds.
 
@@ -18,6 +20,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 use super::cosign::sha256_digest;
+use super::credentials::Credentials;
 
 /// Manifests and signature payloads are small; anything larger is refused.
 const MAX_BODY: usize = 4 << 20;
@@ -71,7 +74,9 @@ pub struct Registry {
     /// Registries (`host:port`) spoken to in plain HTTP.
     plain_http: Vec<String>,
     timeout: Duration,
-    /// Bearer tokens by (registry, scope).
+    /// User names and passwords by registry (none: anonymous only).
+    credentials: Credentials,
+    /// `Authorization` values that worked, by (registry, scope).
     tokens: Mutex<HashMap<(String, String), String>>,
 }
 
@@ -99,7 +104,23 @@ impl Registry {
             http: Client::builder(TokioExecutor::new()).build(connector),
             plain_http,
             timeout,
+            credentials: Credentials::default(),
             tokens: Mutex::default(),
+        })
+    }
+
+    /// The same client, logging in to registries with `credentials`.
+    pub fn with_credentials(mut self, credentials: Credentials) -> Registry {
+        self.credentials = credentials;
+        self
+    }
+
+    /// The same client with the credentials of the Docker config.json at
+    /// `path`, if one is given.
+    pub fn with_credentials_file(self, path: Option<&std::path::Path>) -> Result<Registry, String> {
+        Ok(match path {
+            None => self,
+            Some(path) => self.with_credentials(Credentials::load(path)?),
         })
     }
 
@@ -315,7 +336,7 @@ impl Registry {
             if push { "pull,push" } else { "pull" }
         );
         let key = (registry.to_owned(), scope.clone());
-        let token = self.tokens.lock().expect("not poisoned").get(&key).cloned();
+        let auth = self.tokens.lock().expect("not poisoned").get(&key).cloned();
         let first = self
             .send(
                 registry,
@@ -323,7 +344,7 @@ impl Registry {
                 url,
                 &headers,
                 body.clone(),
-                token.as_deref(),
+                auth.as_deref(),
             )
             .await?;
         if first.0 != StatusCode::UNAUTHORIZED {
@@ -335,26 +356,36 @@ impl Registry {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        let token = self.token(registry, &challenge, &scope).await?;
+        let auth = self.answer(registry, &challenge, &scope).await?;
         self.tokens
             .lock()
             .expect("not poisoned")
-            .insert(key, token.clone());
-        self.send(registry, &method, url, &headers, body, Some(&token))
+            .insert(key, auth.clone());
+        self.send(registry, &method, url, &headers, body, Some(&auth))
             .await
     }
 
-    /// An anonymous token for `scope` from the challenge's realm.
-    async fn token(
+    /// The `Authorization` value that answers `challenge`: a bearer token
+    /// for `scope` from the challenge's realm (asked for with the
+    /// registry's credentials, if any), or the credentials themselves for
+    /// HTTP Basic.
+    async fn answer(
         &self,
         registry: &str,
         challenge: &str,
         scope: &str,
     ) -> Result<String, RegistryError> {
+        let credential = self.credentials.get(registry);
+        let needs_credentials = || {
+            RegistryError::Invalid(format!(
+                "registry {registry} asks for credentials ({challenge:?}) and none are given for it (--registry-auth)"
+            ))
+        };
+        if challenge.len() >= 5 && challenge[..5].eq_ignore_ascii_case("basic") {
+            return credential.map(|c| c.basic()).ok_or_else(needs_credentials);
+        }
         let Some(params) = challenge.strip_prefix("Bearer ") else {
-            return Err(RegistryError::Invalid(format!(
-                "registry {registry} asks for credentials ({challenge:?}); only anonymous access is supported"
-            )));
+            return Err(needs_credentials());
         };
         let param = |name: &str| {
             params.split(',').find_map(|p| {
@@ -369,6 +400,7 @@ impl Registry {
         if let Some(service) = param("service") {
             url.push_str(&format!("&service={service}"));
         }
+        let basic = credential.map(|c| c.basic());
         let (status, _, body) = self
             .send(
                 registry,
@@ -376,16 +408,19 @@ impl Registry {
                 &url,
                 &HeaderMap::new(),
                 Bytes::new(),
-                None,
+                basic.as_deref(),
             )
             .await?;
+        if status == StatusCode::UNAUTHORIZED && credential.is_none() {
+            return Err(needs_credentials());
+        }
         expect(Method::GET, &url, status, &body, StatusCode::OK)?;
         let answer: Value = serde_json::from_slice(&body)
             .map_err(|e| RegistryError::Invalid(format!("{url}: not a token answer: {e}")))?;
         answer["token"]
             .as_str()
             .or_else(|| answer["access_token"].as_str())
-            .map(str::to_owned)
+            .map(|token| format!("Bearer {token}"))
             .ok_or_else(|| RegistryError::Invalid(format!("{url}: no token in the answer")))
     }
 
@@ -396,14 +431,14 @@ impl Registry {
         url: &str,
         headers: &HeaderMap,
         body: Bytes,
-        token: Option<&str>,
+        authorization: Option<&str>,
     ) -> Result<(StatusCode, HeaderMap, Bytes), RegistryError> {
         let mut request = Request::builder().method(method.clone()).uri(url);
         for (name, value) in headers {
             request = request.header(name, value);
         }
-        if let Some(token) = token {
-            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        if let Some(authorization) = authorization {
+            request = request.header(header::AUTHORIZATION, authorization);
         }
         let request = request
             .body(Full::new(body))
@@ -466,4 +501,90 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::credentials::Credentials;
+    use base64::Engine;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A registry whose token service wants `ci:pw` (what Docker Hub and
+    /// GHCR do for private repositories): `/v2/...` answers 401 with a
+    /// Bearer challenge unless given the token, `/token` gives the token
+    /// only for the right Basic credentials and scope.
+    async fn token_registry() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let realm = format!("http://{addr}/token");
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let realm = realm.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 8192];
+                    let n = stream.read(&mut buf).await.unwrap();
+                    let request = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let line = request.lines().next().unwrap_or_default().to_owned();
+                    let authorization = request
+                        .lines()
+                        .find_map(|l| l.strip_prefix("authorization: "))
+                        .unwrap_or_default()
+                        .to_owned();
+                    let basic = format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD.encode("ci:pw")
+                    );
+                    let (status, headers, body) = if line
+                        .starts_with("GET /token?scope=repository:shop/web:pull&service=test")
+                    {
+                        if authorization == basic {
+                            ("200 OK", String::new(), r#"{"token": "t0k"}"#.to_owned())
+                        } else {
+                            ("401 Unauthorized", String::new(), String::new())
+                        }
+                    } else if authorization == "Bearer t0k" {
+                        (
+                            "200 OK",
+                            String::new(),
+                            r#"{"schemaVersion": 2}"#.to_owned(),
+                        )
+                    } else {
+                        (
+                            "401 Unauthorized",
+                            format!(
+                                "www-authenticate: Bearer realm=\"{realm}\",service=\"test\"\r\n"
+                            ),
+                            String::new(),
+                        )
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {status}\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_bearer_token_is_asked_for_with_the_credentials() {
+        let addr = token_registry().await;
+        let anonymous = Registry::new(vec![addr.clone()], Duration::from_secs(5)).unwrap();
+        let e = anonymous
+            .manifest(&addr, "shop/web", "1.0")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("asks for credentials"), "{e}");
+        let config = serde_json::json!({"auths": {&addr: {"username": "ci", "password": "pw"}}});
+        let logged_in = Registry::new(vec![addr.clone()], Duration::from_secs(5))
+            .unwrap()
+            .with_credentials(Credentials::from_docker_config(&config.to_string()).unwrap());
+        let manifest = logged_in.manifest(&addr, "shop/web", "1.0").await.unwrap();
+        assert!(manifest.is_some(), "the token opened the repository");
+    }
 }
