@@ -524,3 +524,95 @@ async fn the_api_server_stores_signed_images_pinned_to_the_verified_digest() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_running_pod_is_reported_when_its_image_report_gets_worse() {
+    use rampart_tests::registry::Registry;
+    let client = k8s::client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(dir.path()).await;
+    let addr = registry.addr.clone();
+    let digest = registry.push(dir.path(), "shop/api", "1.0", "/api");
+    let image = format!("{addr}/shop/api@{digest}");
+    let cp = k8s::control_plane(
+        &client,
+        &dir.path().join("cp"),
+        &["--registry-plain-http", &addr],
+    )
+    .await;
+    let ns = k8s::namespace(&client, "scanned", &[]).await;
+    k8s::service_account(&client, &ns, "default").await;
+    let budget: SecurityPolicy = serde_json::from_value(json!({
+        "apiVersion": "rampart.dev/v1alpha1", "kind": "SecurityPolicy",
+        "metadata": {"name": "budget"},
+        "spec": {"enforcementAction": "audit",
+                 "images": {"vulnerabilities": {"maxCritical": 0}}}
+    }))
+    .unwrap();
+    Api::<SecurityPolicy>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &budget)
+        .await
+        .unwrap();
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "api"},
+        "spec": {"containers": [{"name": "api", "image": image}]}
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+    let budget_finding = (format!("SecurityPolicy {ns}/budget"), "audit".to_owned());
+    // No report yet: reported as unscanned.
+    let unscanned = eventually(100, || async {
+        violated(&report(&cp, &ns), "api") == [budget_finding.clone()]
+    })
+    .await;
+    assert!(unscanned, "{}", report(&cp, &ns));
+
+    // A clean scan is supplied (a cluster-scoped VulnerabilityReport, as
+    // `meshctl image report` writes it): the pod is compliant.
+    let reports = Api::<rampart_api::policy::VulnerabilityReport>::all(client.clone());
+    let name = format!("api-{}", k8s::suffix());
+    let scan = |critical: u32| {
+        serde_json::from_value::<rampart_api::policy::VulnerabilityReport>(json!({
+            "apiVersion": "rampart.dev/v1alpha1", "kind": "VulnerabilityReport",
+            "metadata": {"name": name},
+            "spec": {"image": image, "summary": {"critical": critical, "high": 4}}
+        }))
+        .unwrap()
+    };
+    reports
+        .patch(
+            &name,
+            &PatchParams::apply("rampart-test"),
+            &Patch::Apply(&scan(0)),
+        )
+        .await
+        .unwrap();
+    let clean = eventually(100, || async {
+        violated(&report(&cp, &ns), "api").is_empty()
+    })
+    .await;
+    assert!(clean, "{}", report(&cp, &ns));
+
+    // A rescan finds a CRITICAL: the running pod is reported within moments.
+    reports
+        .patch(
+            &name,
+            &PatchParams::apply("rampart-test"),
+            &Patch::Apply(&scan(1)),
+        )
+        .await
+        .unwrap();
+    let worse = eventually(100, || async {
+        let now = report(&cp, &ns);
+        now.to_string().contains("1 critical (at most 0)")
+    })
+    .await;
+    assert!(worse, "{}", report(&cp, &ns));
+    reports
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+}
