@@ -608,6 +608,14 @@ pub fn counter(metrics: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// Writes a CA key as an operator must: owner-only (the control plane
+/// refuses one others can read).
+pub fn write_key(path: &Path, pem: impl AsRef<[u8]>) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, pem).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// Polls `check` every 100 ms for up to `tries` times; true once it holds.
 pub async fn eventually<F, Fut>(tries: u32, mut check: F) -> bool
 where

@@ -106,7 +106,7 @@ async fn a_plug_in_ca_signs_and_its_chain_is_served() {
         .unwrap();
     std::fs::write(ca_dir.join("root-cert.pem"), root.pem()).unwrap();
     std::fs::write(ca_dir.join("ca-cert.pem"), inter.pem()).unwrap();
-    std::fs::write(ca_dir.join("ca-key.pem"), inter_key.serialize_pem()).unwrap();
+    rampart_tests::write_key(&ca_dir.join("ca-key.pem"), inter_key.serialize_pem());
 
     let data = dir.path().join("data");
     let plugin = ca_dir.to_str().unwrap();
@@ -139,11 +139,10 @@ fn a_broken_plug_in_ca_is_refused_at_start_with_the_reason() {
     std::fs::write(ca_dir.join("root-cert.pem"), root.pem()).unwrap();
     std::fs::write(ca_dir.join("ca-cert.pem"), root.pem()).unwrap();
     // The wrong key for the signing certificate.
-    std::fs::write(
-        ca_dir.join("ca-key.pem"),
+    rampart_tests::write_key(
+        &ca_dir.join("ca-key.pem"),
         KeyPair::generate().unwrap().serialize_pem(),
-    )
-    .unwrap();
+    );
     let out = Command::new(bin("rampart-control"))
         .arg("--data-dir")
         .arg(dir.path().join("data"))
@@ -231,4 +230,50 @@ async fn proxy_wait_returns_when_the_proxy_is_ready_and_fails_when_it_never_is()
     assert!(!never.status.success());
     let message = String::from_utf8_lossy(&never.stderr);
     assert!(message.contains("was not ready after 1 s"), "{message}");
+}
+
+#[test]
+fn a_ca_key_others_can_read_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate().unwrap();
+    let root = ca_params("Corp Root").self_signed(&key).unwrap();
+    let loose = |path: &std::path::Path, mode: u32| {
+        rampart_tests::write_key(path, key.serialize_pem());
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let refusal = |data: &str, args: &[&str]| {
+        let out = Command::new(bin("rampart-control"))
+            .arg("--data-dir")
+            .arg(dir.path().join(data))
+            .args([
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "started with a loose CA key");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // A plug-in CA's key.
+    let ca_dir = dir.path().join("cacerts");
+    std::fs::create_dir(&ca_dir).unwrap();
+    std::fs::write(ca_dir.join("root-cert.pem"), root.pem()).unwrap();
+    std::fs::write(ca_dir.join("ca-cert.pem"), root.pem()).unwrap();
+    loose(&ca_dir.join("ca-key.pem"), 0o644);
+    let stderr = refusal("plugin", &["--plugin-ca-dir", ca_dir.to_str().unwrap()]);
+    assert!(
+        stderr.contains("ca-key.pem has mode 644") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+    // The self-signed root in the data directory, once someone loosened it.
+    let own = dir.path().join("self/ca");
+    std::fs::create_dir_all(&own).unwrap();
+    std::fs::write(own.join("root-cert.pem"), root.pem()).unwrap();
+    loose(&own.join("root-key.pem"), 0o604);
+    let stderr = refusal("self", &[]);
+    assert!(stderr.contains("root-key.pem has mode 604"), "{stderr}");
 }

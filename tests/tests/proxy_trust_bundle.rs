@@ -142,7 +142,7 @@ async fn a_root_rotation_needs_no_sidecar_restart_and_drops_no_connection() {
     let ca_dir = dir.path().join("cacerts");
     std::fs::create_dir(&ca_dir).unwrap();
     std::fs::write(ca_dir.join("ca-cert.pem"), &old_root).unwrap();
-    std::fs::write(ca_dir.join("ca-key.pem"), &old_key).unwrap();
+    rampart_tests::write_key(&ca_dir.join("ca-key.pem"), &old_key);
     std::fs::write(ca_dir.join("root-cert.pem"), &old_root).unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
     let plugin = ca_dir.to_str().unwrap();
@@ -220,7 +220,7 @@ async fn a_root_rotation_needs_no_sidecar_restart_and_drops_no_connection() {
 
     // Rotation, step 2: the new root signs.
     std::fs::write(ca_dir.join("ca-cert.pem"), &new_root).unwrap();
-    std::fs::write(ca_dir.join("ca-key.pem"), &new_key).unwrap();
+    rampart_tests::write_key(&ca_dir.join("ca-key.pem"), &new_key);
     let cp = restart(cp, &data, &flags).await;
     // A caller that trusts only the new root reaches echo-2 once it renewed.
     let new_bundle = new.bundle().clone();

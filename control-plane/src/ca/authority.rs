@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use rampart_certs::{CertificateAuthority, SvidLifetimes, TrustDomain};
 
-use crate::files::{read_to_string, write_private};
+use crate::files::{read_private_key, read_to_string, write_private};
 
 /// Which CA to run.
 #[derive(Debug, Clone)]
@@ -48,7 +48,7 @@ pub fn load_or_create(
                 tracing::info!(path = %cert_path.display(), "generated a new self-signed root CA");
             }
             let cert = read_to_string(&cert_path)?;
-            let key = read_to_string(&key_path)?;
+            let key = read_private_key(&key_path)?;
             let td = trust_domain.clone();
             let ca = if *intermediate {
                 CertificateAuthority::with_generated_intermediate(td, &cert, &key, lifetimes)
@@ -71,7 +71,7 @@ pub fn load_or_create(
             CertificateAuthority::from_pem(
                 trust_domain.clone(),
                 &file("ca-cert.pem")?,
-                &file("ca-key.pem")?,
+                &read_private_key(&dir.join("ca-key.pem"))?,
                 &chain,
                 &file("root-cert.pem")?,
                 lifetimes,
