@@ -5,21 +5,104 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
 
 /// A handshake that takes longer than this is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After the handshake, the client must start talking within this (an
+/// HTTP/2 server otherwise waits for the preface forever).
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A TLS connection that must deliver its first bytes within
+/// `FIRST_BYTES_TIMEOUT`; after that it is left alone (ADS streams are
+/// long-lived and may be quiet for hours).
+pub struct FirstBytes<S> {
+    inner: S,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> FirstBytes<S> {
+    fn new(inner: S) -> Self {
+        Self {
+            inner,
+            deadline: Some(Box::pin(tokio::time::sleep(FIRST_BYTES_TIMEOUT))),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FirstBytes<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if polled.is_ready() {
+            if buf.filled().len() > before {
+                self.deadline = None;
+            }
+            return polled;
+        }
+        if let Some(deadline) = self.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client sent nothing after the TLS handshake",
+            )));
+        }
+        std::task::Poll::Pending
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FirstBytes<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// tonic reads the peer's certificates through this.
+impl<S: Connected> Connected for FirstBytes<S> {
+    type ConnectInfo = S::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
 
 /// Accepts TCP connections, completes TLS handshakes concurrently, and yields
 /// the established streams.
 pub fn tls_incoming(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-) -> ReceiverStream<std::io::Result<TlsStream<tokio::net::TcpStream>>> {
+) -> ReceiverStream<std::io::Result<FirstBytes<TlsStream<tokio::net::TcpStream>>>> {
     let acceptor = TlsAcceptor::from(tls);
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
@@ -37,7 +120,7 @@ pub fn tls_incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let _ = conn_tx.send(Ok(stream)).await;
+                        let _ = conn_tx.send(Ok(FirstBytes::new(stream))).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

@@ -11,6 +11,7 @@ pub mod ca;
 pub mod discovery;
 mod files;
 mod grpc;
+mod http_serve;
 mod identity;
 pub mod k8s;
 pub mod metrics;

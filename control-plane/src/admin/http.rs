@@ -49,7 +49,5 @@ pub async fn serve_http(
                 }
             }),
         );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    crate::http_serve::serve(crate::http_serve::tcp_incoming(listener), app, shutdown).await
 }

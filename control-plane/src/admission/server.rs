@@ -14,9 +14,6 @@ use axum::routing::post;
 use rampart_api::inject::{Outcome, Template, inject_pod, patch};
 use serde_json::Value;
 use tokio::net::TcpListener;
-use tokio_rustls::server::TlsStream;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
 
 use super::audit::AuditTrail;
 use super::review;
@@ -51,47 +48,8 @@ pub async fn serve(
         .route("/pin-images", post(pin_images))
         .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))
         .with_state(config);
-    let local = listener.local_addr()?;
-    let incoming = TlsListener {
-        streams: crate::grpc::tls_incoming(listener, tls),
-        local,
-    };
-    axum::serve(incoming, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
-/// Established TLS connections, for axum.
-struct TlsListener {
-    streams: ReceiverStream<std::io::Result<TlsStream<tokio::net::TcpStream>>>,
-    local: std::net::SocketAddr,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<tokio::net::TcpStream>;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.streams.next().await {
-                Some(Ok(stream)) => {
-                    let peer = stream
-                        .get_ref()
-                        .0
-                        .peer_addr()
-                        .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
-                    return (stream, peer);
-                }
-                Some(Err(_)) => continue,
-                // The acceptor task only ends with the process.
-                None => std::future::pending().await,
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
+    let incoming = crate::grpc::tls_incoming(listener, tls);
+    crate::http_serve::serve(incoming, app, shutdown).await
 }
 
 /// `/inject`: the sidecar for a pod being created.
