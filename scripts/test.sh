@@ -77,3 +77,6 @@ cargo build --workspace --all-targets --locked
 
 echo "==> tests (with a real kube-apiserver on loopback: KUBECONFIG points at it)"
 scripts/kube-test-env.sh run -- cargo test --workspace --locked
+
+echo "==> fuzzing (cargo-fuzz: every target of tests/fuzz for a bounded time, from its seeds)"
+scripts/fuzz.sh "${RAMPART_FUZZ_SECONDS:-30}"

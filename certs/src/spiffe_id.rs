@@ -27,6 +27,8 @@ pub enum SpiffeIdError {
     BadTrustDomainChar(char),
     #[error("trust domain is longer than {MAX_TRUST_DOMAIN_BYTES} bytes")]
     TrustDomainTooLong,
+    #[error("trust domain has an empty label: it starts or ends with '.', or has \"..\"")]
+    TrustDomainEmptyLabel,
     #[error("SPIFFE ID is longer than {MAX_SPIFFE_ID_BYTES} bytes")]
     TooLong,
     #[error("path has an empty segment (\"//\") or a trailing '/'")]
@@ -197,13 +199,19 @@ fn validate_trust_domain(name: &str) -> Result<(), SpiffeIdError> {
     if name.len() > MAX_TRUST_DOMAIN_BYTES {
         return Err(SpiffeIdError::TrustDomainTooLong);
     }
-    match name
+    if let Some(c) = name
         .chars()
         .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '.' | '-' | '_'))
     {
-        Some(c) => Err(SpiffeIdError::BadTrustDomainChar(c)),
-        None => Ok(()),
+        return Err(SpiffeIdError::BadTrustDomainChar(c));
     }
+    // Names of DNS shape: `spiffe://../x` or `spiffe://a..b/x` parse under
+    // the SPIFFE grammar, but are no one's trust domain and read like
+    // paths to anything that normalizes URLs.
+    if name.split('.').any(str::is_empty) {
+        return Err(SpiffeIdError::TrustDomainEmptyLabel);
+    }
+    Ok(())
 }
 
 fn validate_path(path: &str) -> Result<(), SpiffeIdError> {
@@ -318,6 +326,9 @@ mod tests {
     fn rule_no_dot_segments() {
         assert_eq!(err("spiffe://td/./a"), DotSegment);
         assert_eq!(err("spiffe://td/a/.."), DotSegment);
+        assert_eq!(err("spiffe://../sa/b"), TrustDomainEmptyLabel);
+        assert_eq!(err("spiffe://a..b/x"), TrustDomainEmptyLabel);
+        assert_eq!(err("spiffe://.td/x"), TrustDomainEmptyLabel);
         assert!(SpiffeId::parse("spiffe://td/.a/..b/...").is_ok());
     }
 

@@ -7,7 +7,7 @@
 
 mod audit;
 mod pin;
-mod review;
+pub mod review;
 pub mod running;
 mod server;
 mod validate;
