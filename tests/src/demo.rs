@@ -26,10 +26,16 @@ pub struct Demo {
 
 impl Demo {
     pub fn start(dir: &Path) -> Demo {
+        Self::start_with_env(dir, &[])
+    }
+
+    /// The same, with `env` set for meshctl and every process it starts.
+    pub fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> Demo {
         let mut child = Command::new(bin("meshctl"))
             .arg("--data-dir")
             .arg(dir)
             .args(["demo", "-o", "json"])
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // Its own process group, so a test that fails can kill it all.

@@ -143,3 +143,136 @@ async fn an_oversized_admission_review_is_refused_before_it_is_read() {
         "nothing was judged: {metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_gets_nothing_even_naming_the_admin() {
+    use rampart_certs::{CertificateAuthority, KeyAndCsr, Svid, SvidLifetimes, VerifiedCsr};
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path(), &[]).await;
+    let trust_domain = cp.bundle().trust_domain().clone();
+    // An impostor CA of the same trust domain name, minting the admin's
+    // own SPIFFE ID and a workload's: only the mesh's root is trusted.
+    let root = CertificateAuthority::generate_root(&trust_domain).unwrap();
+    let impostor = CertificateAuthority::from_root_pem(
+        trust_domain.clone(),
+        &root.cert_pem,
+        &root.key_pem,
+        SvidLifetimes::default(),
+    )
+    .unwrap();
+    let forge = |id: rampart_certs::SpiffeId| {
+        let request = KeyAndCsr::generate().unwrap();
+        let csr = VerifiedCsr::from_der(&request.csr_der).unwrap();
+        let issued = impostor.sign(&csr, &id, None).unwrap();
+        Svid::new(issued.chain, request.key.clone_key()).unwrap()
+    };
+    let admin = forge(rampart_certs::well_known::admin_id(&trust_domain));
+    let channel = cp.channel(Some(&admin)).await;
+    let refused = rampart_api::admin::admin_service_client::AdminServiceClient::new(channel)
+        .create_join_token(rampart_api::admin::CreateJoinTokenRequest {
+            namespace: "shop".into(),
+            service_account: "web".into(),
+            ttl_seconds: 0,
+        })
+        .await;
+    assert!(refused.is_err(), "a forged admin SVID made a join token");
+    // A forged workload SVID cannot renew itself at the CA either.
+    let workload = forge(trust_domain.workload_id("shop", "web").unwrap());
+    let renewal = rampart_tests::sign(cp.channel(Some(&workload)).await, None, None, 0).await;
+    assert!(renewal.is_err(), "a forged SVID was renewed");
+    // Nothing was issued, and the real admin is still served.
+    let metrics = cp.http_get("/metrics").await.unwrap().1;
+    assert_eq!(
+        rampart_tests::counter(
+            &metrics,
+            "rampart_ca_certificates_total",
+            &[r#"result="issued""#]
+        ),
+        0.0,
+        "{metrics}"
+    );
+    assert!(!cp.join_token("shop", "web", 0).await.is_empty());
+}
+
+/// The base64 lines of every PEM private key under `dir`.
+fn key_material(dir: &std::path::Path, out: &mut Vec<String>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            key_material(&path, out);
+        } else if let Ok(text) = std::fs::read_to_string(&path)
+            && text.contains("PRIVATE KEY-----")
+        {
+            out.extend(
+                text.lines()
+                    .filter(|l| !l.starts_with("-----") && l.len() >= 40)
+                    .map(str::to_owned),
+            );
+        }
+    }
+}
+
+#[test]
+fn no_private_key_or_token_reaches_a_log_line() {
+    use rampart_tests::demo::{Demo, HTTP, meshctl, route};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("mesh");
+    // Every process at debug level: what a curious operator would turn on.
+    let demo = Demo::start_with_env(&dir, &[("RUST_LOG", "debug")]);
+    demo.until("traffic", 120, |s| {
+        route(s, HTTP)["requests"].as_u64() > Some(20)
+    });
+    // Secrets made while it runs: a join token, and a certificate's key.
+    let token = meshctl(
+        &dir,
+        &["token", "create", "-n", "shop", "--service-account", "web"],
+    );
+    let token = token.trim().to_owned();
+    assert!(token.len() >= 16, "{token}");
+    let issued = tmp.path().join("issued");
+    meshctl(
+        &dir,
+        &[
+            "certificate",
+            "issue",
+            "-n",
+            "shop",
+            "--service-account",
+            "web",
+            "--out",
+            issued.to_str().unwrap(),
+        ],
+    );
+    let mut secrets = vec![token];
+    key_material(&dir, &mut secrets);
+    key_material(&issued, &mut secrets);
+    assert!(secrets.len() > 3, "the keys were found: {}", secrets.len());
+    drop(demo);
+
+    let mut lines = 0;
+    let mut logs: Vec<(String, String)> = std::fs::read_dir(dir.join("logs"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            (e.path().display().to_string(), text)
+        })
+        .collect();
+    assert!(
+        logs.len() >= 5,
+        "the control plane's, the apps' and the proxies' logs"
+    );
+    logs.sort();
+    for (file, text) in &logs {
+        lines += text.lines().count();
+        assert!(!text.contains("PRIVATE KEY"), "{file} holds a PEM key");
+        for secret in &secrets {
+            assert!(
+                !text.contains(secret.as_str()),
+                "{file} holds a secret ({}...)",
+                &secret[..8]
+            );
+        }
+    }
+    assert!(lines > 100, "debug logs were written: {lines} lines");
+}
