@@ -9,6 +9,7 @@ pub mod ads;
 pub mod apps;
 pub mod demo;
 pub mod kube;
+pub mod load;
 pub mod registry;
 
 use std::path::{Path, PathBuf};
@@ -447,6 +448,20 @@ pub fn apply_split(
     second
 }
 
+/// The TrafficPolicy splitting `echo` between its v1 and v2 by `weights`.
+pub fn split_policy(weights: (u32, u32)) -> String {
+    format!(
+        r#"apiVersion: rampart.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {{name: echo-split, namespace: default}}
+spec:
+  service: echo
+  split: [{{subset: {{version: v1}}, weight: {}}}, {{subset: {{version: v2}}, weight: {}}}]
+"#,
+        weights.0, weights.1
+    )
+}
+
 /// The echo service on one port (`name`, `port`, `protocol`) with two
 /// endpoints on loopback, v1 and v2, and a weighted split between them.
 pub fn split_model(port: (&str, u16, &str), v1: u16, v2: u16, weights: (u32, u32)) -> String {
@@ -468,14 +483,8 @@ kind: WorkloadEntry
 metadata: {{name: echo-v2, namespace: default, labels: {{app: echo, version: v2}}}}
 spec: {{service: echo, address: 127.0.0.1, ports: {{{name}: {v2}}}, serviceAccount: echo}}
 ---
-apiVersion: rampart.dev/v1alpha1
-kind: TrafficPolicy
-metadata: {{name: echo-split, namespace: default}}
-spec:
-  service: echo
-  split: [{{subset: {{version: v1}}, weight: {}}}, {{subset: {{version: v2}}, weight: {}}}]
-"#,
-        weights.0, weights.1
+{}"#,
+        split_policy(weights)
     )
 }
 
@@ -547,6 +556,35 @@ impl Sidecar {
         let (sidecar, mut entries) =
             Sidecar::caller_of(cp, dir, service_account, ttl, &[target]).await;
         (sidecar, entries.remove(0))
+    }
+
+    /// For each of `versions`, an echo app (its answers say
+    /// `name=<version>`) behind a sidecar of service `echo` labeled
+    /// `version=<version>`, with SVIDs of `ttl` seconds.
+    pub async fn echo_versions(
+        cp: &ControlPlane,
+        dir: &Path,
+        ttl: Option<u64>,
+        versions: &[&str],
+    ) -> Vec<(Sidecar, apps::Echo)> {
+        let mut out = Vec::new();
+        for version in versions {
+            let app = apps::echo(version).await;
+            let args = [
+                "--node-id".into(),
+                format!("echo-{version}"),
+                "--service".into(),
+                "echo".into(),
+                "--label".into(),
+                format!("version={version}"),
+                "--port".into(),
+                format!("http={}", free_port()),
+                "--app-port".into(),
+                format!("http={}", app.port),
+            ];
+            out.push((Sidecar::start(cp, dir, "echo", ttl, &args).await, app));
+        }
+        out
     }
 
     /// [`Sidecar::caller`] with an outbound listener for each of `targets`;

@@ -6,11 +6,12 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use rampart_tests::apps::{self, KeepAlive, get_h1, post_chunked_h1};
+use rampart_tests::load::{EchoUnderLoad, echo_split};
 use rampart_tests::{ControlPlane, Sidecar, counter, eventually, free_port};
 
 fn flaky_model(good: u16, bad: u16, dead: u16) -> String {
@@ -124,31 +125,6 @@ async fn retries_hide_failures_outliers_are_ejected_and_timeouts_fire() {
     assert!(body.contains("upstream request timeout"), "{body}");
 }
 
-const SPLIT: &str = r#"apiVersion: rampart.dev/v1alpha1
-kind: Service
-metadata: {name: echo, namespace: default}
-spec:
-  ports: [{name: http, port: 8080, protocol: http}]
-  serviceAccounts: [echo]
----
-apiVersion: rampart.dev/v1alpha1
-kind: TrafficPolicy
-metadata: {name: echo-split, namespace: default}
-spec:
-  service: echo
-  split: [{subset: {version: v1}, weight: V1}, {subset: {version: v2}, weight: V2}]
-"#;
-
-/// Tallies of a load run.
-#[derive(Default)]
-struct Tally {
-    ok: AtomicU64,
-    v1: AtomicU64,
-    v2: AtomicU64,
-    failed: AtomicU64,
-    last_failure: std::sync::Mutex<String>,
-}
-
 /// `flaky` without outlier detection: its failing endpoints stay in the
 /// rotation, so every other first try fails.
 fn unejected(model: &str) -> String {
@@ -208,86 +184,27 @@ async fn no_request_fails_while_weights_move_certificates_rotate_and_the_control
     let mut cp = ControlPlane::start(dir.path(), &["--grpc-addr", &addr]).await;
     let apply = |v1: u32, v2: u32| {
         let path = dir.path().join(format!("split-{v1}-{v2}.yaml"));
-        std::fs::write(
-            &path,
-            SPLIT
-                .replace("V1", &v1.to_string())
-                .replace("V2", &v2.to_string()),
-        )
-        .unwrap();
+        std::fs::write(&path, echo_split(v1, v2)).unwrap();
         cp.meshctl_ok(&["apply", "-f", path.to_str().unwrap()]);
     };
     apply(100, 0);
 
     // Short-lived SVIDs: each proxy renews several times during the run.
     let ttl = Some(16);
-    let mut sidecars = Vec::new();
-    for version in ["v1", "v2"] {
-        let app = apps::echo(version).await;
-        sidecars.push(
-            Sidecar::start(
-                &cp,
-                dir.path(),
-                "echo",
-                ttl,
-                &[
-                    "--node-id".into(),
-                    format!("echo-{version}"),
-                    "--service".into(),
-                    "echo".into(),
-                    "--label".into(),
-                    format!("version={version}"),
-                    "--port".into(),
-                    format!("http={}", free_port()),
-                    "--app-port".into(),
-                    format!("http={}", app.port),
-                ],
-            )
-            .await,
-        );
-    }
-    let (client, out) = Sidecar::caller(&cp, dir.path(), "client", ttl, "echo.default:8080").await;
-    let up = eventually(150, || async {
-        matches!(get_h1(&out, "echo", "/").await, Ok((200, b)) if b.contains("name=v1"))
-    })
-    .await;
-    assert!(up, "no answer from v1\n{}", client.logs.text());
-
-    let tally = Arc::new(Tally::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut load = Vec::new();
-    for _ in 0..4 {
-        let (tally, stop, out) = (tally.clone(), stop.clone(), out.clone());
-        load.push(tokio::spawn(async move {
-            let mut client = KeepAlive::new(&out);
-            while !stop.load(Ordering::Relaxed) {
-                match client.get("echo.default:8080", "/load").await {
-                    Ok((200, body)) => {
-                        tally.ok.fetch_add(1, Ordering::Relaxed);
-                        let v = if body.contains("name=v1") {
-                            &tally.v1
-                        } else {
-                            &tally.v2
-                        };
-                        v.fetch_add(1, Ordering::Relaxed);
-                    }
-                    other => {
-                        tally.failed.fetch_add(1, Ordering::Relaxed);
-                        *tally.last_failure.lock().unwrap() = format!("{other:?}");
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }));
-    }
+    let EchoUnderLoad {
+        echoes,
+        client,
+        load,
+    } = EchoUnderLoad::start(&cp, dir.path(), ttl).await;
+    let tally = load.tally.clone();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // 100/0 -> 0/100: once it lands, only v2 answers.
     apply(0, 100);
     let moved = eventually(100, || async {
-        let v1 = tally.v1.load(Ordering::Relaxed);
+        let v1 = tally.answered_by("v1");
         tokio::time::sleep(Duration::from_millis(300)).await;
-        tally.v1.load(Ordering::Relaxed) == v1 && tally.v2.load(Ordering::Relaxed) > 0
+        tally.answered_by("v1") == v1 && tally.answered_by("v2") > 0
     })
     .await;
     assert!(moved, "traffic never moved to v2\n{}", client.logs.text());
@@ -295,7 +212,7 @@ async fn no_request_fails_while_weights_move_certificates_rotate_and_the_control
     // Every proxy renews its SVID under load.
     let renewed = eventually(300, || async {
         let mut all = true;
-        for s in sidecars.iter().chain([&client]) {
+        for s in echoes.iter().map(|(s, _)| s).chain([&client]) {
             all &= counter(
                 &s.metrics().await,
                 "rampart_proxy_svid_renewals_total",
@@ -313,27 +230,24 @@ async fn no_request_fails_while_weights_move_certificates_rotate_and_the_control
 
     // The control plane dies; traffic continues on the last configuration.
     cp.kill9();
-    let before = tally.ok.load(Ordering::Relaxed);
+    let before = tally.ok();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = tally.ok.load(Ordering::Relaxed);
-    stop.store(true, Ordering::Relaxed);
-    for l in load {
-        l.await.unwrap();
-    }
+    let after = tally.ok();
+    let tally = load.stop().await;
 
-    let failed = tally.failed.load(Ordering::Relaxed);
+    let failed = tally.failed();
     eprintln!(
         "load: {} ok ({} v1, {} v2), {failed} failed; {} answered in the 3 s after the control plane died",
-        tally.ok.load(Ordering::Relaxed),
-        tally.v1.load(Ordering::Relaxed),
-        tally.v2.load(Ordering::Relaxed),
+        tally.ok(),
+        tally.answered_by("v1"),
+        tally.answered_by("v2"),
         after - before
     );
     assert_eq!(
         failed,
         0,
         "{failed} requests failed (of {}); last: {}\n{}",
-        tally.ok.load(Ordering::Relaxed),
+        tally.ok(),
         tally.last_failure.lock().unwrap(),
         client.logs.text()
     );

@@ -1,0 +1,141 @@
+//! Faults under steady load, seen by an app calling through its sidecar:
+//! the control plane is killed (SIGKILL) and stays away for a minute, comes
+//! back on the same data directory, and then takes 1,000 configuration
+//! changes in a burst. Not one request may fail, the proxies must find the
+//! restarted control plane by themselves, and the last change must be what
+//! they end up serving.
+
+use std::time::{Duration, Instant};
+
+use rampart_api::admin::{ApplyResourcesRequest, ProxyStatusRequest, SourceText};
+use rampart_tests::load::{EchoUnderLoad, echo_split};
+use rampart_tests::{ControlPlane, counter, eventually, free_port};
+
+/// How long the control plane stays dead.
+const OUTAGE: Duration = Duration::from_secs(60);
+/// Changes in the burst.
+const BURST: usize = 1000;
+
+/// Applies `echo_split(v1, v2)` through the admin API.
+async fn apply(cp: &ControlPlane, v1: u32, v2: u32) {
+    cp.admin()
+        .await
+        .apply_resources(ApplyResourcesRequest {
+            sources: vec![SourceText {
+                source: "split.yaml".into(),
+                text: echo_split(v1, v2),
+            }],
+            dry_run: false,
+        })
+        .await
+        .unwrap();
+}
+
+/// Whether `count` proxies are connected with every type ACKed.
+async fn all_synced(cp: &ControlPlane, count: usize) -> bool {
+    let Ok(status) = cp.admin().await.proxy_status(ProxyStatusRequest {}).await else {
+        return false;
+    };
+    let proxies = status.into_inner().proxies;
+    proxies.len() == count
+        && proxies
+            .iter()
+            .all(|p| !p.types.is_empty() && p.types.iter().all(|t| t.state == "SYNCED"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_survives_a_control_plane_outage_a_restart_and_a_burst_of_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cp");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let flags = ["--grpc-addr", addr.as_str()];
+    let mut cp = ControlPlane::start(&data, &flags).await;
+    apply(&cp, 100, 0).await;
+    // (`_echoes` keeps the backends' sidecars alive to the end.)
+    let EchoUnderLoad {
+        echoes: _echoes,
+        client,
+        load,
+    } = EchoUnderLoad::start(&cp, dir.path(), None).await;
+    assert!(eventually(100, || all_synced(&cp, 3)).await);
+    let tally = load.tally.clone();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // SIGKILL, and a minute without a control plane.
+    cp.kill9();
+    let before_outage = tally.ok();
+    tokio::time::sleep(OUTAGE).await;
+    let during_outage = tally.ok() - before_outage;
+
+    // Back on the same data directory and address: the proxies reconnect
+    // by themselves and are served the model they had.
+    let restarted = Instant::now();
+    let cp = ControlPlane::start(&data, &flags).await;
+    let resynced = eventually(300, || all_synced(&cp, 3)).await;
+    assert!(
+        resynced,
+        "the proxies did not come back to the restarted control plane\n{}",
+        client.logs.text()
+    );
+    let reconnect = restarted.elapsed();
+
+    // 1,000 changes as fast as the admin API takes them; the last sends
+    // everything to v2.
+    let burst_started = Instant::now();
+    for i in 0..BURST {
+        let v1 = (i % 101) as u32;
+        apply(&cp, v1, 100 - v1).await;
+    }
+    apply(&cp, 0, 100).await;
+    let burst = burst_started.elapsed();
+    let converged = eventually(300, || async {
+        let v1 = tally.answered_by("v1");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tally.answered_by("v1") == v1 && all_synced(&cp, 3).await
+    })
+    .await;
+    assert!(converged, "the burst never settled\n{}", client.logs.text());
+    let settled = burst_started.elapsed();
+    let v2_before = tally.answered_by("v2");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let tally = load.stop().await;
+    assert!(
+        tally.answered_by("v2") > v2_before,
+        "v2 answers after the burst"
+    );
+
+    let metrics = cp.http_get("/metrics").await.unwrap().1;
+    let pushes = counter(&metrics, "rampart_xds_pushes_total", &[]);
+    eprintln!(
+        "load: {} ok, {} failed; {during_outage} answered during the {}s outage; \
+         proxies resynced {:.1}s after the restart; {BURST} changes applied in {:.1}s, \
+         settled {:.1}s after the first; {pushes} xDS responses sent by the restarted control plane",
+        tally.ok(),
+        tally.failed(),
+        OUTAGE.as_secs(),
+        reconnect.as_secs_f64(),
+        burst.as_secs_f64(),
+        settled.as_secs_f64(),
+    );
+    assert_eq!(
+        tally.failed(),
+        0,
+        "{} requests failed; last: {}\n{}",
+        tally.failed(),
+        tally.last_failure.lock().unwrap(),
+        client.logs.text()
+    );
+    assert!(
+        during_outage > 1000,
+        "traffic stalled without the control plane: {during_outage} answers in {}s",
+        OUTAGE.as_secs()
+    );
+    // Debounced: far fewer responses than changes, and none lost.
+    assert!(
+        pushes < BURST as f64,
+        "{pushes} xDS responses for {BURST} changes"
+    );
+    let stored = cp.meshctl_ok(&["get", "trafficpolicy", "echo-split", "-o", "json"]);
+    let stored: serde_json::Value = serde_json::from_slice(&stored.stdout).unwrap();
+    assert_eq!(stored["spec"]["split"][1]["weight"], 100, "{stored}");
+}
