@@ -1,6 +1,7 @@
-//! kill -9 the control plane while workloads are redeeming join tokens, then
-//! restart it: no token may work twice, and no token whose creation was
-//! acknowledged may be lost.
+//! The embedded store under crashes: kill -9 the control plane while
+//! workloads are redeeming join tokens, or while operators apply, then
+//! restart it: no token may work twice, nothing acknowledged may be lost.
+//! And a full disk: the write is refused saying why, nothing is corrupted.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -118,4 +119,178 @@ async fn kill_9_mid_issuance_never_lets_a_token_work_twice_or_lose_one() {
         issued_before.len(),
         attempted_before.len() - issued_before.len()
     );
+}
+
+/// A mesh Service named `name`, with `padding` bytes of label values.
+fn service(name: &str, padding: usize) -> String {
+    let mut labels = String::new();
+    for i in 0..padding / 1000 {
+        labels.push_str(&format!("pad{i}: \"{}\"\n    ", "x".repeat(1000)));
+    }
+    format!(
+        "apiVersion: rampart.dev/v1alpha1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: crash\n  labels:\n    {labels}app: {name}\nspec:\n  ports: [{{name: http, port: 8080, protocol: http}}]\n"
+    )
+}
+
+async fn apply(
+    admin: &mut rampart_api::admin::admin_service_client::AdminServiceClient<
+        tonic::transport::Channel,
+    >,
+    yaml: String,
+) -> Result<(), tonic::Status> {
+    admin
+        .apply_resources(rampart_api::admin::ApplyResourcesRequest {
+            sources: vec![rampart_api::admin::SourceText {
+                source: "crash.yaml".into(),
+                text: yaml,
+            }],
+            dry_run: false,
+        })
+        .await
+        .map(|_| ())
+}
+
+/// The names of the Services stored in namespace `crash`.
+async fn stored(cp: &ControlPlane) -> HashSet<String> {
+    let response = cp
+        .admin()
+        .await
+        .get_resources(rampart_api::admin::GetResourcesRequest {
+            kind: "service".into(),
+            namespace: "crash".into(),
+            name: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    response
+        .resources_json
+        .iter()
+        .map(|json| {
+            let value: serde_json::Value = serde_json::from_str(json).unwrap();
+            value["metadata"]["name"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_mid_apply_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cp = ControlPlane::start(dir.path(), &[]).await;
+    let acknowledged = Arc::new(Mutex::new(HashSet::new()));
+    let mut workers = Vec::new();
+    for worker in 0..WORKERS {
+        let acknowledged = acknowledged.clone();
+        let mut admin = cp.admin().await;
+        workers.push(tokio::spawn(async move {
+            for i in 0.. {
+                let name = format!("svc-{worker}-{i}");
+                if apply(&mut admin, service(&name, 0)).await.is_err() {
+                    return; // the control plane is gone
+                }
+                acknowledged.lock().unwrap().insert(name);
+            }
+        }));
+    }
+    while acknowledged.lock().unwrap().len() < 200 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cp.kill9();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+
+    let cp = ControlPlane::start(dir.path(), &[]).await;
+    let after = stored(&cp).await;
+    let lost: Vec<&String> = acknowledged.difference(&after).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged applies lost after kill -9: {lost:?}",
+        lost.len()
+    );
+    eprintln!(
+        "{} applies acknowledged before kill -9, {} stored after the restart",
+        acknowledged.len(),
+        after.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_the_write_clearly_and_corrupts_nothing() {
+    // A 256 MiB tmpfs of its own (the tests run as root in CI).
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    std::fs::create_dir(&disk).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256m", "tmpfs"])
+        .arg(&disk)
+        .status()
+        .expect("running mount");
+    assert!(
+        mounted.success(),
+        "mounting a tmpfs needs root (CI runs the tests as root)"
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .args(["-l"])
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(disk.clone());
+    let data = disk.join("cp");
+    let mut cp = ControlPlane::start(&data, &[]).await;
+    let mut admin = cp.admin().await;
+    let mut kept = HashSet::new();
+    for i in 0..10 {
+        let name = format!("before-{i}");
+        apply(&mut admin, service(&name, 20_000)).await.unwrap();
+        kept.insert(name);
+    }
+    // Fill the rest of the disk.
+    let filler = disk.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+    // Writes now fail, saying why; the control plane keeps serving.
+    let mut refusal = None;
+    for i in 0..200 {
+        if let Err(e) = apply(&mut admin, service(&format!("full-{i}"), 50_000)).await {
+            refusal = Some(e);
+            break;
+        }
+    }
+    let refusal = refusal.expect("a write on a full disk was acknowledged every time");
+    assert!(
+        refusal.message().contains("No space left on device")
+            && refusal.message().contains("restarted"),
+        "{}: {}",
+        refusal.code(),
+        refusal.message()
+    );
+    assert_eq!(refusal.code(), tonic::Code::Unavailable);
+    assert!(kept.is_subset(&stored(&cp).await));
+    assert!(cp.http_get("/healthz").await.is_ok());
+
+    // Space again. The store does not write again after an IO error (sled
+    // keeps failing), so the control plane is restarted: it finds every
+    // acknowledged write, and takes new ones.
+    std::fs::remove_file(&filler).unwrap();
+    let _ = cp.terminate();
+    let cp = ControlPlane::start(&data, &[]).await;
+    let after = stored(&cp).await;
+    assert!(
+        kept.is_subset(&after),
+        "lost: {:?}",
+        kept.difference(&after)
+    );
+    apply(&mut cp.admin().await, service("after", 0))
+        .await
+        .unwrap();
+    assert!(stored(&cp).await.contains("after"));
 }

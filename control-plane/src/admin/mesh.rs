@@ -12,7 +12,17 @@ use tonic::Status;
 use crate::store::{MeshStore, StoreError};
 
 fn internal(e: StoreError) -> Status {
-    Status::internal(e.to_string())
+    match &e {
+        // sled takes no more writes after one failed (a full disk, say):
+        // say what to do rather than fail every apply the same way.
+        StoreError::Sled(sled::Error::Io(io)) => {
+            tracing::error!(error = %io, "the store failed to write; it takes no writes until rampart-control restarts");
+            Status::unavailable(format!(
+                "{e}: nothing was stored; the store takes no writes until rampart-control is restarted (after freeing space, if the disk is full)"
+            ))
+        }
+        _ => Status::internal(e.to_string()),
+    }
 }
 
 fn reference(key: &ResourceKey) -> ResourceRef {
