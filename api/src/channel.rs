@@ -8,6 +8,10 @@ use hyper_util::rt::TokioIo;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+/// How often an idle connection is pinged, and how long the answer may take.
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Connects to `addr` (`host:port`) with `tls` and HTTP/2.
 pub async fn connect(
     addr: &str,
@@ -15,8 +19,14 @@ pub async fn connect(
 ) -> Result<Channel, tonic::transport::Error> {
     let connector = TlsConnector::from(Arc::new(tls));
     // The URI scheme is only a label here: the connector does the TLS.
+    // HTTP/2 pings find a connection that died without a word (a network
+    // cut, a peer that vanished): without them a quiet ADS stream would
+    // wait out the kernel's TCP timeout, a quarter of an hour.
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(std::time::Duration::from_secs(5))
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
         .tcp_nodelay(true);
     endpoint
         .connect_with_connector(tower::service_fn(move |uri: Uri| {

@@ -22,7 +22,7 @@ pub mod mesh;
 pub mod oci;
 pub mod policy;
 pub mod xds;
-pub use channel::connect;
+pub use channel::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, connect};
 
 /// The CA service (`rampart.ca.v1`).
 pub mod ca {

@@ -159,6 +159,10 @@ pub async fn run(
     )?);
     let registrations =
         discovery::Registrations::load(store.registrations()?, config.endpoint_grace);
+    {
+        let streams = streams.clone();
+        registrations.set_connected(move || !streams.is_empty());
+    }
     let cluster = match &kube {
         None => None,
         Some(client) => Some(k8s::discovery::Discovery::start(client.clone()).await?),
@@ -366,6 +370,9 @@ pub async fn run(
         });
     }
     let grpc = tonic::transport::Server::builder()
+        // Pings find proxies that vanished without closing their streams.
+        .http2_keepalive_interval(Some(rampart_api::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(rampart_api::KEEPALIVE_TIMEOUT))
         .add_service(CertificateServiceServer::new(ca::CaService::new(
             ca.clone(),
             tokens.clone(),

@@ -139,3 +139,111 @@ async fn traffic_survives_a_control_plane_outage_a_restart_and_a_burst_of_change
     let stored: serde_json::Value = serde_json::from_slice(&stored.stdout).unwrap();
     assert_eq!(stored["spec"]["split"][1]["weight"], 100, "{stored}");
 }
+
+/// iptables rules dropping every packet to and from a TCP port on this
+/// host, removed when dropped (the tests run as root in CI).
+struct Partition(Vec<Vec<String>>);
+
+impl Partition {
+    fn cut(port: u16) -> Partition {
+        let rules: Vec<Vec<String>> = [("INPUT", "--dport"), ("INPUT", "--sport")]
+            .iter()
+            .map(|(chain, side)| {
+                [chain, "-p", "tcp", side, &port.to_string(), "-j", "DROP"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            })
+            .collect();
+        for rule in &rules {
+            let ok = std::process::Command::new("iptables")
+                .arg("-I")
+                .args(rule)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "iptables -I {rule:?} (needs root and iptables)");
+        }
+        Partition(rules)
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        for rule in &self.0 {
+            let _ = std::process::Command::new("iptables")
+                .arg("-D")
+                .args(rule)
+                .status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_survives_a_network_cut_to_the_control_plane_and_resyncs_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cp");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let flags = ["--grpc-addr", addr.as_str()];
+    let mut cp = ControlPlane::start(&data, &flags).await;
+    apply(&cp, 100, 0).await;
+    let EchoUnderLoad {
+        echoes: _echoes,
+        client,
+        load,
+    } = EchoUnderLoad::start(&cp, dir.path(), None).await;
+    assert!(eventually(100, || all_synced(&cp, 3)).await);
+    let tally = load.tally.clone();
+
+    // The network to the control plane goes silent (packets dropped, no
+    // reset), and while it is, the control plane is replaced: the proxies'
+    // streams to the old one are dead and nobody tells them.
+    let partition = Partition::cut(port);
+    let before = tally.ok();
+    tokio::time::sleep(OUTAGE / 2).await;
+    cp.kill9();
+    let cp = ControlPlane::start(&data, &flags).await;
+    tokio::time::sleep(OUTAGE / 2).await;
+    let during = tally.ok() - before;
+    drop(partition);
+
+    // Back: the proxies find the new control plane (HTTP/2 pings told them
+    // the old stream was dead; without them it would wait out TCP's
+    // timeout) and take a change.
+    let healed = Instant::now();
+    let reconnected = eventually(600, || all_synced(&cp, 3)).await;
+    assert!(
+        reconnected,
+        "the proxies never came back to the new control plane\n{}",
+        client.logs.text()
+    );
+    let resynced = healed.elapsed();
+    apply(&cp, 0, 100).await;
+    let moved = eventually(600, || async {
+        let v1 = tally.answered_by("v1");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tally.answered_by("v1") == v1 && tally.answered_by("v2") > 0 && all_synced(&cp, 3).await
+    })
+    .await;
+    assert!(
+        moved,
+        "the proxies never took a change after the cut\n{}",
+        client.logs.text()
+    );
+    let tally = load.stop().await;
+    eprintln!(
+        "network cut: {} ok, {} failed; {during} answered during the {}s cut; \
+         the proxies SYNCED with the new control plane {:.1}s after it healed",
+        tally.ok(),
+        tally.failed(),
+        OUTAGE.as_secs(),
+        resynced.as_secs_f64()
+    );
+    assert_eq!(
+        tally.failed(),
+        0,
+        "last failure: {}",
+        tally.last_failure.lock().unwrap()
+    );
+    assert!(during > 1000, "traffic stalled during the cut: {during}");
+}

@@ -4,7 +4,8 @@
 //! When the stream closes the endpoint stays for a grace period, so a
 //! control-plane restart or a reconnect does not pull it from every
 //! client's endpoint set; if the same node (namespace and node id) comes
-//! back within the period, its registration simply continues.
+//! back within the period, its registration simply continues. The period
+//! only runs out while some xDS client is connected (see `expire_later`).
 //!
 //! Registrations are also written to the store, so after a control-plane
 //! restart the endpoints are served at once (each with a fresh grace period
@@ -31,6 +32,8 @@ struct Inner {
     tree: sled::Tree,
     revision: watch::Sender<u64>,
     grace: Duration,
+    /// Whether any xDS client is connected now.
+    connected: Mutex<Arc<dyn Fn() -> bool + Send + Sync>>,
 }
 
 struct Slot {
@@ -56,6 +59,7 @@ impl Registrations {
                 tree,
                 revision,
                 grace,
+                connected: Mutex::new(Arc::new(|| true)),
             }),
         };
         let mut restored = Vec::new();
@@ -85,6 +89,12 @@ impl Registrations {
             }
         }
         registrations
+    }
+
+    /// Tells the registrations how to know whether any xDS client is
+    /// connected (by default they assume one is).
+    pub fn set_connected(&self, probe: impl Fn() -> bool + Send + Sync + 'static) {
+        *self.inner.connected.lock().unwrap() = Arc::new(probe);
     }
 
     /// Registers (or renews) the endpoint of the sidecar on `stream`.
@@ -122,15 +132,35 @@ impl Registrations {
         }
     }
 
+    /// Removes `k` once its grace period is over, unless it registered
+    /// again. While no xDS client at all is connected the removal waits:
+    /// the control plane cannot tell dead workloads from a network cut
+    /// between it and them (or from its own restart during one), and the
+    /// clients that would be told are cut off too; when the network heals,
+    /// clients and servers come back together instead of the first clients
+    /// back learning that every server is gone.
     fn expire_later(&self, k: String, epoch: u64) {
         let inner = self.inner.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(inner.grace).await;
-            let mut slots = inner.slots.lock().unwrap();
-            if slots
-                .get(&k)
-                .is_some_and(|s| s.stream.is_none() && s.epoch == epoch)
-            {
+            loop {
+                tokio::time::sleep(inner.grace).await;
+                // Asked before taking the slots' lock: the probe takes others.
+                let probe = inner.connected.lock().unwrap().clone();
+                let anyone_connected = probe();
+                let mut slots = inner.slots.lock().unwrap();
+                let still_gone = slots
+                    .get(&k)
+                    .is_some_and(|s| s.stream.is_none() && s.epoch == epoch);
+                if !still_gone {
+                    return;
+                }
+                if !anyone_connected {
+                    tracing::debug!(
+                        endpoint = k,
+                        "no xDS client is connected: keeping the endpoint for another grace period"
+                    );
+                    continue;
+                }
                 slots.remove(&k);
                 let _ = inner.tree.remove(k.as_bytes());
                 drop(slots);
@@ -139,6 +169,7 @@ impl Registrations {
                     "registered endpoint left after its grace period"
                 );
                 inner.revision.send_modify(|r| *r += 1);
+                return;
             }
         });
     }

@@ -114,6 +114,11 @@ impl StreamRegistry {
         self.lock().remove(&id);
     }
 
+    /// Whether no stream is open.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     /// A copy of every stream's status, oldest first.
     pub fn list(&self) -> Vec<ProxyStatus> {
         self.lock().values().map(|s| s.status.clone()).collect()
