@@ -566,3 +566,36 @@ async fn plaintext_xds_is_opt_in_loopback_only_and_anonymous() {
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("workload SVID"), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_bounds_requests_end_the_stream_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path(), &[]).await;
+    let cds = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    // A 1 MB resource name (within the 4 MB request limit): refused.
+    let huge = "x".repeat(1 << 20);
+    let (_tx, stream) = open_as(&cp, "greedy", request(cds, &[huge.as_str()], "", "")).await;
+    let status = refusal(stream).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("bytes (at most 4096)"),
+        "{status:?}"
+    );
+    // 200,000 names across requests on one stream: refused once over 100,000.
+    let names: Vec<String> = (0..50_000).map(|i| format!("cluster-{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (tx, stream) = open_as(&cp, "greedy", request(cds, &names, "", "")).await;
+    let mut stream = stream.unwrap();
+    let first = stream.message().await.unwrap();
+    assert!(first.is_some(), "50,000 names are taken");
+    // SotW names the whole subscription each time: 150,000 is too many.
+    let more: Vec<String> = (0..150_000).map(|i| format!("c{i}")).collect();
+    let more: Vec<&str> = more.iter().map(String::as_str).collect();
+    tx.send(request(cds, &more, "", "")).await.unwrap();
+    let status = refusal(Ok(stream)).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("at most 100000"), "{status:?}");
+    // Everyone else is still served.
+    let (_tx, stream) = open_as(&cp, "fine", request(cds, &[], "", "")).await;
+    assert!(stream.unwrap().message().await.unwrap().is_some());
+}

@@ -126,6 +126,23 @@ fn parse_version(version: &str) -> Option<u64> {
 }
 
 impl DeltaStream {
+    /// Whether `request` is within `limits`: subscriptions add up, so the
+    /// ones this type holds already count.
+    pub fn check(&self, request: &DeltaDiscoveryRequest) -> Result<(), String> {
+        let held = TypeUrl::parse(&request.type_url)
+            .and_then(|t| self.types.get(&t))
+            .map_or(0, |state| state.names.len());
+        super::limits::check_names(
+            &request.type_url,
+            request
+                .resource_names_subscribe
+                .iter()
+                .chain(request.initial_resource_versions.keys()),
+            held,
+        )?;
+        super::limits::check_names(&request.type_url, &request.resource_names_unsubscribe, 0)
+    }
+
     /// Handles a request; returns what happened and the reply, if any.
     pub fn on_request(
         &mut self,

@@ -6,6 +6,7 @@
 mod access_log;
 mod convergence;
 mod delta;
+mod limits;
 mod node_listeners;
 mod node_view;
 mod rbac;

@@ -49,6 +49,8 @@ pub trait Protocol: Default + Send {
         snapshot: &Arc<Snapshot>,
     ) -> (Option<Event>, Vec<Self::Response>);
     fn push(&mut self, snapshot: &Arc<Snapshot>) -> Vec<Self::Response>;
+    /// Whether `request` stays within `limits`; the stream ends if not.
+    fn check(&self, request: &Self::Request) -> Result<(), String>;
     fn type_url(response: &Self::Response) -> &str;
     fn request_node(request: &Self::Request) -> Option<&Node>;
     fn node(&self) -> Option<&Node>;
@@ -72,6 +74,9 @@ macro_rules! impl_protocol {
             }
             fn push(&mut self, snapshot: &Arc<Snapshot>) -> Vec<$response> {
                 self.on_snapshot(snapshot)
+            }
+            fn check(&self, request: &$request) -> Result<(), String> {
+                <$stream>::check(self, request)
             }
             fn type_url(response: &$response) -> &str {
                 &response.type_url
@@ -235,6 +240,11 @@ async fn run<P: Protocol>(
                             }
                         },
                     };
+                    if let Err(why) = stream.check(&request) {
+                        tracing::warn!(peer = %cx.peer, error = why, "xDS request refused; closing the stream");
+                        let _ = tx.send(Err(Status::invalid_argument(why))).await;
+                        return "request out of bounds";
+                    }
                     let (event, responses) = stream.handle(request, &view.of(&published));
                     log_event(event, cx.metrics, &cx.peer.to_string(), stream.node());
                     responses

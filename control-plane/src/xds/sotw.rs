@@ -139,6 +139,12 @@ pub struct SotwStream {
 }
 
 impl SotwStream {
+    /// Whether `request` is within `limits` (a SotW request names its
+    /// whole subscription, so nothing accumulates).
+    pub fn check(&self, request: &DiscoveryRequest) -> Result<(), String> {
+        super::limits::check_names(&request.type_url, &request.resource_names, 0)
+    }
+
     /// Handles a request; returns what happened and the reply, if any.
     pub fn on_request(
         &mut self,
