@@ -16,6 +16,7 @@
 
 mod channel;
 pub mod duration;
+pub mod http_serve;
 pub mod inject;
 pub mod locality;
 pub mod mesh;

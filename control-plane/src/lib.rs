@@ -11,7 +11,6 @@ pub mod ca;
 pub mod discovery;
 mod files;
 mod grpc;
-mod http_serve;
 mod identity;
 pub mod k8s;
 pub mod metrics;

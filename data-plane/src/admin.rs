@@ -229,7 +229,6 @@ pub async fn serve(
                 }
             }),
         );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    use rampart_api::http_serve::{serve, tcp_incoming};
+    serve(tcp_incoming(listener), app, shutdown).await
 }

@@ -1,4 +1,5 @@
-//! Hostile inputs to the control plane's listeners, each expecting a
+//! Hostile inputs to the control plane's listeners (and the sidecar's
+//! admin listener), each expecting a
 //! refusal and no harm done: clients that open connections and then send
 //! nothing or trickle a request (slowloris) are cut off while others are
 //! still served, and an oversized AdmissionReview is refused without
@@ -106,6 +107,32 @@ async fn slow_clients_are_cut_off_and_everyone_else_is_still_served() {
         );
     }
     assert!(cp.http_get("/healthz").await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_admin_listener_cuts_off_slow_clients_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp"), &[]).await;
+    let (sidecar, _) =
+        rampart_tests::Sidecar::caller(&cp, dir.path(), "client", None, "echo.default:8080").await;
+    let listening = rampart_tests::eventually(100, || async {
+        TcpStream::connect(&sidecar.admin).await.is_ok()
+    })
+    .await;
+    assert!(listening, "the admin listener never opened");
+    let mut slow = Vec::new();
+    for _ in 0..SLOW {
+        let mut admin = TcpStream::connect(&sidecar.admin).await.unwrap();
+        admin
+            .write_all(b"GET /stats HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(tokio::spawn(closed_by_server(admin)));
+    }
+    assert!(sidecar.metrics().await.contains("rampart_proxy"));
+    for closed in slow {
+        assert!(closed.await.unwrap(), "a half head was left open");
+    }
 }
 
 #[tokio::test]

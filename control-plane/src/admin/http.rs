@@ -49,5 +49,10 @@ pub async fn serve_http(
                 }
             }),
         );
-    crate::http_serve::serve(crate::http_serve::tcp_incoming(listener), app, shutdown).await
+    rampart_api::http_serve::serve(
+        rampart_api::http_serve::tcp_incoming(listener),
+        app,
+        shutdown,
+    )
+    .await
 }

@@ -49,7 +49,7 @@ pub async fn serve(
         .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))
         .with_state(config);
     let incoming = crate::grpc::tls_incoming(listener, tls);
-    crate::http_serve::serve(incoming, app, shutdown).await
+    rampart_api::http_serve::serve(incoming, app, shutdown).await
 }
 
 /// `/inject`: the sidecar for a pod being created.

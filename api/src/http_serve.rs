@@ -3,7 +3,8 @@
 //! not sent a complete request head within `HEAD_TIMEOUT` is closed
 //! (slowloris), and a request (body included) gets `REQUEST_TIMEOUT` to be
 //! read and answered. axum's own `serve` sets no timer, so hyper's header
-//! timeout never fires there.
+//! timeout never fires there. The control plane's HTTP listeners and the
+//! proxy's admin listener use it.
 
 use std::time::Duration;
 
