@@ -12,20 +12,18 @@ use std::path::Path;
 use crate::apps::{Echo, KeepAlive, get_h1};
 use crate::{ControlPlane, Sidecar, eventually};
 
-/// The `echo` service (endpoints registered by its sidecars) split between
-/// its v1 and v2 by weight.
-pub fn echo_split(v1: u32, v2: u32) -> String {
-    format!(
-        r#"apiVersion: rampart.dev/v1alpha1
+/// The `echo` service, whose endpoints its sidecars register.
+pub const ECHO_SERVICE: &str = r#"apiVersion: rampart.dev/v1alpha1
 kind: Service
-metadata: {{name: echo, namespace: default}}
+metadata: {name: echo, namespace: default}
 spec:
-  ports: [{{name: http, port: 8080, protocol: http}}]
+  ports: [{name: http, port: 8080, protocol: http}]
   serviceAccounts: [echo]
----
-{}"#,
-        crate::split_policy((v1, v2))
-    )
+"#;
+
+/// [`ECHO_SERVICE`] split between its v1 and v2 by weight.
+pub fn echo_split(v1: u32, v2: u32) -> String {
+    format!("{ECHO_SERVICE}---\n{}", crate::split_policy((v1, v2)))
 }
 
 /// Echo v1 and v2 behind their sidecars, a client sidecar calling

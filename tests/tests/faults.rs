@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use rampart_api::admin::{ApplyResourcesRequest, ProxyStatusRequest, SourceText};
-use rampart_tests::load::{EchoUnderLoad, echo_split};
+use rampart_tests::load::{ECHO_SERVICE, EchoUnderLoad, echo_split};
 use rampart_tests::{ControlPlane, counter, eventually, free_port};
 
 /// How long the control plane stays dead.
@@ -246,4 +246,58 @@ async fn traffic_survives_a_network_cut_to_the_control_plane_and_resyncs_after()
         tally.last_failure.lock().unwrap()
     );
     assert!(during > 1000, "traffic stalled during the cut: {during}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_killed_under_load_fails_no_request_with_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp"), &[]).await;
+    // One service, both versions as its endpoints, and what an operator
+    // sets for this: retries on resets and refused connections, outlier
+    // detection. (A weighted split by version would pin half the requests
+    // to v2's subset, where retries have nowhere else to go.)
+    let policy = format!(
+        "{}---\napiVersion: rampart.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: echo-split, namespace: default}}\nspec:\n  service: echo\n  retries: {{attempts: 3, retryOn: [reset, connect-failure, gateway-error]}}\n  outlierDetection: {{consecutive5xx: 2, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 50}}\n",
+        ECHO_SERVICE
+    );
+    let file = dir.path().join("split.yaml");
+    std::fs::write(&file, policy).unwrap();
+    cp.meshctl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    let EchoUnderLoad {
+        mut echoes,
+        client,
+        load,
+    } = EchoUnderLoad::start(&cp, dir.path(), None).await;
+    let tally = load.tally.clone();
+    let both = eventually(100, || async {
+        tally.answered_by("v1") > 50 && tally.answered_by("v2") > 50
+    })
+    .await;
+    assert!(both, "both versions answer\n{}", client.logs.text());
+
+    // v2's sidecar dies (SIGKILL) with requests in flight through it.
+    let (v2, _) = &mut echoes[1];
+    v2.child.kill().unwrap();
+    let killed_at = tally.ok();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let tally = load.stop().await;
+    eprintln!(
+        "backend killed: {} ok ({} v1, {} v2), {} failed; {} answered in the 5 s after the kill",
+        tally.ok(),
+        tally.answered_by("v1"),
+        tally.answered_by("v2"),
+        tally.failed(),
+        tally.ok() - killed_at
+    );
+    assert_eq!(
+        tally.failed(),
+        0,
+        "last failure: {}\n{}",
+        tally.last_failure.lock().unwrap(),
+        client.logs.text()
+    );
+    assert!(
+        tally.ok() - killed_at > 500,
+        "traffic went on after the kill"
+    );
 }
