@@ -8,6 +8,7 @@
 #                    kubeconfig and prints the env (KUBECONFIG, KUBE_TEST_*)
 #   stop             stop both and delete $KUBE_TEST_DIR
 #   run -- CMD...    start, run CMD with the env exported, always stop
+#   restart-apiserver  restart kube-apiserver with the same flags (tests of watches resuming)
 #
 # Why a wrapper Go module: `go install k8s.io/kubernetes/cmd/kube-apiserver@v` is
 # refused (its go.mod has replace lines) and k8s.io/kubernetes requires its staging
@@ -190,7 +191,26 @@ EOF
   cat "$STATE/env"
 }
 
+# Restarts kube-apiserver with the same flags (same port, same etcd), as an
+# upgrade or a crash would; the tests that watch through it must resume.
+restart_apiserver() {
+  local pid token
+  pid="$(cat "$STATE/kube-apiserver.pid")"
+  local -a cmd
+  mapfile -d '' cmd <"/proc/$pid/cmdline"
+  kill "$pid"
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  # setsid: it outlives this script, as the first one outlives `start`.
+  setsid "${cmd[@]}" >>"$STATE/kube-apiserver.log" 2>&1 </dev/null &
+  echo $! >"$STATE/kube-apiserver.pid"
+  token="$(cat "$STATE/pki/admin.token")"
+  wait_for "$(cat "$STATE/kube-apiserver.pid")" "$KUBE_TEST_SERVER/readyz" \
+    --cacert "$STATE/pki/ca.crt" -H "Authorization: Bearer $token"
+}
+
 case "${1:-}" in
+  restart-apiserver) restart_apiserver ;;
   build) build_kube_apiserver >/dev/null; build_etcd >/dev/null ;;
   start) start ;;
   stop) stop ;;
@@ -203,5 +223,5 @@ case "${1:-}" in
     . "$STATE/env"
     "$@"
     ;;
-  *) echo "usage: $0 build|start|stop|run -- CMD..." >&2; exit 2 ;;
+  *) echo "usage: $0 build|start|stop|restart-apiserver|run -- CMD..." >&2; exit 2 ;;
 esac

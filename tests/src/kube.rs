@@ -192,3 +192,13 @@ pub async fn reset_ca_bundle(client: &kube::Client, name: &str) {
         .await
         .unwrap();
 }
+
+/// Creates `pod` in `ns`, with the `default` ServiceAccount it runs as
+/// (no controller makes it here).
+pub async fn create_pod(client: &kube::Client, ns: &str, pod: &k8s_openapi::api::core::v1::Pod) {
+    service_account(client, ns, "default").await;
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), pod)
+        .await
+        .unwrap();
+}

@@ -39,11 +39,7 @@ async fn services_and_endpoint_slices_reach_the_proxies_and_leave_with_them() {
         "spec": {"serviceAccountName": "default", "containers": [{"name": "app", "image": "web:1"}]}
     }))
     .unwrap();
-    k8s::service_account(&client, &ns, "default").await;
-    Api::<Pod>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &pod)
-        .await
-        .unwrap();
+    k8s::create_pod(&client, &ns, &pod).await;
     let slices = Api::<EndpointSlice>::namespaced(client.clone(), &ns);
     let slice: EndpointSlice = serde_json::from_value(json!({
         "metadata": {"name": "web-abc", "labels": {"kubernetes.io/service-name": "web"}},
