@@ -7,7 +7,9 @@
 //! having it (p50/p99/max, client side), and control-plane CPU seconds spent
 //! on that push.
 //!
-//! Run: `cargo bench -p rampart-control-plane --bench xds_scale -- [N ...] [sotw|delta] [scoped]`
+//! Run: `cargo bench -p rampart-control-plane --bench xds_scale -- [N ...] [sotw|delta] [scoped] [--soak=SECONDS]`
+//! (`--soak=600`: then one endpoint change a second for ten minutes, with the
+//! control plane's RSS and the convergence p50/p99 printed each minute.)
 //! (default 1000, both variants). With `scoped`, every stream is a sidecar
 //! declaring `rampart.dependencies` of 10 services (svc-0, whose endpoint
 //! changes, and 9 others), as a workload that calls 10 services would;
@@ -72,7 +74,14 @@ fn model(changed_port: u16) -> Vec<String> {
 
 /// svc-0's first endpoint on a new port.
 fn changed_entry() -> String {
-    "apiVersion: rampart.dev/v1alpha1\nkind: WorkloadEntry\nmetadata: {name: svc-0-0}\nspec: {service: svc-0, address: 10.0.0.1, ports: {http: 9000}}\n".to_owned()
+    moved_entry(9000)
+}
+
+/// svc-0's first endpoint on `port`: each new port is a real change.
+fn moved_entry(port: u16) -> String {
+    format!(
+        "apiVersion: rampart.dev/v1alpha1\nkind: WorkloadEntry\nmetadata: {{name: svc-0-0}}\nspec: {{service: svc-0, address: 10.0.0.1, ports: {{http: {port}}}}}\n"
+    )
 }
 
 fn cluster(s: usize) -> String {
@@ -251,7 +260,8 @@ async fn delta_proxy(
     }
 }
 
-/// Round 1 = initial endpoints; round 2 = the change.
+/// Round 1 = initial endpoints; round 2 = the change (and, soaking, each
+/// later round one more change).
 fn record(progress: &Progress, eds_versions: u64, epoch: Instant) {
     if eds_versions == progress.round.load(Ordering::Acquire) {
         if eds_versions == 2 {
@@ -327,6 +337,9 @@ async fn run(n: usize, delta: bool, scoped: bool) {
             .unwrap_or(0) as f64
             / 1000.0
     };
+    if let Some(seconds) = soak_seconds() {
+        soak(&cp, &progress, n, seconds).await;
+    }
     println!(
         "{:<5}{} N={n:<6} initial sync {:>7.2}s{}  RSS {:>7.1} MiB -> {:>7.1} MiB ({:>5.1} KiB/stream)  endpoint change -> all: p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms{}  CP CPU for the push {:.2}s",
         if delta { "delta" } else { "sotw" },
@@ -342,6 +355,64 @@ async fn run(n: usize, delta: bool, scoped: bool) {
         if converged { "" } else { " (INCOMPLETE)" },
         cpu,
     );
+}
+
+/// `--soak=SECONDS`: after the measurements, one endpoint change a second
+/// for that long.
+fn soak_seconds() -> Option<u64> {
+    std::env::args().find_map(|a| a.strip_prefix("--soak=")?.parse().ok())
+}
+
+/// One change a second for `seconds`, each waited for until every stream
+/// has it: per minute, the control plane's RSS and the p50/p99 of the time
+/// from a change to the last stream having it (memory should stay flat and
+/// convergence steady).
+async fn soak(cp: &ControlPlane, progress: &Progress, n: usize, seconds: u64) {
+    println!("soak: one endpoint change a second for {seconds}s, N={n}");
+    println!("  minute  changes  RSS MiB  all-have-it p50 ms  p99 ms  max ms  missed");
+    let started = Instant::now();
+    let mut minute = Vec::new();
+    let mut missed = 0;
+    let mut round = 2;
+    let mut reported = 0;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        let tick = Instant::now();
+        round += 1;
+        progress.synced.store(0, Ordering::Release);
+        progress.round.store(round, Ordering::Release);
+        apply(cp, vec![moved_entry(9000 + (round % 1000) as u16)]).await;
+        if wait_for(progress, n, Duration::from_secs(10)).await {
+            minute.push(tick.elapsed().as_micros() as u64);
+        } else {
+            missed += 1;
+        }
+        let done = started.elapsed() >= Duration::from_secs(seconds);
+        if started.elapsed() >= Duration::from_secs(60 * (reported + 1)) || done {
+            reported += 1;
+            minute.sort();
+            let pct = |p: f64| {
+                minute
+                    .get(((minute.len() as f64 * p) as usize).min(minute.len().saturating_sub(1)))
+                    .copied()
+                    .unwrap_or(0) as f64
+                    / 1000.0
+            };
+            println!(
+                "  {:>6}  {:>7}  {:>7.1}  {:>18.1}  {:>6.1}  {:>6.1}  {missed:>6}",
+                reported,
+                minute.len(),
+                cp.rss_kib() as f64 / 1024.0,
+                pct(0.50),
+                pct(0.99),
+                minute.last().copied().unwrap_or(0) as f64 / 1000.0,
+            );
+            minute.clear();
+            missed = 0;
+        }
+        if let Some(rest) = Duration::from_secs(1).checked_sub(tick.elapsed()) {
+            tokio::time::sleep(rest).await;
+        }
+    }
 }
 
 fn main() {
