@@ -371,7 +371,8 @@ async fn soak(cp: &ControlPlane, progress: &Progress, n: usize, seconds: u64) {
     println!("soak: one endpoint change a second for {seconds}s, N={n}");
     println!("  minute  changes  RSS MiB  all-have-it p50 ms  p99 ms  max ms  missed");
     let started = Instant::now();
-    let mut minute = Vec::new();
+    // Per minute: the convergence times (µs) and the changes never converged.
+    let mut minute: Vec<u64> = Vec::new();
     let mut missed = 0;
     let mut round = 2;
     let mut reported = 0;
@@ -386,33 +387,39 @@ async fn soak(cp: &ControlPlane, progress: &Progress, n: usize, seconds: u64) {
         } else {
             missed += 1;
         }
-        let done = started.elapsed() >= Duration::from_secs(seconds);
-        if started.elapsed() >= Duration::from_secs(60 * (reported + 1)) || done {
+        if started.elapsed() >= Duration::from_secs(60 * (reported + 1)) {
             reported += 1;
-            minute.sort();
-            let pct = |p: f64| {
-                minute
-                    .get(((minute.len() as f64 * p) as usize).min(minute.len().saturating_sub(1)))
-                    .copied()
-                    .unwrap_or(0) as f64
-                    / 1000.0
-            };
-            println!(
-                "  {:>6}  {:>7}  {:>7.1}  {:>18.1}  {:>6.1}  {:>6.1}  {missed:>6}",
-                reported,
-                minute.len(),
-                cp.rss_kib() as f64 / 1024.0,
-                pct(0.50),
-                pct(0.99),
-                minute.last().copied().unwrap_or(0) as f64 / 1000.0,
-            );
-            minute.clear();
-            missed = 0;
+            report_minute(cp, reported, &mut minute, &mut missed);
         }
         if let Some(rest) = Duration::from_secs(1).checked_sub(tick.elapsed()) {
             tokio::time::sleep(rest).await;
         }
     }
+    if !minute.is_empty() || missed > 0 {
+        report_minute(cp, reported + 1, &mut minute, &mut missed);
+    }
+}
+
+/// Prints one soak minute and starts the next.
+fn report_minute(cp: &ControlPlane, index: u64, minute: &mut Vec<u64>, missed: &mut u32) {
+    minute.sort();
+    let pct = |p: f64| {
+        minute
+            .get(((minute.len() as f64 * p) as usize).min(minute.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    println!(
+        "  {index:>6}  {:>7}  {:>7.1}  {:>18.1}  {:>6.1}  {:>6.1}  {missed:>6}",
+        minute.len(),
+        cp.rss_kib() as f64 / 1024.0,
+        pct(0.50),
+        pct(0.99),
+        minute.last().copied().unwrap_or(0) as f64 / 1000.0,
+    );
+    minute.clear();
+    *missed = 0;
 }
 
 fn main() {
