@@ -23,7 +23,9 @@
 //! `-- --rounds=3` to measure every pair three times and print
 //! the medians and how rampart-proxy compared in each round;
 //! `-- --baseline=PATH` to add a pair of another rampart-proxy build, for
-//! an A/B comparison in the same run).
+//! an A/B comparison in the same run; `-- --capacity[=SECONDS] rampart`
+//! to find the highest rate the rampart pair serves with p99 under 10 ms
+//! and no error, then hold it, 600 s by default, a line a minute).
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -562,6 +564,78 @@ fn print_row(label: &str, rps: u64, r: &Row, idle: u64) {
     );
 }
 
+/// `--capacity[=SECONDS]`: find the highest rate the rampart pair serves
+/// with p99 under 10 ms and no error, then hold it (default 600 s).
+fn capacity_hold(args: &[String]) -> Option<Duration> {
+    args.iter()
+        .find_map(|a| match a.strip_prefix("--capacity") {
+            Some("") => Some(Duration::from_secs(600)),
+            Some(rest) => rest
+                .strip_prefix('=')
+                .and_then(|s| s.parse().ok())
+                .map(Duration::from_secs),
+            None => None,
+        })
+}
+
+/// Steps the rate up 10 s at a time until p99 passes 10 ms or a request
+/// fails; then holds the last good rate for `hold`, printing each minute.
+async fn capacity(pair: &Pair, mut clients: Clients, hold: Duration) {
+    const P99_LIMIT_MS: f64 = 10.0;
+    println!(
+        "capacity of the rampart pair (client -> sidecar -> mTLS -> sidecar -> server), open loop, {CONNECTIONS} connections"
+    );
+    println!(
+        "{:>7} {:>9} {:>7} {:>7} {:>7}",
+        "rps", "achieved", "errors", "p50", "p99"
+    );
+    let mut good = None;
+    for rps in (1000..=20_000).step_by(1000) {
+        let _ = load(&mut clients, rps, Duration::from_secs(2), &pair.pids).await;
+        let run = load(&mut clients, rps, Duration::from_secs(10), &pair.pids).await;
+        let p99 = run.percentile(99.0);
+        println!(
+            "{rps:>7} {:>9.0} {:>7} {:>7.2} {:>7.2}",
+            run.achieved_rps(),
+            run.errors,
+            run.percentile(50.0),
+            p99
+        );
+        // NaN (nothing answered) fails too.
+        let within = p99 < P99_LIMIT_MS;
+        if run.errors > 0 || !within || run.achieved_rps() < rps as f64 * 0.98 {
+            break;
+        }
+        good = Some(rps);
+    }
+    let Some(rps) = good else {
+        println!("not even 1,000 rps within p99 {P99_LIMIT_MS} ms");
+        return;
+    };
+    println!("\nholding {rps} rps for {} s:", hold.as_secs());
+    println!(
+        "{:>7} {:>9} {:>7} {:>7} {:>7} {:>9}",
+        "minute", "achieved", "errors", "p50", "p99", "rss MiB"
+    );
+    let minutes = hold.as_secs().div_ceil(60);
+    let mut errors = 0;
+    let mut worst = 0.0f64;
+    for minute in 1..=minutes {
+        let run = load(&mut clients, rps, Duration::from_secs(60), &pair.pids).await;
+        errors += run.errors;
+        worst = worst.max(run.percentile(99.0));
+        println!(
+            "{minute:>7} {:>9.0} {:>7} {:>7.2} {:>7.2} {:>9.1}",
+            run.achieved_rps(),
+            run.errors,
+            run.percentile(50.0),
+            run.percentile(99.0),
+            run.peak_rss as f64 / 1024.0
+        );
+    }
+    println!("held {rps} rps for {minutes} min: {errors} errors, worst minute p99 {worst:.2} ms");
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -627,6 +701,14 @@ fn main() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let idle: Vec<u64> = pairs.iter().map(|p| p.pids.iter().map(|p| usage(*p).rss).max().unwrap_or(0)).collect();
 
+        if let Some(hold) = capacity_hold(&args) {
+            let pair = pairs
+                .iter()
+                .find(|p| p.name == "rampart")
+                .expect("the rampart pair (pass `rampart` or no pair names)");
+            capacity(pair, Clients::open(&pair.entry).await, hold).await;
+            return;
+        }
         println!("sidecar pair benchmark: open loop, {CONNECTIONS} keep-alive HTTP/1.1 connections, {BODY} B responses, {} s per rate and pair in 1 s turns, {rounds} round(s)", run_for.as_secs());
         println!("latency (ms) from each request's scheduled time; + = added over direct in the same round; cpu = both proxies, CPU-seconds per 10k requests; sys = the kernel's share of it; cs/req = their context switches per request; rss = the larger proxy\n");
         println!(
