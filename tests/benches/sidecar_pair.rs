@@ -590,7 +590,7 @@ async fn capacity(pair: &Pair, mut clients: Clients, hold: Duration) {
         "rps", "achieved", "errors", "p50", "p99"
     );
     let mut good = None;
-    for rps in (1000..=20_000).step_by(1000) {
+    for rps in (1000..=40_000).step_by(1000) {
         let _ = load(&mut clients, rps, Duration::from_secs(2), &pair.pids).await;
         let run = load(&mut clients, rps, Duration::from_secs(10), &pair.pids).await;
         let p99 = run.percentile(99.0);
@@ -630,7 +630,7 @@ async fn capacity(pair: &Pair, mut clients: Clients, hold: Duration) {
             run.errors,
             run.percentile(50.0),
             run.percentile(99.0),
-            run.peak_rss as f64 / 1024.0
+            mib(run.peak_rss)
         );
     }
     println!("held {rps} rps for {minutes} min: {errors} errors, worst minute p99 {worst:.2} ms");
@@ -704,7 +704,7 @@ fn main() {
         if let Some(hold) = capacity_hold(&args) {
             let pair = pairs
                 .iter()
-                .find(|p| p.name == "rampart")
+                .find(|p| p.name == "rampart-proxy")
                 .expect("the rampart pair (pass `rampart` or no pair names)");
             capacity(pair, Clients::open(&pair.entry).await, hold).await;
             return;
