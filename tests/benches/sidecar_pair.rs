@@ -25,7 +25,8 @@
 //! `-- --baseline=PATH` to add a pair of another rampart-proxy build, for
 //! an A/B comparison in the same run; `-- --capacity[=SECONDS] rampart`
 //! to find the highest rate the rampart pair serves with p99 under 10 ms
-//! and no error, then hold it, 600 s by default, a line a minute).
+//! and no error, then hold it, 600 s by default, a line a minute; with
+//! `--rate=N`, hold N without searching).
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -580,7 +581,7 @@ fn capacity_hold(args: &[String]) -> Option<Duration> {
 
 /// Steps the rate up 10 s at a time until p99 passes 10 ms or a request
 /// fails; then holds the last good rate for `hold`, printing each minute.
-async fn capacity(pair: &Pair, mut clients: Clients, hold: Duration) {
+async fn capacity(pair: &Pair, mut clients: Clients, hold: Duration, rate: Option<u64>) {
     const P99_LIMIT_MS: f64 = 10.0;
     println!(
         "capacity of the rampart pair (client -> sidecar -> mTLS -> sidecar -> server), open loop, {CONNECTIONS} connections"
@@ -589,8 +590,9 @@ async fn capacity(pair: &Pair, mut clients: Clients, hold: Duration) {
         "{:>7} {:>9} {:>7} {:>7} {:>7}",
         "rps", "achieved", "errors", "p50", "p99"
     );
-    let mut good = None;
-    for rps in (1000..=40_000).step_by(1000) {
+    // `--rate=N` holds N without searching.
+    let mut good = rate;
+    for rps in (1000..=40_000).step_by(1000).filter(|_| rate.is_none()) {
         let _ = load(&mut clients, rps, Duration::from_secs(2), &pair.pids).await;
         let run = load(&mut clients, rps, Duration::from_secs(10), &pair.pids).await;
         let p99 = run.percentile(99.0);
@@ -706,7 +708,11 @@ fn main() {
                 .iter()
                 .find(|p| p.name == "rampart-proxy")
                 .expect("the rampart pair (pass `rampart` or no pair names)");
-            capacity(pair, Clients::open(&pair.entry).await, hold).await;
+            let rate = args
+                .iter()
+                .find_map(|a| a.strip_prefix("--rate="))
+                .map(|r| r.parse().expect("--rate=N takes a number"));
+            capacity(pair, Clients::open(&pair.entry).await, hold, rate).await;
             return;
         }
         println!("sidecar pair benchmark: open loop, {CONNECTIONS} keep-alive HTTP/1.1 connections, {BODY} B responses, {} s per rate and pair in 1 s turns, {rounds} round(s)", run_for.as_secs());
