@@ -330,13 +330,7 @@ async fn run(n: usize, delta: bool, scoped: bool) {
         .map(|t| t.saturating_sub(change_start))
         .collect();
     times.sort();
-    let pct = |p: f64| {
-        times
-            .get(((times.len() as f64 * p) as usize).min(times.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0) as f64
-            / 1000.0
-    };
+    let pct = |p: f64| percentile_ms(&times, p);
     if let Some(seconds) = soak_seconds() {
         soak(&cp, &progress, n, seconds).await;
     }
@@ -400,16 +394,16 @@ async fn soak(cp: &ControlPlane, progress: &Progress, n: usize, seconds: u64) {
     }
 }
 
+/// The `p` quantile of sorted microseconds, in milliseconds (0 if none).
+fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(i).copied().unwrap_or(0) as f64 / 1000.0
+}
+
 /// Prints one soak minute and starts the next.
 fn report_minute(cp: &ControlPlane, index: u64, minute: &mut Vec<u64>, missed: &mut u32) {
     minute.sort();
-    let pct = |p: f64| {
-        minute
-            .get(((minute.len() as f64 * p) as usize).min(minute.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0) as f64
-            / 1000.0
-    };
+    let pct = |p: f64| percentile_ms(minute, p);
     println!(
         "  {index:>6}  {:>7}  {:>7.1}  {:>18.1}  {:>6.1}  {:>6.1}  {missed:>6}",
         minute.len(),

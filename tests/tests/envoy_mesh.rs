@@ -8,15 +8,8 @@
 
 use std::process::Stdio;
 
+use rampart_tests::load::ECHO_SERVICE;
 use rampart_tests::{ControlPlane, Logs, envoy, free_port, proxy, python_checks};
-
-const MODEL: &str = r#"apiVersion: rampart.dev/v1alpha1
-kind: Service
-metadata: {name: echo, namespace: default}
-spec:
-  ports: [{name: http, port: 8080, protocol: http}]
-  serviceAccounts: [echo]
-"#;
 
 const DENY: &str = r#"apiVersion: rampart.dev/v1alpha1
 kind: AuthorizationPolicy
@@ -62,7 +55,7 @@ async fn envoy_sidecars_carry_mtls_with_identity_policy_and_registration() {
         std::fs::write(&path, text).unwrap();
         path.display().to_string()
     };
-    let model = write("model.yaml", MODEL);
+    let model = write("model.yaml", ECHO_SERVICE);
     assert!(cp.meshctl(&["apply", "-f", &model]).status.success());
 
     // One rampart-proxy per sidecar, as the Envoy's SDS agent.

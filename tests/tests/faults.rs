@@ -43,21 +43,52 @@ async fn all_synced(cp: &ControlPlane, count: usize) -> bool {
             .all(|p| !p.types.is_empty() && p.types.iter().all(|t| t.state == "SYNCED"))
 }
 
+/// A control plane on `data`, serving gRPC on `port` (the same after a
+/// restart, as the proxies know it).
+async fn start_on(data: &std::path::Path, port: u16) -> ControlPlane {
+    ControlPlane::start(data, &["--grpc-addr", &format!("127.0.0.1:{port}")]).await
+}
+
+/// A control plane on a fixed port with echo split 100/0 to v1, and
+/// steady load through a client sidecar, every proxy SYNCED.
+struct Setup {
+    dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    port: u16,
+    cp: ControlPlane,
+    under_load: EchoUnderLoad,
+}
+
+impl Setup {
+    async fn start() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("cp");
+        let port = free_port();
+        let cp = start_on(&data, port).await;
+        apply(&cp, 100, 0).await;
+        let under_load = EchoUnderLoad::start(&cp, dir.path(), None).await;
+        assert!(eventually(100, || all_synced(&cp, 3)).await);
+        Setup {
+            dir,
+            data,
+            port,
+            cp,
+            under_load,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_survives_a_control_plane_outage_a_restart_and_a_burst_of_changes() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("cp");
-    let addr = format!("127.0.0.1:{}", free_port());
-    let flags = ["--grpc-addr", addr.as_str()];
-    let mut cp = ControlPlane::start(&data, &flags).await;
-    apply(&cp, 100, 0).await;
-    // (`_echoes` keeps the backends' sidecars alive to the end.)
-    let EchoUnderLoad {
-        echoes: _echoes,
-        client,
-        load,
-    } = EchoUnderLoad::start(&cp, dir.path(), None).await;
-    assert!(eventually(100, || all_synced(&cp, 3)).await);
+    let Setup {
+        dir: _dir,
+        data,
+        port,
+        mut cp,
+        under_load,
+    } = Setup::start().await;
+    // (`under_load.echoes` keeps the backends' sidecars alive to the end.)
+    let (client, load) = (&under_load.client, under_load.load);
     let tally = load.tally.clone();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -70,7 +101,7 @@ async fn traffic_survives_a_control_plane_outage_a_restart_and_a_burst_of_change
     // Back on the same data directory and address: the proxies reconnect
     // by themselves and are served the model they had.
     let restarted = Instant::now();
-    let cp = ControlPlane::start(&data, &flags).await;
+    let cp = start_on(&data, port).await;
     let resynced = eventually(300, || all_synced(&cp, 3)).await;
     assert!(
         resynced,
@@ -180,19 +211,14 @@ impl Drop for Partition {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_survives_a_network_cut_to_the_control_plane_and_resyncs_after() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("cp");
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let flags = ["--grpc-addr", addr.as_str()];
-    let mut cp = ControlPlane::start(&data, &flags).await;
-    apply(&cp, 100, 0).await;
-    let EchoUnderLoad {
-        echoes: _echoes,
-        client,
-        load,
-    } = EchoUnderLoad::start(&cp, dir.path(), None).await;
-    assert!(eventually(100, || all_synced(&cp, 3)).await);
+    let Setup {
+        dir: _dir,
+        data,
+        port,
+        mut cp,
+        under_load,
+    } = Setup::start().await;
+    let (client, load) = (&under_load.client, under_load.load);
     let tally = load.tally.clone();
 
     // The network to the control plane goes silent (packets dropped, no
@@ -202,7 +228,7 @@ async fn traffic_survives_a_network_cut_to_the_control_plane_and_resyncs_after()
     let before = tally.ok();
     tokio::time::sleep(OUTAGE / 2).await;
     cp.kill9();
-    let cp = ControlPlane::start(&data, &flags).await;
+    let cp = start_on(&data, port).await;
     tokio::time::sleep(OUTAGE / 2).await;
     let during = tally.ok() - before;
     drop(partition);
