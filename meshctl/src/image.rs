@@ -69,7 +69,7 @@ impl RegistryArgs {
     }
 }
 
-pub async fn run(command: ImageCommand) -> ExitCode {
+pub async fn run(target: &crate::client::Target, command: ImageCommand) -> ExitCode {
     let result = match command {
         ImageCommand::Verify {
             keys,
@@ -82,7 +82,7 @@ pub async fn run(command: ImageCommand) -> ExitCode {
             registry,
         } => sign(&key, &image, &registry).await,
         ImageCommand::Keygen { key } => keygen(&key),
-        ImageCommand::Report(_) => unreachable!("main runs image report with its target"),
+        ImageCommand::Report(args) => crate::image_report::report(target, &args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -206,10 +206,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         // Its own exit codes: 1 is a verdict, not a failure of meshctl.
         Command::Policy(policy::PolicyCommand::Check(args)) => return policy::check(&args).await,
-        Command::Image(image::ImageCommand::Report(args)) => {
-            image_report::report(&cli.target, &args).await
-        }
-        Command::Image(command) => return image::run(command).await,
+        Command::Image(command) => return image::run(&cli.target, command).await,
         Command::Demo {
             step: None,
             rate,
