@@ -78,9 +78,18 @@ impl TrustBundle {
         &self.trust_domain
     }
 
-    /// The roots, oldest first.
+    /// The roots, the one the CA signs with first (Rampart's convention:
+    /// during a root rotation the order tells workloads when to renew).
     pub fn roots(&self) -> &[CertificateDer<'static>] {
         &self.roots
+    }
+
+    /// The bundle of the first root alone: the one the CA signs with now.
+    pub fn signing_root(&self) -> TrustBundle {
+        Self::new(
+            self.trust_domain.clone(),
+            self.roots.first().cloned().into_iter().collect(),
+        )
     }
 
     /// All roots as PEM.

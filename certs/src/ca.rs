@@ -165,17 +165,23 @@ impl CertificateAuthority {
         let key = KeyPair::from_pem(signing_key_pem)
             .map_err(|e| CaError::PlugIn(format!("signing key: {e}")))?;
         let intermediates = parse_pem_certs(intermediates_pem, "intermediate chain")?;
-        let bundle = TrustBundle::new(trust_domain.clone(), parse_pem_certs(roots_pem, "roots")?);
-        if bundle.roots().is_empty() {
+        let mut roots = parse_pem_certs(roots_pem, "roots")?;
+        if roots.is_empty() {
             return Err(CaError::PlugIn("no root certificate given".into()));
         }
 
         let mut chain = vec![signing_cert.clone()];
         chain.extend(intermediates);
-        check_signing_chain(&chain, &key, bundle.roots())?;
+        let anchor = check_signing_chain(&chain, &key, &roots)?;
+        // The signing root first: workloads renew early when it changes.
+        let signing_root = roots.remove(anchor);
+        roots.insert(0, signing_root);
+        let bundle = TrustBundle::new(trust_domain.clone(), roots);
 
-        let mut chain_not_after = not_after_of(&signing_cert)?;
-        for cert in chain.iter().chain(bundle.roots()) {
+        // Only the chain up to its own root caps what is signed; another
+        // root trusted beside it may expire sooner.
+        let mut chain_not_after = not_after_of(&bundle.roots()[0])?;
+        for cert in &chain {
             chain_not_after = chain_not_after.min(not_after_of(cert)?);
         }
         // The signing cert may itself be a root: it is then not sent in chains.
@@ -191,6 +197,16 @@ impl CertificateAuthority {
             chain_not_after,
             lifetimes,
         })
+    }
+
+    /// The same CA, with `roots` trusted after its own (a root rotation's
+    /// other root). They only widen the bundle: what is signed is still
+    /// capped by the signing chain alone.
+    pub fn trusting_also(mut self, roots: &[CertificateDer<'static>]) -> Self {
+        for root in roots {
+            self.bundle.add_root(root.clone());
+        }
+        self
     }
 
     /// The trust domain this CA issues for.
@@ -355,7 +371,7 @@ fn check_signing_chain(
     chain: &[CertificateDer<'static>],
     key: &KeyPair,
     roots: &[CertificateDer<'static>],
-) -> Result<(), CaError> {
+) -> Result<usize, CaError> {
     let signing = parse_cert(&chain[0])?;
     if signing.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
         return Err(CaError::PlugIn(
@@ -394,14 +410,13 @@ fn check_signing_chain(
     }
     let last = parsed.last().expect("chain is never empty");
     let parsed_roots: Vec<_> = roots.iter().map(parse_cert).collect::<Result<_, _>>()?;
-    let anchored = parsed_roots
+    parsed_roots
         .iter()
-        .any(|root| last.verify_signature(Some(root.public_key())).is_ok());
-    if !anchored {
-        return Err(CaError::PlugIn(format!(
-            "{} does not chain to any of the given roots",
-            last.subject()
-        )));
-    }
-    Ok(())
+        .position(|root| last.verify_signature(Some(root.public_key())).is_ok())
+        .ok_or_else(|| {
+            CaError::PlugIn(format!(
+                "{} does not chain to any of the given roots",
+                last.subject()
+            ))
+        })
 }

@@ -101,9 +101,8 @@ impl<S: Connected> Connected for FirstBytes<S> {
 /// the established streams.
 pub fn tls_incoming(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: tokio::sync::watch::Receiver<Arc<rustls::ServerConfig>>,
 ) -> ReceiverStream<std::io::Result<FirstBytes<TlsStream<tokio::net::TcpStream>>>> {
-    let acceptor = TlsAcceptor::from(tls);
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
         loop {
@@ -116,7 +115,10 @@ pub fn tls_incoming(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, conn_tx) = (acceptor.clone(), tx.clone());
+            // The configuration of the moment (its trust bundle follows
+            // root rotations).
+            let acceptor = TlsAcceptor::from(tls.borrow().clone());
+            let conn_tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {

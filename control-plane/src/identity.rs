@@ -8,6 +8,8 @@ use std::sync::Arc;
 use rampart_certs::tls::CurrentSvid;
 use rampart_certs::{CertificateAuthority, KeyAndCsr, Svid, VerifiedCsr, until};
 
+use crate::ca::CaHandle;
+
 use rampart_certs::well_known::control_plane_id;
 
 /// Host names the serving certificate also carries, for clients that check
@@ -27,18 +29,22 @@ fn issue(ca: &CertificateAuthority, hosts: &ServingHosts) -> anyhow::Result<Svid
     Ok(Svid::new(issued.chain, request.key)?)
 }
 
-/// Issues the serving SVID and keeps renewing it in the background.
-pub fn serving_identity(
-    ca: Arc<CertificateAuthority>,
-    hosts: ServingHosts,
-) -> anyhow::Result<Arc<CurrentSvid>> {
-    let svid = issue(&ca, &hosts)?;
+/// Issues the serving SVID and keeps renewing it in the background: at
+/// half-life, and at once when the CA changes (a root rotation's new
+/// signing root), so clients that trust only the new root can connect.
+pub fn serving_identity(ca: CaHandle, hosts: ServingHosts) -> anyhow::Result<Arc<CurrentSvid>> {
+    let mut changes = ca.subscribe();
+    let svid = issue(&changes.borrow_and_update(), &hosts)?;
     let current = CurrentSvid::new(&svid)?;
     let handle = current.clone();
     tokio::spawn(async move {
         let mut deadline = svid.renewal_deadline();
         loop {
-            tokio::time::sleep(until(deadline)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(until(deadline)) => {}
+                changed = changes.changed() => if changed.is_err() { return },
+            }
+            let ca = changes.borrow_and_update().clone();
             match issue(&ca, &hosts).and_then(|svid| Ok((handle.update(&svid)?, svid))) {
                 Ok(((), svid)) => {
                     tracing::info!(not_after = %svid.not_after(), "renewed the control plane's serving SVID");

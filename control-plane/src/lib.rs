@@ -76,6 +76,8 @@ pub struct Config {
     /// Keep the CA root in this Secret (in `namespace`) instead of the data
     /// directory, so replicas share it.
     pub ca_secret: Option<String>,
+    /// The least time each phase of a root rotation lasts.
+    pub root_rotation_settle: Duration,
 }
 
 /// The injected sidecar's image, the control plane address it dials, and
@@ -150,12 +152,14 @@ pub async fn run(
         }
         _ => config.ca_source.clone(),
     };
-    let ca = Arc::new(ca::load_or_create(
+    let ca = ca::CaHandle::new(ca::load_or_create(
         &config.data_dir,
         &config.trust_domain,
         &ca_source,
         config.lifetimes,
     )?);
+    // The bundle every proxy is served follows the CA through rotations.
+    let roots = follow_ca(&ca, |ca| ca.bundle().to_pem());
     let registrations =
         discovery::Registrations::load(store.registrations()?, config.endpoint_grace);
     {
@@ -178,18 +182,37 @@ pub async fn run(
         xds::Sources {
             registrations: registrations.clone(),
             trust_domain: config.trust_domain.to_string(),
-            roots_pem: ca.bundle().to_pem(),
+            roots,
             kubernetes: cluster.clone(),
         },
         config.xds_debounce,
     );
-    admin::write_admin_credential(&config.data_dir, &ca)?;
-
     let metrics = metrics::Metrics::new();
-    metrics.ca_expiry.set(ca.chain_not_after().unix_timestamp());
-    metrics
-        .root_expiry
-        .set(ca.root_not_after().unix_timestamp());
+    // Whenever the CA changes: the admin credential under its signing
+    // root, and the expiry gauges.
+    {
+        let (data_dir, metrics) = (config.data_dir.clone(), metrics.clone());
+        let mut changes = ca.subscribe();
+        let refresh = move |ca: &rampart_certs::CertificateAuthority| {
+            metrics.ca_expiry.set(ca.chain_not_after().unix_timestamp());
+            metrics
+                .root_expiry
+                .set(ca.root_not_after().unix_timestamp());
+            admin::write_admin_credential(&data_dir, ca)
+        };
+        refresh(&changes.borrow_and_update())?;
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                let ca = changes.borrow_and_update().clone();
+                if let Err(e) = refresh(&ca) {
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "rewriting the admin credential for the new CA failed"
+                    );
+                }
+            }
+        });
+    }
 
     let mut hosts = identity::ServingHosts {
         dns_names: vec!["localhost".to_owned()],
@@ -208,11 +231,28 @@ pub async fn run(
         }
     }
     let identity = identity::serving_identity(ca.clone(), hosts)?;
-    let tls = server_config(
-        identity,
-        ca.bundle(),
-        ClientAuth::Optional(PeerPolicy::TrustDomain(config.trust_domain.clone())),
-    )?;
+    // Clients are verified against the bundle of the moment: new
+    // connections follow a rotation, open ones are left alone.
+    let client_auth = ClientAuth::Optional(PeerPolicy::TrustDomain(config.trust_domain.clone()));
+    let tls = server_config(identity.clone(), ca.current().bundle(), client_auth.clone())?;
+    let grpc_tls = {
+        let (tx, rx) = tokio::sync::watch::channel(Arc::new(tls.clone()));
+        let mut changes = ca.subscribe();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                let bundle = changes.borrow_and_update().bundle().clone();
+                match server_config(identity.clone(), &bundle, client_auth.clone()) {
+                    Ok(config) => {
+                        tx.send_replace(Arc::new(config));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "the new trust bundle cannot verify clients; keeping the last one")
+                    }
+                }
+            }
+        });
+        rx
+    };
 
     let grpc_listener = TcpListener::bind(config.grpc_addr)
         .await
@@ -255,6 +295,27 @@ pub async fn run(
         ready.clone(),
         stopped(stop_rx.clone()),
     ));
+    let rotator = match (&ca_source, &kube) {
+        // Replicas in a cluster share one root (a Secret): rotating it
+        // needs them all to agree, which is not built yet.
+        (ca::CaSource::SelfSigned { intermediate }, None) => {
+            let rotator = ca::Rotator::new(
+                ca::RotatorConfig {
+                    files: ca::RootFiles::in_data_dir(&config.data_dir),
+                    trust_domain: config.trust_domain.clone(),
+                    intermediate: *intermediate,
+                    lifetimes: config.lifetimes,
+                    settle: config.root_rotation_settle,
+                },
+                ca.clone(),
+                streams.clone(),
+                snapshots.clone(),
+            )?;
+            rotator.spawn();
+            Some(rotator)
+        }
+        _ => None,
+    };
     let ads = xds::AdsServer::new(
         snapshots,
         metrics.clone(),
@@ -347,7 +408,7 @@ pub async fn run(
             &config.leader_lease,
             config.replica_id.clone(),
         );
-        let bundle = ca.bundle().to_pem();
+        let bundle = ca.current().bundle().to_pem();
         use k8s::webhook_config::{WebhookKind, keep_ca_bundle};
         let configurations = [
             (WebhookKind::Mutating, &config.webhook_configuration),
@@ -385,10 +446,11 @@ pub async fn run(
             mesh,
             streams,
             running,
+            rotator,
             metrics,
         )))
         .serve_with_incoming_shutdown(
-            grpc::tls_incoming(grpc_listener, Arc::new(tls)),
+            grpc::tls_incoming(grpc_listener, grpc_tls),
             stopped(stop_rx),
         );
     let grpc = tokio::spawn(grpc);
@@ -426,6 +488,24 @@ pub async fn run(
     store.flush().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A value computed from the CA, kept current as the CA changes.
+fn follow_ca<T: Send + Sync + 'static>(
+    ca: &ca::CaHandle,
+    of: impl Fn(&rampart_certs::CertificateAuthority) -> T + Send + 'static,
+) -> tokio::sync::watch::Receiver<T> {
+    let mut changes = ca.subscribe();
+    let (tx, rx) = tokio::sync::watch::channel(of(&changes.borrow_and_update()));
+    tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            let value = of(&changes.borrow_and_update());
+            if tx.send(value).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// The registry client of the security policy's image lookups.

@@ -45,6 +45,12 @@ struct Args {
     /// keeps its registration if it reconnects within this time).
     #[arg(long, default_value = "30s", value_parser = rampart_api::duration::parse)]
     endpoint_grace: Duration,
+    /// The least time each phase of a root rotation (`meshctl ca
+    /// rotate-root`) lasts, beyond waiting for every connected proxy: time
+    /// for what is not an xDS client (tools holding the bundle, proxies
+    /// reconnecting) to follow.
+    #[arg(long, default_value = "1m", value_parser = rampart_api::duration::parse)]
+    root_rotation_settle: Duration,
     /// DEVELOPMENT ONLY: also serve xDS (nothing else) in plaintext on this
     /// loopback address, for local clients without certificates. Callers
     /// are anonymous: they get the shared configuration, never a sidecar's.
@@ -180,6 +186,7 @@ async fn main() -> anyhow::Result<()> {
         },
         xds_debounce: args.xds_debounce,
         endpoint_grace: args.endpoint_grace,
+        root_rotation_settle: args.root_rotation_settle,
         serving_hosts: args.serving_hosts,
         dev_plaintext_xds: args.dev_plaintext_xds,
         kubernetes: args.kubernetes,

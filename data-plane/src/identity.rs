@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rampart_api::ca::certificate_service_client::CertificateServiceClient;
 use rampart_api::ca::{SignRequest, SignResponse};
-use rampart_certs::tls::{CurrentSvid, PeerPolicy, client_config};
+use rampart_certs::tls::{CurrentSvid, PeerPolicy, client_config, verify_chain};
 use rampart_certs::well_known::control_plane_id;
 use rampart_certs::{KeyAndCsr, Svid, TrustBundle, until};
 use rustls_pki_types::CertificateDer;
@@ -150,17 +150,51 @@ fn into_identity(
     Ok((svid, bundle))
 }
 
-/// Renews forever: at each deadline, then with backoff on failure.
+/// Whether `identity`'s SVID chains to the root its CA signs with now (the
+/// bundle's first root). Not so during a root rotation's switch: the SVID
+/// is renewed at once rather than at its half-life.
+pub fn issued_by_signing_root(identity: &Identity) -> bool {
+    verify_chain(identity.svid.chain(), &identity.bundle.signing_root()).is_ok()
+}
+
+/// At most this long after a rotation's new signing root arrives, the SVID
+/// is renewed: spread so that every proxy does not call the CA at once.
+const EARLY_RENEWAL_SPREAD: Duration = Duration::from_secs(5);
+
+/// Renews forever: at each deadline, then with backoff on failure; early
+/// (within [`EARLY_RENEWAL_SPREAD`]) when the bundle says the CA signs
+/// with another root now.
 pub async fn keep_renewed(
     client: CaClient,
     updates: watch::Sender<Arc<Identity>>,
     metrics: Arc<crate::admin::ProxyMetrics>,
 ) {
     use crate::admin::RenewalLabels;
+    let mut changes = updates.subscribe();
     let mut backoff = Duration::from_secs(1);
     let mut deadline = updates.borrow().svid.renewal_deadline();
+    // The bundle an early renewal was made for: once per bundle, so a CA
+    // that does not sign with its first root cannot make this spin.
+    let mut renewed_early_for: Option<TrustBundle> = None;
     loop {
-        tokio::time::sleep(until(deadline)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(until(deadline)) => {}
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let current = changes.borrow_and_update().clone();
+                if !issued_by_signing_root(&current)
+                    && renewed_early_for.as_ref() != Some(&current.bundle)
+                {
+                    renewed_early_for = Some(current.bundle.clone());
+                    let spread = EARLY_RENEWAL_SPREAD.mul_f64(rand::random::<f64>());
+                    tracing::info!(in_ms = spread.as_millis() as u64, "the CA signs with a new root; renewing the SVID early");
+                    deadline = deadline.min(time::OffsetDateTime::now_utc() + spread);
+                }
+                continue;
+            }
+        }
         let current = updates.borrow().clone();
         match client.renew(&current).await {
             Ok(identity) => {

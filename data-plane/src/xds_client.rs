@@ -330,31 +330,83 @@ fn take(out: &Outputs, response: DeltaDiscoveryResponse) -> DeltaDiscoveryReques
     ack
 }
 
+/// What ends a wait on the stream.
+enum Next<T> {
+    Response(T),
+    Closed,
+    /// The proxy renewed under a rotation's new signing root: the
+    /// connection, made with an SVID of the old root, is made again.
+    Rekey,
+}
+
+/// The SVID an xDS connection was made with, and the identity to follow.
+struct Connected {
+    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    identity: watch::Receiver<Arc<Identity>>,
+}
+
+impl Connected {
+    /// Before the channel is made, so no change is missed.
+    fn new(out: &Outputs) -> Self {
+        let mut identity = out.identity.subscribe();
+        let chain = identity.borrow_and_update().svid.chain().to_vec();
+        Self { chain, identity }
+    }
+
+    /// Whether the SVID now held chains to the bundle's signing root and the
+    /// one connected with does not.
+    fn stale(&self) -> bool {
+        let current = self.identity.borrow();
+        let signing = current.bundle.signing_root();
+        verify_chain(&self.chain, &signing).is_err()
+            && crate::identity::issued_by_signing_root(&current)
+    }
+}
+
 /// The next response on the stream. While a route table is held back for
 /// warming clusters, the plan is compiled again when its wait runs out,
 /// even if nothing else arrives.
 async fn next_response<T>(
     responses: &mut tonic::Streaming<T>,
     out: &Outputs,
-) -> Result<Option<T>, tonic::Status> {
+    connected: &mut Connected,
+) -> Result<Next<T>, tonic::Status> {
+    let mut use_timer = true;
     loop {
-        let Some(deadline) = out.plan.borrow().warming_deadline() else {
-            return responses.message().await;
-        };
+        let deadline = out.plan.borrow().warming_deadline().filter(|_| use_timer);
         tokio::select! {
-            // `message` is cancel safe: nothing is lost if the timer wins.
-            response = responses.message() => return response,
-            _ = tokio::time::sleep_until(deadline.into()) => {
-                if !release_held_routes(out) {
-                    return responses.message().await;
+            // `message` is cancel safe: nothing is lost if another branch wins.
+            response = responses.message() => {
+                return Ok(response?.map_or(Next::Closed, Next::Response));
+            }
+            Ok(()) = connected.identity.changed() => {
+                connected.identity.borrow_and_update();
+                if connected.stale() {
+                    return Ok(Next::Rekey);
                 }
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(std::time::Instant::now).into()), if deadline.is_some() => {
+                use_timer = release_held_routes(out);
             }
         }
     }
 }
 
+/// How a stream loop ended well: reconnect now for a new SVID, else the
+/// control plane closed it.
+fn ended<T>(next: Next<T>) -> anyhow::Result<()> {
+    match next {
+        Next::Rekey => {
+            tracing::info!("reconnecting to the control plane with the SVID of the new root");
+            Ok(())
+        }
+        _ => anyhow::bail!("the control plane closed the stream"),
+    }
+}
+
 /// One delta connection: subscribe, resume, ACK/NACK until the stream ends.
 async fn stream_once(settings: &Settings, out: &Outputs) -> anyhow::Result<()> {
+    let mut connected = Connected::new(out);
     let channel = channel(settings, &out.identity).await?;
     let (tx, rx) = mpsc::channel(16);
     let held = out.config.borrow().clone();
@@ -389,7 +441,11 @@ async fn stream_once(settings: &Settings, out: &Outputs) -> anyhow::Result<()> {
         .await?
         .into_inner();
     tracing::info!(control_plane = %settings.control_plane, resumed = held.of(TypeUrl::Cluster).count() + held.of(TypeUrl::Listener).count(), "xDS stream open (delta)");
-    while let Some(response) = next_response(&mut responses, out).await? {
+    loop {
+        let response = match next_response(&mut responses, out, &mut connected).await? {
+            Next::Response(response) => response,
+            other => return ended(other),
+        };
         let follows =
             TypeUrl::parse(&response.type_url).map_or(&[][..], |t| follow(t, settings.capture));
         tx.send(take(out, response)).await?;
@@ -406,7 +462,6 @@ async fn stream_once(settings: &Settings, out: &Outputs) -> anyhow::Result<()> {
             }
         }
     }
-    anyhow::bail!("the control plane closed the stream")
 }
 
 /// A resource's name, from the message itself (SotW responses carry none).
@@ -428,6 +483,7 @@ fn resource_name(type_url: TypeUrl, any: &Any) -> Result<String, String> {
 /// with the last accepted one.
 async fn stream_once_sotw(settings: &Settings, out: &Outputs) -> anyhow::Result<()> {
     use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Resource};
+    let mut connected = Connected::new(out);
     let channel = channel(settings, &out.identity).await?;
     let (tx, rx) = mpsc::channel(16);
     let held = out.config.borrow().clone();
@@ -468,7 +524,11 @@ async fn stream_once_sotw(settings: &Settings, out: &Outputs) -> anyhow::Result<
         .await?
         .into_inner();
     tracing::info!(control_plane = %settings.control_plane, "xDS stream open (state of the world)");
-    while let Some(response) = next_response(&mut responses, out).await? {
+    loop {
+        let response = match next_response(&mut responses, out, &mut connected).await? {
+            Next::Response(response) => response,
+            other => return ended(other),
+        };
         let Some(type_url) = TypeUrl::parse(&response.type_url) else {
             continue;
         };
@@ -547,7 +607,6 @@ async fn stream_once_sotw(settings: &Settings, out: &Outputs) -> anyhow::Result<
             .await?;
         }
     }
-    anyhow::bail!("the control plane closed the stream")
 }
 
 /// What a response changes: the configuration, its plan, and the trust

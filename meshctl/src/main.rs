@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 mod authz;
+mod ca_rotation;
 mod check;
 mod client;
 mod commands;
@@ -173,6 +174,17 @@ enum TokenCommand {
 enum CaCommand {
     /// Print the trust bundle (PEM).
     Bundle,
+    /// Rotate the root of the control plane's self-signed CA. The control
+    /// plane then goes on by itself: trusts the new root everywhere, signs
+    /// with it and has every SVID re-issued, then drops the old root, each
+    /// step once every connected proxy has followed. No proxy restarts.
+    RotateRoot {
+        /// Wait until the rotation is done (or this long), printing each phase.
+        #[arg(long, value_parser = rampart_api::duration::parse)]
+        wait: Option<std::time::Duration>,
+    },
+    /// Where a root rotation stands, and which proxies it waits for.
+    Rotation,
 }
 
 #[derive(Subcommand, Debug)]
@@ -234,6 +246,10 @@ async fn main() -> ExitCode {
             commands::token_create(&cli.target, &id.namespace, &id.service_account, id.ttl).await
         }
         Command::Ca(CaCommand::Bundle) => commands::ca_bundle(&cli.target).await,
+        Command::Ca(CaCommand::RotateRoot { wait }) => {
+            ca_rotation::rotate_root(&cli.target, wait).await
+        }
+        Command::Ca(CaCommand::Rotation) => ca_rotation::rotation(&cli.target).await,
         Command::ProxyStatus { output } => proxy_status::proxy_status(&cli.target, output).await,
         Command::ProxyConfig { node, kind, output } => {
             proxy_config::proxy_config(&cli.target, &node, kind.as_deref(), output).await

@@ -610,6 +610,16 @@ impl Sidecar {
         )
     }
 
+    /// Whether its process is still alive (not exited, not a zombie):
+    /// the same process, never restarted.
+    pub fn is_running(&self) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()));
+        // The state follows the command name in parentheses.
+        stat.ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.to_owned()))
+            .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
+    }
+
     /// Its /metrics text.
     pub async fn metrics(&self) -> String {
         http_get(&self.admin, "/metrics")

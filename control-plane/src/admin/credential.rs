@@ -38,7 +38,7 @@ pub fn write_admin_credential(data_dir: &Path, ca: &CertificateAuthority) -> any
     let files = AdminFiles::in_data_dir(data_dir);
     // The bundle may have changed (plug-in CA): always rewrite it.
     write_private(&files.bundle, ca.bundle().to_pem().as_bytes())?;
-    if still_fresh(&files) {
+    if still_fresh(&files, ca) {
         return Ok(());
     }
     let id = rampart_certs::well_known::admin_id(ca.trust_domain());
@@ -55,7 +55,10 @@ pub fn write_admin_credential(data_dir: &Path, ca: &CertificateAuthority) -> any
     Ok(())
 }
 
-fn still_fresh(files: &AdminFiles) -> bool {
+/// Whether the credential on disk has more than half its life left and
+/// chains to the root the CA signs with now (after a root rotation's
+/// switch, the old one is soon no longer trusted).
+fn still_fresh(files: &AdminFiles, ca: &CertificateAuthority) -> bool {
     let Ok(pem) = std::fs::read(&files.cert_chain) else {
         return false;
     };
@@ -64,10 +67,16 @@ fn still_fresh(files: &AdminFiles) -> bool {
     }
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    let Some(Ok(leaf)) = CertificateDer::pem_slice_iter(&pem).next() else {
+    let Ok(chain) = CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>() else {
         return false;
     };
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&leaf) else {
+    if rampart_certs::tls::verify_chain(&chain, &ca.bundle().signing_root()).is_err() {
+        return false;
+    }
+    let Some(leaf) = chain.first() else {
+        return false;
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) else {
         return false;
     };
     let validity = cert.validity();

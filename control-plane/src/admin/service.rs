@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use rampart_api::admin::admin_service_server::AdminService as AdminApi;
 use rampart_api::admin::*;
-use rampart_certs::{CertificateAuthority, SpiffeId, VerifiedCsr};
+use rampart_certs::{SpiffeId, VerifiedCsr};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::admission::running::RunningReport;
-use crate::ca;
+use crate::ca::{self, CaHandle, Progress, Rotator};
 use crate::metrics::Metrics;
 use crate::names::{check_namespace, check_service_account};
 use crate::store::{JoinTokens, Mesh};
@@ -24,26 +24,29 @@ pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Serves the admin API.
 pub struct AdminService {
-    ca: Arc<CertificateAuthority>,
+    ca: CaHandle,
     tokens: JoinTokens,
     metrics: Arc<Metrics>,
     mesh: Mesh,
     streams: StreamRegistry,
     /// The continuous evaluation of the security policy (in a cluster).
     running: Option<watch::Receiver<Arc<RunningReport>>>,
+    /// Root rotation, for a self-signed CA outside Kubernetes.
+    rotator: Option<Rotator>,
     admin: SpiffeId,
 }
 
 impl AdminService {
     pub fn new(
-        ca: Arc<CertificateAuthority>,
+        ca: CaHandle,
         tokens: JoinTokens,
         mesh: Mesh,
         streams: StreamRegistry,
         running: Option<watch::Receiver<Arc<RunningReport>>>,
+        rotator: Option<Rotator>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let admin = rampart_certs::well_known::admin_id(ca.trust_domain());
+        let admin = rampart_certs::well_known::admin_id(ca.current().trust_domain());
         Self {
             ca,
             tokens,
@@ -51,6 +54,7 @@ impl AdminService {
             mesh,
             streams,
             running,
+            rotator,
             admin,
         }
     }
@@ -95,6 +99,7 @@ impl AdminApi for AdminService {
         };
         let spiffe_id = self
             .ca
+            .current()
             .trust_domain()
             .workload_id(&req.namespace, &req.service_account)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -117,15 +122,10 @@ impl AdminApi for AdminService {
         request: Request<GetTrustBundleRequest>,
     ) -> Result<Response<GetTrustBundleResponse>, Status> {
         self.authorize(&request)?;
+        let ca = self.ca.current();
         Ok(Response::new(GetTrustBundleResponse {
-            trust_domain: self.ca.trust_domain().to_string(),
-            roots_der: self
-                .ca
-                .bundle()
-                .roots()
-                .iter()
-                .map(|r| r.to_vec())
-                .collect(),
+            trust_domain: ca.trust_domain().to_string(),
+            roots_der: ca.bundle().roots().iter().map(|r| r.to_vec()).collect(),
         }))
     }
 
@@ -138,13 +138,15 @@ impl AdminApi for AdminService {
         check_identity(&req.namespace, &req.service_account)?;
         let id = self
             .ca
+            .current()
             .trust_domain()
             .workload_id(&req.namespace, &req.service_account)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let ttl = ca::service::requested_ttl(req.ttl_seconds)?;
+        let authority = self.ca.current();
         let result = VerifiedCsr::from_der(&req.csr_der)
             .map_err(ca::service::csr_status)
-            .and_then(|csr| ca::service::sign(&self.ca, &csr, &id, ttl));
+            .and_then(|csr| ca::service::sign(&authority, &csr, &id, ttl));
         let issued = match result {
             Ok(issued) => issued,
             Err(status) => {
@@ -158,8 +160,7 @@ impl AdminApi for AdminService {
         Ok(Response::new(IssueCertificateResponse {
             spiffe_id: id.to_string(),
             cert_chain_der: issued.chain.iter().map(|c| c.to_vec()).collect(),
-            trust_bundle_der: self
-                .ca
+            trust_bundle_der: authority
                 .bundle()
                 .roots()
                 .iter()
@@ -174,8 +175,12 @@ impl AdminApi for AdminService {
         request: Request<ApplyResourcesRequest>,
     ) -> Result<Response<ApplyResourcesResponse>, Status> {
         self.authorize(&request)?;
-        let response =
-            super::mesh::apply(&self.mesh, self.ca.trust_domain(), request.into_inner()).await?;
+        let response = super::mesh::apply(
+            &self.mesh,
+            self.ca.current().trust_domain(),
+            request.into_inner(),
+        )
+        .await?;
         for result in &response.results {
             if let Some(r) = &result.r#ref {
                 tracing::info!(kind = %r.kind, namespace = %r.namespace, name = %r.name, outcome = %result.outcome, "applied");
@@ -250,6 +255,55 @@ impl AdminApi for AdminService {
         })?;
         let report = running.borrow().clone();
         Ok(Response::new(policy_report(&report, &namespace)))
+    }
+
+    async fn rotate_root(
+        &self,
+        request: Request<RotateRootRequest>,
+    ) -> Result<Response<RootRotationStatus>, Status> {
+        self.authorize(&request)?;
+        let rotator = self.rotator.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this control plane cannot rotate its root itself: a plug-in CA is rotated by changing its files \
+                 (add the new root to root-cert.pem, then sign with it, then drop the old one; docs/operations.md), \
+                 and a CA kept in a Kubernetes Secret is not rotated by the control plane yet",
+            )
+        })?;
+        let progress = rotator
+            .start()
+            .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+        tracing::info!("root rotation requested by the admin");
+        Ok(Response::new(rotation_status(Some(&progress))))
+    }
+
+    async fn get_root_rotation(
+        &self,
+        request: Request<GetRootRotationRequest>,
+    ) -> Result<Response<RootRotationStatus>, Status> {
+        self.authorize(&request)?;
+        let progress = self.rotator.as_ref().map(Rotator::progress);
+        let mut status = rotation_status(progress.as_ref());
+        if progress.is_none() {
+            status.roots = self.ca.current().bundle().roots().len() as u32;
+            status.streams = self.streams.list().len() as u32;
+        }
+        Ok(Response::new(status))
+    }
+}
+
+/// The admin API's view of a rotation; `None` if this CA cannot rotate.
+fn rotation_status(progress: Option<&Progress>) -> RootRotationStatus {
+    let Some(p) = progress else {
+        return RootRotationStatus::default();
+    };
+    RootRotationStatus {
+        phase: p.phase.map(|p| p.as_str().to_owned()).unwrap_or_default(),
+        since_unix: p.since_unix,
+        roots: p.roots as u32,
+        streams: p.streams as u32,
+        without_bundle: p.without_bundle.clone(),
+        on_old_root: p.on_old_root.clone(),
+        supported: true,
     }
 }
 

@@ -48,6 +48,9 @@ pub async fn serve(
         .route("/pin-images", post(pin_images))
         .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))
         .with_state(config);
+    // The API server presents no client certificate: one configuration
+    // serves for the life of the listener.
+    let (_, tls) = tokio::sync::watch::channel(tls);
     let incoming = crate::grpc::tls_incoming(listener, tls);
     rampart_api::http_serve::serve(incoming, app, shutdown).await
 }

@@ -3,16 +3,18 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use rampart_certs::{CertificateAuthority, SvidLifetimes, TrustDomain};
 
-use crate::files::{read_private_key, read_to_string, write_private};
+use super::roots::RootFiles;
+use crate::files::{read_private_key, read_to_string};
 
 /// Which CA to run.
 #[derive(Debug, Clone)]
 pub enum CaSource {
-    /// A self-signed root kept in `<data-dir>/ca/`; with `intermediate`, the
-    /// root signs an intermediate at start and the intermediate signs SVIDs.
+    /// Self-signed roots kept in `<data-dir>/ca/` (`roots.rs`), rotated by
+    /// the control plane itself; with `intermediate`, the signing root signs
+    /// an intermediate at start and the intermediate signs SVIDs.
     SelfSigned { intermediate: bool },
     /// A plug-in CA directory holding `ca-cert.pem` (signing certificate),
     /// `ca-key.pem`, `root-cert.pem` and optionally `cert-chain.pem`
@@ -32,30 +34,10 @@ pub fn load_or_create(
 ) -> anyhow::Result<CertificateAuthority> {
     match source {
         CaSource::SelfSigned { intermediate } => {
-            let dir = data_dir.join("ca");
-            let (cert_path, key_path) = (dir.join("root-cert.pem"), dir.join("root-key.pem"));
-            if !cert_path.exists() {
-                if key_path.exists() {
-                    bail!(
-                        "{} exists without {}; refusing to overwrite a CA key",
-                        key_path.display(),
-                        cert_path.display()
-                    );
-                }
-                let root = CertificateAuthority::generate_root(trust_domain)?;
-                write_private(&key_path, root.key_pem.as_bytes())?;
-                write_private(&cert_path, root.cert_pem.as_bytes())?;
-                tracing::info!(path = %cert_path.display(), "generated a new self-signed root CA");
-            }
-            let cert = read_to_string(&cert_path)?;
-            let key = read_private_key(&key_path)?;
-            let td = trust_domain.clone();
-            let ca = if *intermediate {
-                CertificateAuthority::with_generated_intermediate(td, &cert, &key, lifetimes)
-            } else {
-                CertificateAuthority::from_root_pem(td, &cert, &key, lifetimes)
-            };
-            ca.with_context(|| format!("loading the CA from {}", dir.display()))
+            let files = RootFiles::in_data_dir(data_dir);
+            files.create_first(trust_domain)?;
+            let roots = files.load()?;
+            files.authority(&roots, trust_domain, *intermediate, lifetimes)
         }
         CaSource::Pem { cert, key } => {
             CertificateAuthority::from_root_pem(trust_domain.clone(), cert, key, lifetimes)

@@ -4,8 +4,12 @@
 
 mod authority;
 pub mod proof;
+mod roots;
+mod rotation;
 pub mod service;
 
 pub use authority::{CaSource, load_or_create};
 pub use proof::Proof;
+pub use roots::{Phase, RootFiles};
+pub use rotation::{CaHandle, Progress, Rotator, RotatorConfig};
 pub use service::CaService;

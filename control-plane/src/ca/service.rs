@@ -9,14 +9,14 @@ use rampart_api::ca::{SignRequest, SignResponse};
 use rampart_certs::{CaError, CertificateAuthority, CsrError, IssuedSvid, SpiffeId, VerifiedCsr};
 use tonic::{Request, Response, Status};
 
-use super::Proof;
+use super::{CaHandle, Proof};
 use crate::k8s::{ReviewError, TokenReviewer};
 use crate::metrics::Metrics;
 use crate::store::{JoinTokenError, JoinTokens};
 
 /// Serves `rampart.ca.v1.CertificateService`.
 pub struct CaService {
-    ca: Arc<CertificateAuthority>,
+    ca: CaHandle,
     tokens: JoinTokens,
     /// Checks ServiceAccount tokens; None outside Kubernetes.
     reviewer: Option<TokenReviewer>,
@@ -25,7 +25,7 @@ pub struct CaService {
 
 impl CaService {
     pub fn new(
-        ca: Arc<CertificateAuthority>,
+        ca: CaHandle,
         tokens: JoinTokens,
         reviewer: Option<TokenReviewer>,
         metrics: Arc<Metrics>,
@@ -43,20 +43,22 @@ impl CaService {
         proof: &Proof,
         csr: &VerifiedCsr,
         ttl: Option<Duration>,
-    ) -> Result<IssuedSvid, Status> {
-        match proof {
-            Proof::Svid(id) => sign(&self.ca, csr, id, ttl),
+    ) -> Result<(IssuedSvid, Arc<CertificateAuthority>), Status> {
+        // One CA for the whole call: the chain and the bundle returned
+        // belong together even if a rotation steps meanwhile.
+        let ca = self.ca.current();
+        let issued = match proof {
+            Proof::Svid(id) => sign(&ca, csr, id, ttl),
             Proof::JoinToken(token) => {
                 let record = self.tokens.peek(token).map_err(token_status)?;
-                let id = self
-                    .ca
+                let id = ca
                     .trust_domain()
                     .workload_id(&record.namespace, &record.service_account)
                     .map_err(|e| Status::internal(format!("stored identity is invalid: {e}")))?;
                 // Refuse a CSR for someone else before spending the token.
                 csr.check_identity(&id).map_err(csr_status)?;
                 self.tokens.consume(token).await.map_err(token_status)?;
-                sign(&self.ca, csr, &id, ttl)
+                sign(&ca, csr, &id, ttl)
             }
             Proof::ServiceAccountToken(token) => {
                 let Some(reviewer) = &self.reviewer else {
@@ -68,15 +70,15 @@ impl CaService {
                     ReviewError::Unavailable(_) => Status::unavailable(e.to_string()),
                     _ => Status::unauthenticated(e.to_string()),
                 })?;
-                let id = self
-                    .ca
+                let id = ca
                     .trust_domain()
                     .workload_id(&namespace, &account)
                     .map_err(|e| Status::permission_denied(format!("no SPIFFE ID for it: {e}")))?;
                 csr.check_identity(&id).map_err(csr_status)?;
-                sign(&self.ca, csr, &id, ttl)
+                sign(&ca, csr, &id, ttl)
             }
-        }
+        }?;
+        Ok((issued, ca))
     }
 }
 
@@ -160,7 +162,7 @@ impl CertificateService for CaService {
         }
         .await;
         match outcome {
-            Ok(issued) => {
+            Ok((issued, ca)) => {
                 self.metrics
                     .signing_seconds
                     .observe(started.elapsed().as_secs_f64());
@@ -169,13 +171,7 @@ impl CertificateService for CaService {
                 Ok(Response::new(SignResponse {
                     spiffe_id: issued.spiffe_id.to_string(),
                     cert_chain_der: issued.chain.iter().map(|c| c.to_vec()).collect(),
-                    trust_bundle_der: self
-                        .ca
-                        .bundle()
-                        .roots()
-                        .iter()
-                        .map(|c| c.to_vec())
-                        .collect(),
+                    trust_bundle_der: ca.bundle().roots().iter().map(|c| c.to_vec()).collect(),
                     expires_at_unix: issued.not_after.unix_timestamp(),
                 }))
             }

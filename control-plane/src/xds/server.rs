@@ -160,6 +160,10 @@ impl AdsServer {
         let Some(peer) = caller_spiffe_id(&request).or_else(|| self.anonymous.clone()) else {
             return Err(Status::unauthenticated("xDS needs a client SVID (mTLS)"));
         };
+        let peer_chain = request
+            .peer_certs()
+            .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let incoming = request.into_inner();
         let snapshots = self.snapshots.clone();
@@ -169,7 +173,7 @@ impl AdsServer {
         let nodes = self.nodes.clone();
         tokio::spawn(async move {
             metrics.xds_connected.inc();
-            let (id, dumps) = registry.open(peer.to_string(), variant);
+            let (id, dumps) = registry.open(peer.to_string(), peer_chain, variant);
             tracing::info!(peer = %peer, stream = id, variant, "xDS stream opened");
             let context = StreamContext {
                 metrics: &metrics,
@@ -223,6 +227,8 @@ async fn run<P: Protocol>(
     let mut view: Option<Box<dyn NodeConfig>> = None;
     // The newest generation pushed to this stream and not yet answered.
     let mut awaiting: Option<u64> = None;
+    // The newest generation this stream was served from.
+    let mut handled: Option<u64> = None;
     loop {
         let responses = tokio::select! {
             message = incoming.message() => match message {
@@ -246,6 +252,7 @@ async fn run<P: Protocol>(
                         return "request out of bounds";
                     }
                     let (event, responses) = stream.handle(request, &view.of(&published));
+                    handled = handled.max(Some(published.generation));
                     log_event(event, cx.metrics, &cx.peer.to_string(), stream.node());
                     responses
                 }
@@ -270,6 +277,7 @@ async fn run<P: Protocol>(
                     continue; // nothing subscribed yet
                 };
                 let responses = stream.push(&view.of(&published));
+                handled = handled.max(Some(published.generation));
                 if let (false, Some(accepted_at)) = (responses.is_empty(), published.accepted_at) {
                     cx.convergence.pushed(published.generation, accepted_at, cx.id);
                     awaiting = Some(published.generation);
@@ -279,12 +287,13 @@ async fn run<P: Protocol>(
         };
         let summary = stream.summary();
         cx.registry.update(cx.id, stream.node(), &summary);
-        if let Some(generation) = awaiting
-            && responses.is_empty()
-            && all_answered(&summary)
-        {
-            cx.convergence.answered(cx.id, generation);
-            awaiting = None;
+        if responses.is_empty() && all_answered(&summary) {
+            if let Some(generation) = awaiting.take() {
+                cx.convergence.answered(cx.id, generation);
+            }
+            if let Some(generation) = handled {
+                cx.registry.synced(cx.id, generation);
+            }
         }
         for response in responses {
             cx.metrics.count_push(P::type_url(&response));

@@ -61,8 +61,9 @@ impl Published {
 pub struct Sources {
     pub registrations: Registrations,
     pub trust_domain: String,
-    /// The trust bundle served as `ROOTCA`.
-    pub roots_pem: String,
+    /// The trust bundle served as `ROOTCA` (PEM); it changes during a root
+    /// rotation.
+    pub roots: watch::Receiver<String>,
     /// Services and endpoints from the Kubernetes API server.
     pub kubernetes: Option<Discovery>,
 }
@@ -88,8 +89,9 @@ fn build(store: &impl MeshStore, sources: &Sources) -> Option<MeshConfig> {
                 );
                 registered.extend(endpoints);
             }
-            let model = Model::new(resources, &sources.trust_domain, &sources.roots_pem)
-                .with_registered(registered);
+            let roots = sources.roots.borrow().clone();
+            let model =
+                Model::new(resources, &sources.trust_domain, &roots).with_registered(registered);
             Some(translate(&model))
         }
         Err(e) => {
@@ -122,6 +124,7 @@ pub fn spawn_snapshot_builder<S: MeshStore + 'static>(
         .kubernetes
         .as_ref()
         .map_or(idle, Discovery::revision);
+    let mut roots = sources.roots.clone();
     tokio::spawn(async move {
         let _idle_sender = idle_sender;
         let mut generation = 0;
@@ -131,6 +134,7 @@ pub fn spawn_snapshot_builder<S: MeshStore + 'static>(
                 r = revisions.changed() => r.is_ok(),
                 r = registered.changed() => r.is_ok(),
                 r = cluster.changed() => r.is_ok(),
+                r = roots.changed() => r.is_ok(),
             }
         };
         while changed().await {

@@ -8,9 +8,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use rampart_api::admin::{ProxyResource, ProxyStatus, TypeStatus};
+use rustls::pki_types::CertificateDer;
 use tokio::sync::{mpsc, oneshot};
 
 use super::server::TypeSummary;
+use super::snapshot::TypeUrl;
 use envoy_types::pb::envoy::config::core::v3::Node;
 
 /// A request for a stream's served resources.
@@ -26,12 +28,35 @@ pub struct StreamRegistry {
 struct Stream {
     status: ProxyStatus,
     config: mpsc::Sender<ConfigRequest>,
+    /// The certificates the client presented (empty if anonymous).
+    peer_chain: Arc<Vec<CertificateDer<'static>>>,
+    /// The newest snapshot generation of which it holds everything sent
+    /// (every response answered).
+    synced_generation: Option<u64>,
+}
+
+/// What a root rotation needs to know of one stream.
+#[derive(Debug, Clone)]
+pub struct StreamTrust {
+    pub stream_id: u64,
+    pub spiffe_id: String,
+    pub node_id: String,
+    pub peer_chain: Arc<Vec<CertificateDer<'static>>>,
+    pub synced_generation: Option<u64>,
+    /// `None` if it never asked for a Secret; else whether the last one
+    /// sent was ACKed (not NACKed, not in flight).
+    pub secrets_acked: Option<bool>,
 }
 
 impl StreamRegistry {
     /// Registers a new stream; returns its id and where it is asked for its
     /// configuration.
-    pub fn open(&self, spiffe_id: String, variant: &str) -> (u64, mpsc::Receiver<ConfigRequest>) {
+    pub fn open(
+        &self,
+        spiffe_id: String,
+        peer_chain: Vec<CertificateDer<'static>>,
+        variant: &str,
+    ) -> (u64, mpsc::Receiver<ConfigRequest>) {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -44,8 +69,44 @@ impl StreamRegistry {
             ..Default::default()
         };
         let (config, requests) = mpsc::channel(1);
-        self.lock().insert(id, Stream { status, config });
+        self.lock().insert(
+            id,
+            Stream {
+                status,
+                config,
+                peer_chain: Arc::new(peer_chain),
+                synced_generation: None,
+            },
+        );
         (id, requests)
+    }
+
+    /// The stream holds everything of snapshot `generation`.
+    pub fn synced(&self, id: u64, generation: u64) {
+        if let Some(stream) = self.lock().get_mut(&id) {
+            stream.synced_generation = Some(generation);
+        }
+    }
+
+    /// Every open stream's peer and how far it is synced.
+    pub fn trust(&self) -> Vec<StreamTrust> {
+        let secret = TypeUrl::Secret.short();
+        self.lock()
+            .values()
+            .map(|s| StreamTrust {
+                stream_id: s.status.stream_id,
+                spiffe_id: s.status.spiffe_id.clone(),
+                node_id: s.status.node_id.clone(),
+                peer_chain: s.peer_chain.clone(),
+                synced_generation: s.synced_generation,
+                secrets_acked: s
+                    .status
+                    .types
+                    .iter()
+                    .find(|t| t.r#type == secret)
+                    .map(|t| t.state == "SYNCED"),
+            })
+            .collect()
     }
 
     /// Records the stream's current protocol state.
@@ -160,7 +221,6 @@ fn version_of(node: &Node) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xds::snapshot::TypeUrl;
     use crate::xds::sotw::Sent;
 
     fn sent(version: &str) -> Sent {
@@ -176,7 +236,7 @@ mod tests {
     #[test]
     fn a_stale_version_keeps_the_time_it_was_first_seen() {
         let registry = StreamRegistry::default();
-        let (id, _requests) = registry.open("spiffe://x/ns/a/sa/b".to_owned(), "delta");
+        let (id, _requests) = registry.open("spiffe://x/ns/a/sa/b".to_owned(), Vec::new(), "delta");
         let (v1, v2) = (sent("v1"), sent("v2"));
         registry.update(id, None, &[(TypeUrl::Cluster, Some(&v1), None, None)]);
         let first = registry.list()[0].types[0].clone();

@@ -65,7 +65,7 @@ use rampart_api::mesh::{
 };
 
 use super::sidecar::{self, ServiceInfo, SidecarInputs};
-use super::snapshot::{Snapshot, TypeUrl};
+use super::snapshot::{Entry, Snapshot, TypeUrl};
 use super::timeouts::ConnectionTimeouts;
 use rampart_api::xds::CaptureMetadata;
 
@@ -331,6 +331,12 @@ pub fn translate(model: &Model) -> MeshConfig {
         snapshot,
         sidecars: inputs,
     }
+}
+
+/// The `ROOTCA` entry served for the bundle `pem`: what a root rotation
+/// waits for every stream to hold.
+pub fn rootca_entry(pem: &str) -> Entry {
+    Entry::new(roots(pem))
 }
 
 fn roots(pem: &str) -> Secret {
