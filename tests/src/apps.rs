@@ -152,6 +152,56 @@ pub async fn one_request_per_connection() -> u16 {
     .await
 }
 
+/// Starts an HTTP/1.1 server that dies in the middle of every response
+/// to a path under `/cut`: the status line and headers, then 64 KiB of a
+/// longer body (`content-length: 1000000`, or chunked for `/cut/chunked`),
+/// then the connection is reset as when the process is killed. Any other
+/// path gets a complete `ok`. Returns its port.
+pub async fn dies_mid_body() -> u16 {
+    each_connection(|mut stream| async move {
+        let mut buf = [0u8; 4096];
+        loop {
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+            if !path.starts_with("/cut") {
+                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n";
+                if stream.write_all(ok).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            let part = vec![b'x'; 64 * 1024];
+            let mut out = Vec::new();
+            if path == "/cut/chunked" {
+                out.extend_from_slice(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
+                out.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+                out.extend_from_slice(&part);
+                out.extend_from_slice(b"\r\n");
+            } else {
+                out.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n");
+                out.extend_from_slice(&part);
+            }
+            let _ = stream.write_all(&out).await;
+            let _ = stream.flush().await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // A reset, not a clean close: what a killed process leaves.
+            // (Deprecated because a non-zero linger blocks on drop; zero
+            // resets at once.)
+            #[allow(deprecated)]
+            let _ = stream.set_linger(Some(Duration::ZERO));
+            return;
+        }
+    })
+    .await
+}
+
 /// Listens on a loopback port and runs `serve` on each connection in a
 /// task of its own; returns the port.
 async fn each_connection<F, Fut>(serve: F) -> u16

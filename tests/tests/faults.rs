@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rampart_api::admin::{ApplyResourcesRequest, ProxyStatusRequest, SourceText};
 use rampart_tests::load::{ECHO_SERVICE, EchoUnderLoad, echo_split};
-use rampart_tests::{ControlPlane, counter, eventually, free_port};
+use rampart_tests::{ControlPlane, Sidecar, apps, counter, eventually, free_port};
 
 /// How long the control plane stays dead.
 const OUTAGE: Duration = Duration::from_secs(60);
@@ -326,4 +326,72 @@ async fn a_backend_killed_under_load_fails_no_request_with_retries() {
         tally.ok() - killed_at > 500,
         "traffic went on after the kill"
     );
+}
+
+/// A backend that dies in the middle of a response body, behind its
+/// sidecar: the caller must see a response that ends in an error, never
+/// a short body passed off as whole, on HTTP/1.1 (both framings) and
+/// HTTP/2; and the same path through the same sidecars works again next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_dying_mid_body_is_an_error_to_the_caller_not_a_short_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp"), &[]).await;
+    let model = dir.path().join("cut.yaml");
+    std::fs::write(
+        &model,
+        "apiVersion: rampart.dev/v1alpha1\nkind: Service\nmetadata: {name: cut, namespace: default}\nspec:\n  ports: [{name: http, port: 8080, protocol: http}]\n  serviceAccounts: [cut]\n",
+    )
+    .unwrap();
+    cp.meshctl_ok(&["apply", "-f", model.to_str().unwrap()]);
+    let app = apps::dies_mid_body().await;
+    let args = [
+        "--service".into(),
+        "cut".into(),
+        "--port".into(),
+        format!("http={}", free_port()),
+        "--app-port".into(),
+        format!("http={app}"),
+    ];
+    let backend = Sidecar::start(&cp, dir.path(), "cut", None, &args).await;
+    let (client, out) = Sidecar::caller(&cp, dir.path(), "client", None, "cut.default:8080").await;
+    let up = eventually(150, || async {
+        matches!(apps::get_h1(&out, "cut", "/").await, Ok((200, b)) if b == "ok\n")
+    })
+    .await;
+    assert!(up, "no answer through the sidecars\n{}", client.logs.text());
+
+    for (name, answer) in [
+        (
+            "HTTP/1.1, content-length",
+            apps::get_h1(&out, "cut", "/cut").await,
+        ),
+        (
+            "HTTP/1.1, chunked",
+            apps::get_h1(&out, "cut", "/cut/chunked").await,
+        ),
+        ("HTTP/2", apps::get_h2(&out, "cut", "/cut").await),
+    ] {
+        eprintln!(
+            "{name}: the caller saw {:?}",
+            answer.as_ref().map(|(s, b)| (s, b.len()))
+        );
+        // An error while reading the body; a 5xx before any byte is also
+        // honest. A 200 with a body is the one thing that must not happen.
+        match &answer {
+            Err(_) => {}
+            Ok((status, _)) => assert!(
+                *status >= 500,
+                "{name}: a cut response reached the caller as {status} with a complete-looking body"
+            ),
+        }
+        // The next request on the same path through the same sidecars works.
+        let again = apps::get_h1(&out, "cut", "/").await;
+        assert!(
+            matches!(&again, Ok((200, b)) if b == "ok\n"),
+            "{name}: then {again:?}"
+        );
+    }
+    for sidecar in [&backend, &client] {
+        assert!(sidecar.is_running(), "a sidecar exited");
+    }
 }
