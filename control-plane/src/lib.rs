@@ -138,26 +138,37 @@ pub async fn run(
                 .context("connecting to the Kubernetes API server (KUBECONFIG or in-cluster)")?,
         ),
     };
-    let ca_source = match (&config.ca_secret, &kube) {
-        (Some(name), Some(client)) => {
-            let (cert, key) = k8s::ca_secret::load_or_create(
+    // The roots the control plane owns and rotates: in its data directory,
+    // or (in a cluster, --ca-secret) in a Secret every replica shares.
+    let owned = match (&config.ca_source, &config.ca_secret, &kube) {
+        (ca::CaSource::PlugIn(_), _, _) => None,
+        (ca::CaSource::SelfSigned { intermediate }, Some(name), Some(client)) => Some((
+            ca::RootStore::Secret(Box::new(k8s::ca_secret::SecretRoots::new(
                 client.clone(),
                 &config.namespace,
                 name,
-                &config.trust_domain,
-            )
-            .await
-            .with_context(|| format!("the CA Secret {}/{name}", config.namespace))?;
-            ca::CaSource::Pem { cert, key }
-        }
-        _ => config.ca_source.clone(),
+            ))),
+            *intermediate,
+        )),
+        (ca::CaSource::SelfSigned { intermediate }, _, _) => Some((
+            ca::RootStore::Files(ca::RootFiles::in_data_dir(&config.data_dir)),
+            *intermediate,
+        )),
     };
-    let ca = ca::CaHandle::new(ca::load_or_create(
-        &config.data_dir,
-        &config.trust_domain,
-        &ca_source,
-        config.lifetimes,
-    )?);
+    let (ca, owned) = match (owned, &config.ca_source) {
+        (Some((store, intermediate)), _) => {
+            let (ca, set) =
+                ca::from_store(&store, &config.trust_domain, intermediate, config.lifetimes)
+                    .await?;
+            (ca, Some((store, intermediate, set)))
+        }
+        (None, ca::CaSource::PlugIn(dir)) => (
+            ca::plug_in(dir, &config.trust_domain, config.lifetimes)?,
+            None,
+        ),
+        (None, ca::CaSource::SelfSigned { .. }) => unreachable!("owned roots have a store"),
+    };
+    let ca = ca::CaHandle::new(ca);
     // The bundle every proxy is served follows the CA through rotations.
     let roots = follow_ca(&ca, |ca| ca.bundle().to_pem());
     let registrations =
@@ -295,27 +306,47 @@ pub async fn run(
         ready.clone(),
         stopped(stop_rx.clone()),
     ));
-    let rotator = match (&ca_source, &kube) {
-        // Replicas in a cluster share one root (a Secret): rotating it
-        // needs them all to agree, which is not built yet.
-        (ca::CaSource::SelfSigned { intermediate }, None) => {
-            let rotator = ca::Rotator::new(
-                ca::RotatorConfig {
-                    files: ca::RootFiles::in_data_dir(&config.data_dir),
-                    trust_domain: config.trust_domain.clone(),
-                    intermediate: *intermediate,
-                    lifetimes: config.lifetimes,
-                    settle: config.root_rotation_settle,
-                },
-                ca.clone(),
-                streams.clone(),
-                snapshots.clone(),
-            )?;
-            rotator.spawn();
-            Some(rotator)
-        }
-        _ => None,
-    };
+    // Every replica serves; one leads the singletons (and root rotations).
+    let leadership = kube.as_ref().map(|client| {
+        k8s::leader::campaign(
+            client.clone(),
+            &config.namespace,
+            &config.leader_lease,
+            config.replica_id.clone(),
+        )
+    });
+    let rotator = owned.map(|(store, intermediate, set)| {
+        let cluster = match (&store, &kube, &leadership, &config.ca_secret) {
+            (ca::RootStore::Secret(_), Some(client), Some(leadership), Some(secret)) => {
+                Some(ca::Cluster {
+                    leading: leadership.watch(),
+                    reports: k8s::rotation_reports::Reports::new(
+                        client.clone(),
+                        &config.namespace,
+                        &format!("{secret}-rotation"),
+                        &config.replica_id,
+                    ),
+                })
+            }
+            _ => None,
+        };
+        let rotator = ca::Rotator::new(
+            ca::RotatorConfig {
+                store,
+                trust_domain: config.trust_domain.clone(),
+                intermediate,
+                lifetimes: config.lifetimes,
+                settle: config.root_rotation_settle,
+                cluster,
+            },
+            set,
+            ca.clone(),
+            streams.clone(),
+            snapshots.clone(),
+        );
+        rotator.spawn();
+        rotator
+    });
     let ads = xds::AdsServer::new(
         snapshots,
         metrics.clone(),
@@ -400,15 +431,10 @@ pub async fn run(
             )))
         }
     };
-    if let Some(client) = &kube {
-        // Every replica serves; one leads the singletons.
-        let leadership = k8s::leader::campaign(
-            client.clone(),
-            &config.namespace,
-            &config.leader_lease,
-            config.replica_id.clone(),
-        );
-        let bundle = ca.current().bundle().to_pem();
+    if let (Some(client), Some(leadership)) = (&kube, &leadership) {
+        // The bundle as it changes in a root rotation: each singleton starts
+        // again with the new one.
+        let bundle = follow_ca(&ca, |ca| ca.bundle().to_pem());
         use k8s::webhook_config::{WebhookKind, keep_ca_bundle};
         let configurations = [
             (WebhookKind::Mutating, &config.webhook_configuration),
@@ -421,12 +447,18 @@ pub async fn run(
             let Some(name) = name.clone() else { continue };
             let (client, bundle) = (client.clone(), bundle.clone());
             leadership.run_while_leading("webhook caBundle", move || {
-                keep_ca_bundle(client.clone(), kind, name.clone(), bundle.clone())
+                let (client, name) = (client.clone(), name.clone());
+                with_latest(bundle.clone(), move |pem| {
+                    keep_ca_bundle(client.clone(), kind, name.clone(), pem)
+                })
             });
         }
         let client = client.clone();
         leadership.run_while_leading("root bundle ConfigMaps", move || {
-            k8s::root_bundle::publish(client.clone(), bundle.clone())
+            let client = client.clone();
+            with_latest(bundle.clone(), move |pem| {
+                k8s::root_bundle::publish(client.clone(), pem)
+            })
         });
     }
     let grpc = tonic::transport::Server::builder()
@@ -506,6 +538,23 @@ fn follow_ca<T: Send + Sync + 'static>(
         }
     });
     rx
+}
+
+/// Runs `task` with the latest value of `values`, starting it again
+/// whenever the value changes.
+async fn with_latest<T, F, Fut>(mut values: tokio::sync::watch::Receiver<T>, task: F)
+where
+    T: Clone,
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    loop {
+        let value = values.borrow_and_update().clone();
+        tokio::select! {
+            _ = task(value) => return,
+            changed = values.changed() => if changed.is_err() { return },
+        }
+    }
 }
 
 /// The registry client of the security policy's image lookups.

@@ -53,7 +53,7 @@ pub async fn rotation(target: &Target) -> anyhow::Result<()> {
     let status = fetch(target).await?;
     if !status.supported {
         println!(
-            "this control plane does not rotate its root itself (plug-in or Kubernetes Secret CA); {} root(s) trusted",
+            "this control plane runs a plug-in CA, rotated by changing its files; {} root(s) trusted",
             status.roots
         );
         return Ok(());

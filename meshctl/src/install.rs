@@ -151,7 +151,8 @@ pub fn manifests(v: &Values, with_namespace: bool) -> Vec<Value> {
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta(NAME),
         "rules": [
             rule(&["coordination.k8s.io"], &["leases"], &["get", "create", "update"]),
-            json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": ["rampart-ca"]}),
+            // update: a root rotation rewrites the CA Secret.
+            json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "update"], "resourceNames": ["rampart-ca"]}),
             // create cannot be limited to a name (the object does not exist yet).
             rule(&[""], &["secrets"], &["create"]),
         ]

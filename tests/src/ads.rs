@@ -25,12 +25,21 @@ pub struct Ads {
 }
 
 impl Ads {
+    /// Over plaintext (a control plane's `--dev-plaintext-xds`).
     pub async fn connect(addr: &str, subscriptions: &[(&'static str, Vec<String>)]) -> Self {
         let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()
             .await
             .unwrap();
+        Self::over(channel, subscriptions).await
+    }
+
+    /// Over `channel` (e.g. mTLS with an SVID: `ControlPlane::channel`).
+    pub async fn over(
+        channel: tonic::transport::Channel,
+        subscriptions: &[(&'static str, Vec<String>)],
+    ) -> Self {
         let (tx, rx) = mpsc::channel(16);
         let responses = AggregatedDiscoveryServiceClient::new(channel)
             .stream_aggregated_resources(ReceiverStream::new(rx))

@@ -162,6 +162,51 @@ pub async fn control_plane(
     crate::ControlPlane::start(dir, &args).await
 }
 
+/// Control plane replicas that share a Lease, a CA Secret and a webhook
+/// configuration, all named after one test's suffix.
+pub struct Replicas {
+    pub client: kube::Client,
+    pub lease: String,
+    pub secret: String,
+    pub webhooks: String,
+}
+
+impl Replicas {
+    /// Names made of `prefix` and a fresh suffix.
+    pub async fn new(prefix: &str) -> Self {
+        let id = suffix();
+        Self {
+            client: client().await,
+            lease: format!("rampart-{prefix}-{id}"),
+            secret: format!("rampart-ca-{prefix}-{id}"),
+            webhooks: format!("rampart-{prefix}-injector-{id}"),
+        }
+    }
+
+    /// Starts replica `replica` on `dir` with `extra` flags.
+    pub async fn start(
+        &self,
+        replica: &str,
+        dir: &std::path::Path,
+        extra: &[&str],
+    ) -> crate::ControlPlane {
+        let mut flags = vec![
+            "--leader-lease",
+            &self.lease,
+            "--replica-id",
+            replica,
+            "--ca-secret",
+            &self.secret,
+            "--webhook-addr",
+            "127.0.0.1:0",
+            "--webhook-configuration",
+            &self.webhooks,
+        ];
+        flags.extend_from_slice(extra);
+        control_plane(&self.client, dir, &flags).await
+    }
+}
+
 /// Whether MutatingWebhookConfiguration `name`'s first webhook trusts
 /// exactly `bundle_pem`.
 pub async fn has_ca_bundle(client: &kube::Client, name: &str, bundle_pem: &str) -> bool {

@@ -275,6 +275,47 @@ impl Drop for ControlPlane {
     }
 }
 
+/// A root rotation's phase ("" when none) as `cp` sees it; `None` if it
+/// does not answer.
+pub async fn rotation_phase(cp: &ControlPlane) -> Option<String> {
+    let mut admin = cp.admin().await;
+    let status = admin
+        .get_root_rotation(rampart_api::admin::GetRootRotationRequest {})
+        .await
+        .ok()?;
+    Some(status.into_inner().phase)
+}
+
+/// Waits (up to two minutes) until no control plane of `cps` has a root
+/// rotation under way; the phases the first went through meanwhile (with
+/// when, printed), or `Err` with `meshctl ca rotation` and the logs.
+pub async fn until_rotated(cps: &[&ControlPlane]) -> Result<Vec<String>, String> {
+    let started = std::time::Instant::now();
+    let mut seen: Vec<String> = Vec::new();
+    for _ in 0..1200 {
+        let mut phases = Vec::new();
+        for cp in cps {
+            phases.push(rotation_phase(cp).await);
+        }
+        if phases.iter().all(|p| p.as_deref() == Some("")) {
+            return Ok(seen);
+        }
+        if let Some(Some(p)) = phases.first()
+            && !p.is_empty()
+            && seen.last() != Some(p)
+        {
+            eprintln!("phase {p} at {:.1}s", started.elapsed().as_secs_f64());
+            seen.push(p.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut why = String::from_utf8_lossy(&cps[0].meshctl(&["ca", "rotation"]).stdout).into_owned();
+    for cp in cps {
+        why.push_str(&format!("\n--- {} ---\n{}", cp.grpc_addr, cp.logs.text()));
+    }
+    Err(why)
+}
+
 /// Signs a fresh CSR with the given proof; returns the response and the key.
 pub async fn sign(
     channel: Channel,

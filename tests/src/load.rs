@@ -26,6 +26,21 @@ pub fn echo_split(v1: u32, v2: u32) -> String {
     format!("{ECHO_SERVICE}---\n{}", crate::split_policy((v1, v2)))
 }
 
+/// Applies [`echo_split`]`(v1, v2)` through the admin API.
+pub async fn apply_echo_split(cp: &ControlPlane, v1: u32, v2: u32) {
+    cp.admin()
+        .await
+        .apply_resources(rampart_api::admin::ApplyResourcesRequest {
+            sources: vec![rampart_api::admin::SourceText {
+                source: "split.yaml".into(),
+                text: echo_split(v1, v2),
+            }],
+            dry_run: false,
+        })
+        .await
+        .unwrap();
+}
+
 /// Echo v1 and v2 behind their sidecars, a client sidecar calling
 /// `echo.default:8080`, and steady load through it once v1 answers (apply
 /// an [`echo_split`] sending traffic to v1 first).

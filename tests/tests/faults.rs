@@ -7,29 +7,14 @@
 
 use std::time::{Duration, Instant};
 
-use rampart_api::admin::{ApplyResourcesRequest, ProxyStatusRequest, SourceText};
-use rampart_tests::load::{ECHO_SERVICE, EchoUnderLoad, echo_split};
+use rampart_api::admin::ProxyStatusRequest;
+use rampart_tests::load::{ECHO_SERVICE, EchoUnderLoad, apply_echo_split};
 use rampart_tests::{ControlPlane, Sidecar, apps, counter, eventually, free_port};
 
 /// How long the control plane stays dead.
 const OUTAGE: Duration = Duration::from_secs(60);
 /// Changes in the burst.
 const BURST: usize = 1000;
-
-/// Applies `echo_split(v1, v2)` through the admin API.
-async fn apply(cp: &ControlPlane, v1: u32, v2: u32) {
-    cp.admin()
-        .await
-        .apply_resources(ApplyResourcesRequest {
-            sources: vec![SourceText {
-                source: "split.yaml".into(),
-                text: echo_split(v1, v2),
-            }],
-            dry_run: false,
-        })
-        .await
-        .unwrap();
-}
 
 /// Whether `count` proxies are connected with every type ACKed.
 async fn all_synced(cp: &ControlPlane, count: usize) -> bool {
@@ -65,7 +50,7 @@ impl Setup {
         let data = dir.path().join("cp");
         let port = free_port();
         let cp = start_on(&data, port).await;
-        apply(&cp, 100, 0).await;
+        apply_echo_split(&cp, 100, 0).await;
         let under_load = EchoUnderLoad::start(&cp, dir.path(), None).await;
         assert!(eventually(100, || all_synced(&cp, 3)).await);
         Setup {
@@ -115,9 +100,9 @@ async fn traffic_survives_a_control_plane_outage_a_restart_and_a_burst_of_change
     let burst_started = Instant::now();
     for i in 0..BURST {
         let v1 = (i % 101) as u32;
-        apply(&cp, v1, 100 - v1).await;
+        apply_echo_split(&cp, v1, 100 - v1).await;
     }
-    apply(&cp, 0, 100).await;
+    apply_echo_split(&cp, 0, 100).await;
     let burst = burst_started.elapsed();
     let converged = eventually(300, || async {
         let v1 = tally.answered_by("v1");
@@ -244,7 +229,7 @@ async fn traffic_survives_a_network_cut_to_the_control_plane_and_resyncs_after()
         client.logs.text()
     );
     let resynced = healed.elapsed();
-    apply(&cp, 0, 100).await;
+    apply_echo_split(&cp, 0, 100).await;
     let moved = eventually(600, || async {
         let v1 = tally.answered_by("v1");
         tokio::time::sleep(Duration::from_millis(300)).await;

@@ -20,39 +20,13 @@ async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
 
 #[tokio::test]
 async fn the_leader_runs_the_singletons_and_a_killed_leader_is_replaced() {
-    let client = k8s::client().await;
+    let replicas = k8s::Replicas::new("ha").await;
+    let client = replicas.client.clone();
     let id = k8s::suffix();
-    let (lease, secret, webhooks) = (
-        format!("rampart-ha-{id}"),
-        format!("rampart-ca-{id}"),
-        format!("rampart-ha-injector-{id}"),
-    );
-    let start = |replica: &'static str, dir: std::path::PathBuf| {
-        let (client, lease, secret, webhooks) = (
-            client.clone(),
-            lease.clone(),
-            secret.clone(),
-            webhooks.clone(),
-        );
-        async move {
-            let flags = [
-                "--leader-lease",
-                &lease,
-                "--replica-id",
-                replica,
-                "--ca-secret",
-                &secret,
-                "--webhook-addr",
-                "127.0.0.1:0",
-                "--webhook-configuration",
-                &webhooks,
-            ];
-            k8s::control_plane(&client, &dir, &flags).await
-        }
-    };
+    let (lease, webhooks) = (replicas.lease.clone(), replicas.webhooks.clone());
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = start("a", dir_a.path().to_owned()).await;
-    let b = start("b", dir_b.path().to_owned()).await;
+    let a = replicas.start("a", dir_a.path(), &[]).await;
+    let b = replicas.start("b", dir_b.path(), &[]).await;
 
     // One CA for both: the second replica found the first one's Secret.
     let bundle =

@@ -8,12 +8,13 @@
 
 use std::time::{Duration, Instant};
 
-use rampart_api::admin::{ApplyResourcesRequest, GetRootRotationRequest, SourceText};
 use rampart_certs::Svid;
 use rampart_certs::tls::{CurrentSvid, PeerPolicy, client_config, verify_chain};
 use rampart_certs::well_known::control_plane_id;
-use rampart_tests::load::{EchoUnderLoad, echo_split};
-use rampart_tests::{ControlPlane, Sidecar, counter, free_port, http_get, sign};
+use rampart_tests::load::{EchoUnderLoad, apply_echo_split};
+use rampart_tests::{
+    ControlPlane, Sidecar, counter, free_port, http_get, rotation_phase, sign, until_rotated,
+};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
@@ -43,33 +44,13 @@ async fn chain_of(sidecar: &Sidecar) -> Vec<CertificateDer<'static>> {
         .unwrap()
 }
 
-/// The rotation's phase ("" when none), from the admin API.
-async fn phase(cp: &ControlPlane) -> Option<String> {
-    let mut admin = cp.admin().await;
-    let status = admin
-        .get_root_rotation(GetRootRotationRequest {})
-        .await
-        .ok()?;
-    Some(status.into_inner().phase)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_root_rotates_hands_free_under_load_with_no_failed_request() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("cp");
     let port = free_port();
     let mut cp = start_on(&data, port).await;
-    cp.admin()
-        .await
-        .apply_resources(ApplyResourcesRequest {
-            sources: vec![SourceText {
-                source: "split.yaml".into(),
-                text: echo_split(50, 50),
-            }],
-            dry_run: false,
-        })
-        .await
-        .unwrap();
+    apply_echo_split(&cp, 50, 50).await;
     let under_load = EchoUnderLoad::start(&cp, dir.path(), None).await;
     let sidecars: Vec<&Sidecar> = under_load
         .echoes
@@ -106,32 +87,13 @@ async fn the_root_rotates_hands_free_under_load_with_no_failed_request() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     cp.kill9();
     let cp = start_on(&data, port).await;
-    assert_eq!(phase(&cp).await.as_deref(), Some("trust"));
+    assert_eq!(rotation_phase(&cp).await.as_deref(), Some("trust"));
 
-    let mut seen: Vec<String> = Vec::new();
-    let mut done = false;
-    for _ in 0..900 {
-        match phase(&cp).await {
-            Some(p) if p.is_empty() => {
-                done = true;
-                break;
-            }
-            Some(p) if seen.last() != Some(&p) => {
-                eprintln!("phase {p} at {:.1}s", started.elapsed().as_secs_f64());
-                seen.push(p);
-            }
-            _ => {}
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        done,
-        "the rotation did not finish: {}\n{}",
-        String::from_utf8_lossy(&cp.meshctl(&["ca", "rotation"]).stdout),
-        cp.logs.text()
-    );
+    let seen = until_rotated(&[&cp])
+        .await
+        .unwrap_or_else(|why| panic!("the rotation did not finish: {why}"));
     let took = started.elapsed();
-    assert_eq!(seen.last().map(String::as_str), Some("sign"), "{seen:?}");
+    assert!(seen.ends_with(&["sign".to_owned()]), "{seen:?}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let answered_after = tally.ok();
 

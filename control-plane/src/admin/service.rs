@@ -264,13 +264,13 @@ impl AdminApi for AdminService {
         self.authorize(&request)?;
         let rotator = self.rotator.as_ref().ok_or_else(|| {
             Status::failed_precondition(
-                "this control plane cannot rotate its root itself: a plug-in CA is rotated by changing its files \
-                 (add the new root to root-cert.pem, then sign with it, then drop the old one; docs/operations.md), \
-                 and a CA kept in a Kubernetes Secret is not rotated by the control plane yet",
+                "this control plane runs a plug-in CA: it is rotated by changing its files \
+                 (add the new root to root-cert.pem, then sign with it, then drop the old one; docs/identity.md)",
             )
         })?;
         let progress = rotator
             .start()
+            .await
             .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
         tracing::info!("root rotation requested by the admin");
         Ok(Response::new(rotation_status(Some(&progress))))
@@ -281,7 +281,10 @@ impl AdminApi for AdminService {
         request: Request<GetRootRotationRequest>,
     ) -> Result<Response<RootRotationStatus>, Status> {
         self.authorize(&request)?;
-        let progress = self.rotator.as_ref().map(Rotator::progress);
+        let progress = match &self.rotator {
+            Some(rotator) => Some(rotator.progress().await),
+            None => None,
+        };
         let mut status = rotation_status(progress.as_ref());
         if progress.is_none() {
             status.roots = self.ca.current().bundle().roots().len() as u32;

@@ -4,12 +4,12 @@
 
 mod authority;
 pub mod proof;
-mod roots;
+pub mod roots;
 mod rotation;
 pub mod service;
 
-pub use authority::{CaSource, load_or_create};
+pub use authority::{CaSource, from_store, plug_in};
 pub use proof::Proof;
-pub use roots::{Phase, RootFiles};
-pub use rotation::{CaHandle, Progress, Rotator, RotatorConfig};
+pub use roots::{Phase, RootFiles, RootStore};
+pub use rotation::{CaHandle, Cluster, Progress, Rotator, RotatorConfig};
 pub use service::CaService;

@@ -1,10 +1,12 @@
-//! The self-signed roots kept in `<data-dir>/ca/`, and where a root
-//! rotation stands. `roots.json` lists the roots by file stem
-//! (`<stem>-cert.pem`, `<stem>-key.pem`), the signing root first; without
-//! it there is one root, `root`. Each step of a rotation is one atomic
-//! rewrite of that file, so a control plane killed at any point starts
-//! again where it was.
+//! The CA's own roots, where a root rotation stands, and where both are
+//! kept: files in `<data-dir>/ca/` (standalone), or one Kubernetes Secret
+//! that every replica reads (see `k8s/ca_secret.rs`). Either way the roots
+//! are named by stem (`<stem>-cert.pem`, `<stem>-key.pem`) and
+//! `roots.json` lists them, the signing root first; without it there is
+//! one root, `root`. Each step of a rotation is one atomic write of the
+//! list, so a control plane killed at any point starts again where it was.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -14,18 +16,45 @@ use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
 use crate::files::{read_private_key, read_to_string, write_private};
+use crate::k8s::ca_secret::SecretRoots;
 
 /// The stem of the first root, from before rotations existed.
-const FIRST: &str = "root";
-const STATE_FILE: &str = "roots.json";
+pub const FIRST: &str = "root";
+/// The name of the list, as a file or a Secret key.
+pub const LIST: &str = "roots.json";
 
 /// Which roots are trusted, which one signs, and the rotation under way.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Roots {
-    /// File stems, the signing root first, then any other still trusted.
+    /// Stems, the signing root first, then any other still trusted.
     pub trusted: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<Rotation>,
+}
+
+impl Roots {
+    /// One root, no rotation: what there is before any rotation.
+    pub fn first() -> Self {
+        Self {
+            trusted: vec![FIRST.to_owned()],
+            rotation: None,
+        }
+    }
+
+    /// Parses and checks a stored list.
+    pub fn parse(bytes: &[u8], whence: &str) -> anyhow::Result<Self> {
+        let roots = serde_json::from_slice::<Roots>(bytes)
+            .with_context(|| format!("{whence} is not a valid root list"))?;
+        if roots.trusted.is_empty() {
+            bail!("{whence} lists no root");
+        }
+        for stem in &roots.trusted {
+            if !is_stem(stem) {
+                bail!("{whence} names {stem:?}, not a root stem");
+            }
+        }
+        Ok(roots)
+    }
 }
 
 /// A rotation in progress: its phase, and since when (Unix seconds).
@@ -56,7 +85,104 @@ impl Phase {
     }
 }
 
-/// The files of the roots in one directory.
+/// One root's certificate and key, PEM.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RootPem {
+    pub cert: String,
+    pub key: String,
+}
+
+impl std::fmt::Debug for RootPem {
+    // Never the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RootPem").finish_non_exhaustive()
+    }
+}
+
+/// The list and the PEM of every root it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootSet {
+    pub roots: Roots,
+    pub pems: BTreeMap<String, RootPem>,
+}
+
+impl RootSet {
+    /// A new root generated under `stem`.
+    pub fn generate(trust_domain: &TrustDomain) -> anyhow::Result<RootPem> {
+        let root = CertificateAuthority::generate_root(trust_domain)?;
+        Ok(RootPem {
+            cert: root.cert_pem,
+            key: root.key_pem,
+        })
+    }
+
+    /// The CA of this set: the first root signs (directly, or through a
+    /// fresh intermediate), all are trusted, the signing root first.
+    pub fn authority(
+        &self,
+        trust_domain: &TrustDomain,
+        intermediate: bool,
+        lifetimes: SvidLifetimes,
+    ) -> anyhow::Result<CertificateAuthority> {
+        let pem = |stem: &String| {
+            self.pems
+                .get(stem)
+                .with_context(|| format!("root {stem} is listed but not stored"))
+        };
+        let signing = pem(&self.roots.trusted[0])?;
+        let td = trust_domain.clone();
+        let ca = if intermediate {
+            CertificateAuthority::with_generated_intermediate(
+                td,
+                &signing.cert,
+                &signing.key,
+                lifetimes,
+            )
+        } else {
+            CertificateAuthority::from_root_pem(td, &signing.cert, &signing.key, lifetimes)
+        }?;
+        let others = self.roots.trusted[1..]
+            .iter()
+            .map(|stem| {
+                CertificateDer::from_pem_slice(pem(stem)?.cert.as_bytes())
+                    .with_context(|| format!("root {stem}: no certificate"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(ca.trusting_also(&others))
+    }
+}
+
+/// Where the roots are kept.
+pub enum RootStore {
+    Files(RootFiles),
+    Secret(Box<SecretRoots>),
+}
+
+impl RootStore {
+    /// The stored roots, generating the first one on first start.
+    pub async fn read(&self, trust_domain: &TrustDomain) -> anyhow::Result<RootSet> {
+        match self {
+            RootStore::Files(files) => files.read(trust_domain),
+            RootStore::Secret(secret) => secret.read(trust_domain).await,
+        }
+    }
+
+    /// Stores `set` in place of what is there: the roots it adds first, then
+    /// the list (the switch), then the removal of what it no longer names.
+    pub async fn write(&self, set: &RootSet) -> anyhow::Result<()> {
+        match self {
+            RootStore::Files(files) => files.write(set),
+            RootStore::Secret(secret) => secret.write(set).await,
+        }
+    }
+
+    /// Whether the replicas of a cluster share it.
+    pub fn shared(&self) -> bool {
+        matches!(self, RootStore::Secret(_))
+    }
+}
+
+/// The roots as files in one directory (owner-only).
 #[derive(Debug, Clone)]
 pub struct RootFiles {
     dir: PathBuf,
@@ -77,42 +203,33 @@ impl RootFiles {
         self.dir.join(format!("{stem}-key.pem"))
     }
 
-    /// The recorded state; one root `root` if none is recorded. A state
-    /// naming roots whose files are missing is refused rather than guessed.
-    pub fn load(&self) -> anyhow::Result<Roots> {
-        let path = self.dir.join(STATE_FILE);
-        let roots = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<Roots>(&bytes)
-                .with_context(|| format!("{} is not a valid root list", path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Roots {
-                trusted: vec![FIRST.to_owned()],
-                rotation: None,
-            },
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        if roots.trusted.is_empty() {
-            bail!("{} lists no root", path.display());
+    fn list(&self) -> anyhow::Result<Roots> {
+        let path = self.dir.join(LIST);
+        match std::fs::read(&path) {
+            Ok(bytes) => Roots::parse(&bytes, &path.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Roots::first()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
-        for stem in &roots.trusted {
-            if !is_stem(stem) {
-                bail!("{} names {stem:?}, not a root file stem", path.display());
-            }
-        }
-        Ok(roots)
     }
 
-    /// Records `roots`: one atomic rename.
-    pub fn save(&self, roots: &Roots) -> anyhow::Result<()> {
-        write_private(
-            &self.dir.join(STATE_FILE),
-            &serde_json::to_vec_pretty(roots)?,
-        )
+    fn read(&self, trust_domain: &TrustDomain) -> anyhow::Result<RootSet> {
+        self.create_first(trust_domain)?;
+        let roots = self.list()?;
+        let mut pems = BTreeMap::new();
+        for stem in &roots.trusted {
+            let pem = RootPem {
+                cert: read_to_string(&self.cert(stem))?,
+                key: read_private_key(&self.key(stem))?,
+            };
+            pems.insert(stem.clone(), pem);
+        }
+        Ok(RootSet { roots, pems })
     }
 
     /// Creates the first root unless there is one (first start).
-    pub fn create_first(&self, trust_domain: &TrustDomain) -> anyhow::Result<()> {
+    fn create_first(&self, trust_domain: &TrustDomain) -> anyhow::Result<()> {
         let (cert, key) = (self.cert(FIRST), self.key(FIRST));
-        if cert.exists() || self.dir.join(STATE_FILE).exists() {
+        if cert.exists() || self.dir.join(LIST).exists() {
             return Ok(());
         }
         if key.exists() {
@@ -122,67 +239,44 @@ impl RootFiles {
                 cert.display()
             );
         }
-        self.generate(FIRST, trust_domain)?;
+        self.write_root(FIRST, &RootSet::generate(trust_domain)?)?;
         tracing::info!(path = %cert.display(), "generated a new self-signed root CA");
         Ok(())
     }
 
-    /// Generates a root under `stem` (key first, so a certificate never
-    /// exists without its key).
-    pub fn generate(&self, stem: &str, trust_domain: &TrustDomain) -> anyhow::Result<()> {
-        let root = CertificateAuthority::generate_root(trust_domain)?;
-        write_private(&self.key(stem), root.key_pem.as_bytes())?;
-        write_private(&self.cert(stem), root.cert_pem.as_bytes())
+    /// Key first, so a certificate never exists without its key.
+    fn write_root(&self, stem: &str, pem: &RootPem) -> anyhow::Result<()> {
+        write_private(&self.key(stem), pem.key.as_bytes())?;
+        write_private(&self.cert(stem), pem.cert.as_bytes())
     }
 
-    /// The root certificate of `stem`.
-    pub fn certificate(&self, stem: &str) -> anyhow::Result<CertificateDer<'static>> {
-        let pem = read_to_string(&self.cert(stem))?;
-        CertificateDer::from_pem_slice(pem.as_bytes())
-            .with_context(|| format!("{} holds no certificate", self.cert(stem).display()))
-    }
-
-    /// Deletes a root no longer trusted: its key first.
-    pub fn remove(&self, stem: &str) -> anyhow::Result<()> {
-        for path in [self.key(stem), self.cert(stem)] {
-            match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(e).with_context(|| format!("removing {}", path.display()));
+    fn write(&self, set: &RootSet) -> anyhow::Result<()> {
+        let before = self.list()?;
+        for (stem, pem) in &set.pems {
+            if !self.cert(stem).exists() {
+                self.write_root(stem, pem)?;
+            }
+        }
+        write_private(
+            &self.dir.join(LIST),
+            &serde_json::to_vec_pretty(&set.roots)?,
+        )?;
+        // Only once nothing names it any more: its key first.
+        for stem in before.trusted.iter().filter(|s| !set.pems.contains_key(*s)) {
+            for path in [self.key(stem), self.cert(stem)] {
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(e).with_context(|| format!("removing {}", path.display()));
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
         }
         Ok(())
     }
-
-    /// The CA of `roots`: the first signs (directly, or through a fresh
-    /// intermediate), all are trusted, the signing root first.
-    pub fn authority(
-        &self,
-        roots: &Roots,
-        trust_domain: &TrustDomain,
-        intermediate: bool,
-        lifetimes: SvidLifetimes,
-    ) -> anyhow::Result<CertificateAuthority> {
-        let signing = &roots.trusted[0];
-        let cert = read_to_string(&self.cert(signing))?;
-        let key = read_private_key(&self.key(signing))?;
-        let td = trust_domain.clone();
-        let ca = if intermediate {
-            CertificateAuthority::with_generated_intermediate(td, &cert, &key, lifetimes)
-        } else {
-            CertificateAuthority::from_root_pem(td, &cert, &key, lifetimes)
-        }
-        .with_context(|| format!("loading the CA from {}", self.dir.display()))?;
-        let others = roots.trusted[1..]
-            .iter()
-            .map(|stem| self.certificate(stem))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(ca.trusting_also(&others))
-    }
 }
 
-/// A stem is a plain file name part: no path, nothing hidden.
+/// A stem is a plain name part: no path, nothing hidden.
 fn is_stem(stem: &str) -> bool {
     !stem.is_empty()
         && stem.len() <= 64
@@ -200,51 +294,51 @@ mod tests {
     }
 
     #[test]
-    fn without_a_state_file_there_is_the_first_root() {
+    fn without_a_list_there_is_the_first_root() {
         let dir = tempfile::tempdir().unwrap();
         let files = RootFiles::in_data_dir(dir.path());
-        files.create_first(&td()).unwrap();
-        let roots = files.load().unwrap();
-        assert_eq!(roots.trusted, vec!["root"]);
-        let ca = files
-            .authority(&roots, &td(), false, Default::default())
-            .unwrap();
+        let set = files.read(&td()).unwrap();
+        assert_eq!(set.roots, Roots::first());
+        let ca = set.authority(&td(), false, Default::default()).unwrap();
         assert_eq!(ca.bundle().roots().len(), 1);
+        // Read again: the same root, not a new one.
+        assert_eq!(files.read(&td()).unwrap(), set);
     }
 
     #[test]
-    fn the_signing_root_comes_first_and_others_are_trusted_after_it() {
+    fn the_signing_root_comes_first_and_a_dropped_root_leaves_no_file() {
         let dir = tempfile::tempdir().unwrap();
         let files = RootFiles::in_data_dir(dir.path());
-        files.create_first(&td()).unwrap();
-        files.generate("root-2", &td()).unwrap();
-        let (old, new) = (
-            files.certificate("root").unwrap(),
-            files.certificate("root-2").unwrap(),
-        );
-        for (trusted, first) in [(["root", "root-2"], &old), (["root-2", "root"], &new)] {
-            let roots = Roots {
-                trusted: trusted.iter().map(|s| s.to_string()).collect(),
-                rotation: None,
-            };
-            files.save(&roots).unwrap();
-            assert_eq!(files.load().unwrap(), roots);
-            let ca = files
-                .authority(&roots, &td(), true, Default::default())
-                .unwrap();
+        let mut set = files.read(&td()).unwrap();
+        set.pems
+            .insert("root-2".into(), RootSet::generate(&td()).unwrap());
+        for order in [["root", "root-2"], ["root-2", "root"]] {
+            set.roots.trusted = order.iter().map(|s| s.to_string()).collect();
+            files.write(&set).unwrap();
+            let read = files.read(&td()).unwrap();
+            assert_eq!(read, set);
+            let ca = read.authority(&td(), true, Default::default()).unwrap();
             assert_eq!(ca.bundle().roots().len(), 2);
-            assert_eq!(&ca.bundle().roots()[0], first);
+            let first = CertificateDer::from_pem_slice(set.pems[order[0]].cert.as_bytes()).unwrap();
+            assert_eq!(ca.bundle().roots()[0], first);
+        }
+        set.roots.trusted = vec!["root-2".into()];
+        set.pems.remove("root");
+        files.write(&set).unwrap();
+        assert!(!dir.path().join("ca/root-key.pem").exists());
+        assert_eq!(files.read(&td()).unwrap(), set);
+    }
+
+    #[test]
+    fn a_list_naming_a_path_or_nothing_is_refused() {
+        for bad in [r#"{"trusted":[]}"#, r#"{"trusted":["../x"]}"#, "nonsense"] {
+            assert!(Roots::parse(bad.as_bytes(), "test").is_err(), "{bad}");
         }
     }
 
     #[test]
-    fn a_state_naming_a_path_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let files = RootFiles::in_data_dir(dir.path());
-        for bad in [r#"{"trusted":[]}"#, r#"{"trusted":["../x"]}"#, "nonsense"] {
-            std::fs::create_dir_all(dir.path().join("ca")).unwrap();
-            std::fs::write(dir.path().join("ca/roots.json"), bad).unwrap();
-            assert!(files.load().is_err(), "{bad}");
-        }
+    fn a_root_pem_never_shows_its_key() {
+        let pem = RootSet::generate(&td()).unwrap();
+        assert!(!format!("{pem:?}").contains("PRIVATE"));
     }
 }

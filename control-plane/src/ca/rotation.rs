@@ -14,20 +14,26 @@
 //! 3. The old root is dropped from the bundle and its key deleted.
 //!
 //! Each phase also lasts at least `settle`, so that what is not an xDS
-//! stream (a tool holding the bundle file, a proxy reconnecting) has time
-//! to follow. Progress is kept in `roots.json`, so a restarted control
-//! plane carries on where it was.
+//! stream (a tool holding the bundle file, a proxy reconnecting, the API
+//! server's webhook caBundle) has time to follow. Progress is kept with the
+//! roots (`roots.rs`), so a restarted control plane carries on where it was.
+//!
+//! In a cluster the roots are in a Secret all replicas read every second;
+//! any replica may start a rotation, only the leader moves it on, and it
+//! does so only once every replica reports (`k8s/rotation_reports.rs`)
+//! that its own streams have followed.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
 use rampart_certs::tls::verify_chain;
 use rampart_certs::{CertificateAuthority, SvidLifetimes, TrustDomain};
-use tokio::sync::watch;
+use tokio::sync::{Mutex, watch};
 
-use super::roots::{Phase, RootFiles, Roots, Rotation};
+use super::roots::{Phase, RootSet, RootStore, Roots, Rotation};
+use crate::k8s::rotation_reports::{Report, Reports};
 use crate::xds::{Published, StreamRegistry, TypeUrl, translate};
 
 /// The CA in use; replaced at each step of a rotation. Readers take the
@@ -73,14 +79,14 @@ pub struct Progress {
     pub on_old_root: Vec<String>,
 }
 
-/// Drives root rotations of the self-signed CA.
+/// Drives root rotations of the roots the control plane owns.
 #[derive(Clone)]
 pub struct Rotator {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    files: RootFiles,
+    store: RootStore,
     trust_domain: TrustDomain,
     intermediate: bool,
     lifetimes: SvidLifetimes,
@@ -88,11 +94,18 @@ struct Inner {
     streams: StreamRegistry,
     snapshots: watch::Receiver<Arc<Published>>,
     settle: Duration,
+    cluster: Option<Cluster>,
     state: Mutex<State>,
 }
 
+/// The replicas of a cluster: who leads, and what each reports.
+pub struct Cluster {
+    pub leading: watch::Receiver<bool>,
+    pub reports: Reports,
+}
+
 struct State {
-    roots: Roots,
+    set: RootSet,
     /// The first snapshot generation serving the current bundle.
     bundle_generation: Option<u64>,
     /// Per stream: whether its client SVID chains to the signing root
@@ -102,24 +115,30 @@ struct State {
 
 /// How a rotation is configured.
 pub struct RotatorConfig {
-    pub files: RootFiles,
+    pub store: RootStore,
     pub trust_domain: TrustDomain,
     pub intermediate: bool,
     pub lifetimes: SvidLifetimes,
     pub settle: Duration,
+    /// In a cluster (the roots in a Secret).
+    pub cluster: Option<Cluster>,
 }
 
+/// A replica's report older than this is of a replica that is gone.
+const REPORT_FRESH_SECONDS: i64 = 10;
+
 impl Rotator {
+    /// The rotator of `set`, which `ca` was built from.
     pub fn new(
         config: RotatorConfig,
+        set: RootSet,
         ca: CaHandle,
         streams: StreamRegistry,
         snapshots: watch::Receiver<Arc<Published>>,
-    ) -> anyhow::Result<Self> {
-        let roots = config.files.load()?;
-        Ok(Self {
+    ) -> Self {
+        Self {
             inner: Arc::new(Inner {
-                files: config.files,
+                store: config.store,
                 trust_domain: config.trust_domain,
                 intermediate: config.intermediate,
                 lifetimes: config.lifetimes,
@@ -127,98 +146,105 @@ impl Rotator {
                 streams,
                 snapshots,
                 settle: config.settle,
+                cluster: config.cluster,
                 state: Mutex::new(State {
-                    roots,
+                    set,
                     bundle_generation: None,
                     on_new_root: HashMap::new(),
                 }),
             }),
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+        }
     }
 
     /// Starts a rotation: a new root, trusted beside the old one.
-    pub fn start(&self) -> anyhow::Result<Progress> {
-        let mut state = self.lock();
-        if let Some(rotation) = state.roots.rotation {
+    pub async fn start(&self) -> anyhow::Result<Progress> {
+        let mut state = self.inner.state.lock().await;
+        self.sync(&mut state).await?;
+        if let Some(rotation) = state.set.roots.rotation {
             bail!(
                 "a root rotation is already under way (phase {}); `meshctl ca rotation` shows it",
                 rotation.phase.as_str()
             );
         }
         let stem = format!("root-{}", now_unix());
-        if state.roots.trusted.contains(&stem) {
+        if state.set.pems.contains_key(&stem) {
             bail!("a root was made this second already; try again");
         }
-        self.inner.files.generate(&stem, &self.inner.trust_domain)?;
-        let mut trusted = state.roots.trusted.clone();
-        trusted.push(stem);
-        let next = Roots {
-            trusted,
+        let mut next = state.set.clone();
+        next.pems
+            .insert(stem.clone(), RootSet::generate(&self.inner.trust_domain)?);
+        next.roots = Roots {
+            trusted: [state.set.roots.trusted.clone(), vec![stem]].concat(),
             rotation: Some(Rotation {
                 phase: Phase::Trust,
                 since_unix: now_unix(),
             }),
         };
-        self.apply(&mut state, next)?;
+        self.apply(&mut state, next, true).await?;
         tracing::info!(
             "root rotation started: a new root is trusted beside the old one, which still signs"
         );
-        Ok(self.progress_of(&mut state))
+        Ok(self.progress_of(&mut state).await)
     }
 
-    /// Where the rotation stands.
-    pub fn progress(&self) -> Progress {
-        let mut state = self.lock();
-        self.progress_of(&mut state)
+    /// Where the rotation stands, over every replica.
+    pub async fn progress(&self) -> Progress {
+        let mut state = self.inner.state.lock().await;
+        self.progress_of(&mut state).await
     }
 
-    /// Moves the rotation on if every stream has followed; called every
-    /// second by [`spawn`](Self::spawn).
-    pub fn step(&self) -> anyhow::Result<()> {
-        let mut state = self.lock();
-        let Some(rotation) = state.roots.rotation else {
+    /// Follows the stored roots, reports, and (when leading) moves the
+    /// rotation on if everyone has followed; every second from [`spawn`](Self::spawn).
+    pub async fn tick(&self) -> anyhow::Result<()> {
+        let mut state = self.inner.state.lock().await;
+        self.sync(&mut state).await?;
+        let Some(rotation) = state.set.roots.rotation else {
             return Ok(());
         };
+        let local = self.local_progress(&mut state);
+        if let Some(cluster) = &self.inner.cluster {
+            let report = Report {
+                bundle: self.bundle_hash(),
+                at_unix: now_unix(),
+                streams: local.streams,
+                without_bundle: local.without_bundle.clone(),
+                on_old_root: local.on_old_root.clone(),
+            };
+            cluster.reports.publish(&report).await?;
+            if !*cluster.leading.borrow() {
+                return Ok(());
+            }
+        }
         if now_unix() - rotation.since_unix < self.inner.settle.as_secs() as i64 {
             return Ok(());
         }
-        let progress = self.progress_of(&mut state);
+        let progress = self.with_replicas(local, rotation.since_unix).await?;
         if !progress.without_bundle.is_empty() || !progress.on_old_root.is_empty() {
             return Ok(());
         }
-        let trusted = &state.roots.trusted;
-        let next = match rotation.phase {
+        let trusted = &state.set.roots.trusted;
+        let mut next = state.set.clone();
+        match rotation.phase {
             Phase::Trust => {
                 // The newest root (last) signs; the old one is trusted after it.
-                let mut order = vec![trusted[trusted.len() - 1].clone()];
-                order.extend(trusted[..trusted.len() - 1].iter().cloned());
-                Roots {
-                    trusted: order,
+                let newest = trusted[trusted.len() - 1].clone();
+                next.roots = Roots {
+                    trusted: [vec![newest], trusted[..trusted.len() - 1].to_vec()].concat(),
                     rotation: Some(Rotation {
                         phase: Phase::Sign,
                         since_unix: now_unix(),
                     }),
-                }
+                };
             }
-            Phase::Sign => Roots {
-                trusted: vec![trusted[0].clone()],
-                rotation: None,
-            },
-        };
-        let retired: Vec<String> = trusted
-            .iter()
-            .filter(|s| !next.trusted.contains(s))
-            .cloned()
-            .collect();
-        self.apply(&mut state, next)?;
-        // Only once nothing trusts it any more.
-        for stem in retired {
-            self.inner.files.remove(&stem)?;
+            Phase::Sign => {
+                next.roots = Roots {
+                    trusted: vec![trusted[0].clone()],
+                    rotation: None,
+                };
+                next.pems.retain(|stem, _| *stem == trusted[0]);
+            }
         }
+        self.apply(&mut state, next, true).await?;
         match rotation.phase {
             Phase::Trust => tracing::info!(
                 "root rotation: every proxy trusts the new root; it now signs, and every SVID is being re-issued"
@@ -230,42 +256,106 @@ impl Rotator {
         Ok(())
     }
 
-    /// Steps every second until the process ends.
+    /// Ticks every second until the process ends.
     pub fn spawn(&self) {
         let rotator = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                if let Err(e) = rotator.step() {
-                    tracing::error!(
+                if let Err(e) = rotator.tick().await {
+                    tracing::warn!(
                         error = format!("{e:#}"),
-                        "root rotation step failed; retrying"
+                        "root rotation: a step failed; retrying"
                     );
                 }
             }
         });
     }
 
-    /// Builds the CA of `next` first, then records it and puts it in use:
-    /// a CA that cannot be built changes nothing.
-    fn apply(&self, state: &mut State, next: Roots) -> anyhow::Result<()> {
+    /// Takes up what is stored if it changed (another replica started or
+    /// moved a rotation, or this one restarted).
+    async fn sync(&self, state: &mut State) -> anyhow::Result<()> {
+        let stored = self.inner.store.read(&self.inner.trust_domain).await?;
+        if stored != state.set {
+            tracing::info!(
+                phase = stored.roots.rotation.map_or("none", |r| r.phase.as_str()),
+                "the CA's roots changed in the store; following"
+            );
+            self.apply(state, stored, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Builds the CA of `next` first (one that cannot be built changes
+    /// nothing), stores it if `store`, then puts it in use.
+    async fn apply(&self, state: &mut State, next: RootSet, store: bool) -> anyhow::Result<()> {
         let inner = &self.inner;
-        let ca = inner.files.authority(
-            &next,
-            &inner.trust_domain,
-            inner.intermediate,
-            inner.lifetimes,
-        )?;
-        inner.files.save(&next)?;
-        state.roots = next;
+        let ca = next.authority(&inner.trust_domain, inner.intermediate, inner.lifetimes)?;
+        if store {
+            inner.store.write(&next).await?;
+        }
+        state.set = next;
         state.bundle_generation = None;
         state.on_new_root.clear();
         inner.ca.replace(ca);
         Ok(())
     }
 
-    fn progress_of(&self, state: &mut State) -> Progress {
+    fn bundle_hash(&self) -> String {
+        let pem = self.inner.ca.current().bundle().to_pem();
+        format!("{:016x}", translate::rootca_entry(&pem).hash)
+    }
+
+    async fn progress_of(&self, state: &mut State) -> Progress {
+        let local = self.local_progress(state);
+        let since = state.set.roots.rotation.map_or(0, |r| r.since_unix);
+        match self.with_replicas(local.clone(), since).await {
+            Ok(progress) => progress,
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "reading the other replicas' rotation reports failed"
+                );
+                local
+            }
+        }
+    }
+
+    /// `local` with what the other replicas of a cluster report: a fresh
+    /// report of another bundle (not followed yet) counts as waiting.
+    async fn with_replicas(
+        &self,
+        mut local: Progress,
+        since_unix: i64,
+    ) -> anyhow::Result<Progress> {
+        let Some(cluster) = &self.inner.cluster else {
+            return Ok(local);
+        };
+        let bundle = self.bundle_hash();
+        let now = now_unix();
+        for (replica, report) in cluster.reports.others().await? {
+            if report.at_unix < now - REPORT_FRESH_SECONDS {
+                continue; // a replica that is gone
+            }
+            let tag = |who: &String| format!("{who} (replica {replica})");
+            local.streams += report.streams;
+            if report.bundle != bundle || report.at_unix < since_unix {
+                local.without_bundle.push(format!(
+                    "replica {replica}: has not taken the current roots yet"
+                ));
+                continue;
+            }
+            local
+                .without_bundle
+                .extend(report.without_bundle.iter().map(tag));
+            local.on_old_root.extend(report.on_old_root.iter().map(tag));
+        }
+        Ok(local)
+    }
+
+    /// This replica's own streams.
+    fn local_progress(&self, state: &mut State) -> Progress {
         let ca = self.inner.ca.current();
         if state.bundle_generation.is_none() {
             let published = self.inner.snapshots.borrow();
@@ -279,10 +369,11 @@ impl Rotator {
             }
         }
         let streams = self.inner.streams.trust();
+        let rotation = state.set.roots.rotation;
         let mut progress = Progress {
-            phase: state.roots.rotation.map(|r| r.phase),
-            since_unix: state.roots.rotation.map_or(0, |r| r.since_unix),
-            roots: state.roots.trusted.len(),
+            phase: rotation.map(|r| r.phase),
+            since_unix: rotation.map_or(0, |r| r.since_unix),
+            roots: state.set.roots.trusted.len(),
             streams: streams.len(),
             ..Default::default()
         };

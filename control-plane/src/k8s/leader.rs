@@ -30,6 +30,11 @@ pub struct Leadership {
 }
 
 impl Leadership {
+    /// Whether this replica leads, as it changes.
+    pub fn watch(&self) -> watch::Receiver<bool> {
+        self.leading.clone()
+    }
+
     /// Runs `task()` whenever this replica leads, and stops it (drops the
     /// future) as soon as it does not.
     pub fn run_while_leading<F, Fut>(&self, name: &'static str, task: F)

@@ -7,6 +7,7 @@ pub mod leader;
 pub mod mesh_store;
 pub mod namespaces;
 pub mod root_bundle;
+pub mod rotation_reports;
 pub mod token_review;
 pub mod webhook_config;
 
