@@ -31,7 +31,7 @@ pub async fn from_store(
     intermediate: bool,
     lifetimes: SvidLifetimes,
 ) -> anyhow::Result<(CertificateAuthority, RootSet)> {
-    let set = store.read(trust_domain).await?;
+    let set = store.open(trust_domain).await?;
     let ca = set
         .authority(trust_domain, intermediate, lifetimes)
         .context("loading the CA's roots")?;

@@ -160,10 +160,23 @@ pub enum RootStore {
 
 impl RootStore {
     /// The stored roots, generating the first one on first start.
-    pub async fn read(&self, trust_domain: &TrustDomain) -> anyhow::Result<RootSet> {
+    pub async fn open(&self, trust_domain: &TrustDomain) -> anyhow::Result<RootSet> {
         match self {
-            RootStore::Files(files) => files.read(trust_domain),
-            RootStore::Secret(secret) => secret.read(trust_domain).await,
+            RootStore::Files(files) => {
+                files.create_first(trust_domain)?;
+                files.read()
+            }
+            RootStore::Secret(secret) => secret.open(trust_domain).await,
+        }
+    }
+
+    /// The stored roots. Never creates any: roots gone from under a
+    /// running control plane are an error, not a reason for a new root
+    /// that nothing trusts.
+    pub async fn read(&self) -> anyhow::Result<RootSet> {
+        match self {
+            RootStore::Files(files) => files.read(),
+            RootStore::Secret(secret) => secret.read().await,
         }
     }
 
@@ -176,10 +189,6 @@ impl RootStore {
         }
     }
 
-    /// Whether the replicas of a cluster share it.
-    pub fn shared(&self) -> bool {
-        matches!(self, RootStore::Secret(_))
-    }
 }
 
 /// The roots as files in one directory (owner-only).
@@ -212,8 +221,7 @@ impl RootFiles {
         }
     }
 
-    fn read(&self, trust_domain: &TrustDomain) -> anyhow::Result<RootSet> {
-        self.create_first(trust_domain)?;
+    fn read(&self) -> anyhow::Result<RootSet> {
         let roots = self.list()?;
         let mut pems = BTreeMap::new();
         for stem in &roots.trusted {
@@ -297,25 +305,28 @@ mod tests {
     fn without_a_list_there_is_the_first_root() {
         let dir = tempfile::tempdir().unwrap();
         let files = RootFiles::in_data_dir(dir.path());
-        let set = files.read(&td()).unwrap();
+        files.create_first(&td()).unwrap();
+        let set = files.read().unwrap();
         assert_eq!(set.roots, Roots::first());
         let ca = set.authority(&td(), false, Default::default()).unwrap();
         assert_eq!(ca.bundle().roots().len(), 1);
-        // Read again: the same root, not a new one.
-        assert_eq!(files.read(&td()).unwrap(), set);
+        // Opened again: the same root, not a new one.
+        files.create_first(&td()).unwrap();
+        assert_eq!(files.read().unwrap(), set);
     }
 
     #[test]
     fn the_signing_root_comes_first_and_a_dropped_root_leaves_no_file() {
         let dir = tempfile::tempdir().unwrap();
         let files = RootFiles::in_data_dir(dir.path());
-        let mut set = files.read(&td()).unwrap();
+        files.create_first(&td()).unwrap();
+        let mut set = files.read().unwrap();
         set.pems
             .insert("root-2".into(), RootSet::generate(&td()).unwrap());
         for order in [["root", "root-2"], ["root-2", "root"]] {
             set.roots.trusted = order.iter().map(|s| s.to_string()).collect();
             files.write(&set).unwrap();
-            let read = files.read(&td()).unwrap();
+            let read = files.read().unwrap();
             assert_eq!(read, set);
             let ca = read.authority(&td(), true, Default::default()).unwrap();
             assert_eq!(ca.bundle().roots().len(), 2);
@@ -326,7 +337,10 @@ mod tests {
         set.pems.remove("root");
         files.write(&set).unwrap();
         assert!(!dir.path().join("ca/root-key.pem").exists());
-        assert_eq!(files.read(&td()).unwrap(), set);
+        assert_eq!(files.read().unwrap(), set);
+        // Roots gone from under it: an error, never a new root.
+        std::fs::remove_file(dir.path().join("ca/root-2-cert.pem")).unwrap();
+        assert!(files.read().is_err());
     }
 
     #[test]

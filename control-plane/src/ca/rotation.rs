@@ -276,7 +276,7 @@ impl Rotator {
     /// Takes up what is stored if it changed (another replica started or
     /// moved a rotation, or this one restarted).
     async fn sync(&self, state: &mut State) -> anyhow::Result<()> {
-        let stored = self.inner.store.read(&self.inner.trust_domain).await?;
+        let stored = self.inner.store.read().await?;
         if stored != state.set {
             tracing::info!(
                 phase = stored.roots.rotation.map_or("none", |r| r.phase.as_str()),

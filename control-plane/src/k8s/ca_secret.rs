@@ -39,14 +39,30 @@ impl SecretRoots {
     }
 
     /// The roots, creating the Secret with a new root if there is none.
-    pub async fn read(&self, trust_domain: &TrustDomain) -> anyhow::Result<RootSet> {
+    pub async fn open(&self, trust_domain: &TrustDomain) -> anyhow::Result<RootSet> {
         let secret = match self.api.get_opt(self.name()).await? {
             Some(secret) => secret,
             None => self.create(trust_domain).await?,
         };
+        self.taken(&secret)
+    }
+
+    /// The roots; a Secret gone is an error (never a new root).
+    pub async fn read(&self) -> anyhow::Result<RootSet> {
+        let secret = self.api.get_opt(self.name()).await?.with_context(|| {
+            format!(
+                "the CA Secret {} is gone; keeping the roots in use (restore it from a backup)",
+                self.what
+            )
+        })?;
+        self.taken(&secret)
+    }
+
+    /// Parses `secret`, remembering its resourceVersion for the next write.
+    fn taken(&self, secret: &Secret) -> anyhow::Result<RootSet> {
         *self.read_version.lock().unwrap_or_else(|e| e.into_inner()) =
             secret.metadata.resource_version.clone();
-        self.parse(&secret)
+        self.parse(secret)
     }
 
     async fn create(&self, trust_domain: &TrustDomain) -> anyhow::Result<Secret> {
