@@ -1,12 +1,14 @@
 //! Replicas side by side on the real kube-apiserver: they share one CA
 //! (its root in a Secret), one of them holds the Lease and runs the
 //! singletons (the webhook caBundle, the root bundle ConfigMaps), and when
-//! the leader is killed the other takes the Lease and carries on.
+//! the leader is killed the other takes the Lease and carries on, with
+//! steady load through sidecars of the survivor failing no request.
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, PostParams};
+use rampart_tests::load::{EchoUnderLoad, apply_echo_split};
 use rampart_tests::{eventually, kube as k8s, sign};
 use serde_json::json;
 
@@ -18,7 +20,7 @@ async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
         .and_then(|l| l.spec?.holder_identity)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_runs_the_singletons_and_a_killed_leader_is_replaced() {
     let replicas = k8s::Replicas::new("ha").await;
     let client = replicas.client.clone();
@@ -84,6 +86,11 @@ async fn the_leader_runs_the_singletons_and_a_killed_leader_is_replaced() {
     let first = k8s::namespace(&client, "ha", &[("rampart.dev/inject", "enabled")]).await;
     assert!(has_config_map(first).await, "no root bundle ConfigMap");
 
+    // Steady load through sidecars of the follower.
+    apply_echo_split(&follower_cp, 50, 50).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let under_load = EchoUnderLoad::start(&follower_cp, scratch.path(), None).await;
+
     // Kill the leader: the follower takes the lease once it expires.
     leader_cp.kill9();
     let moved = eventually(400, || async {
@@ -115,6 +122,17 @@ async fn the_leader_runs_the_singletons_and_a_killed_leader_is_replaced() {
         format!("spiffe://cluster.local/ns/{ns}/sa/app")
     );
 
+    let tally = under_load.load.stop().await;
+    assert_eq!(
+        tally.failed(),
+        0,
+        "requests failed while the leader died; last: {}",
+        tally.last_failure.lock().unwrap()
+    );
+    eprintln!(
+        "leader killed under load: {} requests answered, 0 failed",
+        tally.ok()
+    );
     configs
         .delete(&webhooks, &DeleteParams::default())
         .await

@@ -1,12 +1,15 @@
 //! The real kube-apiserver restarted under a running control plane (as an
-//! upgrade or a crash would): its watches resume by themselves, so the mesh
-//! model, the namespaces and the pods written after the restart all reach
-//! it. (This file runs last of the Kubernetes tests: it restarts the API
-//! server every test shares.)
+//! upgrade or a crash would), with steady load through sidecars of that
+//! control plane: not one request fails while the API server is away, and
+//! the control plane's watches resume by themselves, so the mesh model, the
+//! namespaces and the pods written after the restart all reach it. (This
+//! file runs last of the Kubernetes tests: it restarts the API server every
+//! test shares.)
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use rampart_api::mesh::Service;
+use rampart_tests::load::{EchoUnderLoad, apply_echo_split};
 use rampart_tests::{eventually, kube as k8s};
 use serde_json::{Value, json};
 
@@ -26,7 +29,7 @@ fn known(cp: &rampart_tests::ControlPlane, ns: &str, name: &str) -> bool {
         .success()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_resume_after_the_api_server_restarts() {
     let client = k8s::client().await;
     let dir = tempfile::tempdir().unwrap();
@@ -38,6 +41,11 @@ async fn watches_resume_after_the_api_server_restarts() {
         .await
         .unwrap();
     assert!(eventually(100, || async { known(&cp, &ns, "before") }).await);
+    apply_echo_split(&cp, 50, 50).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let under_load = EchoUnderLoad::start(&cp, scratch.path(), None).await;
+    let tally = under_load.load.tally.clone();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kube-test-env.sh");
     let restarted = std::process::Command::new("bash")
@@ -45,6 +53,7 @@ async fn watches_resume_after_the_api_server_restarts() {
         .status()
         .expect("running kube-test-env.sh restart-apiserver");
     assert!(restarted.success(), "the API server did not come back");
+    let answered_before_writes = tally.ok();
 
     // Written after the restart: a mesh Service, a namespace label, a pod.
     let written = eventually(100, || async {
@@ -82,5 +91,22 @@ async fn watches_resume_after_the_api_server_restarts() {
         judged,
         "the pods or namespaces watch did not resume\n{}",
         cp.logs.text()
+    );
+
+    // Traffic went on through it all, and still goes.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let tally = under_load.load.stop().await;
+    assert!(tally.ok() > answered_before_writes);
+    assert_eq!(
+        tally.failed(),
+        0,
+        "requests failed across the API server restart; last: {}",
+        tally.last_failure.lock().unwrap()
+    );
+    eprintln!(
+        "API server restarted under load: {} requests answered ({} v1, {} v2), 0 failed",
+        tally.ok(),
+        tally.answered_by("v1"),
+        tally.answered_by("v2")
     );
 }

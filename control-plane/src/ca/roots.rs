@@ -188,7 +188,6 @@ impl RootStore {
             RootStore::Secret(secret) => secret.write(set).await,
         }
     }
-
 }
 
 /// The roots as files in one directory (owner-only).
