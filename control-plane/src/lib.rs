@@ -209,6 +209,7 @@ pub async fn run(
             metrics
                 .root_expiry
                 .set(ca.root_not_after().unix_timestamp());
+            metrics.trusted_roots.set(ca.bundle().roots().len() as i64);
             admin::write_admin_credential(&data_dir, ca)
         };
         refresh(&changes.borrow_and_update())?;

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub join_tokens_created: Counter,
     pub ca_expiry: Gauge,
     pub root_expiry: Gauge,
+    /// Roots in the bundle: 2 while a root rotation is under way.
+    pub trusted_roots: Gauge,
     pub xds_connected: Gauge,
     pub xds_pushes: Family<XdsLabels, Counter>,
     pub xds_nacks: Family<XdsLabels, Counter>,
@@ -115,6 +117,12 @@ impl Metrics {
             "rampart_ca_root_expiry_timestamp_seconds",
             "When the earliest trusted root expires, Unix seconds",
             root_expiry.clone(),
+        );
+        let trusted_roots = Gauge::default();
+        registry.register(
+            "rampart_ca_trusted_roots",
+            "Roots in the trust bundle served (2 while a root rotation is under way)",
+            trusted_roots.clone(),
         );
         let xds_connected = Gauge::default();
         registry.register(
@@ -209,6 +217,7 @@ impl Metrics {
             join_tokens_created,
             ca_expiry,
             root_expiry,
+            trusted_roots,
             xds_connected,
             xds_pushes,
             xds_nacks,

@@ -13,7 +13,8 @@ use rampart_certs::tls::{CurrentSvid, PeerPolicy, client_config, verify_chain};
 use rampart_certs::well_known::control_plane_id;
 use rampart_tests::load::{EchoUnderLoad, apply_echo_split};
 use rampart_tests::{
-    ControlPlane, Sidecar, counter, free_port, http_get, rotation_phase, sign, until_rotated,
+    ControlPlane, Sidecar, counter, eventually, free_port, http_get, rotation_phase, sign,
+    until_rotated,
 };
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -74,6 +75,15 @@ async fn the_root_rotates_hands_free_under_load_with_no_failed_request() {
     let out = cp.meshctl_ok(&["ca", "rotate-root"]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(text.contains("phase: trust"), "{text}");
+    let two_roots = eventually(50, || async {
+        let metrics = cp.http_get("/metrics").await.unwrap().1;
+        counter(&metrics, "rampart_ca_trusted_roots", &[]) == 2.0
+    })
+    .await;
+    assert!(
+        two_roots,
+        "the metric does not show the rotation's two roots"
+    );
     // A second request while one is under way is refused, changing nothing.
     let again = cp.meshctl(&["ca", "rotate-root"]);
     assert!(!again.status.success());
@@ -98,6 +108,8 @@ async fn the_root_rotates_hands_free_under_load_with_no_failed_request() {
     let answered_after = tally.ok();
 
     // One root, a new one, and nothing kept of the old one.
+    let metrics = cp.http_get("/metrics").await.unwrap().1;
+    assert_eq!(counter(&metrics, "rampart_ca_trusted_roots", &[]), 1.0);
     let new_bundle = cp.bundle();
     assert_eq!(new_bundle.roots().len(), 1);
     assert_ne!(new_bundle.roots()[0], old_bundle.roots()[0]);
