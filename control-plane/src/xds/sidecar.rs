@@ -647,3 +647,159 @@ fn rate_limit_filter(name: &str, limit: &RateLimit) -> HttpFilter {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+    use rampart_api::xds::Serves;
+
+    use super::*;
+    use crate::xds::translate::test_config;
+
+    const MODEL: &str = r#"apiVersion: rampart.dev/v1alpha1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  ports:
+  - {name: http, port: 8080, protocol: http}
+  - {name: db, port: 5432, protocol: tcp}
+  serviceAccounts: [web]
+"#;
+
+    fn peer(ns: &str, sa: &str) -> SpiffeId {
+        SpiffeId::new("example.org".parse().unwrap(), &format!("/ns/{ns}/sa/{sa}")).unwrap()
+    }
+
+    /// Metadata of a sidecar serving `web` on the given (name, listen, app) ports.
+    fn serving(ports: &[(&str, u16, Option<u16>)]) -> SidecarMetadata {
+        SidecarMetadata {
+            sidecar: true,
+            serves: Some(Serves {
+                service: "web".into(),
+                address: "10.0.0.7".parse().unwrap(),
+                ports: ports.iter().map(|(n, p, _)| (n.to_string(), *p)).collect(),
+                app_ports: ports
+                    .iter()
+                    .filter_map(|(n, _, a)| Some((n.to_string(), (*a)?)))
+                    .collect(),
+            }),
+            labels: [("version".to_owned(), "v1".to_owned())].into(),
+            ..Default::default()
+        }
+    }
+
+    fn sidecar(metadata: &SidecarMetadata, ns: &str, sa: &str) -> Sidecar {
+        Sidecar::from_metadata("web-1", metadata, &peer(ns, sa))
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_identity_comes_from_the_svid_and_a_plain_node_is_no_sidecar() {
+        let plain = SidecarMetadata::default();
+        assert_eq!(
+            Sidecar::from_metadata("n", &plain, &peer("shop", "web")),
+            Ok(None)
+        );
+        let s = sidecar(&serving(&[("http", 15001, None)]), "shop", "web");
+        assert_eq!(
+            (s.namespace.as_str(), s.service_account.as_str()),
+            ("shop", "web")
+        );
+        let workload = s.workload.unwrap();
+        assert_eq!(
+            (workload.name.as_str(), workload.service.as_str()),
+            ("web-1", "web")
+        );
+    }
+
+    #[test]
+    fn a_sidecar_needs_a_workload_svid_and_a_node_id_to_serve() {
+        let control = SpiffeId::new("example.org".parse().unwrap(), "/rampart/dev").unwrap();
+        let metadata = serving(&[("http", 15001, None)]);
+        assert!(matches!(
+            Sidecar::from_metadata("web-1", &metadata, &control),
+            Err(SidecarError::Forbidden(_))
+        ));
+        assert!(matches!(
+            Sidecar::from_metadata("", &metadata, &peer("shop", "web")),
+            Err(SidecarError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn only_an_allowed_account_serving_a_known_port_passes_the_check() {
+        let inputs = test_config(MODEL).sidecars;
+        let ok = sidecar(
+            &serving(&[("http", 15001, None), ("metrics", 9090, None)]),
+            "shop",
+            "web",
+        );
+        assert_eq!(ok.check(&inputs), Ok(()), "an extra pod port is ignored");
+        let stranger = sidecar(&serving(&[("http", 15001, None)]), "shop", "other");
+        assert!(
+            matches!(stranger.check(&inputs), Err(SidecarError::Forbidden(m)) if m.contains("may not serve web.shop"))
+        );
+        let no_port = sidecar(&serving(&[("metrics", 9090, None)]), "shop", "web");
+        assert!(
+            matches!(no_port.check(&inputs), Err(SidecarError::Invalid(m)) if m.contains("none of which"))
+        );
+        // A service not applied yet: nothing to check against, nothing served.
+        let elsewhere = sidecar(&serving(&[("http", 15001, None)]), "other", "web");
+        assert_eq!(elsewhere.check(&inputs), Ok(()));
+        assert_eq!(
+            elsewhere.inbound(&inputs),
+            (Resources::new(), Resources::new())
+        );
+    }
+
+    #[test]
+    fn inbound_has_a_listener_and_an_app_cluster_per_served_port() {
+        let inputs = test_config(MODEL).sidecars;
+        let s = sidecar(
+            &serving(&[("http", 15001, Some(8081)), ("db", 15002, None)]),
+            "shop",
+            "web",
+        );
+        let (listeners, clusters) = s.inbound(&inputs);
+        let names = |r: &Resources| r.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(names(&listeners), ["inbound|15001", "inbound|15002"]);
+        // The app's own port where given, else the service port.
+        assert_eq!(
+            names(&clusters),
+            ["inbound|5432|db|web.shop", "inbound|8081|http|web.shop"]
+        );
+        let listener = Listener::decode(listeners["inbound|15001"].any.value.as_slice()).unwrap();
+        let address = listener.address.unwrap();
+        assert!(format!("{address:?}").contains("10.0.0.7"));
+        // An account the service does not allow gets no inbound side.
+        let stranger = sidecar(&serving(&[("http", 15001, None)]), "shop", "other");
+        assert_eq!(
+            stranger.inbound(&inputs),
+            (Resources::new(), Resources::new())
+        );
+    }
+
+    #[test]
+    fn the_endpoint_registered_is_the_sidecar_s_own() {
+        let s = sidecar(&serving(&[("http", 15001, None)]), "shop", "web");
+        let endpoint = s.endpoint().unwrap();
+        assert_eq!(endpoint.metadata.name, "web-1");
+        assert_eq!(endpoint.metadata.namespace, "shop");
+        assert_eq!(endpoint.spec.address, "10.0.0.7");
+        assert_eq!(endpoint.spec.service_account, "web");
+        assert!(endpoint.spec.sidecar);
+        assert_eq!(endpoint.metadata.labels["version"], "v1");
+        let caller = Sidecar::from_metadata(
+            "c",
+            &SidecarMetadata {
+                sidecar: true,
+                ..Default::default()
+            },
+            &peer("shop", "client"),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(caller.endpoint().is_none());
+    }
+}
