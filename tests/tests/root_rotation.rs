@@ -97,7 +97,12 @@ async fn the_root_rotates_hands_free_under_load_with_no_failed_request() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     cp.kill9();
     let cp = start_on(&data, port).await;
-    assert_eq!(rotation_phase(&cp).await.as_deref(), Some("trust"));
+    // Carried on where it was (it may already have moved on to `sign`).
+    let phase = rotation_phase(&cp).await;
+    assert!(
+        matches!(phase.as_deref(), Some("trust" | "sign")),
+        "after the restart: {phase:?}"
+    );
 
     let seen = until_rotated(&[&cp])
         .await
