@@ -1577,4 +1577,102 @@ pub(crate) mod tests {
         ]);
         assert_eq!(ports(&all), [2, 3]);
     }
+
+    #[test]
+    fn addresses_are_read_as_envoy_reads_them_and_the_rest_refused() {
+        use envoy_types::pb::envoy::config::core::v3::{Pipe, SocketAddress};
+        let socket = |ip: &str, port: Option<u32>| Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: ip.into(),
+                port_specifier: port.map(socket_address::PortSpecifier::PortValue),
+                ..Default::default()
+            })),
+        };
+        assert_eq!(
+            socket_addr(Some(&socket("10.0.0.1", Some(8080)))),
+            Ok("10.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(
+            socket_addr(Some(&socket("::1", Some(53)))),
+            Ok("[::1]:53".parse().unwrap())
+        );
+        let pipe = Address {
+            address: Some(address::Address::Pipe(Pipe {
+                path: "/run/x.sock".into(),
+                ..Default::default()
+            })),
+        };
+        for (address, why) in [
+            (None, "only socket addresses"),
+            (Some(pipe), "only socket addresses"),
+            (Some(socket("10.0.0.1", None)), "needs a port_value"),
+            (Some(socket("web.shop", Some(80))), "is not an IP address"),
+            (Some(socket("10.0.0.1", Some(70000))), "out of range"),
+        ] {
+            let error = socket_addr(address.as_ref()).unwrap_err();
+            assert!(error.contains(why), "{error}");
+        }
+    }
+
+    #[test]
+    fn timeouts_unset_zero_and_malformed_read_as_envoy_reads_them() {
+        use envoy_types::pb::google::protobuf::Duration as Pb;
+        let default = Some(Duration::from_secs(15));
+        assert_eq!(checked_duration("t", None, default), Ok(default));
+        let zero = Pb {
+            seconds: 0,
+            nanos: 0,
+        };
+        assert_eq!(checked_duration("t", Some(&zero), default), Ok(None));
+        let half = Pb {
+            seconds: 0,
+            nanos: 500_000_000,
+        };
+        assert_eq!(
+            checked_duration("t", Some(&half), default),
+            Ok(Some(Duration::from_millis(500)))
+        );
+        for bad in [
+            Pb {
+                seconds: -1,
+                nanos: 0,
+            },
+            Pb {
+                seconds: 1,
+                nanos: 1_000_000_000,
+            },
+            Pb {
+                seconds: 1,
+                nanos: -1,
+            },
+        ] {
+            let error = checked_duration("idle_timeout", Some(&bad), default).unwrap_err();
+            assert!(error.starts_with("idle_timeout:"), "{error}");
+        }
+    }
+
+    #[test]
+    fn only_a_service_port_s_own_cluster_names_a_route_table() {
+        assert_eq!(
+            service_route("outbound|8080||web.shop").as_deref(),
+            Some("web.shop:8080")
+        );
+        for other in [
+            "outbound|8080|v1|web.shop",
+            "inbound|8080|http|web.shop",
+            "outbound|8080",
+            "",
+        ] {
+            assert_eq!(service_route(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_resource_of_another_type_is_refused_by_name() {
+        let any = pack_any(RouteConfiguration::default());
+        let error = decode::<Cluster>(&any, "type.googleapis.com/envoy.config.cluster.v3.Cluster")
+            .unwrap_err();
+        assert!(error.contains("RouteConfiguration"), "{error}");
+        assert!(error.contains("expected type.googleapis.com/envoy.config.cluster.v3.Cluster"));
+    }
 }
