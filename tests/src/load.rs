@@ -84,6 +84,8 @@ pub struct Tally {
     /// Answers by the echo app's `name=` (v1, v2, ...).
     by_name: Mutex<BTreeMap<String, u64>>,
     pub last_failure: Mutex<String>,
+    /// What each failure was (the first 100).
+    pub failures: Mutex<Vec<String>>,
 }
 
 impl Tally {
@@ -94,6 +96,20 @@ impl Tally {
 
     pub fn ok(&self) -> u64 {
         self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Failures where the connection closed without a whole answer (no
+    /// status at all, or a body cut short), as opposed to an error status.
+    pub fn cut_off(&self) -> usize {
+        self.failures
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|f| {
+                f.contains("connection closed before message completed")
+                    || f.contains("error reading a body")
+            })
+            .count()
     }
 
     pub fn failed(&self) -> u64 {
@@ -138,7 +154,12 @@ impl Load {
                             }
                             other => {
                                 tally.failed.fetch_add(1, Ordering::Relaxed);
-                                *tally.last_failure.lock().unwrap() = format!("{other:?}");
+                                let what = format!("{other:?}");
+                                let mut failures = tally.failures.lock().unwrap();
+                                if failures.len() < 100 {
+                                    failures.push(what.clone());
+                                }
+                                *tally.last_failure.lock().unwrap() = what;
                             }
                         }
                         tokio::time::sleep(pause).await;

@@ -260,7 +260,7 @@ async fn traffic_survives_a_network_cut_to_the_control_plane_and_resyncs_after()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backend_killed_under_load_fails_no_request_with_retries() {
+async fn a_backend_killed_under_load_fails_only_responses_it_had_begun() {
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(&dir.path().join("cp"), &[]).await;
     // One service, both versions as its endpoints, and what an operator
@@ -293,18 +293,22 @@ async fn a_backend_killed_under_load_fails_no_request_with_retries() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let tally = load.stop().await;
     eprintln!(
-        "backend killed: {} ok ({} v1, {} v2), {} failed; {} answered in the 5 s after the kill",
+        "backend killed: {} ok ({} v1, {} v2), {} failed ({} cut off); {} answered in the 5 s after the kill",
         tally.ok(),
         tally.answered_by("v1"),
         tally.answered_by("v2"),
         tally.failed(),
+        tally.cut_off(),
         tally.ok() - killed_at
     );
-    assert_eq!(
-        tally.failed(),
-        0,
-        "last failure: {}\n{}",
-        tally.last_failure.lock().unwrap(),
+    // Retries replay what never got an answer. A response the dying backend
+    // had already begun cannot be replayed (as in Envoy): its caller's
+    // connection is closed. That can be at most the requests in flight, one
+    // per client connection (4); no error status, nothing else.
+    let failures = tally.failures.lock().unwrap().clone();
+    assert!(
+        failures.len() <= 4 && tally.cut_off() == failures.len(),
+        "failures beyond responses cut off in flight: {failures:?}\n{}",
         client.logs.text()
     );
     assert!(
