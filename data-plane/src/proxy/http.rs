@@ -965,7 +965,72 @@ impl Drop for Observed {
 
 #[cfg(test)]
 mod tests {
-    use super::{HeaderMap, HeaderValue, shadow_host, strip_hop_by_hop};
+    use super::{
+        HeaderMap, HeaderValue, grpc_status_in_headers, hash_key, is_grpc_server_error,
+        pick_weighted, request_id, shadow_host, strip_hop_by_hop,
+    };
+
+    #[test]
+    fn request_ids_are_random_uuids() {
+        let (a, b) = (request_id(), request_id());
+        assert_ne!(a, b);
+        let id = a.to_str().unwrap();
+        let parts: Vec<&str> = id.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        // Version 4, RFC 4122 variant.
+        assert!(parts[2].starts_with('4'), "{id}");
+        assert!(
+            matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'),
+            "{id}"
+        );
+    }
+
+    #[test]
+    fn weights_share_the_picks_and_a_zero_weight_gets_none() {
+        let clusters = [
+            ("a".to_owned(), 90),
+            ("b".to_owned(), 10),
+            ("never".to_owned(), 0),
+        ];
+        let mut a = 0;
+        for _ in 0..10_000 {
+            match pick_weighted(&clusters) {
+                "a" => a += 1,
+                "b" => {}
+                other => panic!("picked {other}"),
+            }
+        }
+        // 9,000 expected; 8,700..9,300 is over ten standard deviations wide.
+        assert!((8_700..9_300).contains(&a), "{a}");
+        // All weights zero: the first, rather than nothing.
+        let zero = [("first".to_owned(), 0), ("second".to_owned(), 0)];
+        assert_eq!(pick_weighted(&zero), "first");
+    }
+
+    #[test]
+    fn grpc_errors_that_count_as_server_errors_are_envoy_s() {
+        let counted: Vec<u32> = (0..=16).filter(|s| is_grpc_server_error(*s)).collect();
+        assert_eq!(counted, [2, 4, 12, 13, 14, 15]);
+        let mut h = HeaderMap::new();
+        assert_eq!(grpc_status_in_headers(&h), None);
+        h.insert("grpc-status", HeaderValue::from_static("14"));
+        assert_eq!(grpc_status_in_headers(&h), Some(14));
+        h.insert("grpc-status", HeaderValue::from_static("unavailable"));
+        assert_eq!(grpc_status_in_headers(&h), None);
+    }
+
+    #[test]
+    fn the_hash_key_is_the_header_if_given_else_the_host() {
+        let none = HeaderMap::new();
+        assert_eq!(hash_key(&none, "a.shop"), hash_key(&none, "a.shop"));
+        assert_ne!(hash_key(&none, "a.shop"), hash_key(&none, "b.shop"));
+        let mut keyed = HeaderMap::new();
+        keyed.insert("x-rampart-hash-key", HeaderValue::from_static("user-7"));
+        assert_eq!(hash_key(&keyed, "a.shop"), hash_key(&keyed, "b.shop"));
+    }
 
     #[test]
     fn hop_by_hop_headers_stop_at_the_proxy() {
