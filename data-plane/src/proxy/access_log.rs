@@ -26,9 +26,9 @@ use prost::Message;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 
+use super::body::{Body, BoxError};
 use super::http::{Downstream, grpc_status_in_headers};
 use super::local_reply::local_reply_reason;
-use super::pool::{Body, BoxError};
 
 const STDOUT: &str =
     "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";

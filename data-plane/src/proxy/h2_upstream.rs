@@ -18,7 +18,7 @@ use http::{HeaderValue, Request, Response, header};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 
-use super::pool::{Body, BoxError, Stream};
+use super::body::{Body, BoxError, Stream};
 
 /// Windows and limits as hyper's client sets them: the spec's 64 KiB
 /// windows would throttle a large body on a fast hop.

@@ -25,11 +25,12 @@ use rand::Rng;
 
 use super::Proxy;
 use super::access_log::{Entry, UpstreamInfo};
+use super::body::{Body, BoxError, full};
 use super::local_reply::{for_grpc, is_grpc, reply};
 use super::metrics::{ClusterLabels, DurationLabels, ListenerLabels, RequestLabels};
 use super::outgoing::Outgoing;
 use super::plan::{App, Balance, HttpPlan, Plan, Route, Routes};
-use super::pool::{Body, BoxError, Sender, full};
+use super::pool::Sender;
 use super::rbac::{self, Decision, Subject};
 use super::timeouts::{Activity, Busy};
 use super::upstream::{ClusterState, Endpoint, InFlight, Limit, Outcome, Slot, backoff};

@@ -15,13 +15,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::access_log::{TcpLine, UpstreamInfo};
+use super::body::Stream;
 use super::detect;
 use super::http::{self, Downstream};
 use super::metrics::{
     BytesLabels, HandshakeFailureLabels, ListenerLabels, TcpLabels, handshake_failure_reason,
 };
 use super::plan::{App, HttpTimeouts, ListenerPlan, Transport};
-use super::pool::{ConnectError, Stream, connect};
+use super::pool::{ConnectError, connect};
 use super::rbac::{self, Decision, Subject};
 use super::timeouts::{self, Busy, HeadTimer};
 use super::tls::{Alpn, H2, HTTP1};

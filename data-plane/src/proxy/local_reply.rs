@@ -4,7 +4,7 @@
 //! `grpc-status`, and a bare HTTP 503 would reach it as an unexplained
 //! INTERNAL or UNKNOWN.
 
-use super::pool::{Body, full};
+use super::body::{Body, full};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};

@@ -8,6 +8,7 @@
 //! and the next request; nothing open is dropped.
 
 pub mod access_log;
+mod body;
 pub mod capture;
 mod clock;
 pub mod detect;
@@ -19,6 +20,7 @@ pub mod metrics;
 mod outgoing;
 pub mod plan;
 pub mod pool;
+mod proto;
 mod rate_limit;
 pub mod rbac;
 mod timeouts;

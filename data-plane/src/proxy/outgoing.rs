@@ -17,8 +17,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::watch;
 
+use super::body::{Body, BoxError, full};
 use super::local_reply::reply;
-use super::pool::{Body, BoxError, full};
 
 /// Bodies up to this size are kept so a retry or a mirror can resend them.
 pub const REPLAYABLE: u64 = 64 * 1024;

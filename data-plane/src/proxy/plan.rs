@@ -37,6 +37,7 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
 use super::access_log::{AccessLogPlan, Of};
+use super::proto::{checked_duration, duration, percent};
 use super::rate_limit::TokenBucket;
 use crate::xds_client::Config;
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
@@ -430,28 +431,6 @@ fn decode<M: Message + Default>(any: &Any, expected: &str) -> Result<M> {
         return Err(format!("is a {}, expected {expected}", any.type_url));
     }
     M::decode(any.value.as_slice()).map_err(|e| format!("does not decode: {e}"))
-}
-
-fn duration(d: Option<&envoy_types::pb::google::protobuf::Duration>) -> Option<Duration> {
-    d.filter(|d| d.seconds > 0 || d.nanos > 0)
-        .map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
-}
-
-/// A duration field as Envoy reads a timeout: unset is `default`, zero is
-/// none (the timeout off), a negative or malformed one is refused.
-pub(super) fn checked_duration(
-    field: &str,
-    d: Option<&envoy_types::pb::google::protobuf::Duration>,
-    default: Option<Duration>,
-) -> Result<Option<Duration>> {
-    let Some(d) = d else { return Ok(default) };
-    if d.seconds < 0 || !(0..1_000_000_000).contains(&d.nanos) {
-        return Err(format!(
-            "{field}: {}s {}ns is not a valid duration (negative or nanos out of range)",
-            d.seconds, d.nanos
-        ));
-    }
-    Ok(duration(Some(d)))
 }
 
 fn socket_addr(address: Option<&Address>) -> Result<SocketAddr> {
@@ -928,18 +907,6 @@ fn route_table(config: &RouteConfiguration) -> Result<RouteTable> {
         name: config.name.clone(),
         hosts,
     })
-}
-
-/// A fraction as a percentage; unset is 100 %.
-pub(super) fn percent(p: Option<&envoy_types::pb::envoy::r#type::v3::FractionalPercent>) -> f64 {
-    use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
-    let Some(p) = p else { return 100.0 };
-    let denominator = match DenominatorType::try_from(p.denominator) {
-        Ok(DenominatorType::TenThousand) => 10_000.0,
-        Ok(DenominatorType::Million) => 1_000_000.0,
-        _ => 100.0,
-    };
-    f64::from(p.numerator) * 100.0 / denominator
 }
 
 fn route_plan(route: &envoy_types::pb::envoy::config::route::v3::Route) -> Result<Route> {

@@ -4,36 +4,18 @@
 //! the peer picks, so HTTP/1.1 from the app rides HTTP/2 between sidecars.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::h2_upstream::H2;
 use super::tls::{self, Alpn, Tls};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type Body = BoxBody<Bytes, BoxError>;
-
-/// A body of `bytes`, all at once (empty: the stream ends with the headers).
-pub fn full(bytes: Bytes) -> Body {
-    use http_body_util::BodyExt;
-    http_body_util::Full::new(bytes)
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-/// A byte stream, plaintext or TLS.
-pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
-pub type Stream = Pin<Box<dyn Io>>;
+use super::body::{Body, Stream};
 
 /// How to reach an endpoint.
 pub struct Target<'a> {

@@ -18,10 +18,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
 use super::Proxy;
+use super::body::Stream;
 use super::clock::{instant, ticks};
 use super::http::Downstream;
 use super::metrics::TimeoutLabels;
-use super::pool::Stream;
 
 /// What a connection is doing, for its timeouts.
 pub struct Activity {
