@@ -27,7 +27,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 
 use super::body::{Body, BoxError};
-use super::http::{Downstream, grpc_status_in_headers};
+use super::downstream::Downstream;
+use super::grpc_status::grpc_status_in_headers;
 use super::local_reply::local_reply_reason;
 
 const STDOUT: &str =

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -19,42 +19,21 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::histogram::Histogram;
 use rand::Rng;
 
 use super::Proxy;
 use super::access_log::{Entry, UpstreamInfo};
 use super::body::{Body, BoxError, full};
+use super::downstream::Downstream;
+use super::grpc_status::{GRPC_STATUS, grpc_status_in_headers, is_grpc_server_error};
 use super::local_reply::{for_grpc, is_grpc, reply};
 use super::metrics::{ClusterLabels, DurationLabels, ListenerLabels, RequestLabels};
 use super::outgoing::Outgoing;
 use super::plan::{App, Balance, HttpPlan, Plan, Route, Routes};
 use super::pool::Sender;
 use super::rbac::{self, Decision, Subject};
-use super::timeouts::{Activity, Busy};
+use super::timeouts::Busy;
 use super::upstream::{ClusterState, Endpoint, InFlight, Limit, Outcome, Slot, backoff};
-
-/// What the proxy knows of the connection a request came on.
-pub struct Downstream {
-    pub listener: String,
-    pub inbound: bool,
-    /// The caller's SPIFFE ID if it came over mTLS.
-    pub peer: Option<Arc<str>>,
-    pub remote: SocketAddr,
-    pub local: SocketAddr,
-    /// The filter chain the connection matched.
-    pub chain: usize,
-    pub counted: LastCounted,
-    /// Requests in flight and since when idle, for the connection's timeouts.
-    pub activity: Activity,
-}
-
-/// The metrics the connection's last request was counted in, used again
-/// while the next one has the same labels (the usual case: one caller, one
-/// service), which saves looking the labels up twice per request.
-#[derive(Default)]
-pub struct LastCounted(Mutex<Option<(RequestLabels, Counter, Histogram)>>);
 
 /// 503 from a circuit breaker, counted: Envoy's `x-envoy-overloaded` and the reason.
 fn overflow(proxy: &Proxy, cluster: &str, limit: &'static str, why: String) -> Response<Body> {
@@ -81,7 +60,6 @@ fn cluster_for(proxy: &Proxy, route: &Route) -> Result<(Arc<str>, Arc<ClusterSta
 }
 
 const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
-const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// The caller's identity is the proxy's to state, never the app's: drop
 /// any `x-forwarded-client-cert` and, inbound over mTLS, set the verified one.
@@ -599,21 +577,6 @@ enum Failure {
     Overflow(&'static str, String),
     /// The body was streamed by an earlier try and cannot be sent again.
     Spent,
-}
-
-/// The status of a trailers-only gRPC response (an error: a normal one
-/// carries its status in the trailers).
-pub fn grpc_status_in_headers(headers: &HeaderMap) -> Option<u32> {
-    headers
-        .get(GRPC_STATUS)
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-}
-
-/// gRPC statuses that map to a 5xx (UNKNOWN, DEADLINE_EXCEEDED,
-/// UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS): outlier detection counts
-/// them like one, as Envoy does, since gRPC errors come with HTTP 200.
-fn is_grpc_server_error(status: u32) -> bool {
-    matches!(status, 2 | 4 | 12 | 13 | 14 | 15)
 }
 
 /// Tries the request until it succeeds or the retry policy says stop;

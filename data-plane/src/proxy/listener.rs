@@ -17,7 +17,8 @@ use tokio::sync::watch;
 use super::access_log::{TcpLine, UpstreamInfo};
 use super::body::Stream;
 use super::detect;
-use super::http::{self, Downstream};
+use super::downstream::Downstream;
+use super::http;
 use super::metrics::{
     BytesLabels, HandshakeFailureLabels, ListenerLabels, TcpLabels, handshake_failure_reason,
 };

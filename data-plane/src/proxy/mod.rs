@@ -12,6 +12,8 @@ mod body;
 pub mod capture;
 mod clock;
 pub mod detect;
+mod downstream;
+mod grpc_status;
 mod h2_upstream;
 pub mod http;
 pub mod listener;

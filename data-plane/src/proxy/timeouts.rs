@@ -10,7 +10,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -19,55 +19,8 @@ use tokio::time::Sleep;
 
 use super::Proxy;
 use super::body::Stream;
-use super::clock::{instant, ticks};
-use super::http::Downstream;
+use super::downstream::{Activity, Downstream};
 use super::metrics::TimeoutLabels;
-
-/// What a connection is doing, for its timeouts.
-pub struct Activity {
-    /// Requests in flight (their response bodies included).
-    active: AtomicUsize,
-    /// Requests started so far: a changed count means a request head was
-    /// completed.
-    started: AtomicU64,
-    /// When the connection last became idle (HTTP) or last carried a byte
-    /// (TCP), as [`ticks`].
-    since: AtomicU64,
-}
-
-impl Default for Activity {
-    fn default() -> Self {
-        Activity {
-            active: AtomicUsize::new(0),
-            started: AtomicU64::new(0),
-            since: AtomicU64::new(ticks(Instant::now())),
-        }
-    }
-}
-
-impl Activity {
-    /// A request (or its response body) is in flight; pair with [`end`](Self::end).
-    pub fn begin(&self) {
-        self.active.fetch_add(1, Ordering::Relaxed);
-        self.started.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn end(&self) {
-        if self.active.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.touch();
-        }
-    }
-
-    /// Bytes moved (TCP) or the last request ended (HTTP): idle from now.
-    pub fn touch(&self) {
-        self.since.store(ticks(Instant::now()), Ordering::Relaxed);
-    }
-
-    fn idle_since(&self) -> Option<Instant> {
-        (self.active.load(Ordering::Relaxed) == 0)
-            .then(|| instant(self.since.load(Ordering::Relaxed)))
-    }
-}
 
 /// A request of `down` in flight while this lives.
 pub struct Busy(Arc<Downstream>);
