@@ -20,7 +20,7 @@ use super::convergence::Convergence;
 use super::delta::DeltaStream;
 use super::snapshot::{Entry, Snapshot, TypeUrl};
 use super::snapshot_builder::Published;
-use super::sotw::{Event, Nack, Sent, SotwStream};
+use super::sotw::{Event, SotwStream, TypeSummary};
 use super::source::{NodeConfig, NodeSource};
 use super::status::ConfigRequest;
 use super::status::StreamRegistry;
@@ -30,14 +30,6 @@ use rampart_certs::SpiffeId;
 
 /// Replies waiting to be written per stream; more waits for the client.
 const STREAM_BUFFER: usize = 4;
-
-/// Per type: last sent, last ACKed version, last NACK.
-pub type TypeSummary<'a> = (
-    TypeUrl,
-    Option<&'a Sent>,
-    Option<&'a String>,
-    Option<&'a Nack>,
-);
 
 /// What the stream loop needs from a protocol variant.
 pub trait Protocol: Default + Send {

@@ -91,6 +91,14 @@ pub struct Nack {
     pub message: String,
 }
 
+/// Per type: last sent, last ACKed version, last NACK.
+pub type TypeSummary<'a> = (
+    TypeUrl,
+    Option<&'a Sent>,
+    Option<&'a String>,
+    Option<&'a Nack>,
+);
+
 /// Per-type protocol state.
 #[derive(Debug, Clone)]
 pub struct TypeState {

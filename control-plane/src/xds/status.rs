@@ -11,8 +11,8 @@ use rampart_api::admin::{ProxyResource, ProxyStatus, TypeStatus};
 use rustls::pki_types::CertificateDer;
 use tokio::sync::{mpsc, oneshot};
 
-use super::server::TypeSummary;
 use super::snapshot::TypeUrl;
+use super::sotw::TypeSummary;
 use envoy_types::pb::envoy::config::core::v3::Node;
 
 /// A request for a stream's served resources.
