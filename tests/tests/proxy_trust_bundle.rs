@@ -3,9 +3,11 @@
 //! the control plane (a plug-in CA) restarts with both roots, and a
 //! sidecar trusts the new one as soon as the `ROOTCA` secret reaches it
 //! over xDS, not at its next SVID renewal (24 hours away here). Step 2
-//! signs with the new root: a sidecar that started trusting only the old
-//! root renews under the new one (it verifies the control plane with the
-//! bundle in use, not its start-up anchor). Step 3 drops the old root: the
+//! signs with the new root: every sidecar renews under it at once (the
+//! served bundle starts with the root that signs), even one 24 hours from
+//! its renewal, and one that started trusting only the old root can (it
+//! verifies the control plane with the bundle in use, not its start-up
+//! anchor). Step 3 drops the old root: the
 //! renewed sidecar stops taking callers of the old root, again without a
 //! restart, and goes on renewing. A connection opened at the start works
 //! throughout.
@@ -237,6 +239,22 @@ async fn a_root_rotation_needs_no_sidecar_restart_and_drops_no_connection() {
     assert_eq!(get(&mut kept).await, Ok(200), "{}", echo.logs.text());
     // Until step 3, echo-2 still takes callers of the old root.
     assert_eq!(get_once(&inbound_2, &insider, &new_bundle).await, Ok(200));
+    // echo, 24 hours from its renewal, renews at once too: the served bundle
+    // now starts with the root that signs, and its SVID does not chain to it.
+    let renewed_early = eventually(300, || async {
+        get_once(&inbound, &outsider, &new_bundle).await == Ok(200)
+    })
+    .await;
+    assert!(
+        renewed_early,
+        "echo did not renew under the new signing root\n{}",
+        echo.logs.text()
+    );
+    assert!(
+        echo.logs.text().contains("renewing the SVID early"),
+        "{}",
+        echo.logs.text()
+    );
 
     // Rotation, step 3: echo-2 has renewed under the new root; the old root
     // is dropped.
@@ -275,8 +293,8 @@ async fn a_root_rotation_needs_no_sidecar_restart_and_drops_no_connection() {
         echo_2.logs.text(),
         cp.logs.text()
     );
-    // echo skipped the wait (its 24 h SVID is still of the old root): the
-    // control plane no longer accepts it, but what it serves keeps working.
+    // The connection opened at the start still works, and echo serves new
+    // callers with its SVID of the new root.
     assert_eq!(get(&mut kept).await, Ok(200), "{}", echo.logs.text());
-    assert_eq!(get_once(&inbound, &insider, &old_bundle).await, Ok(200));
+    assert_eq!(get_once(&inbound, &outsider, &new_bundle).await, Ok(200));
 }
