@@ -278,14 +278,11 @@ async fn run<P: Protocol>(
             }
         };
         let summary = stream.summary();
-        cx.registry.update(cx.id, stream.node(), &summary);
-        if responses.is_empty() && all_answered(&summary) {
-            if let Some(generation) = awaiting.take() {
-                cx.convergence.answered(cx.id, generation);
-            }
-            if let Some(generation) = handled {
-                cx.registry.synced(cx.id, generation);
-            }
+        let settled = responses.is_empty() && all_answered(&summary);
+        let synced = handled.filter(|_| settled);
+        cx.registry.update(cx.id, stream.node(), &summary, synced);
+        if settled && let Some(generation) = awaiting.take() {
+            cx.convergence.answered(cx.id, generation);
         }
         for response in responses {
             cx.metrics.count_push(P::type_url(&response));

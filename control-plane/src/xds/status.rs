@@ -81,13 +81,6 @@ impl StreamRegistry {
         (id, requests)
     }
 
-    /// The stream holds everything of snapshot `generation`.
-    pub fn synced(&self, id: u64, generation: u64) {
-        if let Some(stream) = self.lock().get_mut(&id) {
-            stream.synced_generation = Some(generation);
-        }
-    }
-
     /// Every open stream's peer and how far it is synced.
     pub fn trust(&self) -> Vec<StreamTrust> {
         let secret = TypeUrl::Secret.short();
@@ -109,12 +102,27 @@ impl StreamRegistry {
             .collect()
     }
 
-    /// Records the stream's current protocol state.
-    pub fn update(&self, id: u64, node: Option<&Node>, types: &[TypeSummary<'_>]) {
+    /// Records the stream's current protocol state and, if it holds
+    /// everything of a snapshot generation, which.
+    pub fn update(
+        &self,
+        id: u64,
+        node: Option<&Node>,
+        types: &[TypeSummary<'_>],
+        synced: Option<u64>,
+    ) {
         let mut streams = self.lock();
-        let Some(Stream { status, .. }) = streams.get_mut(&id) else {
+        let Some(Stream {
+            status,
+            synced_generation,
+            ..
+        }) = streams.get_mut(&id)
+        else {
             return;
         };
+        if synced.is_some() {
+            *synced_generation = synced;
+        }
         // The node never changes on a stream: record it once.
         if let Some(node) =
             node.filter(|_| status.node_id.is_empty() && status.user_agent.is_empty())
@@ -238,13 +246,13 @@ mod tests {
         let registry = StreamRegistry::default();
         let (id, _requests) = registry.open("spiffe://x/ns/a/sa/b".to_owned(), Vec::new(), "delta");
         let (v1, v2) = (sent("v1"), sent("v2"));
-        registry.update(id, None, &[(TypeUrl::Cluster, Some(&v1), None, None)]);
+        registry.update(id, None, &[(TypeUrl::Cluster, Some(&v1), None, None)], None);
         let first = registry.list()[0].types[0].clone();
         assert_eq!(first.state, "STALE");
         assert!(first.stale_since_unix > 0);
         // Backdate it, as if sent a minute ago; another update keeps it.
         registry.lock().get_mut(&id).unwrap().status.types[0].stale_since_unix -= 60;
-        registry.update(id, None, &[(TypeUrl::Cluster, Some(&v1), None, None)]);
+        registry.update(id, None, &[(TypeUrl::Cluster, Some(&v1), None, None)], None);
         assert_eq!(
             registry.list()[0].types[0].stale_since_unix,
             first.stale_since_unix - 60
@@ -255,12 +263,14 @@ mod tests {
             id,
             None,
             &[(TypeUrl::Cluster, Some(&v1), Some(&acked), None)],
+            None,
         );
         assert_eq!(registry.list()[0].types[0].stale_since_unix, 0);
         registry.update(
             id,
             None,
             &[(TypeUrl::Cluster, Some(&v2), Some(&acked), None)],
+            None,
         );
         assert!(registry.list()[0].types[0].stale_since_unix >= first.stale_since_unix);
     }
