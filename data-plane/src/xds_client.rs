@@ -223,12 +223,12 @@ fn refused(error: &anyhow::Error) -> bool {
     })
 }
 
-/// An mTLS channel to the control plane, checking its SPIFFE ID.
+/// An mTLS channel to the control plane with `current`'s SVID, checking
+/// the control plane's SPIFFE ID.
 async fn channel(
     settings: &Settings,
-    identity: &watch::Sender<Arc<Identity>>,
+    current: &Identity,
 ) -> anyhow::Result<tonic::transport::Channel> {
-    let current = identity.borrow().clone();
     let trust_domain = current.bundle.trust_domain().clone();
     let tls = client_config(
         Some(CurrentSvid::new(&current.svid)?),
@@ -339,18 +339,19 @@ enum Next<T> {
     Rekey,
 }
 
-/// The SVID an xDS connection was made with, and the identity to follow.
+/// The identity an xDS connection is made with, and the identity to
+/// follow while it is up.
 struct Connected {
-    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    with: Arc<Identity>,
     identity: watch::Receiver<Arc<Identity>>,
 }
 
 impl Connected {
-    /// Before the channel is made, so no change is missed.
+    /// Taken before the channel is made with it, so no change is missed.
     fn new(out: &Outputs) -> Self {
         let mut identity = out.identity.subscribe();
-        let chain = identity.borrow_and_update().svid.chain().to_vec();
-        Self { chain, identity }
+        let with = identity.borrow_and_update().clone();
+        Self { with, identity }
     }
 
     /// Whether the SVID now held chains to the bundle's signing root and the
@@ -358,7 +359,7 @@ impl Connected {
     fn stale(&self) -> bool {
         let current = self.identity.borrow();
         let signing = current.bundle.signing_root();
-        verify_chain(&self.chain, &signing).is_err()
+        verify_chain(self.with.svid.chain(), &signing).is_err()
             && crate::identity::issued_by_signing_root(&current)
     }
 }
@@ -407,7 +408,7 @@ fn ended<T>(next: Next<T>) -> anyhow::Result<()> {
 /// One delta connection: subscribe, resume, ACK/NACK until the stream ends.
 async fn stream_once(settings: &Settings, out: &Outputs) -> anyhow::Result<()> {
     let mut connected = Connected::new(out);
-    let channel = channel(settings, &out.identity).await?;
+    let channel = channel(settings, &connected.with).await?;
     let (tx, rx) = mpsc::channel(16);
     let held = out.config.borrow().clone();
     // Wildcard types first, then what they name; each resumes from what is held.
@@ -484,7 +485,7 @@ fn resource_name(type_url: TypeUrl, any: &Any) -> Result<String, String> {
 async fn stream_once_sotw(settings: &Settings, out: &Outputs) -> anyhow::Result<()> {
     use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Resource};
     let mut connected = Connected::new(out);
-    let channel = channel(settings, &out.identity).await?;
+    let channel = channel(settings, &connected.with).await?;
     let (tx, rx) = mpsc::channel(16);
     let held = out.config.borrow().clone();
     let mut subscriptions = Subscriptions::of(&held, settings.capture);
