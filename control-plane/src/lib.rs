@@ -138,35 +138,30 @@ pub async fn run(
                 .context("connecting to the Kubernetes API server (KUBECONFIG or in-cluster)")?,
         ),
     };
-    // The roots the control plane owns and rotates: in its data directory,
-    // or (in a cluster, --ca-secret) in a Secret every replica shares.
-    let owned = match (&config.ca_source, &config.ca_secret, &kube) {
-        (ca::CaSource::PlugIn(_), _, _) => None,
-        (ca::CaSource::SelfSigned { intermediate }, Some(name), Some(client)) => Some((
-            ca::RootStore::Secret(Box::new(k8s::ca_secret::SecretRoots::new(
-                client.clone(),
-                &config.namespace,
-                name,
-            ))),
-            *intermediate,
-        )),
-        (ca::CaSource::SelfSigned { intermediate }, _, _) => Some((
-            ca::RootStore::Files(ca::RootFiles::in_data_dir(&config.data_dir)),
-            *intermediate,
-        )),
-    };
-    let (ca, owned) = match (owned, &config.ca_source) {
-        (Some((store, intermediate)), _) => {
-            let (ca, set) =
-                ca::from_store(&store, &config.trust_domain, intermediate, config.lifetimes)
-                    .await?;
-            (ca, Some((store, intermediate, set)))
-        }
-        (None, ca::CaSource::PlugIn(dir)) => (
+    // The roots the control plane owns and rotates (in its data directory,
+    // or in a cluster with --ca-secret in a Secret every replica shares),
+    // or a plug-in CA it only reads.
+    let (ca, owned) = match &config.ca_source {
+        ca::CaSource::PlugIn(dir) => (
             ca::plug_in(dir, &config.trust_domain, config.lifetimes)?,
             None,
         ),
-        (None, ca::CaSource::SelfSigned { .. }) => unreachable!("owned roots have a store"),
+        ca::CaSource::SelfSigned { intermediate } => {
+            let store = match (&config.ca_secret, &kube) {
+                (Some(name), Some(client)) => ca::RootStore::Secret(Box::new(
+                    k8s::ca_secret::SecretRoots::new(client.clone(), &config.namespace, name),
+                )),
+                _ => ca::RootStore::Files(ca::RootFiles::in_data_dir(&config.data_dir)),
+            };
+            let (ca, set) = ca::from_store(
+                &store,
+                &config.trust_domain,
+                *intermediate,
+                config.lifetimes,
+            )
+            .await?;
+            (ca, Some((store, *intermediate, set)))
+        }
     };
     let ca = ca::CaHandle::new(ca);
     // The bundle every proxy is served follows the CA through rotations.
@@ -193,38 +188,34 @@ pub async fn run(
         xds::Sources {
             registrations: registrations.clone(),
             trust_domain: config.trust_domain.to_string(),
-            roots,
+            roots: roots.clone(),
             kubernetes: cluster.clone(),
         },
         config.xds_debounce,
     );
     let metrics = metrics::Metrics::new();
-    // Whenever the CA changes: the admin credential under its signing
-    // root, and the expiry gauges.
-    {
+    // Now and whenever the CA changes: the admin credential under its
+    // signing root, and the CA gauges.
+    let refresh = {
         let (data_dir, metrics) = (config.data_dir.clone(), metrics.clone());
-        let mut changes = ca.subscribe();
-        let refresh = move |ca: &rampart_certs::CertificateAuthority| {
+        move |ca: &rampart_certs::CertificateAuthority| {
             metrics.ca_expiry.set(ca.chain_not_after().unix_timestamp());
             metrics
                 .root_expiry
                 .set(ca.root_not_after().unix_timestamp());
             metrics.trusted_roots.set(ca.bundle().roots().len() as i64);
             admin::write_admin_credential(&data_dir, ca)
-        };
-        refresh(&changes.borrow_and_update())?;
-        tokio::spawn(async move {
-            while changes.changed().await.is_ok() {
-                let ca = changes.borrow_and_update().clone();
-                if let Err(e) = refresh(&ca) {
-                    tracing::error!(
-                        error = format!("{e:#}"),
-                        "rewriting the admin credential for the new CA failed"
-                    );
-                }
-            }
-        });
-    }
+        }
+    };
+    refresh(&ca.current())?;
+    on_ca_change(&ca, move |ca| {
+        if let Err(e) = refresh(ca) {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "rewriting the admin credential for the new CA failed"
+            );
+        }
+    });
 
     let mut hosts = identity::ServingHosts {
         dns_names: vec!["localhost".to_owned()],
@@ -247,24 +238,17 @@ pub async fn run(
     // connections follow a rotation, open ones are left alone.
     let client_auth = ClientAuth::Optional(PeerPolicy::TrustDomain(config.trust_domain.clone()));
     let tls = server_config(identity.clone(), ca.current().bundle(), client_auth.clone())?;
-    let grpc_tls = {
-        let (tx, rx) = tokio::sync::watch::channel(Arc::new(tls.clone()));
-        let mut changes = ca.subscribe();
-        tokio::spawn(async move {
-            while changes.changed().await.is_ok() {
-                let bundle = changes.borrow_and_update().bundle().clone();
-                match server_config(identity.clone(), &bundle, client_auth.clone()) {
-                    Ok(config) => {
-                        tx.send_replace(Arc::new(config));
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "the new trust bundle cannot verify clients; keeping the last one")
-                    }
-                }
+    let (grpc_tls_tx, grpc_tls) = tokio::sync::watch::channel(Arc::new(tls.clone()));
+    on_ca_change(&ca, move |ca| {
+        match server_config(identity.clone(), ca.bundle(), client_auth.clone()) {
+            Ok(config) => {
+                grpc_tls_tx.send_replace(Arc::new(config));
             }
-        });
-        rx
-    };
+            Err(e) => {
+                tracing::error!(error = %e, "the new trust bundle cannot verify clients; keeping the last one")
+            }
+        }
+    });
 
     let grpc_listener = TcpListener::bind(config.grpc_addr)
         .await
@@ -435,7 +419,7 @@ pub async fn run(
     if let (Some(client), Some(leadership)) = (&kube, &leadership) {
         // The bundle as it changes in a root rotation: each singleton starts
         // again with the new one.
-        let bundle = follow_ca(&ca, |ca| ca.bundle().to_pem());
+        let bundle = roots;
         use k8s::webhook_config::{WebhookKind, keep_ca_bundle};
         let configurations = [
             (WebhookKind::Mutating, &config.webhook_configuration),
@@ -523,20 +507,29 @@ pub async fn run(
     Ok(())
 }
 
+/// Runs `f` each time the CA changes (a root rotation's steps), for as
+/// long as the process runs.
+fn on_ca_change(
+    ca: &ca::CaHandle,
+    mut f: impl FnMut(&rampart_certs::CertificateAuthority) + Send + 'static,
+) {
+    let mut changes = ca.subscribe();
+    tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            let ca = changes.borrow_and_update().clone();
+            f(&ca);
+        }
+    });
+}
+
 /// A value computed from the CA, kept current as the CA changes.
 fn follow_ca<T: Send + Sync + 'static>(
     ca: &ca::CaHandle,
     of: impl Fn(&rampart_certs::CertificateAuthority) -> T + Send + 'static,
 ) -> tokio::sync::watch::Receiver<T> {
-    let mut changes = ca.subscribe();
-    let (tx, rx) = tokio::sync::watch::channel(of(&changes.borrow_and_update()));
-    tokio::spawn(async move {
-        while changes.changed().await.is_ok() {
-            let value = of(&changes.borrow_and_update());
-            if tx.send(value).is_err() {
-                break;
-            }
-        }
+    let (tx, rx) = tokio::sync::watch::channel(of(&ca.current()));
+    on_ca_change(ca, move |ca| {
+        tx.send_replace(of(ca));
     });
     rx
 }

@@ -86,15 +86,10 @@ pub struct Rotator {
 }
 
 struct Inner {
-    store: RootStore,
-    trust_domain: TrustDomain,
-    intermediate: bool,
-    lifetimes: SvidLifetimes,
+    config: RotatorConfig,
     ca: CaHandle,
     streams: StreamRegistry,
     snapshots: watch::Receiver<Arc<Published>>,
-    settle: Duration,
-    cluster: Option<Cluster>,
     state: Mutex<State>,
 }
 
@@ -138,15 +133,10 @@ impl Rotator {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                store: config.store,
-                trust_domain: config.trust_domain,
-                intermediate: config.intermediate,
-                lifetimes: config.lifetimes,
+                config,
                 ca,
                 streams,
                 snapshots,
-                settle: config.settle,
-                cluster: config.cluster,
                 state: Mutex::new(State {
                     set,
                     bundle_generation: None,
@@ -171,8 +161,10 @@ impl Rotator {
             bail!("a root was made this second already; try again");
         }
         let mut next = state.set.clone();
-        next.pems
-            .insert(stem.clone(), RootSet::generate(&self.inner.trust_domain)?);
+        next.pems.insert(
+            stem.clone(),
+            RootSet::generate(&self.inner.config.trust_domain)?,
+        );
         next.roots = Roots {
             trusted: [state.set.roots.trusted.clone(), vec![stem]].concat(),
             rotation: Some(Rotation {
@@ -202,7 +194,7 @@ impl Rotator {
             return Ok(());
         };
         let local = self.local_progress(&mut state);
-        if let Some(cluster) = &self.inner.cluster {
+        if let Some(cluster) = &self.inner.config.cluster {
             let report = Report {
                 bundle: self.bundle_hash(),
                 at_unix: now_unix(),
@@ -215,7 +207,7 @@ impl Rotator {
                 return Ok(());
             }
         }
-        if now_unix() - rotation.since_unix < self.inner.settle.as_secs() as i64 {
+        if now_unix() - rotation.since_unix < self.inner.config.settle.as_secs() as i64 {
             return Ok(());
         }
         let progress = self.with_replicas(local, rotation.since_unix).await?;
@@ -276,7 +268,7 @@ impl Rotator {
     /// Takes up what is stored if it changed (another replica started or
     /// moved a rotation, or this one restarted).
     async fn sync(&self, state: &mut State) -> anyhow::Result<()> {
-        let stored = self.inner.store.read().await?;
+        let stored = self.inner.config.store.read().await?;
         if stored != state.set {
             tracing::info!(
                 phase = stored.roots.rotation.map_or("none", |r| r.phase.as_str()),
@@ -291,9 +283,10 @@ impl Rotator {
     /// nothing), stores it if `store`, then puts it in use.
     async fn apply(&self, state: &mut State, next: RootSet, store: bool) -> anyhow::Result<()> {
         let inner = &self.inner;
-        let ca = next.authority(&inner.trust_domain, inner.intermediate, inner.lifetimes)?;
+        let config = &inner.config;
+        let ca = next.authority(&config.trust_domain, config.intermediate, config.lifetimes)?;
         if store {
-            inner.store.write(&next).await?;
+            config.store.write(&next).await?;
         }
         state.set = next;
         state.bundle_generation = None;
@@ -329,7 +322,7 @@ impl Rotator {
         mut local: Progress,
         since_unix: i64,
     ) -> anyhow::Result<Progress> {
-        let Some(cluster) = &self.inner.cluster else {
+        let Some(cluster) = &self.inner.config.cluster else {
             return Ok(local);
         };
         let bundle = self.bundle_hash();

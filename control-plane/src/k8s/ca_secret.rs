@@ -20,6 +20,8 @@ use crate::ca::roots::{FIRST, LIST, RootPem, RootSet, Roots};
 /// The roots kept in Secret `namespace/name`.
 pub struct SecretRoots {
     api: Api<Secret>,
+    name: String,
+    /// `namespace/name`, for messages.
     what: String,
     /// The resourceVersion last read: a write over a newer one is refused.
     read_version: Mutex<Option<String>>,
@@ -29,18 +31,15 @@ impl SecretRoots {
     pub fn new(client: kube::Client, namespace: &str, name: &str) -> Self {
         Self {
             api: Api::namespaced(client, namespace),
+            name: name.to_owned(),
             what: format!("{namespace}/{name}"),
             read_version: Mutex::new(None),
         }
     }
 
-    fn name(&self) -> &str {
-        self.what.split_once('/').map_or("", |(_, n)| n)
-    }
-
     /// The roots, creating the Secret with a new root if there is none.
     pub async fn open(&self, trust_domain: &TrustDomain) -> anyhow::Result<RootSet> {
-        let secret = match self.api.get_opt(self.name()).await? {
+        let secret = match self.api.get_opt(&self.name).await? {
             Some(secret) => secret,
             None => self.create(trust_domain).await?,
         };
@@ -49,7 +48,7 @@ impl SecretRoots {
 
     /// The roots; a Secret gone is an error (never a new root).
     pub async fn read(&self) -> anyhow::Result<RootSet> {
-        let secret = self.api.get_opt(self.name()).await?.with_context(|| {
+        let secret = self.api.get_opt(&self.name).await?.with_context(|| {
             format!(
                 "the CA Secret {} is gone; keeping the roots in use (restore it from a backup)",
                 self.what
@@ -81,7 +80,7 @@ impl SecretRoots {
                 Ok(created)
             }
             // Another replica created it first: use its root, not ours.
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(self.api.get(self.name()).await?),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(self.api.get(&self.name).await?),
             Err(e) => Err(e.into()),
         }
     }
@@ -96,7 +95,7 @@ impl SecretRoots {
             .clone();
         let written = self
             .api
-            .replace(self.name(), &PostParams::default(), &secret)
+            .replace(&self.name, &PostParams::default(), &secret)
             .await
             .with_context(|| format!("writing the roots to Secret {}", self.what))?;
         *self.read_version.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -119,7 +118,7 @@ impl SecretRoots {
         data.insert(LIST.to_owned(), ByteString(serde_json::to_vec(&set.roots)?));
         Ok(Secret {
             metadata: ObjectMeta {
-                name: Some(self.name().to_owned()),
+                name: Some(self.name.clone()),
                 labels: Some(
                     [("app.kubernetes.io/part-of".to_owned(), "rampart".to_owned())].into(),
                 ),
