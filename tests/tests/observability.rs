@@ -386,13 +386,17 @@ async fn prometheus_evaluates_every_rule_and_dashboard_expression_on_a_live_mesh
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // Rates need two samples in their window, recording rules a round.
+    // Rates need two samples in their window from every target, and the
+    // five targets' first scrapes are up to an interval apart: wait for three
+    // successful scrapes of each (CI once queried the control plane's rates
+    // after its first), and for the recording rules to have run.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !matches!(prometheus.query("rampart:request_errors:ratio_rate1m").await, Ok(n) if n >= 3)
+    while !matches!(prometheus.query("sum_over_time(up[1m]) >= 3").await, Ok(5))
+        || !matches!(prometheus.query("rampart:request_errors:ratio_rate1m").await, Ok(n) if n >= 3)
     {
         assert!(
             Instant::now() < deadline,
-            "the recording rules never produced data\n{}",
+            "three scrapes of every target and the recording rules never came\n{}",
             log()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
