@@ -16,6 +16,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use rampart_plan::resources::Config;
 use tokio::net::TcpListener;
 
 /// Labels of a renewal attempt.
@@ -136,7 +137,7 @@ impl ProxyMetrics {
 }
 
 /// `{"<type url>": {"<name>": "<version>"}}`.
-fn config_dump(config: &crate::xds_client::Config) -> serde_json::Value {
+fn config_dump(config: &Config) -> serde_json::Value {
     config
         .types
         .iter()
@@ -155,7 +156,7 @@ fn config_dump(config: &crate::xds_client::Config) -> serde_json::Value {
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<ProxyMetrics>,
-    config: tokio::sync::watch::Receiver<Arc<crate::xds_client::Config>>,
+    config: tokio::sync::watch::Receiver<Arc<Config>>,
     drain: Arc<tokio::sync::watch::Sender<bool>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {

@@ -116,8 +116,8 @@ struct Args {
     /// Where this workload runs, `region[/zone[/sub-zone]]`: its endpoint is
     /// registered there, and calls go to the nearest endpoints that are
     /// up (same sub-zone, zone, region, then anywhere).
-    #[arg(long, value_parser = proxy::plan::Locality::parse)]
-    locality: Option<proxy::plan::Locality>,
+    #[arg(long, value_parser = rampart_plan::endpoint::Locality::parse)]
+    locality: Option<rampart_plan::endpoint::Locality>,
 }
 
 /// `NAME=VALUE`.
@@ -269,7 +269,8 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     args.admin_addr = admin_listener.local_addr()?;
     tracing::info!(address = %args.admin_addr, "admin: /live /ready /metrics /certs /config_dump");
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let (config_tx, config) = tokio::sync::watch::channel(Arc::new(xds_client::Config::default()));
+    let (config_tx, config) =
+        tokio::sync::watch::channel(Arc::new(rampart_plan::resources::Config::default()));
     let drain_tx = Arc::new(tokio::sync::watch::channel(false).0);
     let drain = drain_tx.subscribe();
     let admin = tokio::spawn(admin::serve(
@@ -307,7 +308,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
             capture: args.capture,
             sotw: args.xds_sotw,
         };
-        let first = Arc::new(proxy::plan::Plan::new(args.capture));
+        let first = Arc::new(rampart_plan::Plan::new(args.capture));
         let (plan_tx, plans) = tokio::sync::watch::channel(first);
         let outputs = xds_client::Outputs {
             config: config_tx,

@@ -7,7 +7,7 @@
 //! resumes with `initial_resource_versions`, so nothing unchanged is re-sent.
 //! The configuration it holds is published for the rest of the proxy.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,9 +16,6 @@ use envoy_types::pb::envoy::config::core::v3::{DataSource, Node, data_source};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, http_connection_manager,
-};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, Secret, secret,
 };
@@ -32,87 +29,17 @@ use prost::Message;
 use rampart_certs::TrustBundle;
 use rampart_certs::tls::{CurrentSvid, PeerPolicy, client_config, verify_chain};
 use rampart_certs::well_known::control_plane_id;
+use rampart_plan::resources::{Config, Held};
+use rampart_plan::{Plan, compile};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::admin::{ProxyMetrics, TypeLabels, XdsLabels};
 use crate::identity::Identity;
-use crate::proxy::plan::{Plan, compile, service_route};
 use rampart_api::xds::TypeUrl;
 
 /// The one secret the proxy asks for: the mesh's trust bundle.
 pub const ROOTCA: &str = "ROOTCA";
-
-/// One held resource: its version and its encoded message (shared: the
-/// configuration is copied on every update, its resources are not).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Held {
-    pub version: String,
-    pub resource: Arc<Any>,
-}
-
-/// Everything the proxy holds, by type URL then name.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Config {
-    pub types: BTreeMap<TypeUrl, BTreeMap<String, Held>>,
-}
-
-impl Config {
-    fn of(&self, type_url: TypeUrl) -> impl Iterator<Item = (&String, &Held)> {
-        self.types.get(&type_url).into_iter().flat_map(|m| m.iter())
-    }
-
-    /// Names of the clusters whose endpoints come over EDS.
-    fn eds_clusters(&self) -> BTreeSet<String> {
-        self.of(TypeUrl::Cluster)
-            .filter_map(|(name, held)| {
-                let cluster = Cluster::decode(held.resource.value.as_slice()).ok()?;
-                cluster.eds_cluster_config.is_some().then(|| name.clone())
-            })
-            .collect()
-    }
-
-    /// Names of the route configurations the listeners take over RDS; with
-    /// traffic capture also every service port's (`SVC.NS:PORT`, named after
-    /// the cluster `outbound|PORT||SVC.NS`): captured HTTP calls use them.
-    fn rds_routes(&self, capture: bool) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
-        if capture {
-            out.extend(
-                self.of(TypeUrl::Cluster)
-                    .filter_map(|(name, _)| service_route(name)),
-            );
-        }
-        for (_, held) in self.of(TypeUrl::Listener) {
-            let Ok(listener) = Listener::decode(held.resource.value.as_slice()) else {
-                continue;
-            };
-            let managers = listener
-                .api_listener
-                .and_then(|a| a.api_listener)
-                .into_iter()
-                .chain(
-                    listener
-                        .filter_chains
-                        .into_iter()
-                        .flat_map(|c| c.filters)
-                        .filter_map(|f| match f.config_type {
-                            Some(envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any)) => Some(any),
-                            _ => None,
-                        }),
-                );
-            for any in managers {
-                if let Ok(manager) = HttpConnectionManager::decode(any.value.as_slice())
-                    && let Some(http_connection_manager::RouteSpecifier::Rds(rds)) =
-                        manager.route_specifier
-                {
-                    out.insert(rds.route_config_name);
-                }
-            }
-        }
-        out
-    }
-}
 
 /// Whether `resource` decodes as `type_url`'s message; the reason if not.
 fn check(type_url: TypeUrl, resource: &Any) -> Result<(), String> {
@@ -836,14 +763,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_held_route_is_released_while_the_control_plane_is_away() {
-        use crate::proxy::plan::tests::{config, target};
+        use rampart_plan::fixtures::{config, target};
         let first = compile(&config("a"), &Plan::default()).unwrap();
         // The route moved to `b`, which never warms: the old table is held.
         let mut held = compile(&config("b"), &first).unwrap();
         assert_eq!(target(&held), ["a"]);
         // Its wait has run out by now.
         for since in held.held_back.values_mut() {
-            *since -= crate::proxy::plan::WARMING_TIMEOUT;
+            *since -= rampart_plan::WARMING_TIMEOUT;
         }
         let td = TrustDomain::new("cluster.local").unwrap();
         let out = Outputs {

@@ -9,8 +9,9 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use prost::Message;
 use rampart_api::admin::{GetResourcesRequest, ProxyConfigRequest};
 use rampart_certs::SpiffeId;
-use rampart_proxy::proxy::plan::{App, ChainPlan, Routes, listener_plan};
-use rampart_proxy::proxy::rbac::{Decision, Subject, explain};
+use rampart_plan::listener::{App, ChainPlan, listener_plan};
+use rampart_plan::rbac::{Decision, Subject, explain};
+use rampart_plan::route::Routes;
 use serde::Serialize;
 
 use crate::client::Target;

@@ -1,9 +1,8 @@
-//! Access logs: one JSON line per HTTP request on stdout, as an HTTP
-//! connection manager's `StdoutAccessLog` with a `json_format` asks. The
-//! format's values are Envoy's command operators; the subset below is
-//! understood and anything else is refused (NACK) by name, so a line never
-//! silently lacks what the control plane asked for. Lines are buffered and
-//! written at least once a second (or at 64 KiB), never on the request path.
+//! Access logs: one JSON line per HTTP request or TCP connection on stdout,
+//! as an HTTP connection manager's or TCP proxy's `StdoutAccessLog` with a
+//! `json_format` asks (the format is compiled by `rampart_plan::access_log`).
+//! Lines are buffered and written at least once a second (or at 64 KiB),
+//! never on the request path.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -12,165 +11,19 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
-use envoy_types::pb::envoy::config::core::v3::substitution_format_string::Format;
-use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
-    StdoutAccessLog, stdout_access_log,
-};
-use envoy_types::pb::google::protobuf::{Struct, value::Kind};
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderValue;
 use http::{Method, Request, Response, Version};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
-use prost::Message;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
+
+use rampart_plan::access_log::{AccessLogPlan, Field};
 
 use super::body::{Body, BoxError};
 use super::downstream::Downstream;
 use super::grpc_status::grpc_status_in_headers;
 use super::local_reply::local_reply_reason;
-
-const STDOUT: &str =
-    "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
-
-/// What one key of a line holds.
-#[derive(Debug, Clone, PartialEq)]
-enum Field {
-    Text(String),
-    StartTime,
-    Method,
-    Path,
-    Authority,
-    Protocol,
-    RequestHeader(HeaderName),
-    ResponseCode,
-    ResponseCodeDetails,
-    GrpcStatus,
-    BytesSent,
-    /// TCP only: bytes read from the downstream.
-    BytesReceived,
-    Duration,
-    UpstreamHost,
-    UpstreamCluster,
-    UpstreamPeer,
-    DownstreamRemote,
-    DownstreamLocal,
-    DownstreamPeer,
-}
-
-/// The keys of a line and what each holds, sorted by key.
-#[derive(Debug, PartialEq)]
-pub struct AccessLogPlan {
-    fields: Vec<(String, Field)>,
-}
-
-/// What a log is of: HTTP requests or TCP connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Of {
-    Http,
-    Tcp,
-}
-
-/// The access log of an HTTP connection manager or a TCP proxy, if it has one.
-pub fn compile(logs: &[AccessLog], of: Of) -> Result<Option<Arc<AccessLogPlan>>, String> {
-    match logs {
-        [] => Ok(None),
-        [log] => compile_one(log, of).map(|p| Some(Arc::new(p))),
-        _ => Err("access_log: only one access log per connection manager is supported".into()),
-    }
-}
-
-fn compile_one(log: &AccessLog, of: Of) -> Result<AccessLogPlan, String> {
-    if log.filter.is_some() {
-        return Err("access_log.filter is not supported (every request is logged)".into());
-    }
-    let Some(access_log::ConfigType::TypedConfig(any)) = &log.config_type else {
-        return Err("access_log has no typed_config".into());
-    };
-    if any.type_url != STDOUT {
-        return Err(format!(
-            "access_log: {} is not supported (only StdoutAccessLog)",
-            any.type_url
-        ));
-    }
-    let stdout = StdoutAccessLog::decode(any.value.as_slice())
-        .map_err(|e| format!("access_log: does not decode: {e}"))?;
-    let format = match stdout.access_log_format {
-        Some(stdout_access_log::AccessLogFormat::LogFormat(f)) => f.format,
-        _ => None,
-    };
-    let Some(Format::JsonFormat(json)) = format else {
-        return Err("access_log: only a log_format with json_format is supported".into());
-    };
-    json_fields(&json, of).map(|fields| AccessLogPlan { fields })
-}
-
-fn json_fields(json: &Struct, of: Of) -> Result<Vec<(String, Field)>, String> {
-    let mut fields = Vec::new();
-    for (key, value) in &json.fields {
-        let Some(Kind::StringValue(text)) = &value.kind else {
-            return Err(format!(
-                "access_log json_format.{key}: only string values are supported"
-            ));
-        };
-        let field = operator(text)
-            .and_then(|f| match (f, of) {
-                (Field::BytesReceived, Of::Http) => {
-                    Err("%BYTES_RECEIVED% is not supported on HTTP listeners".into())
-                }
-                (f, _) => Ok(f),
-            })
-            .map_err(|e| format!("access_log json_format.{key}: {text:?}: {e}"))?;
-        fields.push((key.clone(), field));
-    }
-    // The format is a map: keys in order, so lines read the same each time.
-    fields.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(fields)
-}
-
-/// One operator (`%NAME%`, `%REQ(HEADER)%`) or text without any.
-fn operator(text: &str) -> Result<Field, String> {
-    let Some(inner) = text.strip_prefix('%').and_then(|t| t.strip_suffix('%')) else {
-        if text.contains('%') {
-            return Err("a value is one operator or plain text, not a mix".into());
-        }
-        return Ok(Field::Text(text.to_owned()));
-    };
-    if inner.contains('%') {
-        return Err("a value is one operator or plain text, not a mix".into());
-    }
-    if let Some(header) = inner.strip_prefix("REQ(").and_then(|h| h.strip_suffix(')')) {
-        return match header.to_ascii_lowercase().as_str() {
-            ":method" => Ok(Field::Method),
-            ":path" => Ok(Field::Path),
-            ":authority" => Ok(Field::Authority),
-            h if h.contains(['?', ':']) => {
-                Err("alternative headers and length limits are not supported".into())
-            }
-            h => HeaderName::from_bytes(h.as_bytes())
-                .map(Field::RequestHeader)
-                .map_err(|_| format!("{header:?} is not a header name")),
-        };
-    }
-    Ok(match inner {
-        "START_TIME" => Field::StartTime,
-        "PROTOCOL" => Field::Protocol,
-        "RESPONSE_CODE" => Field::ResponseCode,
-        "RESPONSE_CODE_DETAILS" => Field::ResponseCodeDetails,
-        "GRPC_STATUS(NUMBER)" => Field::GrpcStatus,
-        "BYTES_SENT" => Field::BytesSent,
-        "BYTES_RECEIVED" => Field::BytesReceived,
-        "DURATION" => Field::Duration,
-        "UPSTREAM_HOST" => Field::UpstreamHost,
-        "UPSTREAM_CLUSTER" => Field::UpstreamCluster,
-        "UPSTREAM_PEER_URI_SAN" => Field::UpstreamPeer,
-        "DOWNSTREAM_REMOTE_ADDRESS" => Field::DownstreamRemote,
-        "DOWNSTREAM_LOCAL_ADDRESS" => Field::DownstreamLocal,
-        "DOWNSTREAM_PEER_URI_SAN" => Field::DownstreamPeer,
-        _ => return Err(format!("the operator %{inner}% is not supported")),
-    })
-}
 
 /// Where a forwarded request went, for the log (set only when logging).
 #[derive(Clone)]
@@ -542,62 +395,6 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use envoy_types::pb::google::protobuf::Value;
-
-    fn format(pairs: &[(&str, &str)]) -> Struct {
-        Struct {
-            fields: pairs
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        (*k).to_owned(),
-                        Value {
-                            kind: Some(Kind::StringValue((*v).to_owned())),
-                        },
-                    )
-                })
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn operators_are_understood_or_refused_by_name() {
-        let fields = json_fields(
-            &format(&[
-                ("code", "%RESPONSE_CODE%"),
-                ("method", "%REQ(:METHOD)%"),
-                ("id", "%REQ(X-REQUEST-ID)%"),
-                ("mesh", "rampart"),
-            ]),
-            Of::Http,
-        )
-        .unwrap();
-        assert_eq!(
-            fields,
-            [
-                ("code".to_owned(), Field::ResponseCode),
-                (
-                    "id".to_owned(),
-                    Field::RequestHeader(HeaderName::from_static("x-request-id"))
-                ),
-                ("mesh".to_owned(), Field::Text("rampart".into())),
-                ("method".to_owned(), Field::Method),
-            ]
-        );
-        for (value, error) in [
-            ("%BYTES_RECEIVED%", "not supported on HTTP listeners"),
-            (
-                "%RESPONSE_FLAGS%",
-                "the operator %RESPONSE_FLAGS% is not supported",
-            ),
-            ("%REQ(X?Y)%", "alternative headers"),
-            ("took %DURATION% ms", "not a mix"),
-        ] {
-            let e = json_fields(&format(&[("k", value)]), Of::Http).unwrap_err();
-            assert!(e.starts_with("access_log json_format.k: "), "{e}");
-            assert!(e.contains(error), "{e}");
-        }
-    }
 
     #[test]
     fn the_start_time_is_utc_to_the_millisecond() {

@@ -19,6 +19,12 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use rampart_plan::Plan;
+use rampart_plan::cluster::Balance;
+use rampart_plan::connection_manager::HttpPlan;
+use rampart_plan::listener::App;
+use rampart_plan::rbac::{self, Decision, Subject};
+use rampart_plan::route::{Route, Routes};
 use rand::Rng;
 
 use super::Proxy;
@@ -29,9 +35,7 @@ use super::grpc_status::{GRPC_STATUS, grpc_status_in_headers, is_grpc_server_err
 use super::local_reply::{for_grpc, is_grpc, reply};
 use super::metrics::{ClusterLabels, DurationLabels, ListenerLabels, RequestLabels};
 use super::outgoing::Outgoing;
-use super::plan::{App, Balance, HttpPlan, Plan, Route, Routes};
 use super::pool::Sender;
-use super::rbac::{self, Decision, Subject};
 use super::timeouts::Busy;
 use super::upstream::{ClusterState, Endpoint, InFlight, Limit, Outcome, Slot, backoff};
 

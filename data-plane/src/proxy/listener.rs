@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rampart_plan::connection_manager::HttpTimeouts;
+use rampart_plan::listener::{App, ListenerPlan, Transport};
+use rampart_plan::rbac::{self, Decision, Subject};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -22,9 +25,7 @@ use super::http;
 use super::metrics::{
     BytesLabels, HandshakeFailureLabels, ListenerLabels, TcpLabels, handshake_failure_reason,
 };
-use super::plan::{App, HttpTimeouts, ListenerPlan, Transport};
 use super::pool::{ConnectError, connect};
-use super::rbac::{self, Decision, Subject};
 use super::timeouts::{self, Busy, HeadTimer};
 use super::tls::{Alpn, H2, HTTP1};
 use super::upstream::{Endpoint, Outcome};

@@ -81,16 +81,6 @@ pub struct HandshakeFailureLabels {
     pub reason: &'static str,
 }
 
-/// Every value of the `reason` label of handshake failures.
-pub const HANDSHAKE_FAILURE_REASONS: [&str; 6] = [
-    "not_tls",
-    "no_client_cert",
-    "bad_client_cert",
-    "peer_refused",
-    "timeout",
-    "other",
-];
-
 /// Why an inbound TLS handshake failed, in words an operator can act on:
 /// `not_tls` (a plaintext client in STRICT), `no_client_cert`,
 /// `bad_client_cert` (untrusted root, expired, not an SVID of the trust

@@ -20,11 +20,7 @@ pub mod listener;
 mod local_reply;
 pub mod metrics;
 mod outgoing;
-pub mod plan;
 pub mod pool;
-mod proto;
-mod rate_limit;
-pub mod rbac;
 mod timeouts;
 pub mod tls;
 pub mod upstream;
@@ -39,8 +35,9 @@ use tokio::sync::{Notify, watch};
 
 use crate::admin::ProxyMetrics;
 use metrics::ListenerLabels;
-use plan::Plan;
-use rbac::Decision;
+use rampart_plan::Plan;
+use rampart_plan::endpoint::Locality;
+use rampart_plan::rbac::Decision;
 use tls::Tls;
 use upstream::Upstreams;
 
@@ -65,7 +62,7 @@ impl Proxy {
         tls: Arc<Tls>,
         metrics: Arc<ProxyMetrics>,
         capture: bool,
-        locality: Option<plan::Locality>,
+        locality: Option<Locality>,
     ) -> Arc<Proxy> {
         Arc::new(Proxy {
             plan: RwLock::new(Arc::new(Plan::default())),

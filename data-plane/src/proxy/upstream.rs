@@ -10,10 +10,12 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize,
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use rampart_plan::Plan;
+use rampart_plan::cluster::{Balance, ClusterPlan};
+use rampart_plan::endpoint::{EndpointPlan, Locality};
 use rand::Rng;
 
 use super::clock::ticks;
-use super::plan::{Balance, ClusterPlan, EndpointPlan, Locality, Plan};
 use super::pool::{Pool, Target};
 
 /// Every cluster's live state, by name.
@@ -382,7 +384,7 @@ pub fn backoff(base: Duration, n: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::plan::{Limits, RetryBudget};
+    use rampart_plan::cluster::{Limits, RetryBudget};
 
     fn cluster(limits: Limits) -> Arc<ClusterState> {
         with_endpoints(limits, &[])
@@ -391,7 +393,7 @@ mod tests {
     fn with_endpoints(limits: Limits, addresses: &[SocketAddr]) -> Arc<ClusterState> {
         let endpoints = addresses
             .iter()
-            .map(|&address| crate::proxy::plan::EndpointPlan {
+            .map(|&address| EndpointPlan {
                 address,
                 weight: 1,
                 mtls: false,
@@ -472,7 +474,7 @@ mod tests {
     #[test]
     fn the_nearest_tier_with_an_endpoint_up_takes_the_traffic() {
         let here = Locality::parse("r1/z1").unwrap();
-        let at = |address: &str, locality: &str| crate::proxy::plan::EndpointPlan {
+        let at = |address: &str, locality: &str| EndpointPlan {
             address: address.parse().unwrap(),
             weight: 1,
             mtls: false,

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::load::{RouteStats, WINDOW};
 use super::{State, View};
 use crate::http::get;
-use crate::metrics::sum;
+use crate::metrics::{sum, sum_by};
 
 /// One mTLS hop, as the server's sidecar saw it.
 #[derive(Debug, Clone, Serialize)]
@@ -52,19 +52,15 @@ const TRUST_DOMAIN: &str = "spiffe://cluster.local/ns/demo/sa";
 
 /// Handshake refusals per sidecar and reason (the proxy's `reason` label).
 fn refusals(sidecars: &BTreeMap<&str, String>) -> BTreeMap<String, f64> {
-    use rampart_proxy::proxy::metrics::HANDSHAKE_FAILURE_REASONS;
     let mut out = BTreeMap::new();
     for (name, metrics) in sidecars {
-        for reason in HANDSHAKE_FAILURE_REASONS {
-            let label = format!("reason=\"{reason}\"");
-            let n = sum(
-                metrics,
-                "rampart_proxy_tls_handshake_failures_total",
-                &[&label],
-            );
-            if n > 0.0 {
-                out.insert(format!("{name}: {reason}"), n);
-            }
+        let by_reason = sum_by(
+            metrics,
+            "rampart_proxy_tls_handshake_failures_total",
+            "reason",
+        );
+        for (reason, n) in by_reason.into_iter().filter(|(_, n)| *n > 0.0) {
+            out.insert(format!("{name}: {reason}"), n);
         }
     }
     out

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use envoy_types::pb::google::protobuf::Any;
 use libfuzzer_sys::fuzz_target;
 use rampart_api::xds::TypeUrl;
-use rampart_proxy::proxy::plan::{Plan, compile};
-use rampart_proxy::xds_client::{Config, Held};
+use rampart_plan::{Plan, compile};
+use rampart_plan::resources::{Config, Held};
 
 fuzz_target!(|data: &[u8]| {
     // Resources as [type][name length][name][value length: u16][value]...

@@ -4,7 +4,7 @@
 //! and to compile it again after one endpoint moved (what every EDS update
 //! during a rolling deploy costs every proxy), median of 21.
 //!
-//! Run: `cargo bench -p rampart-proxy --bench plan_compile [-- N]`
+//! Run: `cargo bench -p rampart-plan --bench plan_compile [-- N]`
 
 use std::time::{Duration, Instant};
 
@@ -23,8 +23,8 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::util::pack_any;
 use rampart_api::xds::TypeUrl;
-use rampart_proxy::proxy::plan::{Plan, compile};
-use rampart_proxy::xds_client::{Config, Held};
+use rampart_plan::resources::{Config, Held};
+use rampart_plan::{Plan, compile};
 
 fn hold(config: &mut Config, type_url: TypeUrl, name: String, version: &str, resource: Any) {
     config.types.entry(type_url).or_default().insert(

@@ -76,7 +76,7 @@ fn all_or_nothing(field: &str, f: Option<&RuntimeFractionalPercent>) -> Result<b
     let Some(p) = f.and_then(|f| f.default_value.as_ref()) else {
         return Ok(false);
     };
-    match super::proto::percent(Some(p)) {
+    match crate::proto::percent(Some(p)) {
         p if p <= 0.0 => Ok(false),
         p if p >= 100.0 => Ok(true),
         p => Err(format!(
@@ -102,7 +102,7 @@ pub fn compile(config: &LocalRateLimit) -> Result<Option<TokenBucket>, String> {
         return Err("local_ratelimit needs a token_bucket".into());
     };
     let field = "local_ratelimit.token_bucket.fill_interval";
-    let interval = super::proto::checked_duration(field, bucket.fill_interval.as_ref(), None)?
+    let interval = crate::proto::checked_duration(field, bucket.fill_interval.as_ref(), None)?
         .filter(|d| *d >= Duration::from_millis(50))
         .ok_or_else(|| format!("{field} must be at least 50ms"))?;
     if bucket.max_tokens == 0 {
