@@ -34,7 +34,7 @@ use tokio::sync::{Mutex, watch};
 
 use super::roots::{Phase, RootSet, RootStore, Roots, Rotation};
 use crate::k8s::rotation_reports::{Report, Reports};
-use crate::xds::{Published, StreamRegistry, TypeUrl, translate};
+use crate::xds::{Published, StreamRegistry, TypeUrl, names, secrets};
 
 /// The CA in use; replaced at each step of a rotation. Readers take the
 /// current one per use, or follow changes.
@@ -297,7 +297,7 @@ impl Rotator {
 
     fn bundle_hash(&self) -> String {
         let pem = self.inner.ca.current().bundle().to_pem();
-        format!("{:016x}", translate::rootca_entry(&pem).hash)
+        format!("{:016x}", secrets::rootca_entry(&pem).hash)
     }
 
     async fn progress_of(&self, state: &mut State) -> Progress {
@@ -352,10 +352,10 @@ impl Rotator {
         let ca = self.inner.ca.current();
         if state.bundle_generation.is_none() {
             let published = self.inner.snapshots.borrow();
-            let wanted = translate::rootca_entry(&ca.bundle().to_pem()).hash;
+            let wanted = secrets::rootca_entry(&ca.bundle().to_pem()).hash;
             let served = published
                 .snapshot
-                .get(TypeUrl::Secret, translate::ROOTCA)
+                .get(TypeUrl::Secret, names::ROOTCA)
                 .map(|e| e.hash);
             if served == Some(wanted) {
                 state.bundle_generation = Some(published.generation);

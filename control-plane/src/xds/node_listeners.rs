@@ -22,9 +22,10 @@ use envoy_types::util::pack_any;
 use rampart_api::mesh::Protocol;
 use rampart_api::xds::OutboundListener;
 
+use super::envoy_blocks::{rds_manager, socket};
+use super::names::{cluster_name, listener_name};
 use super::sidecar::{SidecarInputs, http_inspector};
 use super::snapshot::{Resources, Snapshot, TypeUrl};
-use super::translate::{cluster_name, listener_name, rds_manager, socket};
 
 /// The listeners for `requested`: HTTP ports (those with routes in the
 /// snapshot) get the HTTP connection manager, TCP ports the TCP proxy, and

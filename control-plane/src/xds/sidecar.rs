@@ -46,12 +46,11 @@ use rampart_api::mesh::{
 use rampart_api::xds::SidecarMetadata;
 use rampart_certs::SpiffeId;
 
+use super::envoy_blocks::{ads, catch_all, protocol_options, router, socket, tls_socket};
+use super::names::{DEFAULT_SECRET, ROOTCA};
 use super::rbac;
 use super::snapshot::{Entry, Resources, TypeUrl};
 use super::timeouts::ConnectionTimeouts;
-use super::translate::{
-    DEFAULT_SECRET, ROOTCA, ads, catch_all, protocol_options, router, socket, tls_socket,
-};
 
 /// The cluster in a sidecar's bootstrap that reaches its local secret
 /// agent (Istio's name for it, so existing bootstraps work).

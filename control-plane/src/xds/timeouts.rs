@@ -9,7 +9,7 @@ use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use rampart_api::duration::parse_timeout;
 use rampart_api::mesh::ConnectionSettings;
 
-use super::translate::pb_duration;
+use super::envoy_blocks::pb_duration;
 
 /// Zero: off (Envoy's reading of a zero timeout).
 #[derive(Debug, Clone, PartialEq)]

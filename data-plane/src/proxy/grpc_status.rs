@@ -19,3 +19,22 @@ pub fn grpc_status_in_headers(headers: &HeaderMap) -> Option<u32> {
 pub(super) fn is_grpc_server_error(status: u32) -> bool {
     matches!(status, 2 | 4 | 12 | 13 | 14 | 15)
 }
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderMap, HeaderValue};
+
+    use super::{grpc_status_in_headers, is_grpc_server_error};
+
+    #[test]
+    fn grpc_errors_that_count_as_server_errors_are_envoy_s() {
+        let counted: Vec<u32> = (0..=16).filter(|s| is_grpc_server_error(*s)).collect();
+        assert_eq!(counted, [2, 4, 12, 13, 14, 15]);
+        let mut h = HeaderMap::new();
+        assert_eq!(grpc_status_in_headers(&h), None);
+        h.insert("grpc-status", HeaderValue::from_static("14"));
+        assert_eq!(grpc_status_in_headers(&h), Some(14));
+        h.insert("grpc-status", HeaderValue::from_static("unavailable"));
+        assert_eq!(grpc_status_in_headers(&h), None);
+    }
+}
