@@ -17,6 +17,8 @@
 mod channel;
 pub mod duration;
 pub mod http_serve;
+pub mod image;
+pub mod image_verifier;
 pub mod inject;
 pub mod locality;
 pub mod mesh;

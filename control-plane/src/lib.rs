@@ -14,7 +14,9 @@ mod grpc;
 mod identity;
 pub mod k8s;
 pub mod metrics;
+pub mod model_store;
 pub mod names;
+pub mod peer;
 pub mod store;
 pub mod xds;
 
@@ -149,7 +151,7 @@ pub async fn run(
         ca::CaSource::SelfSigned { intermediate } => {
             let store = match (&config.ca_secret, &kube) {
                 (Some(name), Some(client)) => ca::RootStore::Secret(Box::new(
-                    k8s::ca_secret::SecretRoots::new(client.clone(), &config.namespace, name),
+                    ca::secret_roots::SecretRoots::new(client.clone(), &config.namespace, name),
                 )),
                 _ => ca::RootStore::Files(ca::RootFiles::in_data_dir(&config.data_dir)),
             };
@@ -177,11 +179,11 @@ pub async fn run(
         Some(client) => Some(k8s::discovery::Discovery::start(client.clone()).await?),
     };
     // In a cluster the model lives in the API server (custom resources).
-    let mesh: store::Mesh = match &kube {
-        None => store::Mesh::Embedded(store.mesh()?),
-        Some(client) => {
-            store::Mesh::Kubernetes(k8s::mesh_store::KubeMeshStore::start(client.clone()).await?)
-        }
+    let mesh: model_store::Mesh = match &kube {
+        None => model_store::Mesh::Embedded(store.mesh()?),
+        Some(client) => model_store::Mesh::Kubernetes(
+            k8s::mesh_store::KubeMeshStore::start(client.clone()).await?,
+        ),
     };
     let snapshots = xds::spawn_snapshot_builder(
         mesh.clone(),
@@ -305,7 +307,7 @@ pub async fn run(
             (ca::RootStore::Secret(_), Some(client), Some(leadership), Some(secret)) => {
                 Some(ca::Cluster {
                     leading: leadership.watch(),
-                    reports: k8s::rotation_reports::Reports::new(
+                    reports: ca::rotation_reports::Reports::new(
                         client.clone(),
                         &config.namespace,
                         &format!("{secret}-rotation"),
@@ -367,9 +369,9 @@ pub async fn run(
             Some(client) => Some(k8s::namespaces::Namespaces::start(client.clone()).await?),
         },
         root_namespace: config.namespace.clone(),
-        signatures: Arc::new(rampart_api::oci::ImageVerifier::new(registry_client(
-            &config.registries,
-        )?)),
+        signatures: Arc::new(rampart_api::image_verifier::ImageVerifier::new(
+            registry_client(&config.registries)?,
+        )),
     };
     let running = cluster.map(|cluster| {
         admission::running::spawn(

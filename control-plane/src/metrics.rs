@@ -203,7 +203,7 @@ impl Metrics {
                 result: "issued",
             });
         }
-        for type_url in crate::xds::snapshot::TypeUrl::ORDER {
+        for type_url in rampart_api::xds::TypeUrl::ORDER {
             let labels = XdsLabels {
                 type_url: type_url.as_str().to_owned(),
             };

@@ -167,9 +167,9 @@ const EARLY_RENEWAL_SPREAD: Duration = Duration::from_secs(5);
 pub async fn keep_renewed(
     client: CaClient,
     updates: watch::Sender<Arc<Identity>>,
-    metrics: Arc<crate::admin::ProxyMetrics>,
+    metrics: Arc<crate::metrics::ProxyMetrics>,
 ) {
-    use crate::admin::RenewalLabels;
+    use crate::metrics::RenewalLabels;
     let mut changes = updates.subscribe();
     let mut backoff = Duration::from_secs(1);
     let mut deadline = updates.borrow().svid.renewal_deadline();

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod identity;
 pub mod init;
+pub mod metrics;
 pub mod proxy;
 pub mod sds;
 pub mod uds_authority;

@@ -7,7 +7,7 @@
 #![deny(rust_2018_idioms)]
 
 use rampart_proxy::{
-    admin, identity, init, proxy, sds, uds_authority, wait, workload_api, xds_client,
+    admin, identity, init, metrics, proxy, sds, uds_authority, wait, workload_api, xds_client,
 };
 
 use std::collections::BTreeMap;
@@ -261,7 +261,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         svid_ttl: args.svid_ttl_seconds.map(Duration::from_secs),
     };
 
-    let metrics = admin::ProxyMetrics::new();
+    let metrics = metrics::ProxyMetrics::new();
     let admin_listener = tokio::net::TcpListener::bind(args.admin_addr)
         .await
         .with_context(|| format!("binding the admin address {}", args.admin_addr))?;

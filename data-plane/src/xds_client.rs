@@ -34,8 +34,8 @@ use rampart_plan::{Plan, compile};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::admin::{ProxyMetrics, TypeLabels, XdsLabels};
 use crate::identity::Identity;
+use crate::metrics::{ProxyMetrics, TypeLabels, XdsLabels};
 use rampart_api::xds::TypeUrl;
 
 /// The one secret the proxy asks for: the mesh's trust bundle.
@@ -777,7 +777,7 @@ mod tests {
             config: watch::channel(Arc::new(config("b"))).0,
             plan: watch::channel(Arc::new(held)).0,
             identity: watch::channel(Arc::new(identity(&ca(&td)))).0,
-            metrics: crate::admin::ProxyMetrics::new(),
+            metrics: crate::metrics::ProxyMetrics::new(),
         };
         // Disconnected, between two attempts to reconnect.
         wait_releasing_held_routes(Duration::from_millis(50), &out).await;

@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use rampart_api::image::ImageRef;
 use rampart_api::oci::cosign::{PublicKey, SigningKey};
 use rampart_api::oci::{self, Registry, SignatureCheck};
-use rampart_api::policy::image::ImageRef;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ImageCommand {

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use rampart_api::admin::{ApplyResourcesRequest, SourceText};
+use rampart_api::image::ImageRef;
 use rampart_api::oci::attestation::trivy_counts;
-use rampart_api::policy::image::ImageRef;
 use serde_json::{Value, json};
 
 use crate::client::{Target, rpc_error};

@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
+use rampart_api::image_verifier::ImageVerifier;
 use rampart_api::inject::pod_template_pointer;
 use rampart_api::mesh::{Resource, parse_documents};
-use rampart_api::oci::ImageVerifier;
 use rampart_api::policy::{
     self, EnforcementAction, Level, Named, SecurityPolicySpec, SuppliedReport,
 };

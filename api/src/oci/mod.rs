@@ -8,15 +8,13 @@ pub mod attestation;
 pub mod cosign;
 pub mod credentials;
 pub mod registry;
-mod verifier;
 
 use bytes::Bytes;
 use serde_json::json;
 
-use crate::policy::image::ImageRef;
+use crate::image::ImageRef;
 use cosign::{PublicKey, SigningKey};
 pub use registry::{Registry, RegistryError};
-pub use verifier::ImageVerifier;
 
 /// What the registry says of an image's signatures.
 #[derive(Debug, Clone, PartialEq, Eq)]

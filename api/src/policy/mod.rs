@@ -10,7 +10,6 @@
 //! enforcement action; a pod is denied if an `enforce` finding has
 //! violations, and every violation names the field and the fix.
 
-pub mod image;
 pub mod pss;
 mod rules;
 pub mod spec;
@@ -22,9 +21,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::image::{ImageRef, allowed_by};
 use crate::oci::cosign::PublicKey;
 use crate::oci::{ReportCheck, SignatureCheck};
-use image::{ImageRef, allowed_by};
 pub use spec::{EnforcementAction, SecurityPolicy, SecurityPolicySpec};
 pub use vulnerability::{SuppliedReport, VulnerabilityReport, VulnerabilityReportSpec};
 
@@ -239,7 +238,7 @@ pub fn evaluate(pod: &Value, context: &Context<'_>, policies: &[Named<'_>]) -> R
         }
         let exemptions = &policy.spec.exemptions;
         let exempt_image = |image: &str| {
-            image::ImageRef::parse(image)
+            ImageRef::parse(image)
                 .is_ok_and(|r| exemptions.images.iter().any(|e| allowed_by(&r, e)))
         };
         let exempt_paths: Vec<String> = containers(&pod["spec"])

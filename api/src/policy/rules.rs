@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::image::{ImageRef, allowed_by};
 use super::spec::{ContainerRules, ImageRules};
 use super::{Container, Context, Violation, containers};
+use crate::image::{ImageRef, allowed_by};
 use crate::oci::cosign::PublicKey;
 use crate::oci::{ReportCheck, SignatureCheck};
 

@@ -14,8 +14,9 @@ use tonic::{Request, Response, Status};
 use crate::admission::running::RunningReport;
 use crate::ca::{self, CaHandle, Progress, Rotator};
 use crate::metrics::Metrics;
+use crate::model_store::Mesh;
 use crate::names::{check_namespace, check_service_account};
-use crate::store::{JoinTokens, Mesh};
+use crate::store::JoinTokens;
 use crate::xds::StreamRegistry;
 
 /// Default and maximum join-token lifetimes.
@@ -60,7 +61,7 @@ impl AdminService {
     }
 
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        match ca::proof::caller_spiffe_id(request) {
+        match crate::peer::caller_spiffe_id(request) {
             Some(id) if id == self.admin => Ok(()),
             Some(id) => {
                 tracing::warn!(caller = %id, "admin call refused: not the admin identity");

@@ -209,7 +209,7 @@ fn publish(metrics: &Metrics, report: &RunningReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Mesh;
+    use crate::model_store::Mesh;
     use rampart_api::mesh::parse_documents;
     use serde_json::json;
 
@@ -238,7 +238,7 @@ mod tests {
                 mesh,
                 namespaces: None,
                 root_namespace: "rampart-system".into(),
-                signatures: Arc::new(rampart_api::oci::ImageVerifier::new(registry)),
+                signatures: Arc::new(rampart_api::image_verifier::ImageVerifier::new(registry)),
             },
             dir,
         )

@@ -11,14 +11,15 @@
 
 use std::sync::Arc;
 
+use rampart_api::image_verifier::ImageVerifier;
 use rampart_api::mesh::{Kind, Resource};
-use rampart_api::oci::ImageVerifier;
 use rampart_api::policy::{self, EnforcementAction, Named, Report, SecurityPolicySpec};
 use serde_json::Value;
 
 use super::review::{self, Request};
 use crate::k8s::namespaces::Namespaces;
-use crate::store::{Mesh, MeshStore};
+use crate::model_store::Mesh;
+use crate::store::MeshStore;
 
 /// Where the policy comes from.
 #[derive(Clone)]

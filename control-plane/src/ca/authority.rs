@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use rampart_certs::{CertificateAuthority, SvidLifetimes, TrustDomain};
 
-use super::roots::{RootSet, RootStore};
+use super::root_store::RootStore;
+use super::roots::RootSet;
 use crate::files::{read_private_key, read_to_string};
 
 /// Which CA to run.

@@ -7,9 +7,9 @@
 //! `--kubernetes` can check (TokenReview, [`crate::k8s::token_review`]).
 
 use rampart_certs::SpiffeId;
-use rampart_certs::tls::peer_spiffe_id;
 use tonic::{Request, Status};
 
+use crate::peer::caller_spiffe_id;
 use crate::store::join_tokens_prefix;
 
 /// A claim of identity, not yet checked.
@@ -58,12 +58,4 @@ impl Proof {
             "no proof of identity: send a join token (authorization: Bearer rjt_...), a ServiceAccount token for audience rampart-ca, or connect with your current SVID",
         ))
     }
-}
-
-/// The SPIFFE ID of the TLS client certificate, if one was presented (and
-/// therefore verified against the bundle during the handshake).
-pub fn caller_spiffe_id<T>(request: &Request<T>) -> Option<SpiffeId> {
-    request
-        .peer_certs()
-        .and_then(|certs| peer_spiffe_id(&certs))
 }

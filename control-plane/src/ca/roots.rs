@@ -1,6 +1,6 @@
 //! The CA's own roots, where a root rotation stands, and where both are
 //! kept: files in `<data-dir>/ca/` (standalone), or one Kubernetes Secret
-//! that every replica reads (see `k8s/ca_secret.rs`). Either way the roots
+//! that every replica reads (see `secret_roots.rs`). Either way the roots
 //! are named by stem (`<stem>-cert.pem`, `<stem>-key.pem`) and
 //! `roots.json` lists them, the signing root first; without it there is
 //! one root, `root`. Each step of a rotation is one atomic write of the
@@ -16,7 +16,6 @@ use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
 use crate::files::{read_private_key, read_to_string, write_private};
-use crate::k8s::ca_secret::SecretRoots;
 
 /// The stem of the first root, from before rotations existed.
 pub const FIRST: &str = "root";
@@ -152,44 +151,6 @@ impl RootSet {
     }
 }
 
-/// Where the roots are kept.
-pub enum RootStore {
-    Files(RootFiles),
-    Secret(Box<SecretRoots>),
-}
-
-impl RootStore {
-    /// The stored roots, generating the first one on first start.
-    pub async fn open(&self, trust_domain: &TrustDomain) -> anyhow::Result<RootSet> {
-        match self {
-            RootStore::Files(files) => {
-                files.create_first(trust_domain)?;
-                files.read()
-            }
-            RootStore::Secret(secret) => secret.open(trust_domain).await,
-        }
-    }
-
-    /// The stored roots. Never creates any: roots gone from under a
-    /// running control plane are an error, not a reason for a new root
-    /// that nothing trusts.
-    pub async fn read(&self) -> anyhow::Result<RootSet> {
-        match self {
-            RootStore::Files(files) => files.read(),
-            RootStore::Secret(secret) => secret.read().await,
-        }
-    }
-
-    /// Stores `set` in place of what is there: the roots it adds first, then
-    /// the list (the switch), then the removal of what it no longer names.
-    pub async fn write(&self, set: &RootSet) -> anyhow::Result<()> {
-        match self {
-            RootStore::Files(files) => files.write(set),
-            RootStore::Secret(secret) => secret.write(set).await,
-        }
-    }
-}
-
 /// The roots as files in one directory (owner-only).
 #[derive(Debug, Clone)]
 pub struct RootFiles {
@@ -220,7 +181,7 @@ impl RootFiles {
         }
     }
 
-    fn read(&self) -> anyhow::Result<RootSet> {
+    pub(super) fn read(&self) -> anyhow::Result<RootSet> {
         let roots = self.list()?;
         let mut pems = BTreeMap::new();
         for stem in &roots.trusted {
@@ -234,7 +195,7 @@ impl RootFiles {
     }
 
     /// Creates the first root unless there is one (first start).
-    fn create_first(&self, trust_domain: &TrustDomain) -> anyhow::Result<()> {
+    pub(super) fn create_first(&self, trust_domain: &TrustDomain) -> anyhow::Result<()> {
         let (cert, key) = (self.cert(FIRST), self.key(FIRST));
         if cert.exists() || self.dir.join(LIST).exists() {
             return Ok(());
@@ -257,7 +218,7 @@ impl RootFiles {
         write_private(&self.cert(stem), pem.cert.as_bytes())
     }
 
-    fn write(&self, set: &RootSet) -> anyhow::Result<()> {
+    pub(super) fn write(&self, set: &RootSet) -> anyhow::Result<()> {
         let before = self.list()?;
         for (stem, pem) in &set.pems {
             if !self.cert(stem).exists() {

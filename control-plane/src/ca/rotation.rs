@@ -20,7 +20,7 @@
 //!
 //! In a cluster the roots are in a Secret all replicas read every second;
 //! any replica may start a rotation, only the leader moves it on, and it
-//! does so only once every replica reports (`k8s/rotation_reports.rs`)
+//! does so only once every replica reports (`rotation_reports.rs`)
 //! that its own streams have followed.
 
 use std::collections::HashMap;
@@ -32,8 +32,9 @@ use rampart_certs::tls::verify_chain;
 use rampart_certs::{CertificateAuthority, SvidLifetimes, TrustDomain};
 use tokio::sync::{Mutex, watch};
 
-use super::roots::{Phase, RootSet, RootStore, Roots, Rotation};
-use crate::k8s::rotation_reports::{Report, Reports};
+use super::root_store::RootStore;
+use super::roots::{Phase, RootSet, Roots, Rotation};
+use super::rotation_reports::{Report, Reports};
 use crate::xds::{Published, StreamRegistry, TypeUrl, names, secrets};
 
 /// The CA in use; replaced at each step of a rotation. Readers take the

@@ -1,13 +1,11 @@
 //! Kubernetes: what the control plane takes from the API server when it
 //! runs in a cluster (`--kubernetes`). Standalone it needs none of this.
 
-pub mod ca_secret;
 pub mod discovery;
 pub mod leader;
 pub mod mesh_store;
 pub mod namespaces;
 pub mod root_bundle;
-pub mod rotation_reports;
 pub mod token_review;
 pub mod webhook_config;
 

@@ -29,55 +29,6 @@ pub enum StoreError {
     Kubernetes(String),
 }
 
-/// The mesh model's store: embedded, or the API server.
-#[derive(Clone)]
-pub enum Mesh {
-    Embedded(SledMeshStore),
-    Kubernetes(crate::k8s::mesh_store::KubeMeshStore),
-}
-
-impl MeshStore for Mesh {
-    async fn apply(
-        &self,
-        resources: &[rampart_api::mesh::Resource],
-        dry_run: bool,
-    ) -> Result<Vec<ApplyOutcome>, StoreError> {
-        match self {
-            Mesh::Embedded(s) => s.apply(resources, dry_run).await,
-            Mesh::Kubernetes(s) => s.apply(resources, dry_run).await,
-        }
-    }
-
-    fn list(
-        &self,
-        kind: Option<rampart_api::mesh::Kind>,
-        namespace: Option<&str>,
-        name: Option<&str>,
-    ) -> Result<Vec<rampart_api::mesh::Resource>, StoreError> {
-        match self {
-            Mesh::Embedded(s) => s.list(kind, namespace, name),
-            Mesh::Kubernetes(s) => s.list(kind, namespace, name),
-        }
-    }
-
-    async fn delete(
-        &self,
-        keys: &[rampart_api::mesh::ResourceKey],
-    ) -> Result<Vec<bool>, StoreError> {
-        match self {
-            Mesh::Embedded(s) => s.delete(keys).await,
-            Mesh::Kubernetes(s) => s.delete(keys).await,
-        }
-    }
-
-    fn revision(&self) -> tokio::sync::watch::Receiver<u64> {
-        match self {
-            Mesh::Embedded(s) => s.revision(),
-            Mesh::Kubernetes(s) => s.revision(),
-        }
-    }
-}
-
 /// The embedded store.
 #[derive(Clone)]
 pub struct Store {

@@ -24,8 +24,8 @@ use super::sotw::{Event, SotwStream, TypeSummary};
 use super::source::{NodeConfig, NodeSource};
 use super::status::ConfigRequest;
 use super::status::StreamRegistry;
-use crate::ca::proof::caller_spiffe_id;
 use crate::metrics::Metrics;
+use crate::peer::caller_spiffe_id;
 use rampart_certs::SpiffeId;
 
 /// Replies waiting to be written per stream; more waits for the client.

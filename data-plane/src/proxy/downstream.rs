@@ -12,7 +12,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
 use super::clock::{instant, ticks};
-use super::metrics::RequestLabels;
+use crate::metrics::traffic::RequestLabels;
 
 /// What the proxy knows of the connection a request came on.
 pub struct Downstream {

@@ -22,14 +22,14 @@ use super::body::Stream;
 use super::detect;
 use super::downstream::Downstream;
 use super::http;
-use super::metrics::{
-    BytesLabels, HandshakeFailureLabels, ListenerLabels, TcpLabels, handshake_failure_reason,
-};
 use super::pool::{ConnectError, connect};
 use super::timeouts::{self, Busy, HeadTimer};
 use super::tls::{Alpn, H2, HTTP1};
 use super::upstream::{Endpoint, Outcome};
 use super::{Proxy, until_true};
+use crate::metrics::traffic::{
+    BytesLabels, HandshakeFailureLabels, ListenerLabels, TcpLabels, handshake_failure_reason,
+};
 
 /// How long the first bytes may take to arrive before a connection is
 /// taken as plaintext (a server-speaks-first protocol sends nothing).

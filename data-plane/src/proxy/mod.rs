@@ -18,7 +18,6 @@ mod h2_upstream;
 pub mod http;
 pub mod listener;
 mod local_reply;
-pub mod metrics;
 mod outgoing;
 pub mod pool;
 mod timeouts;
@@ -33,8 +32,8 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
-use crate::admin::ProxyMetrics;
-use metrics::ListenerLabels;
+use crate::metrics::ProxyMetrics;
+use crate::metrics::traffic::{self, ListenerLabels};
 use rampart_plan::Plan;
 use rampart_plan::endpoint::Locality;
 use rampart_plan::rbac::Decision;
@@ -80,7 +79,7 @@ impl Proxy {
         self.plan.read().expect("plan lock").clone()
     }
 
-    pub fn metrics(&self) -> &metrics::TrafficMetrics {
+    pub fn metrics(&self) -> &traffic::TrafficMetrics {
         &self.metrics.traffic
     }
 
@@ -108,7 +107,7 @@ impl Proxy {
 
     /// Counts a request or connection refused by a circuit breaker.
     fn record_overflow(&self, cluster: &str, limit: &'static str) {
-        let labels = metrics::OverflowLabels {
+        let labels = traffic::OverflowLabels {
             cluster: cluster.to_owned(),
             limit,
         };
@@ -116,7 +115,7 @@ impl Proxy {
     }
 
     fn record_authz(&self, protocol: &'static str, decision: Decision, peer: Option<&str>) {
-        let labels = metrics::AuthzLabels {
+        let labels = traffic::AuthzLabels {
             protocol,
             decision: match decision {
                 Decision::Allow => "allow",

@@ -20,7 +20,7 @@ use tokio::time::Sleep;
 use super::Proxy;
 use super::body::Stream;
 use super::downstream::{Activity, Downstream};
-use super::metrics::TimeoutLabels;
+use crate::metrics::traffic::TimeoutLabels;
 
 /// A request of `down` in flight while this lives.
 pub struct Busy(Arc<Downstream>);

@@ -97,6 +97,9 @@ pub struct AppState {
 
 const STATE_FILE: &str = "demo.json";
 
+/// The demo's metrics endpoints for Prometheus, in the data directory.
+pub const PROMETHEUS_TARGETS: &str = "prometheus-targets.json";
+
 fn state_path(dir: &Path) -> PathBuf {
     dir.join(STATE_FILE)
 }

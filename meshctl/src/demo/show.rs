@@ -263,7 +263,7 @@ fn table(s: &Snapshot, dir: &Path) -> String {
         &mut t,
         format!(
             "Prometheus: prometheus --config.file=deploy/prometheus/prometheus.yml (targets in {}); Grafana: deploy/grafana/",
-            dir.join(super::supervisor::PROMETHEUS_TARGETS).display()
+            dir.join(super::PROMETHEUS_TARGETS).display()
         ),
     );
     let ctl = format!("meshctl --data-dir {} demo", dir.display());

@@ -17,11 +17,10 @@ use tonic::transport::Channel;
 
 use super::load::{self, Stats};
 use super::show::{self, Snapshot};
-use super::{AppState, State, VERSIONS, View, data_dir, model, running, state_path};
+use super::{
+    AppState, PROMETHEUS_TARGETS, State, VERSIONS, View, data_dir, model, running, state_path,
+};
 use crate::client::Target;
-
-/// The demo's metrics endpoints for Prometheus, in the data directory.
-pub const PROMETHEUS_TARGETS: &str = "prometheus-targets.json";
 
 /// The demo's processes, by name; all killed when the demo stops.
 #[derive(Default)]

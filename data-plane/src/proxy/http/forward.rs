@@ -13,13 +13,13 @@ use hyper::body::Incoming;
 use rampart_plan::route::Route;
 use rand::Rng;
 
+use crate::metrics::traffic::RequestLabels;
 use crate::proxy::Proxy;
 use crate::proxy::access_log::UpstreamInfo;
 use crate::proxy::body::Body;
 use crate::proxy::downstream::Downstream;
 use crate::proxy::grpc_status::GRPC_STATUS;
 use crate::proxy::local_reply::{for_grpc, reply};
-use crate::proxy::metrics::RequestLabels;
 use crate::proxy::outgoing::Outgoing;
 use crate::proxy::upstream::ClusterState;
 

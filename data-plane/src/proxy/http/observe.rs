@@ -9,11 +9,11 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
+use crate::metrics::traffic::{DurationLabels, RequestLabels};
 use crate::proxy::Proxy;
 use crate::proxy::body::{Body, BoxError};
 use crate::proxy::downstream::Downstream;
 use crate::proxy::grpc_status::GRPC_STATUS;
-use crate::proxy::metrics::{DurationLabels, RequestLabels};
 
 /// A response body that records the request's metrics when it ends (with
 /// the gRPC status from the trailers, if any) or is dropped.

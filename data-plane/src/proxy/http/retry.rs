@@ -17,11 +17,11 @@ use hyper::client::conn::http1;
 use rampart_plan::cluster::Balance;
 use rampart_plan::route::Route;
 
+use crate::metrics::traffic::ClusterLabels;
 use crate::proxy::Proxy;
 use crate::proxy::body::{Body, BoxError, full};
 use crate::proxy::grpc_status::{grpc_status_in_headers, is_grpc_server_error};
 use crate::proxy::local_reply::reply;
-use crate::proxy::metrics::ClusterLabels;
 use crate::proxy::outgoing::Outgoing;
 use crate::proxy::pool::{self, Sender};
 use crate::proxy::upstream::{ClusterState, Endpoint, InFlight, Limit, Outcome, Slot, backoff};

@@ -13,11 +13,11 @@ use rampart_plan::connection_manager::HttpPlan;
 use rampart_plan::rbac::{self, Decision, Subject};
 use rampart_plan::route::Routes;
 
+use crate::metrics::traffic::ListenerLabels;
 use crate::proxy::Proxy;
 use crate::proxy::body::Body;
 use crate::proxy::downstream::Downstream;
 use crate::proxy::local_reply::reply;
-use crate::proxy::metrics::ListenerLabels;
 
 use super::forward::{How, forward};
 use super::upgrade::{is_upgrade, upgrade};

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
 use rampart_certs::TrustDomain;
 
-use crate::ca::roots::{FIRST, LIST, RootPem, RootSet, Roots};
+use super::roots::{FIRST, LIST, RootPem, RootSet, Roots};
 
 /// The roots kept in Secret `namespace/name`.
 pub struct SecretRoots {

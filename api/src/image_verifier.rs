@@ -12,11 +12,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::cosign::PublicKey;
-use super::{Registry, ReportCheck, SignatureCheck};
+use crate::image::ImageRef;
+use crate::oci::cosign::PublicKey;
+use crate::oci::{self, Registry, ReportCheck, SignatureCheck};
 use crate::policy::Lookups;
 use crate::policy::SuppliedReport;
-use crate::policy::image::ImageRef;
 
 /// How long a verified digest stays verified without asking again.
 const VERIFIED_FOR: Duration = Duration::from_secs(600);
@@ -120,7 +120,7 @@ impl ImageVerifier {
     /// `image` parsed, and the digest it names (a tag resolved now).
     async fn resolve(&self, image: &str) -> Result<(ImageRef, String), String> {
         let parsed = ImageRef::parse(image)?;
-        let digest = super::resolve(&self.registry, &parsed).await?;
+        let digest = oci::resolve(&self.registry, &parsed).await?;
         Ok((parsed, digest))
     }
 
@@ -133,7 +133,7 @@ impl ImageVerifier {
         if let Some(cached) = self.cache.get(key) {
             return cached;
         }
-        let check = super::verify(&self.registry, image, keys).await;
+        let check = oci::verify(&self.registry, image, keys).await;
         let lifetime = match &check {
             SignatureCheck::Verified { .. } => VERIFIED_FOR,
             SignatureCheck::Unsigned { .. } => UNSIGNED_FOR,
@@ -147,7 +147,7 @@ impl ImageVerifier {
         if let Some(cached) = self.reports.get(key) {
             return cached;
         }
-        let check = super::vulnerability_report(&self.registry, image, keys).await;
+        let check = oci::vulnerability_report(&self.registry, image, keys).await;
         if !matches!(check, ReportCheck::Failed(_)) {
             self.reports.put(key.clone(), check.clone(), REPORT_FOR);
         }
