@@ -89,11 +89,10 @@ fn siblings(dir: &Path) -> BTreeSet<String> {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
-        if path.is_dir() && path.join("mod.rs").exists() {
-            out.insert(name);
-        } else if path.extension().is_some_and(|e| e == "rs")
-            && !["mod", "lib", "main"].contains(&name.as_str())
-        {
+        let module_dir = path.is_dir() && path.join("mod.rs").exists();
+        let module_file = path.extension().is_some_and(|e| e == "rs")
+            && !["mod", "lib", "main"].contains(&name.as_str());
+        if module_dir || module_file {
             out.insert(name);
         }
     }
@@ -120,7 +119,11 @@ fn circles(dir: &Path, crate_root: bool, found: &mut Vec<String>) {
         while let Some((at, path)) = stack.pop() {
             for next in &graph[&at] {
                 if next == start {
-                    found.push(format!("{}: {} -> {start}", dir.display(), path.join(" -> ")));
+                    found.push(format!(
+                        "{}: {} -> {start}",
+                        dir.display(),
+                        path.join(" -> ")
+                    ));
                 } else if seen.insert(next.clone()) {
                     let mut longer = path.clone();
                     longer.push(next.clone());

@@ -144,6 +144,7 @@ async fn each_request_is_one_json_line_on_both_sidecars() {
             line["response_code_details"], "via_upstream",
             "{side}: {line}"
         );
+        assert_eq!(line["response_flags"], "-", "{side}: {line}");
         assert_eq!(
             line["protocol"],
             if side == "outbound" {
@@ -176,7 +177,8 @@ async fn each_request_is_one_json_line_on_both_sidecars() {
     assert_eq!(received["downstream_peer"], CLIENT_ID);
     assert_eq!(received["upstream_host"], format!("127.0.0.1:{}", app.port));
 
-    // Denied by policy at the callee: its line says why, and that the
+    // Denied by policy at the callee: its line says why (as Envoy's does:
+    // the DENY policy that matched, no response flag), and that the
     // request went nowhere; the caller's shows the 403 it got back.
     assert_eq!(
         get_h1(&out, "web", "/private/x").await.map(|(c, _)| c),
@@ -185,9 +187,10 @@ async fn each_request_is_one_json_line_on_both_sidecars() {
     let denied = line_for(&web, "/private/x").await;
     assert_eq!(denied["response_code"], 403, "{denied}");
     assert_eq!(
-        denied["response_code_details"], "RBAC: access denied",
+        denied["response_code_details"], "rbac_access_denied_matched_policy[default/no-private]",
         "{denied}"
     );
+    assert_eq!(denied["response_flags"], "-", "{denied}");
     assert_eq!(denied["upstream_host"], Value::Null, "{denied}");
     let refused = line_for(&client, "/private/x").await;
     assert_eq!(refused["response_code"], 403, "{refused}");
@@ -211,6 +214,7 @@ async fn each_request_is_one_json_line_on_both_sidecars() {
             line["response_code_details"], "downstream_remote_disconnect",
             "{line}"
         );
+        assert_eq!(line["response_flags"], "DC", "{line}");
     }
 
     // A TCP connection is one line too: no request fields, code 0, the
@@ -237,6 +241,7 @@ async fn each_request_is_one_json_line_on_both_sidecars() {
     assert_eq!(line["bytes_received"], 5, "{line}");
     assert_eq!(line["bytes_sent"], 18, "{line}");
     assert_eq!(line["response_code"], 0, "{line}");
+    assert_eq!(line["response_flags"], "-", "{line}");
     assert_eq!(line["method"], Value::Null, "{line}");
     assert_eq!(line["upstream_host"], format!("127.0.0.1:{raw}"), "{line}");
 }

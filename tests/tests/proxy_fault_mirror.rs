@@ -127,7 +127,8 @@ async fn faults_and_mirrors_are_carried_out_as_configured() {
         counter(
             &metrics,
             "rampart_proxy_requests_total",
-            &["response_code=\"418\""]
+            // The proxy's own answer, with Envoy's flag for a fault abort.
+            &["response_code=\"418\"", "response_flags=\"FI\""]
         ) >= 5.0,
         "{metrics}"
     );

@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
 use envoy_types::pb::google::protobuf::{Struct, Value, value};
 use envoy_types::util::pack_any;
 
-const FIELDS: [(&str, &str); 17] = [
+const FIELDS: [(&str, &str); 18] = [
     ("start_time", "%START_TIME%"),
     ("method", "%REQ(:METHOD)%"),
     ("path", "%REQ(:PATH)%"),
@@ -21,6 +21,7 @@ const FIELDS: [(&str, &str); 17] = [
     ("protocol", "%PROTOCOL%"),
     ("response_code", "%RESPONSE_CODE%"),
     ("response_code_details", "%RESPONSE_CODE_DETAILS%"),
+    ("response_flags", "%RESPONSE_FLAGS%"),
     ("grpc_status", "%GRPC_STATUS(NUMBER)%"),
     ("bytes_sent", "%BYTES_SENT%"),
     ("duration", "%DURATION%"),

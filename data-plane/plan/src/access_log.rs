@@ -29,6 +29,7 @@ pub enum Field {
     RequestHeader(HeaderName),
     ResponseCode,
     ResponseCodeDetails,
+    ResponseFlags,
     GrpcStatus,
     BytesSent,
     /// TCP only: bytes read from the downstream.
@@ -141,6 +142,7 @@ fn operator(text: &str) -> Result<Field, String> {
         "PROTOCOL" => Field::Protocol,
         "RESPONSE_CODE" => Field::ResponseCode,
         "RESPONSE_CODE_DETAILS" => Field::ResponseCodeDetails,
+        "RESPONSE_FLAGS" => Field::ResponseFlags,
         "GRPC_STATUS(NUMBER)" => Field::GrpcStatus,
         "BYTES_SENT" => Field::BytesSent,
         "BYTES_RECEIVED" => Field::BytesReceived,
@@ -184,6 +186,7 @@ mod tests {
                 ("method", "%REQ(:METHOD)%"),
                 ("id", "%REQ(X-REQUEST-ID)%"),
                 ("mesh", "rampart"),
+                ("flags", "%RESPONSE_FLAGS%"),
             ]),
             Of::Http,
         )
@@ -192,6 +195,7 @@ mod tests {
             fields,
             [
                 ("code".to_owned(), Field::ResponseCode),
+                ("flags".to_owned(), Field::ResponseFlags),
                 (
                     "id".to_owned(),
                     Field::RequestHeader(HeaderName::from_static("x-request-id"))
@@ -203,8 +207,8 @@ mod tests {
         for (value, error) in [
             ("%BYTES_RECEIVED%", "not supported on HTTP listeners"),
             (
-                "%RESPONSE_FLAGS%",
-                "the operator %RESPONSE_FLAGS% is not supported",
+                "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+                "the operator %UPSTREAM_TRANSPORT_FAILURE_REASON% is not supported",
             ),
             ("%REQ(X?Y)%", "alternative headers"),
             ("took %DURATION% ms", "not a mix"),

@@ -75,6 +75,15 @@ pub fn decide(rules: &[Rbac], subject: &Subject<'_>) -> Decision {
     evaluate(rules, subject).0
 }
 
+/// The DENY policy that denies `subject`, if one does (not when no ALLOW
+/// policy matches): what the access log names as the matched policy.
+pub fn denying_policy<'r>(rules: &'r [Rbac], subject: &Subject<'_>) -> Option<&'r str> {
+    match evaluate(rules, subject) {
+        (Decision::Deny { by_deny_rule: true }, Some((_, name))) => name,
+        _ => None,
+    }
+}
+
 /// The decision `decide` makes, and which policy made it, in words (for
 /// `meshctl authz check`). The control plane names each Envoy policy after
 /// the AuthorizationPolicies it comes from.
@@ -389,6 +398,8 @@ mod tests {
             decide(&r, &subject(Some(FRONTEND), Some(("GET", "/admin?x=1")))),
             Decision::Deny { by_deny_rule: true }
         );
+        let admin = subject(Some(FRONTEND), Some(("GET", "/admin")));
+        assert_eq!(denying_policy(&r, &admin), Some("p"));
         assert_eq!(
             decide(&r, &subject(Some(FRONTEND), Some(("GET", "/ok")))),
             Decision::Allow

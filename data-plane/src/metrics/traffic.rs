@@ -19,6 +19,9 @@ pub struct RequestLabels {
     pub response_code: u16,
     /// The gRPC status, empty for plain HTTP.
     pub grpc_status: String,
+    /// Envoy's response flags (`UH`, `UF`, `NR`...; `-` for an upstream's
+    /// answer), as Istio labels its request metrics.
+    pub response_flags: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -22,8 +22,9 @@ use rampart_plan::access_log::{AccessLogPlan, Field};
 
 use super::body::{Body, BoxError};
 use super::downstream::Downstream;
+use super::error::{DOWNSTREAM_GONE, Error, NO_FLAGS, VIA_UPSTREAM};
 use super::grpc_status::grpc_status_in_headers;
-use super::local_reply::local_reply_reason;
+use super::local_reply::local_reply;
 
 /// Where a forwarded request went, for the log (set only when logging).
 #[derive(Clone)]
@@ -110,14 +111,16 @@ impl Entry {
             return response;
         };
         let (parts, body) = response.into_parts();
-        let details = local_reply_reason(&parts.extensions)
-            .unwrap_or("via_upstream")
-            .to_owned();
+        let (flags, details) = match local_reply(&parts.extensions) {
+            Some(error) => (error.response_flags(), error.details()),
+            None => (NO_FLAGS, VIA_UPSTREAM.to_owned()),
+        };
         let grpc_status = grpc_status_in_headers(&parts.headers);
         let logged = Logged {
             inner: body,
             entry: Some(Box::new(Finished {
                 code: parts.status.as_u16(),
+                flags,
                 details: Some(details),
                 grpc_status,
                 upstream: parts.extensions.get::<UpstreamInfo>().cloned(),
@@ -139,7 +142,8 @@ impl Drop for Entry {
             let finished = Finished {
                 entry: arrived,
                 code: 0,
-                details: Some("downstream_remote_disconnect".to_owned()),
+                flags: DOWNSTREAM_GONE.0,
+                details: Some(DOWNSTREAM_GONE.1.to_owned()),
                 grpc_status: None,
                 upstream: None,
                 bytes_sent: 0,
@@ -154,6 +158,8 @@ struct Finished {
     entry: Arrived,
     /// 0 when there was no response (TCP, or the caller went away).
     code: u16,
+    /// `%RESPONSE_FLAGS%`: `-` when nothing went wrong.
+    flags: &'static str,
     details: Option<String>,
     grpc_status: Option<u32>,
     upstream: Option<UpstreamInfo>,
@@ -169,6 +175,8 @@ pub struct TcpLine {
     writer: Arc<Writer>,
     /// The endpoint, once one was reached.
     pub upstream: Option<UpstreamInfo>,
+    /// Why no endpoint was reached, if none was (its response flags).
+    pub failure: Option<Error>,
     /// Bytes written to the downstream.
     pub sent: u64,
     /// Bytes read from the downstream.
@@ -191,6 +199,7 @@ impl TcpLine {
             }),
             writer,
             upstream: None,
+            failure: None,
             sent: 0,
             received: 0,
         }
@@ -203,6 +212,10 @@ impl Drop for TcpLine {
             let finished = Finished {
                 entry: arrived,
                 code: 0,
+                flags: self
+                    .failure
+                    .as_ref()
+                    .map_or(NO_FLAGS, Error::response_flags),
                 details: None,
                 grpc_status: None,
                 upstream: self.upstream.take(),
@@ -312,6 +325,7 @@ impl Finished {
                 ),
                 Field::ResponseCode => Value::from(self.code),
                 Field::ResponseCodeDetails => or_null(self.details.as_deref()),
+                Field::ResponseFlags => text(self.flags),
                 Field::GrpcStatus => self.grpc_status.map_or(Value::Null, Value::from),
                 Field::BytesSent => Value::from(self.bytes_sent),
                 Field::BytesReceived => self.bytes_received.map_or(Value::Null, Value::from),

@@ -21,6 +21,7 @@ use super::access_log::{TcpLine, UpstreamInfo};
 use super::body::Stream;
 use super::detect;
 use super::downstream::Downstream;
+use super::error::Error;
 use super::http;
 use super::pool::{ConnectError, connect};
 use super::timeouts::{self, Busy, HeadTimer};
@@ -271,13 +272,21 @@ async fn proxy_tcp(
     mut line: Option<TcpLine>,
     downstream: Stream,
 ) {
+    // Why no upstream was reached, for the connection's log line.
+    let mut fail = |error: Error| {
+        if let Some(line) = line.as_mut() {
+            line.failure = Some(error);
+        }
+    };
     let Some(state) = proxy.upstreams.get(&cluster) else {
         tracing::warn!(%cluster, "TCP connection for a cluster not received yet; closing");
+        fail(Error::NoCluster(cluster));
         return;
     };
     let plan = state.plan();
     let mut avoid = Vec::new();
     let mut upstream = None;
+    let mut last_error = None;
     for _ in 0..3 {
         let Some(endpoint) = state.pick(None, &avoid) else {
             break;
@@ -294,17 +303,26 @@ async fn proxy_tcp(
                 // The cluster's limit, not the endpoint's fault: no retry.
                 proxy.record_overflow(&cluster, "max_connections");
                 tracing::warn!(%cluster, max_connections = n, "TCP connection refused by the circuit breaker; closing");
+                fail(Error::Overflow {
+                    limit: "max_connections",
+                    why: format!("cluster {cluster} has {n} connections open"),
+                });
                 return;
             }
             Err(e) => {
                 tracing::debug!(%cluster, endpoint = %endpoint.address, error = %e, "TCP upstream connect failed");
                 state.record(&endpoint, Outcome::Failure);
                 avoid.push(endpoint.address);
+                last_error = Some(e.to_string());
             }
         }
     }
     let Some((connected, active)) = upstream else {
         tracing::warn!(%cluster, "no TCP upstream could be reached; closing");
+        fail(match last_error {
+            Some(why) => Error::ConnectFailure(why),
+            None => Error::NoHealthyUpstream(cluster),
+        });
         return;
     };
     if let Some(line) = line.as_mut() {

@@ -1,10 +1,12 @@
 //! Replies the proxy makes itself (no route, denied, circuit open, upstream
-//! unreachable or too slow). Each says why in its body; a gRPC caller gets
+//! unreachable or too slow: an [`Error`]). Each says why in its body and
+//! carries the error for the access log and metrics; a gRPC caller gets
 //! it as gRPC instead, as Envoy does: a gRPC client reads its status from
 //! `grpc-status`, and a bare HTTP 503 would reach it as an unexplained
 //! INTERNAL or UNKNOWN.
 
 use super::body::{Body, full};
+use super::error::Error;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
@@ -13,23 +15,34 @@ use http::{Response, StatusCode};
 /// has been put as gRPC already.
 #[derive(Clone)]
 struct LocalReply {
-    why: String,
+    error: Error,
     as_grpc: bool,
 }
 
 /// Why the proxy answered itself, if it did.
-pub fn local_reply_reason(extensions: &http::Extensions) -> Option<&str> {
-    extensions.get::<LocalReply>().map(|r| r.why.as_str())
+pub fn local_reply(extensions: &http::Extensions) -> Option<&Error> {
+    extensions.get::<LocalReply>().map(|r| &r.error)
 }
 
-pub fn reply(status: StatusCode, why: impl Into<String>) -> Response<Body> {
-    let why = why.into();
-    let mut r = Response::new(full(Bytes::from(format!("{why}\n"))));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+/// The proxy's own answer for `error`: its status, the reason in words,
+/// and the headers Envoy adds to such a reply (`x-envoy-overloaded` when a
+/// circuit breaker is open, `x-ratelimit-limited` for a local rate limit).
+pub fn reply(error: Error) -> Response<Body> {
+    let mut r = Response::new(full(Bytes::from(format!("{error}\n"))));
+    *r.status_mut() = error.status();
+    let headers = r.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    match &error {
+        Error::Overflow { .. } => {
+            headers.insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+        }
+        Error::RateLimited { .. } => {
+            headers.insert("x-ratelimit-limited", HeaderValue::from_static("true"));
+        }
+        _ => {}
+    }
     r.extensions_mut().insert(LocalReply {
-        why,
+        error,
         as_grpc: false,
     });
     r
@@ -71,7 +84,7 @@ fn percent_encode(text: &str) -> String {
 /// the headers, no body); any other response as it is.
 pub fn for_grpc(response: Response<Body>) -> Response<Body> {
     let Some(LocalReply {
-        why,
+        error,
         as_grpc: false,
     }) = response.extensions().get::<LocalReply>().cloned()
     else {
@@ -80,11 +93,11 @@ pub fn for_grpc(response: Response<Body>) -> Response<Body> {
     let (mut parts, _) = response.into_parts();
     let code = grpc_status(parts.status);
     parts.status = StatusCode::OK;
-    let as_grpc = LocalReply {
-        why: why.clone(),
+    let why = error.to_string();
+    parts.extensions.insert(LocalReply {
+        error,
         as_grpc: true,
-    };
-    parts.extensions.insert(as_grpc);
+    });
     let headers = &mut parts.headers;
     headers.insert(
         header::CONTENT_TYPE,
@@ -103,17 +116,17 @@ mod tests {
 
     #[test]
     fn local_replies_become_grpc_statuses() {
-        let r = for_grpc(reply(StatusCode::FORBIDDEN, "RBAC: access denied"));
+        let r = for_grpc(reply(Error::Denied { policy: None }));
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()["grpc-status"], "7");
         assert_eq!(r.headers()["grpc-message"], "RBAC: access denied");
         assert_eq!(r.headers()[header::CONTENT_TYPE], "application/grpc");
-        let r = for_grpc(reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no healthy upstream: 100%",
-        ));
+        let r = for_grpc(reply(Error::NoHealthyUpstream("100%".into())));
         assert_eq!(r.headers()["grpc-status"], "14");
-        assert_eq!(r.headers()["grpc-message"], "no healthy upstream: 100%25");
+        assert_eq!(
+            r.headers()["grpc-message"],
+            "no healthy upstream in cluster 100%25"
+        );
         // An upstream's own response is not touched.
         let upstream = Response::builder()
             .status(503)

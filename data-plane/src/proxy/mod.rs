@@ -13,6 +13,7 @@ pub mod capture;
 mod clock;
 pub mod detect;
 mod downstream;
+pub mod error;
 mod grpc_status;
 mod h2_upstream;
 pub mod http;

@@ -11,14 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::{Request, Response, StatusCode};
+use http::Request;
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::watch;
 
 use super::body::{Body, BoxError, full};
-use super::local_reply::reply;
+use super::error::Error;
 
 /// Bodies up to this size are kept so a retry or a mirror can resend them.
 pub const REPLAYABLE: u64 = 64 * 1024;
@@ -39,7 +39,7 @@ pub struct Outgoing {
 
 impl Outgoing {
     /// `keep`: the route retries or mirrors, so the body is kept.
-    pub async fn new(req: Request<Incoming>, keep: bool) -> Result<Outgoing, Response<Body>> {
+    pub async fn new(req: Request<Incoming>, keep: bool) -> Result<Outgoing, Error> {
         let (parts, body) = req.into_parts();
         let small =
             body.is_end_stream() || body.size_hint().upper().is_some_and(|n| n <= REPLAYABLE);
@@ -54,12 +54,7 @@ impl Outgoing {
             let bytes = body
                 .collect()
                 .await
-                .map_err(|e| {
-                    reply(
-                        StatusCode::BAD_REQUEST,
-                        format!("reading the request body: {e}"),
-                    )
-                })?
+                .map_err(|e| Error::BodyUnreadable(e.to_string()))?
                 .to_bytes();
             out.body = Some(bytes);
         } else if keep {

@@ -18,8 +18,9 @@ use crate::proxy::Proxy;
 use crate::proxy::access_log::UpstreamInfo;
 use crate::proxy::body::Body;
 use crate::proxy::downstream::Downstream;
+use crate::proxy::error::{Error, NO_FLAGS};
 use crate::proxy::grpc_status::GRPC_STATUS;
-use crate::proxy::local_reply::{for_grpc, reply};
+use crate::proxy::local_reply::{for_grpc, local_reply, reply};
 use crate::proxy::outgoing::Outgoing;
 use crate::proxy::upstream::ClusterState;
 
@@ -85,13 +86,7 @@ pub(super) async fn forward(
     let started = Instant::now();
     // Every answer is counted, the proxy's own (a fault, no cluster) too.
     let (cluster_name, (response, upstream)) = match cluster_for(proxy, route) {
-        Err(why) => (
-            Arc::from(""),
-            (
-                reply(StatusCode::SERVICE_UNAVAILABLE, why),
-                Upstream::default(),
-            ),
-        ),
+        Err(error) => (Arc::from(""), (reply(error), Upstream::default())),
         Ok((name, cluster)) => {
             let sent = send(
                 proxy,
@@ -145,6 +140,7 @@ pub(super) async fn forward(
         destination_service: cluster_name,
         response_code: parts.status.as_u16(),
         grpc_status: grpc_status.unwrap_or_default(),
+        response_flags: local_reply(&parts.extensions).map_or(NO_FLAGS, Error::response_flags),
     };
     // The response body keeps the connection busy until it ends.
     down.activity.begin();
@@ -180,13 +176,14 @@ pub(super) async fn send(
             && roll(p)
         {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            return (reply(status, "fault filter abort"), Upstream::default());
+            let abort = Error::FaultAbort { status };
+            return (reply(abort), Upstream::default());
         }
     }
     let mut out = match Outgoing::new(req, route.retry.is_some() || !route.mirrors.is_empty()).await
     {
         Ok(o) => o,
-        Err(r) => return (r, Upstream::default()),
+        Err(error) => return (reply(error), Upstream::default()),
     };
     strip_hop_by_hop(&mut out.parts.headers);
     set_client_identity(proxy, down, forward_identity, &mut out.parts.headers);
@@ -214,13 +211,10 @@ pub(super) async fn send(
         None => work.await,
         Some(limit) => match tokio::time::timeout(limit, work).await {
             Ok(r) => r,
-            Err(_) => (
-                reply(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!("upstream request timeout ({} ms)", limit.as_millis()),
-                ),
-                Upstream::default(),
-            ),
+            Err(_) => {
+                let timeout = Error::RouteTimeout(limit.as_millis());
+                (reply(timeout), Upstream::default())
+            }
         },
     }
 }

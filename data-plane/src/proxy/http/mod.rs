@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use rampart_plan::Plan;
 use rampart_plan::connection_manager::HttpPlan;
@@ -32,20 +32,19 @@ use super::Proxy;
 use super::access_log::Entry;
 use super::body::Body;
 use super::downstream::Downstream;
+use super::error::Error;
 use super::local_reply::{for_grpc, is_grpc, reply};
 use super::upstream::ClusterState;
 
 use route::route_request;
 
 /// The route's cluster for this request (weighted pick), or why there is
-/// none yet (for a 503).
-fn cluster_for(proxy: &Proxy, route: &Route) -> Result<(Arc<str>, Arc<ClusterState>), String> {
+/// none yet.
+fn cluster_for(proxy: &Proxy, route: &Route) -> Result<(Arc<str>, Arc<ClusterState>), Error> {
     let name = pick_weighted(&route.clusters);
     match proxy.upstreams.get(name) {
         Some(c) => Ok((c.name.clone(), c)),
-        None => Err(format!(
-            "cluster {name} not received from the control plane yet"
-        )),
+        None => Err(Error::NoCluster(name.to_owned())),
     }
 }
 
@@ -84,8 +83,8 @@ pub async fn handle(
     let plan = proxy.plan();
     let http = match http_plan(&plan, down) {
         Ok(http) => http,
-        Err(why) => {
-            let r = reply(StatusCode::SERVICE_UNAVAILABLE, why);
+        Err(error) => {
+            let r = reply(error);
             return if grpc { for_grpc(r) } else { r };
         }
     };
@@ -105,17 +104,18 @@ pub async fn handle(
 }
 
 /// The HTTP connection manager of the chain `down` came in on, or why
-/// there is none (the listener changed under the connection: a 503).
-fn http_plan<'a>(plan: &'a Plan, down: &Downstream) -> Result<&'a HttpPlan, String> {
+/// there is none (the listener changed under the connection).
+fn http_plan<'a>(plan: &'a Plan, down: &Downstream) -> Result<&'a HttpPlan, Error> {
     let Some(listener) = plan.listeners.get(&down.listener) else {
-        return Err(format!("listener {} was removed", down.listener));
+        let why = format!("listener {} was removed", down.listener);
+        return Err(Error::ListenerGone(why));
     };
     match listener.chains.get(down.chain).map(|c| &c.app) {
         Some(App::Http(http)) => Ok(http),
-        _ => Err(format!(
+        _ => Err(Error::ListenerGone(format!(
             "listener {} no longer serves HTTP here",
             down.listener
-        )),
+        ))),
     }
 }
 

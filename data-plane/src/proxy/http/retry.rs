@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, Uri};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -20,27 +20,19 @@ use rampart_plan::route::Route;
 use crate::metrics::traffic::ClusterLabels;
 use crate::proxy::Proxy;
 use crate::proxy::body::{Body, BoxError, full};
+use crate::proxy::error::Error;
 use crate::proxy::grpc_status::{grpc_status_in_headers, is_grpc_server_error};
 use crate::proxy::local_reply::reply;
 use crate::proxy::outgoing::Outgoing;
 use crate::proxy::pool::{self, Sender};
 use crate::proxy::upstream::{ClusterState, Endpoint, InFlight, Limit, Outcome, Slot, backoff};
 
-/// 503 from a circuit breaker, counted: Envoy's `x-envoy-overloaded` and the reason.
-pub(super) fn overflow(
-    proxy: &Proxy,
-    cluster: &str,
-    limit: &'static str,
-    why: String,
-) -> Response<Body> {
-    proxy.record_overflow(cluster, limit);
-    let mut r = reply(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("circuit breaker open: {why}"),
-    );
-    r.headers_mut()
-        .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
-    r
+/// The reply for a failed try; an open circuit breaker is counted.
+fn failed(proxy: &Proxy, cluster: &str, error: Error) -> Response<Body> {
+    if let Error::Overflow { limit, .. } = &error {
+        proxy.record_overflow(cluster, limit);
+    }
+    reply(error)
 }
 
 /// Which endpoint answered: its SPIFFE ID and address.
@@ -48,16 +40,6 @@ pub(super) fn overflow(
 pub(super) struct Upstream {
     pub(super) peer: Option<Arc<str>>,
     pub(super) host: Option<SocketAddr>,
-}
-
-/// Why an attempt failed, for the retry decision.
-pub(super) enum Failure {
-    Connect(String),
-    Reset(String),
-    Timeout,
-    Overflow(&'static str, String),
-    /// The body was streamed by an earlier try and cannot be sent again.
-    Spent,
 }
 
 /// Tries the request until it succeeds or the retry policy says stop;
@@ -74,7 +56,14 @@ pub(super) async fn attempts(
     let Some(mut in_flight) = InFlight::request(cluster) else {
         let why = format!("cluster {name} is at max_requests");
         return (
-            overflow(proxy, name, "max_requests", why),
+            failed(
+                proxy,
+                name,
+                Error::Overflow {
+                    limit: "max_requests",
+                    why,
+                },
+            ),
             Upstream::default(),
         );
     };
@@ -85,13 +74,8 @@ pub(super) async fn attempts(
     let mut _slot = None;
     loop {
         let Some(endpoint) = cluster.pick(hash, &avoid) else {
-            return (
-                reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("no healthy upstream in cluster {name}"),
-                ),
-                Upstream::default(),
-            );
+            let none = Error::NoHealthyUpstream(name.to_owned());
+            return (reply(none), Upstream::default());
         };
         in_flight.on(endpoint.clone());
         let per_try = route.retry.as_ref().and_then(|r| r.per_try_timeout);
@@ -109,7 +93,7 @@ pub(super) async fn attempts(
                 Outcome::Failure
             }
             Ok(_) => Outcome::Success,
-            Err(Failure::Overflow(..) | Failure::Spent) => Outcome::Success,
+            Err(Error::Overflow { .. } | Error::BodySpent) => Outcome::Success,
             Err(_) => Outcome::Failure,
         };
         let endpoint_address = endpoint.address;
@@ -132,10 +116,10 @@ pub(super) async fn attempts(
                             || (r.on_gateway_error && matches!(code, 502..=504))
                             || grpc_status.is_some_and(|s| r.grpc_statuses.contains(&s))
                     }
-                    Err(Failure::Connect(_)) => r.on_connect_failure,
-                    Err(Failure::Reset(_)) => r.on_reset || r.on_refused_stream,
-                    Err(Failure::Timeout) => r.on_5xx || r.on_gateway_error,
-                    Err(Failure::Overflow(..) | Failure::Spent) => false,
+                    Err(Error::ConnectFailure(_)) => r.on_connect_failure,
+                    Err(Error::Reset(_)) => r.on_reset || r.on_refused_stream,
+                    Err(Error::PerTryTimeout) => r.on_5xx || r.on_gateway_error,
+                    Err(_) => false,
                 }
         });
         if let Some(policy) = retry {
@@ -159,19 +143,7 @@ pub(super) async fn attempts(
         }
         let response = match result {
             Ok(r) => r,
-            Err(Failure::Connect(why)) => reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("upstream connect error: {why}"),
-            ),
-            Err(Failure::Reset(why)) => {
-                reply(StatusCode::BAD_GATEWAY, format!("upstream reset: {why}"))
-            }
-            Err(Failure::Timeout) => reply(StatusCode::GATEWAY_TIMEOUT, "upstream per-try timeout"),
-            Err(Failure::Overflow(limit, why)) => overflow(proxy, name, limit, why),
-            Err(Failure::Spent) => reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "upstream failed after a request body too long to keep was sent",
-            ),
+            Err(error) => failed(proxy, name, error),
         };
         let upstream = Upstream {
             peer,
@@ -206,10 +178,10 @@ pub(super) async fn send_h1<F, Fut>(
     reused: bool,
     req: Request<Body>,
     fresh: F,
-) -> Result<Response<Incoming>, Failure>
+) -> Result<Response<Incoming>, Error>
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<http1::SendRequest<Body>, Failure>>,
+    Fut: std::future::Future<Output = Result<http1::SendRequest<Body>, Error>>,
 {
     let idempotent = matches!(
         *req.method(),
@@ -231,7 +203,7 @@ where
             (None, Some(copy)) if e.error().is_incomplete_message() || e.error().is_canceled() => {
                 copy
             }
-            _ => return Err(Failure::Reset(e.into_error().to_string())),
+            _ => return Err(Error::Reset(e.into_error().to_string())),
         },
     };
     let mut sender = fresh().await?;
@@ -239,16 +211,16 @@ where
     endpoint.pool.put_back(sender);
     response
         .await
-        .map_err(|e| Failure::Reset(e.into_error().to_string()))
+        .map_err(|e| Error::Reset(e.into_error().to_string()))
 }
 
-pub(super) fn connect_failure(e: pool::ConnectError, cluster: &str) -> Failure {
+pub(super) fn connect_failure(e: pool::ConnectError, cluster: &str) -> Error {
     match e {
-        pool::ConnectError::Overflow(n) => Failure::Overflow(
-            "max_connections",
-            format!("cluster {cluster} has {n} connections open"),
-        ),
-        e => Failure::Connect(e.to_string()),
+        pool::ConnectError::Overflow(n) => Error::Overflow {
+            limit: "max_connections",
+            why: format!("cluster {cluster} has {n} connections open"),
+        },
+        e => Error::ConnectFailure(e.to_string()),
     }
 }
 
@@ -262,16 +234,16 @@ pub(super) async fn attempt(
     out: &mut Outgoing,
     authority: &Authority,
     per_try: Option<Duration>,
-) -> Result<Response<Body>, Failure> {
+) -> Result<Response<Body>, Error> {
     let plan = cluster.plan();
     let target = endpoint.target(&plan, cluster);
     let send = async {
         // Waiting for a connection counts against max_pending_requests.
         let Some(pending) = Slot::take(cluster, Limit::Pending) else {
-            return Err(Failure::Overflow(
-                "max_pending_requests",
-                format!("cluster {} is at max_pending_requests", plan.name),
-            ));
+            return Err(Error::Overflow {
+                limit: "max_pending_requests",
+                why: format!("cluster {} is at max_pending_requests", plan.name),
+            });
         };
         let connect = || async {
             endpoint
@@ -288,11 +260,11 @@ pub(super) async fn attempt(
             // GOAWAY) before this request went on it: it goes on a new one.
             sender = connect().await?;
             if let Sender::H2(s) = &mut sender {
-                s.ready().await.map_err(|e| Failure::Reset(e.to_string()))?;
+                s.ready().await.map_err(|e| Error::Reset(e.to_string()))?;
             }
         }
         drop(pending);
-        let mut req = out.take().ok_or(Failure::Spent)?;
+        let mut req = out.take().ok_or(Error::BodySpent)?;
         // The path is moved, not parsed again; HTTP/2 adds the authority.
         let mut uri = std::mem::take(req.uri_mut()).into_parts();
         uri.path_and_query = uri.path_and_query.or(Some(PathAndQuery::from_static("/")));
@@ -300,15 +272,15 @@ pub(super) async fn attempt(
             Sender::H2(mut s) => {
                 (uri.scheme, uri.authority) = (Some(Scheme::HTTP), Some(authority.clone()));
                 *req.uri_mut() = Uri::from_parts(uri)
-                    .map_err(|e| Failure::Connect(format!("the upstream URI: {e}")))?;
+                    .map_err(|e| Error::ConnectFailure(format!("the upstream URI: {e}")))?;
                 req.headers_mut().remove(header::HOST);
                 *req.version_mut() = http::Version::HTTP_2;
-                s.send(req).await.map_err(|e| Failure::Reset(e.to_string()))
+                s.send(req).await.map_err(|e| Error::Reset(e.to_string()))
             }
             Sender::H1 { sender, reused } => {
                 (uri.scheme, uri.authority) = (None, None);
                 *req.uri_mut() =
-                    Uri::from_parts(uri).map_err(|e| Failure::Connect(e.to_string()))?;
+                    Uri::from_parts(uri).map_err(|e| Error::ConnectFailure(e.to_string()))?;
                 if !req.headers().contains_key(header::HOST)
                     && let Ok(v) = HeaderValue::from_str(authority.as_str())
                 {
@@ -338,7 +310,7 @@ pub(super) async fn attempt(
         None => send.await,
         Some(limit) => tokio::time::timeout(limit, send)
             .await
-            .map_err(|_| Failure::Timeout)?,
+            .map_err(|_| Error::PerTryTimeout)?,
     }
 }
 

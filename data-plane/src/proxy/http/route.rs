@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use http::header::{self, HeaderValue};
+use http::header::{self};
 use http::uri::Authority;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use rampart_plan::Plan;
 use rampart_plan::connection_manager::HttpPlan;
@@ -17,6 +17,7 @@ use crate::metrics::traffic::ListenerLabels;
 use crate::proxy::Proxy;
 use crate::proxy::body::Body;
 use crate::proxy::downstream::Downstream;
+use crate::proxy::error::Error;
 use crate::proxy::local_reply::reply;
 
 use super::forward::{How, forward};
@@ -44,34 +45,29 @@ pub(super) async fn route_request(
                 listener: down.listener.clone(),
             })
             .inc();
-        let mut r = reply(bucket.status, "local_rate_limited");
-        r.headers_mut()
-            .insert("x-ratelimit-limited", HeaderValue::from_static("true"));
-        return r;
+        return reply(Error::RateLimited {
+            status: bucket.status,
+        });
     }
     let table = match &http.routes {
         Routes::Inline(t) => t.clone(),
         Routes::Named(name) => match plan.routes.get(name) {
             Some(t) => t.clone(),
-            None => {
-                return reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("route configuration {name} not received from the control plane yet"),
-                );
-            }
+            None => return reply(Error::RoutesMissing(name.clone())),
         },
     };
     let authority = match request_authority(&req) {
         Ok(a) => a,
-        Err(why) => return reply(StatusCode::BAD_REQUEST, why),
+        Err(error) => return reply(error),
     };
     let host = authority.as_str();
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let Some(route) = table.find(host, path) else {
-        return reply(
-            StatusCode::NOT_FOUND,
-            format!("no route for {host}{path} in {}", table.name),
-        );
+        return reply(Error::NoRoute {
+            host: host.to_owned(),
+            path: path.to_owned(),
+            table: table.name.clone(),
+        });
     };
     let forward_identity = http.forward_client_identity;
     if is_upgrade(&req) {
@@ -89,15 +85,19 @@ pub(super) async fn route_request(
 /// its `Host` header, as a valid `host[:port]`, which the upstream request
 /// needs. A request without one is the caller's error (400), never counted
 /// against an upstream.
-pub(super) fn request_authority(req: &Request<Incoming>) -> Result<Authority, String> {
+pub(super) fn request_authority(req: &Request<Incoming>) -> Result<Authority, Error> {
     if let Some(a) = req.uri().authority() {
         return Ok(a.clone());
     }
     let Some(host) = req.headers().get(header::HOST) else {
-        return Err("the request names no host: send a Host header".into());
+        let why = "the request names no host: send a Host header";
+        return Err(Error::BadAuthority(why.to_owned()));
     };
-    Authority::try_from(host.as_bytes())
-        .map_err(|e| format!("the Host header {host:?} is not a valid host[:port]: {e}"))
+    Authority::try_from(host.as_bytes()).map_err(|e| {
+        Error::BadAuthority(format!(
+            "the Host header {host:?} is not a valid host[:port]: {e}"
+        ))
+    })
 }
 
 /// Inbound RBAC; `Some(403)` if the request is denied.
@@ -122,6 +122,9 @@ pub(super) fn authorize(
     proxy.record_authz("http", decision, down.peer.as_deref());
     match decision {
         Decision::Allow => None,
-        Decision::Deny { .. } => Some(reply(StatusCode::FORBIDDEN, "RBAC: access denied")),
+        Decision::Deny { .. } => {
+            let policy = rbac::denying_policy(&http.rbac, &subject).map(str::to_owned);
+            Some(reply(Error::Denied { policy }))
+        }
     }
 }

@@ -14,6 +14,7 @@ use rampart_plan::route::Route;
 use crate::proxy::Proxy;
 use crate::proxy::body::{Body, BoxError, full};
 use crate::proxy::downstream::Downstream;
+use crate::proxy::error::Error;
 use crate::proxy::local_reply::reply;
 use crate::proxy::timeouts::Busy;
 
@@ -47,13 +48,10 @@ pub(super) async fn upgrade(
 ) -> Response<Body> {
     let (cluster_name, cluster) = match cluster_for(proxy, route) {
         Ok(c) => c,
-        Err(why) => return reply(StatusCode::SERVICE_UNAVAILABLE, why),
+        Err(error) => return reply(error),
     };
     let Some(endpoint) = cluster.pick(None, &[]) else {
-        return reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("no healthy upstream in cluster {cluster_name}"),
-        );
+        return reply(Error::NoHealthyUpstream(cluster_name.to_string()));
     };
     let plan = cluster.plan();
     let mut sender = match endpoint
@@ -62,12 +60,7 @@ pub(super) async fn upgrade(
         .await
     {
         Ok(s) => s,
-        Err(e) => {
-            return reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("upstream connect error: {e}"),
-            );
-        }
+        Err(e) => return reply(Error::ConnectFailure(e.to_string())),
     };
     let downstream = hyper::upgrade::on(&mut req);
     let (parts, _) = req.into_parts();
@@ -89,7 +82,7 @@ pub(super) async fn upgrade(
     }
     let mut response = match sender.send_request(up).await {
         Ok(r) => r,
-        Err(e) => return reply(StatusCode::BAD_GATEWAY, format!("upstream reset: {e}")),
+        Err(e) => return reply(Error::Reset(e.to_string())),
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut response);
