@@ -13,6 +13,7 @@ pub mod kube;
 pub mod load;
 mod model;
 pub mod registry;
+pub mod scripted;
 mod sidecar;
 mod support;
 

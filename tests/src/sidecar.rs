@@ -19,12 +19,26 @@ pub fn proxy_binary(
     token: &str,
     socket: &Path,
 ) -> (Command, String) {
+    let anchor = cp.data_dir.join("admin/bundle.pem");
+    proxy_to(binary, &cp.grpc_addr, &anchor, token, socket)
+}
+
+/// A rampart-proxy command for the control plane at `addr`, which it
+/// authenticates with the roots in `trust_anchor` (a real one, or a
+/// [`crate::scripted::ScriptedControlPlane`]), and its admin address.
+pub fn proxy_to(
+    binary: &Path,
+    addr: &str,
+    trust_anchor: &Path,
+    token: &str,
+    socket: &Path,
+) -> (Command, String) {
     let admin = format!("127.0.0.1:{}", free_port());
     let mut cmd = Command::new(binary);
-    cmd.args(["--control-plane", &cp.grpc_addr])
+    cmd.args(["--control-plane", addr])
         .args(["--admin-addr", &admin])
         .arg("--trust-anchor")
-        .arg(cp.data_dir.join("admin/bundle.pem"))
+        .arg(trust_anchor)
         .arg("--workload-api-socket")
         .arg(socket)
         .env("RAMPART_JOIN_TOKEN", token);
