@@ -4,6 +4,13 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// Now, as tokio's clock reads it: the same as `Instant::now()`, except in
+/// tests that pause time, where the timeouts built on it are then checked
+/// without waiting.
+pub fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)

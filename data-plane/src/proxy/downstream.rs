@@ -11,7 +11,7 @@ use std::time::Instant;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
-use super::clock::{instant, ticks};
+use super::clock::{instant, now, ticks};
 use crate::metrics::traffic::RequestLabels;
 
 /// What the proxy knows of the connection a request came on.
@@ -52,7 +52,7 @@ impl Default for Activity {
         Activity {
             active: AtomicUsize::new(0),
             started: AtomicU64::new(0),
-            since: AtomicU64::new(ticks(Instant::now())),
+            since: AtomicU64::new(ticks(now())),
         }
     }
 }
@@ -72,7 +72,7 @@ impl Activity {
 
     /// Bytes moved (TCP) or the last request ended (HTTP): idle from now.
     pub fn touch(&self) {
-        self.since.store(ticks(Instant::now()), Ordering::Relaxed);
+        self.since.store(ticks(now()), Ordering::Relaxed);
     }
 
     pub(super) fn idle_since(&self) -> Option<Instant> {

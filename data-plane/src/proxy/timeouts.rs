@@ -19,6 +19,7 @@ use tokio::time::Sleep;
 
 use super::Proxy;
 use super::body::Stream;
+use super::clock::now;
 use super::downstream::{Activity, Downstream};
 use crate::metrics::traffic::TimeoutLabels;
 
@@ -48,7 +49,7 @@ pub async fn idle(activity: &Activity, timeout: Option<Duration>) {
         return std::future::pending().await;
     };
     loop {
-        let now = Instant::now();
+        let now = now();
         let deadline = match activity.idle_since() {
             Some(since) if now.saturating_duration_since(since) >= timeout => return,
             Some(since) => since + timeout,
@@ -130,7 +131,7 @@ impl HeadTimer {
         if activity.active.load(Ordering::Relaxed) > 0 {
             self.head = None;
         } else if self.head.is_none_or(|(_, at)| at != started) {
-            self.head = Some((Instant::now(), started));
+            self.head = Some((now(), started));
         }
     }
 
@@ -215,5 +216,59 @@ impl AsyncWrite for HeadTimer {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.inner.as_mut().poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(60);
+
+    /// How long `idle` took on the paused clock (which jumps to the next
+    /// timer, rounded up to tokio's millisecond).
+    async fn waited(activity: &Activity, timeout: Option<Duration>) -> Duration {
+        let started = tokio::time::Instant::now();
+        idle(activity, timeout).await;
+        started.elapsed()
+    }
+
+    fn about(d: Duration, expected: Duration) -> bool {
+        d >= expected && d < expected + Duration::from_millis(5)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_times_out_only_after_a_whole_idle_timeout() {
+        let activity = Activity::default();
+        let d = waited(&activity, Some(TIMEOUT)).await;
+        assert!(about(d, TIMEOUT), "{d:?}");
+
+        // A request in flight (its body included) is never idle, however long.
+        activity.begin();
+        let busy = tokio::time::timeout(10 * TIMEOUT, idle(&activity, Some(TIMEOUT))).await;
+        assert!(busy.is_err(), "timed out with a request in flight");
+        // When it ends, a whole timeout starts from then.
+        activity.end();
+        let d = waited(&activity, Some(TIMEOUT)).await;
+        assert!(about(d, TIMEOUT), "{d:?}");
+
+        // Bytes moving (TCP) push the deadline on: a byte every 40 s keeps
+        // a 60 s timeout from firing; silence then closes after 60 s.
+        activity.touch();
+        let timer = idle(&activity, Some(TIMEOUT));
+        tokio::pin!(timer);
+        for _ in 0..5 {
+            tokio::select! {
+                _ = &mut timer => panic!("timed out although bytes kept moving"),
+                _ = tokio::time::sleep(Duration::from_secs(40)) => activity.touch(),
+            }
+        }
+        let last = tokio::time::Instant::now();
+        timer.await;
+        assert!(about(last.elapsed(), TIMEOUT), "{:?}", last.elapsed());
+
+        // No timeout: never.
+        let never = tokio::time::timeout(Duration::from_secs(86_400), idle(&activity, None)).await;
+        assert!(never.is_err());
     }
 }
