@@ -343,13 +343,9 @@ async fn rampart_pair(
         all.extend_from_slice(extra);
         all
     };
-    let server = Sidecar::start_binary(
-        binary,
-        cp,
-        dir,
-        service,
-        None,
-        &args(&[
+    let server = Sidecar::builder(cp, dir, service)
+        .binary(binary)
+        .args(&args(&[
             "--node-id".into(),
             format!("{service}-server"),
             "--service".into(),
@@ -358,23 +354,19 @@ async fn rampart_pair(
             format!("http={}", free_port()),
             "--app-port".into(),
             format!("http={app}"),
-        ]),
-    )
-    .await;
-    let client = Sidecar::start_binary(
-        binary,
-        cp,
-        dir,
-        "bench-client",
-        None,
-        &args(&[
+        ]))
+        .start()
+        .await;
+    let client = Sidecar::builder(cp, dir, "bench-client")
+        .binary(binary)
+        .args(&args(&[
             "--node-id".into(),
             format!("{service}-client"),
             "--outbound".into(),
             format!("127.0.0.1:{out}={service}.default:8080"),
-        ]),
-    )
-    .await;
+        ]))
+        .start()
+        .await;
     let entry = format!("127.0.0.1:{out}");
     assert!(
         answers(&entry).await,

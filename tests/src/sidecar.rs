@@ -54,37 +54,48 @@ pub struct Sidecar {
     pub stdout: Logs,
 }
 
-impl Sidecar {
-    /// Starts a sidecar with the identity `default/<service_account>`
-    /// (SVIDs valid `ttl` seconds if given) and `args` (service, ports,
-    /// outbound listeners...).
-    pub async fn start(
-        cp: &ControlPlane,
-        dir: &Path,
-        service_account: &str,
-        ttl: Option<u64>,
-        args: &[String],
-    ) -> Sidecar {
-        Sidecar::start_binary(&bin("rampart-proxy"), cp, dir, service_account, ttl, args).await
+/// How a [`Sidecar`] starts: which build, how long its SVIDs live, and
+/// its flags (service, ports, outbound listeners...).
+pub struct SidecarBuilder<'a> {
+    cp: &'a ControlPlane,
+    dir: &'a Path,
+    service_account: &'a str,
+    binary: PathBuf,
+    ttl: Option<u64>,
+    args: Vec<String>,
+}
+
+impl SidecarBuilder<'_> {
+    /// Another build of rampart-proxy (the benchmark's baseline).
+    pub fn binary(mut self, binary: &Path) -> Self {
+        self.binary = binary.to_owned();
+        self
     }
 
-    /// [`Sidecar::start`] with another build of rampart-proxy.
-    pub async fn start_binary(
-        binary: &Path,
-        cp: &ControlPlane,
-        dir: &Path,
-        service_account: &str,
-        ttl: Option<u64>,
-        args: &[String],
-    ) -> Sidecar {
-        let token = cp.join_token("default", service_account, 0).await;
-        let socket = dir.join(format!("{service_account}-{}.sock", free_port()));
-        let (mut command, admin) = proxy_binary(binary, cp, &token, &socket);
-        if let Some(ttl) = ttl {
+    /// SVIDs valid this many seconds (`None`: the CA's default).
+    pub fn ttl(mut self, seconds: impl Into<Option<u64>>) -> Self {
+        self.ttl = seconds.into();
+        self
+    }
+
+    /// Flags of rampart-proxy, after the ones that join the control plane.
+    pub fn args(mut self, args: &[String]) -> Self {
+        self.args.extend_from_slice(args);
+        self
+    }
+
+    /// Joins with a fresh token and starts the process.
+    pub async fn start(self) -> Sidecar {
+        let token = self.cp.join_token("default", self.service_account, 0).await;
+        let socket = self
+            .dir
+            .join(format!("{}-{}.sock", self.service_account, free_port()));
+        let (mut command, admin) = proxy_binary(&self.binary, self.cp, &token, &socket);
+        if let Some(ttl) = self.ttl {
             command.args(["--svid-ttl-seconds", &ttl.to_string()]);
         }
         let mut child = command
-            .args(args)
+            .args(&self.args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -97,6 +108,25 @@ impl Sidecar {
             admin,
             logs,
             stdout,
+        }
+    }
+}
+
+impl Sidecar {
+    /// A sidecar with the identity `default/<service_account>` joining
+    /// `cp`, its sockets in `dir`; see [`SidecarBuilder`].
+    pub fn builder<'a>(
+        cp: &'a ControlPlane,
+        dir: &'a Path,
+        service_account: &'a str,
+    ) -> SidecarBuilder<'a> {
+        SidecarBuilder {
+            cp,
+            dir,
+            service_account,
+            binary: bin("rampart-proxy"),
+            ttl: None,
+            args: Vec::new(),
         }
     }
 
@@ -139,7 +169,14 @@ impl Sidecar {
                 "--app-port".into(),
                 format!("http={}", app.port),
             ];
-            out.push((Sidecar::start(cp, dir, "echo", ttl, &args).await, app));
+            out.push((
+                Sidecar::builder(cp, dir, "echo")
+                    .ttl(ttl)
+                    .args(&args)
+                    .start()
+                    .await,
+                app,
+            ));
         }
         out
     }
@@ -162,7 +199,11 @@ impl Sidecar {
             args.extend(["--outbound".to_owned(), format!("{entry}={target}")]);
         }
         (
-            Sidecar::start(cp, dir, service_account, ttl, &args).await,
+            Sidecar::builder(cp, dir, service_account)
+                .ttl(ttl)
+                .args(&args)
+                .start()
+                .await,
             entries,
         )
     }
@@ -229,7 +270,10 @@ impl EnvoySidecar {
             "--sds-socket".to_owned(),
             sds.display().to_string(),
         ];
-        let agent = Sidecar::start(cp, dir, service_account, None, &agent_args).await;
+        let agent = Sidecar::builder(cp, dir, service_account)
+            .args(&agent_args)
+            .start()
+            .await;
         let socket = eventually(100, || async { sds.exists() }).await;
         assert!(
             socket,

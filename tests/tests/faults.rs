@@ -341,7 +341,10 @@ async fn a_backend_dying_mid_body_is_an_error_to_the_caller_not_a_short_answer()
         "--app-port".into(),
         format!("http={app}"),
     ];
-    let backend = Sidecar::start(&cp, dir.path(), "cut", None, &args).await;
+    let backend = Sidecar::builder(&cp, dir.path(), "cut")
+        .args(&args)
+        .start()
+        .await;
     let (client, out) = Sidecar::caller(&cp, dir.path(), "client", None, "cut.default:8080").await;
     let up = eventually(150, || async {
         matches!(apps::get_h1(&out, "cut", "/").await, Ok((200, b)) if b == "ok\n")

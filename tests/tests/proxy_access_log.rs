@@ -70,12 +70,8 @@ async fn each_request_is_one_json_line_on_both_sidecars() {
     cp.meshctl_ok(&["apply", "-f", file.to_str().unwrap()]);
     let app = apps::echo("web").await;
     let inbound = free_port();
-    let web = Sidecar::start(
-        &cp,
-        dir.path(),
-        "web",
-        None,
-        &[
+    let web = Sidecar::builder(&cp, dir.path(), "web")
+        .args(&[
             "--node-id".into(),
             "web-1".into(),
             "--service".into(),
@@ -86,9 +82,9 @@ async fn each_request_is_one_json_line_on_both_sidecars() {
             format!("http={inbound}"),
             "--app-port".into(),
             format!("http={}", app.port),
-        ],
-    )
-    .await;
+        ])
+        .start()
+        .await;
     // The caller also reaches `raw`, a TCP service without a sidecar.
     let raw = apps::tcp_echo().await;
     let raw_model = dir.path().join("raw.yaml");

@@ -52,7 +52,10 @@ async fn undeclared_ports_carry_http_and_tcp_as_detected() {
         args.extend(["--port".into(), format!("{name}={}", free_port())]);
         args.extend(["--app-port".into(), format!("{name}={app}")]);
     }
-    let hello = Sidecar::start(&cp, dir.path(), "hello", None, &args).await;
+    let hello = Sidecar::builder(&cp, dir.path(), "hello")
+        .args(&args)
+        .start()
+        .await;
     let outbound: Vec<String> = (0..3)
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();
@@ -60,7 +63,10 @@ async fn undeclared_ports_carry_http_and_tcp_as_detected() {
     for (local, port) in outbound.iter().zip([8080, 9000, 9100]) {
         args.extend(["--outbound".into(), format!("{local}=hello.default:{port}")]);
     }
-    let frontend = Sidecar::start(&cp, dir.path(), "frontend", None, &args).await;
+    let frontend = Sidecar::builder(&cp, dir.path(), "frontend")
+        .args(&args)
+        .start()
+        .await;
     let logs = || {
         format!(
             "frontend:\n{}\nhello:\n{}",

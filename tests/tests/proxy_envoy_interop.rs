@@ -32,12 +32,8 @@ async fn rampart_proxy_and_envoy_talk_mtls_both_ways() {
     // The rampart-proxy side: serves viarampart, calls viaenvoy.
     let rampart_app = apps::echo("rampart-app").await;
     let (to_envoy, to_envoy_auto) = (free_port(), free_port());
-    let rampart = Sidecar::start(
-        &cp,
-        dir.path(),
-        "viarampart",
-        None,
-        &[
+    let rampart = Sidecar::builder(&cp, dir.path(), "viarampart")
+        .args(&[
             "--node-id".into(),
             "viarampart-1".into(),
             "--service".into(),
@@ -54,9 +50,9 @@ async fn rampart_proxy_and_envoy_talk_mtls_both_ways() {
             format!("127.0.0.1:{to_envoy}=viaenvoy.default:8080"),
             "--outbound".into(),
             format!("127.0.0.1:{to_envoy_auto}=viaenvoy.default:8090"),
-        ],
-    )
-    .await;
+        ])
+        .start()
+        .await;
 
     // The Envoy side (with its SDS agent): serves viaenvoy, calls viarampart.
     let envoy_app = apps::echo("envoy-app").await;

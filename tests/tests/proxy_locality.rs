@@ -84,7 +84,10 @@ async fn calls_go_to_the_nearest_endpoints_that_are_up() {
         "--outbound".to_owned(),
         format!("{entry}=loc.default:8080"),
     ];
-    let here = Sidecar::start(&cp, dir.path(), "here", None, &args).await;
+    let here = Sidecar::builder(&cp, dir.path(), "here")
+        .args(&args)
+        .start()
+        .await;
     let (anywhere, anywhere_out) =
         Sidecar::caller(&cp, dir.path(), "anywhere", None, "loc.default:8080").await;
     let up = eventually(150, || async {

@@ -57,12 +57,8 @@ async fn two_proxies_carry_http_h2_and_tcp_over_mtls_under_policy() {
     let app = apps::echo("hello").await;
     let tcp_app = apps::tcp_echo().await;
     let (http_in, h2_in, tcp_in) = (free_port(), free_port(), free_port());
-    let hello = Sidecar::start(
-        &cp,
-        dir.path(),
-        "hello",
-        None,
-        &[
+    let hello = Sidecar::builder(&cp, dir.path(), "hello")
+        .args(&[
             // This sidecar uses state-of-the-world ADS, the other delta.
             "--xds-sotw".into(),
             "--node-id".into(),
@@ -83,16 +79,12 @@ async fn two_proxies_carry_http_h2_and_tcp_over_mtls_under_policy() {
             format!("h2={}", app.port),
             "--app-port".into(),
             format!("tcp={tcp_app}"),
-        ],
-    )
-    .await;
+        ])
+        .start()
+        .await;
     let (http_out, h2_out, tcp_out) = (free_port(), free_port(), free_port());
-    let frontend = Sidecar::start(
-        &cp,
-        dir.path(),
-        "frontend",
-        None,
-        &[
+    let frontend = Sidecar::builder(&cp, dir.path(), "frontend")
+        .args(&[
             "--node-id".into(),
             "frontend-1".into(),
             "--outbound".into(),
@@ -101,9 +93,9 @@ async fn two_proxies_carry_http_h2_and_tcp_over_mtls_under_policy() {
             format!("127.0.0.1:{h2_out}=hello.default:8081"),
             "--outbound".into(),
             format!("127.0.0.1:{tcp_out}=hello.default:9000"),
-        ],
-    )
-    .await;
+        ])
+        .start()
+        .await;
     let http_out = format!("127.0.0.1:{http_out}");
     let logs = || {
         format!(
@@ -343,12 +335,8 @@ async fn grpc_unary_and_streaming_cross_two_proxies() {
     std::fs::write(&model, GRPC).unwrap();
     cp.meshctl_ok(&["apply", "-f", model.to_str().unwrap()]);
     let app_port = free_port();
-    let server = Sidecar::start(
-        &cp,
-        dir.path(),
-        "mesh",
-        None,
-        &[
+    let server = Sidecar::builder(&cp, dir.path(), "mesh")
+        .args(&[
             "--node-id".into(),
             "mesh-1".into(),
             "--service".into(),
@@ -357,9 +345,9 @@ async fn grpc_unary_and_streaming_cross_two_proxies() {
             format!("grpc={}", free_port()),
             "--app-port".into(),
             format!("grpc={app_port}"),
-        ],
-    )
-    .await;
+        ])
+        .start()
+        .await;
     let (client, out) =
         Sidecar::caller(&cp, dir.path(), "frontend", None, "mesh.default:50051").await;
     let config = serde_json::json!({"app_port": app_port, "outbound": out});

@@ -40,12 +40,8 @@ async fn the_sidecar_lets_the_burst_through_and_refuses_the_rest() {
     std::fs::write(&file, MODEL).unwrap();
     cp.meshctl_ok(&["apply", "-f", file.to_str().unwrap()]);
     let app = apps::echo("limited").await;
-    let server = Sidecar::start(
-        &cp,
-        dir.path(),
-        "limited",
-        None,
-        &[
+    let server = Sidecar::builder(&cp, dir.path(), "limited")
+        .args(&[
             "--node-id".into(),
             "limited-1".into(),
             "--service".into(),
@@ -56,9 +52,9 @@ async fn the_sidecar_lets_the_burst_through_and_refuses_the_rest() {
             format!("http={}", free_port()),
             "--app-port".into(),
             format!("http={}", app.port),
-        ],
-    )
-    .await;
+        ])
+        .start()
+        .await;
     let (client, out) =
         Sidecar::caller(&cp, dir.path(), "client", None, "limited.default:8080").await;
     let up = eventually(150, || async {

@@ -274,12 +274,8 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
     std::fs::write(&model, HELLO).unwrap();
     cp.meshctl_ok(&["apply", "-f", model.to_str().unwrap()]);
     let app = apps::echo("hello").await;
-    let _server = Sidecar::start(
-        &cp,
-        dir.path(),
-        "hello",
-        None,
-        &[
+    let _server = Sidecar::builder(&cp, dir.path(), "hello")
+        .args(&[
             "--node-id".into(),
             "hello-1".into(),
             "--service".into(),
@@ -288,9 +284,9 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
             format!("http={}", free_port()),
             "--app-port".into(),
             format!("http={}", app.port),
-        ],
-    )
-    .await;
+        ])
+        .start()
+        .await;
     let (mut caller, out) =
         Sidecar::caller(&cp, dir.path(), "frontend", None, "hello.default:8080").await;
     let up = eventually(150, || async {
@@ -424,7 +420,10 @@ async fn a_listener_whose_port_is_taken_is_counted_and_binds_once_it_is_free() {
         "--outbound".to_owned(),
         format!("{entry}=late.default:8080"),
     ];
-    let client = Sidecar::start(&cp, dir.path(), "client", None, &args).await;
+    let client = Sidecar::builder(&cp, dir.path(), "client")
+        .args(&args)
+        .start()
+        .await;
     let failures = || async {
         counter(
             &client.metrics().await,

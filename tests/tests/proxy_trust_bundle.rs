@@ -124,7 +124,11 @@ async fn echo_sidecar(
         "--app-port".into(),
         format!("http={app_port}"),
     ];
-    let sidecar = Sidecar::start(cp, dir, "echo", ttl, &args).await;
+    let sidecar = Sidecar::builder(cp, dir, "echo")
+        .ttl(ttl)
+        .args(&args)
+        .start()
+        .await;
     (sidecar, format!("127.0.0.1:{inbound}"))
 }
 
