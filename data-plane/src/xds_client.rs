@@ -30,7 +30,7 @@ use rampart_certs::TrustBundle;
 use rampart_certs::tls::{CurrentSvid, PeerPolicy, client_config, verify_chain};
 use rampart_certs::well_known::control_plane_id;
 use rampart_plan::resources::{Config, Held};
-use rampart_plan::{Plan, compile};
+use rampart_plan::{Plan, Refusal, compile};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -596,20 +596,35 @@ fn apply(
     for name in response.removed_resources {
         map.remove(&name);
     }
+    // The problems, and whether they are all features this proxy lacks
+    // (UNIMPLEMENTED) rather than configuration that is wrong
+    // (INVALID_ARGUMENT): the NACK's status says which.
     let trust = if type_url == TypeUrl::Secret {
-        trust_update(&next, identity).map_err(|e| vec![e])
+        trust_update(&next, identity).map_err(|e| (vec![e], false))
     } else {
         Ok(None)
     };
-    let compiled = compile(&next, previous)
-        .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>());
+    let compiled = compile(&next, previous).map_err(|errors| {
+        let unsupported = errors
+            .iter()
+            .all(|e| matches!(e.reason, Refusal::Unsupported(_)));
+        (
+            errors.iter().map(ToString::to_string).collect(),
+            unsupported,
+        )
+    });
     match compiled.and_then(|plan| Ok((plan, trust?))) {
         Ok((plan, trust)) => (reply, Some((next, plan, trust))),
-        Err(errors) => {
+        Err((errors, unsupported)) => {
             let message = errors.join("; ");
-            tracing::warn!(r#type = type_url.short(), problems = %message, "rejecting an xDS update this proxy cannot carry; keeping the last good configuration");
+            let (code, kind) = if unsupported {
+                (tonic::Code::Unimplemented, "unsupported")
+            } else {
+                (tonic::Code::InvalidArgument, "invalid")
+            };
+            tracing::warn!(r#type = type_url.short(), kind, problems = %message, "rejecting an xDS update this proxy cannot carry; keeping the last good configuration");
             reply.error_detail = Some(RpcStatus {
-                code: 3,
+                code: code as i32,
                 message,
                 details: Vec::new(),
             });

@@ -183,10 +183,10 @@ async fn a_refused_update_is_nacked_and_the_last_good_one_keeps_serving() {
         )
         .await;
     let nack = answer(&mut stream, TypeUrl::Listener, &sent).await;
-    let why = nack
-        .error_detail
-        .expect("a NACK carries its reason")
-        .message;
+    let status = nack.error_detail.expect("a NACK carries its reason");
+    // A feature the proxy lacks, not a wrong configuration: UNIMPLEMENTED.
+    assert_eq!(status.code, tonic::Code::Unimplemented as i32, "{status:?}");
+    let why = status.message;
     assert!(why.contains("out"), "{why}");
     assert!(why.contains("RedisProxy is not supported"), "{why}");
     assert_eq!(

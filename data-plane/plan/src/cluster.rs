@@ -16,9 +16,9 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 use envoy_types::pb::google::protobuf::Any;
 use rampart_api::xds::{CaptureMetadata, TypeUrl};
 
-use crate::Result;
 use crate::endpoint::{EndpointPlan, endpoint_plans};
 use crate::proto::{decode, duration};
+use crate::{Refusal, Result};
 
 const UPSTREAM_TLS: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
@@ -100,14 +100,23 @@ pub(crate) fn cluster_plan(cluster: &Cluster, assignment: Option<&Any>) -> Resul
     let eds = match cluster.cluster_discovery_type {
         Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32 => true,
         Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Static as i32 => false,
-        _ => return Err("only STATIC and EDS clusters are supported".to_owned()),
+        _ => {
+            return Err(Refusal::unsupported(
+                "only STATIC and EDS clusters are supported".to_owned(),
+            ));
+        }
     };
     let balance = match LbPolicy::try_from(cluster.lb_policy) {
         Ok(LbPolicy::LeastRequest) => Balance::LeastRequest,
         Ok(LbPolicy::RoundRobin) => Balance::RoundRobin,
         Ok(LbPolicy::RingHash) => Balance::RingHash,
         Ok(LbPolicy::Random) => Balance::Random,
-        _ => return Err(format!("lb_policy {} is not supported", cluster.lb_policy)),
+        _ => {
+            return Err(Refusal::unsupported(format!(
+                "lb_policy {} is not supported",
+                cluster.lb_policy
+            )));
+        }
     };
     let http2 = match cluster.typed_extension_protocol_options.get(HTTP_OPTIONS) {
         None => false,
@@ -129,7 +138,7 @@ pub(crate) fn cluster_plan(cluster: &Cluster, assignment: Option<&Any>) -> Resul
     let CaptureMetadata {
         detect_protocol,
         addresses,
-    } = CaptureMetadata::from_cluster(cluster).map_err(|e| e.to_string())?;
+    } = CaptureMetadata::from_cluster(cluster).map_err(|e| Refusal::invalid(e.to_string()))?;
     let mut mtls = None;
     for m in &cluster.transport_socket_matches {
         let wants_mtls = m
@@ -140,29 +149,29 @@ pub(crate) fn cluster_plan(cluster: &Cluster, assignment: Option<&Any>) -> Resul
                 matches!(&v.kind, Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) if s == "mtls")
             });
         if !wants_mtls {
-            return Err(format!(
+            return Err(Refusal::unsupported(format!(
                 "transport_socket_matches {:?}: only the match tls=mtls is supported",
                 m.name
-            ));
+            )));
         }
         let Some(transport_socket::ConfigType::TypedConfig(any)) = m
             .transport_socket
             .as_ref()
             .and_then(|s| s.config_type.as_ref())
         else {
-            return Err(format!(
+            return Err(Refusal::invalid(format!(
                 "transport_socket_matches {:?}: no typed_config",
                 m.name
-            ));
+            )));
         };
         let tls: UpstreamTlsContext = decode(any, UPSTREAM_TLS)?;
         mtls = Some(expected_sans(&tls)?);
     }
     if cluster.transport_socket.is_some() {
-        return Err(
+        return Err(Refusal::unsupported(
             "a cluster-wide transport_socket is not supported (use transport_socket_matches)"
                 .to_owned(),
-        );
+        ));
     }
     let limits = cluster
         .circuit_breakers
@@ -190,11 +199,15 @@ pub(crate) fn cluster_plan(cluster: &Cluster, assignment: Option<&Any>) -> Resul
     let endpoints = match (eds, assignment, &cluster.load_assignment) {
         (true, Some(any), _) => {
             let a: ClusterLoadAssignment = decode(any, TypeUrl::Endpoint.as_str())?;
-            endpoint_plans(&a).map_err(|e| format!("endpoints: {e}"))?
+            endpoint_plans(&a).map_err(|e| e.at("endpoints"))?
         }
         (true, None, _) => Vec::new(),
         (false, _, Some(a)) => endpoint_plans(a)?,
-        (false, _, None) => return Err("a STATIC cluster needs a load_assignment".to_owned()),
+        (false, _, None) => {
+            return Err(Refusal::invalid(
+                "a STATIC cluster needs a load_assignment".to_owned(),
+            ));
+        }
     };
     Ok(ClusterPlan {
         name: cluster.name.clone(),
@@ -219,13 +232,13 @@ fn expected_sans(tls: &UpstreamTlsContext) -> Result<Vec<String>> {
     let common = tls
         .common_tls_context
         .as_ref()
-        .ok_or("mTLS without a common_tls_context")?;
+        .ok_or(Refusal::invalid("mTLS without a common_tls_context"))?;
     let Some(common_tls_context::ValidationContextType::CombinedValidationContext(combined)) =
         &common.validation_context_type
     else {
-        return Err(
+        return Err(Refusal::unsupported(
             "mTLS needs a combined validation context (ROOTCA plus SAN matchers)".to_owned(),
-        );
+        ));
     };
     let mut out = Vec::new();
     for m in combined
@@ -235,7 +248,11 @@ fn expected_sans(tls: &UpstreamTlsContext) -> Result<Vec<String>> {
     {
         match m.matcher.as_ref().and_then(|s| s.match_pattern.as_ref()) {
             Some(MatchPattern::Exact(id)) => out.push(id.clone()),
-            _ => return Err("SAN matchers must be exact SPIFFE IDs".to_owned()),
+            _ => {
+                return Err(Refusal::unsupported(
+                    "SAN matchers must be exact SPIFFE IDs".to_owned(),
+                ));
+            }
         }
     }
     Ok(out)

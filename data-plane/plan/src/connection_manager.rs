@@ -12,12 +12,12 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     HttpConnectionManager, http_connection_manager, http_filter,
 };
 
-use crate::Result;
 use crate::access_log::{self, AccessLogPlan, Of};
 use crate::proto::{checked_duration, decode};
 use crate::rate_limit::{self, TokenBucket};
 use crate::rbac;
 use crate::route::{FAULT, Routes, route_table};
+use crate::{Refusal, Result};
 
 const HTTP_RBAC: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
 
@@ -69,7 +69,10 @@ pub(crate) fn http_plan(manager: &HttpConnectionManager) -> Result<HttpPlan> {
     let mut rate_limit = None;
     for f in &manager.http_filters {
         let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
-            return Err(format!("http filter {:?} has no typed_config", f.name));
+            return Err(Refusal::invalid(format!(
+                "http filter {:?} has no typed_config",
+                f.name
+            )));
         };
         match any.type_url.as_str() {
             HTTP_RBAC => {
@@ -81,14 +84,20 @@ pub(crate) fn http_plan(manager: &HttpConnectionManager) -> Result<HttpPlan> {
             }
             LOCAL_RATE_LIMIT => {
                 if rate_limit.is_some() {
-                    return Err("only one local_ratelimit filter is supported".to_owned());
+                    return Err(Refusal::unsupported(
+                        "only one local_ratelimit filter is supported".to_owned(),
+                    ));
                 }
                 let config: LocalRateLimit = decode(any, LOCAL_RATE_LIMIT)?;
                 rate_limit = rate_limit::compile(&config)?.map(Arc::new);
             }
             // Faults come per route; the filter itself does nothing.
             FAULT | ROUTER => {}
-            other => return Err(format!("http filter {other} is not supported")),
+            other => {
+                return Err(Refusal::unsupported(format!(
+                    "http filter {other} is not supported"
+                )));
+            }
         }
     }
     let routes = match &manager.route_specifier {
@@ -98,7 +107,11 @@ pub(crate) fn http_plan(manager: &HttpConnectionManager) -> Result<HttpPlan> {
         Some(http_connection_manager::RouteSpecifier::RouteConfig(r)) => {
             Routes::Inline(Arc::new(route_table(r)?))
         }
-        _ => return Err("http_connection_manager needs rds or route_config".to_owned()),
+        _ => {
+            return Err(Refusal::unsupported(
+                "http_connection_manager needs rds or route_config".to_owned(),
+            ));
+        }
     };
     let timeouts = HttpTimeouts {
         idle: checked_duration(
@@ -175,6 +188,8 @@ mod tests {
             ..Default::default()
         });
         let error = negative.expect_err("a negative timeout is refused");
+        assert!(matches!(error, crate::Refusal::Invalid(_)), "{error:?}");
+        let error = error.to_string();
         assert!(
             error.starts_with("request_headers_timeout: -1s 0ns is not a valid duration"),
             "{error}"

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use envoy_types::pb::envoy::config::core::v3::HealthStatus;
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
 
-use crate::Result;
 use crate::proto::socket_addr;
+use crate::{Refusal, Result};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct EndpointPlan {
@@ -77,7 +77,9 @@ pub(crate) fn endpoint_plans(assignment: &ClusterLoadAssignment) -> Result<Vec<E
     for locality in &assignment.endpoints {
         for e in &locality.lb_endpoints {
             let Some(lb_endpoint::HostIdentifier::Endpoint(endpoint)) = &e.host_identifier else {
-                return Err("an endpoint without an address".to_owned());
+                return Err(Refusal::invalid(
+                    "an endpoint without an address".to_owned(),
+                ));
             };
             let mtls = e
                 .metadata

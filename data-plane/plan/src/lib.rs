@@ -131,17 +131,56 @@ impl Plan {
 #[error("{resource}: {reason}")]
 pub struct PlanError {
     pub resource: String,
-    pub reason: String,
+    pub reason: Refusal,
+}
+
+/// Why a resource, or a part of one, is refused (NACKed). The text says
+/// what and where, for the NACK's `error_detail` and the proxy's log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Valid Envoy configuration the proxy does not implement (a filter, a
+    /// matcher, a cluster type): refused rather than carried half-way.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Malformed or contradictory configuration: no proxy could carry it.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Refusal {
+    pub fn unsupported(what: impl Into<String>) -> Refusal {
+        Refusal::Unsupported(what.into())
+    }
+
+    pub fn invalid(what: impl Into<String>) -> Refusal {
+        Refusal::Invalid(what.into())
+    }
+
+    /// The same refusal, said of `field` (`filter_chains[0]`, `endpoints`).
+    pub fn at(self, field: impl std::fmt::Display) -> Refusal {
+        match self {
+            Refusal::Unsupported(what) => Refusal::Unsupported(format!("{field}: {what}")),
+            Refusal::Invalid(what) => Refusal::Invalid(format!("{field}: {what}")),
+        }
+    }
+
+    /// `unsupported` or `invalid`, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::Unsupported(_) => "unsupported",
+            Refusal::Invalid(_) => "invalid",
+        }
+    }
 }
 
 /// What compiling one resource gives: the compiled value or why not.
-pub(crate) type Result<T> = std::result::Result<T, String>;
+pub(crate) type Result<T> = std::result::Result<T, Refusal>;
 
 /// Compiles what `config` holds; every problem is reported.
 pub fn compile(config: &Config, previous: &Plan) -> std::result::Result<Plan, Vec<PlanError>> {
     let mut plan = Plan::default();
     let mut errors = Vec::new();
-    let mut record = |resource: &str, reason: String| {
+    let mut record = |resource: &str, reason: Refusal| {
         errors.push(PlanError {
             resource: resource.to_owned(),
             reason,
@@ -205,7 +244,10 @@ pub fn compile(config: &Config, previous: &Plan) -> std::result::Result<Plan, Ve
         {
             Ok(Some(l)) => {
                 if let Some(other) = bound.insert(l.address, name) {
-                    record(name, format!("address {} is also {other}'s", l.address));
+                    record(
+                        name,
+                        Refusal::invalid(format!("address {} is also {other}'s", l.address)),
+                    );
                     continue;
                 }
                 plan.listeners.insert(name.clone(), Arc::new(l));
@@ -322,7 +364,8 @@ mod tests {
     fn a_resource_of_another_type_is_refused_by_name() {
         let any = pack_any(RouteConfiguration::default());
         let error = decode::<Cluster>(&any, "type.googleapis.com/envoy.config.cluster.v3.Cluster")
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("RouteConfiguration"), "{error}");
         assert!(error.contains("expected type.googleapis.com/envoy.config.cluster.v3.Cluster"));
     }

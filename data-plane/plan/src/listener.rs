@@ -14,11 +14,11 @@ use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as Netw
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
 
-use crate::Result;
 use crate::access_log::{self, AccessLogPlan, Of};
 use crate::connection_manager::{DEFAULT_IDLE_TIMEOUT, HttpPlan, http_plan};
 use crate::proto::{checked_duration, decode, socket_addr};
 use crate::rbac;
+use crate::{Refusal, Result};
 
 const TCP_PROXY: &str =
     "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
@@ -107,23 +107,25 @@ pub fn listener_plan(listener: &Listener) -> Result<Option<ListenerPlan>> {
             Some(listener_filter::ConfigType::TypedConfig(any))
                 if any.type_url == TLS_INSPECTOR || any.type_url == HTTP_INSPECTOR => {}
             _ => {
-                return Err(format!(
+                return Err(Refusal::unsupported(format!(
                     "listener filter {:?} is not supported (only the TLS and HTTP inspectors)",
                     f.name
-                ));
+                )));
             }
         }
     }
     let mut chains = Vec::new();
     for (i, chain) in listener.filter_chains.iter().enumerate() {
-        let at = |e: String| format!("filter_chains[{i}]: {e}");
+        let at = |e: Refusal| e.at(format!("filter_chains[{i}]"));
         let matching = chain.filter_chain_match.clone().unwrap_or_default();
         let transport = match matching.transport_protocol.as_str() {
             "" => Transport::Any,
             "tls" => Transport::Tls,
             "raw_buffer" => Transport::Plaintext,
             other => {
-                return Err(at(format!("transport_protocol {other:?} is not supported")));
+                return Err(at(Refusal::unsupported(format!(
+                    "transport_protocol {other:?} is not supported"
+                ))));
             }
         };
         let unsupported = [
@@ -141,18 +143,22 @@ pub fn listener_plan(listener: &Listener) -> Result<Option<ListenerPlan>> {
             ("server_names", !matching.server_names.is_empty()),
         ];
         if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
-            return Err(at(format!("filter_chain_match.{field} is not supported")));
+            return Err(at(Refusal::unsupported(format!(
+                "filter_chain_match.{field} is not supported"
+            ))));
         }
         let terminate_mtls = match &chain.transport_socket {
             None => false,
             Some(socket) => {
                 let Some(transport_socket::ConfigType::TypedConfig(any)) = &socket.config_type
                 else {
-                    return Err(at("transport_socket has no typed_config".to_owned()));
+                    return Err(at(Refusal::invalid(
+                        "transport_socket has no typed_config".to_owned(),
+                    )));
                 };
                 let tls: DownstreamTlsContext = decode(any, DOWNSTREAM_TLS).map_err(at)?;
                 if !tls.require_client_certificate.is_some_and(|b| b.value) {
-                    return Err(at("TLS without a required client certificate is not supported (the mesh is mTLS)".to_owned()));
+                    return Err(at(Refusal::unsupported("TLS without a required client certificate is not supported (the mesh is mTLS)".to_owned())));
                 }
                 true
             }
@@ -161,13 +167,16 @@ pub fn listener_plan(listener: &Listener) -> Result<Option<ListenerPlan>> {
         let mut app = None;
         for f in &chain.filters {
             let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
-                return Err(at(format!("filter {:?} has no typed_config", f.name)));
+                return Err(at(Refusal::invalid(format!(
+                    "filter {:?} has no typed_config",
+                    f.name
+                ))));
             };
             if app.is_some() {
-                return Err(at(format!(
+                return Err(at(Refusal::invalid(format!(
                     "filter {:?} comes after the terminal filter",
                     f.name
-                )));
+                ))));
             }
             match any.type_url.as_str() {
                 NETWORK_RBAC => {
@@ -194,26 +203,34 @@ pub fn listener_plan(listener: &Listener) -> Result<Option<ListenerPlan>> {
                                 access_log,
                             })
                         }
-                        _ => return Err(at("tcp_proxy needs a single cluster".to_owned())),
+                        _ => {
+                            return Err(at(Refusal::unsupported(
+                                "tcp_proxy needs a single cluster".to_owned(),
+                            )));
+                        }
                     }
                 }
                 HCM => {
                     let m: HttpConnectionManager = decode(any, HCM).map_err(at)?;
                     app = Some(App::Http(http_plan(&m).map_err(at)?));
                 }
-                other => return Err(at(format!("network filter {other} is not supported"))),
+                other => {
+                    return Err(at(Refusal::unsupported(format!(
+                        "network filter {other} is not supported"
+                    ))));
+                }
             }
         }
         let Some(app) = app else {
-            return Err(at(
+            return Err(at(Refusal::invalid(
                 "no terminal filter (http_connection_manager or tcp_proxy)".to_owned(),
-            ));
+            )));
         };
         if !matching.application_protocols.is_empty()
             && transport == Transport::Tls
             && !terminate_mtls
         {
-            return Err(at("application_protocols on TLS passed through is not supported (the proxy matches the ALPN it negotiates itself)".to_owned()));
+            return Err(at(Refusal::unsupported("application_protocols on TLS passed through is not supported (the proxy matches the ALPN it negotiates itself)".to_owned())));
         }
         chains.push(ChainPlan {
             name: chain.name.clone(),
@@ -225,7 +242,7 @@ pub fn listener_plan(listener: &Listener) -> Result<Option<ListenerPlan>> {
         });
     }
     if chains.is_empty() {
-        return Err("no filter chains".to_owned());
+        return Err(Refusal::invalid("no filter chains".to_owned()));
     }
     // Chains told apart by ALPN are chosen after the handshake, so the
     // handshake must not depend on which one is chosen.
@@ -238,7 +255,7 @@ pub fn listener_plan(listener: &Listener) -> Result<Option<ListenerPlan>> {
         let mut terminate = chains.iter().filter(on).map(|c| c.terminate_mtls);
         let first = terminate.next();
         if by_protocol && terminate.any(|t| Some(t) != first) {
-            return Err("filter chains that differ in application_protocols must all terminate mTLS or none (the chain is chosen by the negotiated ALPN)".to_owned());
+            return Err(Refusal::unsupported("filter chains that differ in application_protocols must all terminate mTLS or none (the chain is chosen by the negotiated ALPN)".to_owned()));
         }
     }
     Ok(Some(ListenerPlan {

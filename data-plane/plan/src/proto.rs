@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::config::core::v3::{Address, address, socket_address}
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
-type Result<T> = std::result::Result<T, String>;
+use crate::{Refusal, Result};
 
 /// A duration field; unset or zero is `None`.
 pub(crate) fn duration(
@@ -28,10 +28,10 @@ pub(crate) fn checked_duration(
 ) -> Result<Option<Duration>> {
     let Some(d) = d else { return Ok(default) };
     if d.seconds < 0 || !(0..1_000_000_000).contains(&d.nanos) {
-        return Err(format!(
+        return Err(Refusal::invalid(format!(
             "{field}: {}s {}ns is not a valid duration (negative or nanos out of range)",
             d.seconds, d.nanos
-        ));
+        )));
     }
     Ok(duration(Some(d)))
 }
@@ -50,23 +50,29 @@ pub(crate) fn percent(p: Option<&envoy_types::pb::envoy::r#type::v3::FractionalP
 
 pub(crate) fn decode<M: Message + Default>(any: &Any, expected: &str) -> Result<M> {
     if any.type_url != expected {
-        return Err(format!("is a {}, expected {expected}", any.type_url));
+        return Err(Refusal::invalid(format!(
+            "is a {}, expected {expected}",
+            any.type_url
+        )));
     }
-    M::decode(any.value.as_slice()).map_err(|e| format!("does not decode: {e}"))
+    M::decode(any.value.as_slice()).map_err(|e| Refusal::invalid(format!("does not decode: {e}")))
 }
 
 pub(crate) fn socket_addr(address: Option<&Address>) -> Result<SocketAddr> {
     let Some(address::Address::SocketAddress(s)) = address.and_then(|a| a.address.as_ref()) else {
-        return Err("address: only socket addresses are supported".to_owned());
+        return Err(Refusal::unsupported(
+            "address: only socket addresses are supported".to_owned(),
+        ));
     };
     let Some(socket_address::PortSpecifier::PortValue(port)) = s.port_specifier else {
-        return Err("address: needs a port_value".to_owned());
+        return Err(Refusal::invalid("address: needs a port_value".to_owned()));
     };
     let ip: std::net::IpAddr = s
         .address
         .parse()
-        .map_err(|_| format!("address: {:?} is not an IP address", s.address))?;
-    let port = u16::try_from(port).map_err(|_| format!("address: port {port} is out of range"))?;
+        .map_err(|_| Refusal::invalid(format!("address: {:?} is not an IP address", s.address)))?;
+    let port = u16::try_from(port)
+        .map_err(|_| Refusal::invalid(format!("address: port {port} is out of range")))?;
     Ok(SocketAddr::new(ip, port))
 }
 
@@ -105,7 +111,7 @@ mod tests {
             (Some(socket("web.shop", Some(80))), "is not an IP address"),
             (Some(socket("10.0.0.1", Some(70000))), "out of range"),
         ] {
-            let error = socket_addr(address.as_ref()).unwrap_err();
+            let error = socket_addr(address.as_ref()).unwrap_err().to_string();
             assert!(error.contains(why), "{error}");
         }
     }
@@ -142,7 +148,9 @@ mod tests {
                 nanos: -1,
             },
         ] {
-            let error = checked_duration("idle_timeout", Some(&bad), default).unwrap_err();
+            let error = checked_duration("idle_timeout", Some(&bad), default)
+                .unwrap_err()
+                .to_string();
             assert!(error.starts_with("idle_timeout:"), "{error}");
         }
     }

@@ -10,6 +10,8 @@ use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
 use http::StatusCode;
 
+use crate::Refusal;
+
 pub struct TokenBucket {
     max: u32,
     per_fill: u32,
@@ -72,41 +74,47 @@ impl TokenBucket {
 
 /// Whether a runtime fraction is all (true) or nothing (false, also when
 /// unset: Envoy's default); anything between is refused.
-fn all_or_nothing(field: &str, f: Option<&RuntimeFractionalPercent>) -> Result<bool, String> {
+fn all_or_nothing(field: &str, f: Option<&RuntimeFractionalPercent>) -> Result<bool, Refusal> {
     let Some(p) = f.and_then(|f| f.default_value.as_ref()) else {
         return Ok(false);
     };
     match crate::proto::percent(Some(p)) {
         p if p <= 0.0 => Ok(false),
         p if p >= 100.0 => Ok(true),
-        p => Err(format!(
+        p => Err(Refusal::unsupported(format!(
             "local_ratelimit.{field}: {p}% given, only 0% or 100% is supported"
-        )),
+        ))),
     }
 }
 
 /// The bucket of a `local_ratelimit` filter, or `None` if the filter
 /// limits nothing (not enabled, or not enforced).
-pub fn compile(config: &LocalRateLimit) -> Result<Option<TokenBucket>, String> {
+pub fn compile(config: &LocalRateLimit) -> Result<Option<TokenBucket>, Refusal> {
     if !config.descriptors.is_empty() {
-        return Err("local_ratelimit.descriptors are not supported".into());
+        return Err(Refusal::unsupported(
+            "local_ratelimit.descriptors are not supported",
+        ));
     }
     if !config.response_headers_to_add.is_empty()
         || !config.request_headers_to_add_when_not_enforced.is_empty()
     {
-        return Err("local_ratelimit headers to add are not supported".into());
+        return Err(Refusal::unsupported(
+            "local_ratelimit headers to add are not supported",
+        ));
     }
     let enabled = all_or_nothing("filter_enabled", config.filter_enabled.as_ref())?;
     let enforced = all_or_nothing("filter_enforced", config.filter_enforced.as_ref())?;
     let Some(bucket) = &config.token_bucket else {
-        return Err("local_ratelimit needs a token_bucket".into());
+        return Err(Refusal::invalid("local_ratelimit needs a token_bucket"));
     };
     let field = "local_ratelimit.token_bucket.fill_interval";
     let interval = crate::proto::checked_duration(field, bucket.fill_interval.as_ref(), None)?
         .filter(|d| *d >= Duration::from_millis(50))
-        .ok_or_else(|| format!("{field} must be at least 50ms"))?;
+        .ok_or_else(|| Refusal::invalid(format!("{field} must be at least 50ms")))?;
     if bucket.max_tokens == 0 {
-        return Err("local_ratelimit.token_bucket.max_tokens must be at least 1".into());
+        return Err(Refusal::invalid(
+            "local_ratelimit.token_bucket.max_tokens must be at least 1",
+        ));
     }
     let per_fill = bucket.tokens_per_fill.map_or(1, |v| v.value);
     let status = config

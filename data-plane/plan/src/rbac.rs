@@ -15,6 +15,8 @@ use envoy_types::pb::envoy::config::rbac::v3::{
 use envoy_types::pb::envoy::config::route::v3::{HeaderMatcher, header_matcher};
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, path_matcher, string_matcher};
 
+use crate::Refusal;
+
 /// Who is calling, and (on HTTP) what they ask for.
 pub struct Subject<'a> {
     /// The caller's SPIFFE ID; `None` for a plaintext caller.
@@ -221,57 +223,64 @@ fn in_cidr(c: &CidrRange, ip: IpAddr) -> bool {
 }
 
 /// Checks that every matcher in `rules` is one this proxy evaluates.
-pub fn validate(rules: &Rbac) -> Result<(), String> {
+pub fn validate(rules: &Rbac) -> Result<(), Refusal> {
     match rbac::Action::try_from(rules.action) {
         Ok(rbac::Action::Allow | rbac::Action::Deny) => {}
-        _ => return Err("RBAC action must be ALLOW or DENY".to_owned()),
+        _ => {
+            return Err(Refusal::unsupported(
+                "RBAC action must be ALLOW or DENY".to_owned(),
+            ));
+        }
     }
     let mut names: Vec<_> = rules.policies.keys().collect();
     names.sort();
     for name in names {
         let p = &rules.policies[name];
         if p.condition.is_some() || p.checked_condition.is_some() {
-            return Err(format!(
+            return Err(Refusal::unsupported(format!(
                 "RBAC policy {name:?}: conditions are not supported"
-            ));
+            )));
         }
         for x in &p.permissions {
-            check_permission(x).map_err(|e| format!("RBAC policy {name:?}: {e}"))?;
+            check_permission(x).map_err(|e| e.at(format!("RBAC policy {name:?}")))?;
         }
         for x in &p.principals {
-            check_principal(x).map_err(|e| format!("RBAC policy {name:?}: {e}"))?;
+            check_principal(x).map_err(|e| e.at(format!("RBAC policy {name:?}")))?;
         }
     }
     Ok(())
 }
 
-fn check_string(m: &StringMatcher) -> Result<(), String> {
+fn check_string(m: &StringMatcher) -> Result<(), Refusal> {
     use string_matcher::MatchPattern as M;
     match &m.match_pattern {
         Some(M::Exact(_) | M::Prefix(_) | M::Suffix(_) | M::Contains(_)) => Ok(()),
-        _ => {
-            Err("only exact, prefix, suffix and contains string matchers are supported".to_owned())
-        }
+        _ => Err(Refusal::unsupported(
+            "only exact, prefix, suffix and contains string matchers are supported".to_owned(),
+        )),
     }
 }
 
-fn check_header(h: &HeaderMatcher) -> Result<(), String> {
+fn check_header(h: &HeaderMatcher) -> Result<(), Refusal> {
     use header_matcher::HeaderMatchSpecifier as H;
     match &h.header_match_specifier {
         Some(H::StringMatch(m)) => check_string(m),
         Some(H::PresentMatch(_)) => Ok(()),
-        _ => Err(format!("header matcher for {:?} is not supported", h.name)),
+        _ => Err(Refusal::unsupported(format!(
+            "header matcher for {:?} is not supported",
+            h.name
+        ))),
     }
 }
 
-fn check_path(p: &envoy_types::pb::envoy::r#type::matcher::v3::PathMatcher) -> Result<(), String> {
+fn check_path(p: &envoy_types::pb::envoy::r#type::matcher::v3::PathMatcher) -> Result<(), Refusal> {
     match &p.rule {
         Some(path_matcher::Rule::Path(m)) => check_string(m),
-        None => Err("an empty path matcher".to_owned()),
+        None => Err(Refusal::invalid("an empty path matcher".to_owned())),
     }
 }
 
-fn check_principal(p: &Principal) -> Result<(), String> {
+fn check_principal(p: &Principal) -> Result<(), Refusal> {
     use principal::Identifier as I;
     match &p.identifier {
         Some(I::Any(_)) => Ok(()),
@@ -282,14 +291,14 @@ fn check_principal(p: &Principal) -> Result<(), String> {
             .address_prefix
             .parse::<IpAddr>()
             .map(drop)
-            .map_err(|_| format!("{:?} is not an IP address", c.address_prefix)),
+            .map_err(|_| Refusal::invalid(format!("{:?} is not an IP address", c.address_prefix))),
         Some(I::Header(h)) => check_header(h),
         Some(I::UrlPath(p)) => check_path(p),
-        _ => Err("principal kind is not supported (any, and/or/not, authenticated, remote_ip, header, url_path are)".to_owned()),
+        _ => Err(Refusal::unsupported("principal kind is not supported (any, and/or/not, authenticated, remote_ip, header, url_path are)".to_owned())),
     }
 }
 
-fn check_permission(p: &Permission) -> Result<(), String> {
+fn check_permission(p: &Permission) -> Result<(), Refusal> {
     use permission::Rule as R;
     match &p.rule {
         Some(R::Any(_) | R::DestinationPort(_) | R::DestinationPortRange(_)) => Ok(()),
@@ -297,7 +306,7 @@ fn check_permission(p: &Permission) -> Result<(), String> {
         Some(R::NotRule(p)) => check_permission(p),
         Some(R::Header(h)) => check_header(h),
         Some(R::UrlPath(p)) => check_path(p),
-        _ => Err("permission kind is not supported (any, and/or/not, destination_port(_range), header, url_path are)".to_owned()),
+        _ => Err(Refusal::unsupported("permission kind is not supported (any, and/or/not, destination_port(_range), header, url_path are)".to_owned())),
     }
 }
 
@@ -427,9 +436,11 @@ mod tests {
             },
             any_permission(),
         );
+        let refused = validate(&r).unwrap_err();
+        assert!(matches!(refused, Refusal::Unsupported(_)), "{refused:?}");
         assert!(
-            validate(&r)
-                .unwrap_err()
+            refused
+                .to_string()
                 .contains("principal kind is not supported")
         );
     }

@@ -9,8 +9,8 @@ use envoy_types::pb::envoy::config::route::v3::{
 };
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 
-use crate::Result;
 use crate::proto::{decode, duration, percent};
+use crate::{Refusal, Result};
 
 pub(crate) const FAULT: &str =
     "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
@@ -81,7 +81,7 @@ pub(crate) fn route_table(config: &RouteConfiguration) -> Result<RouteTable> {
     for (h, host) in config.virtual_hosts.iter().enumerate() {
         let mut routes = Vec::new();
         for (r, route) in host.routes.iter().enumerate() {
-            let at = |e: String| format!("virtual_hosts[{h}].routes[{r}]: {e}");
+            let at = |e: Refusal| e.at(format!("virtual_hosts[{h}].routes[{r}]"));
             routes.push(route_plan(route).map_err(at)?);
         }
         hosts.push(VirtualHost {
@@ -100,17 +100,25 @@ pub(crate) fn route_table(config: &RouteConfiguration) -> Result<RouteTable> {
 }
 
 fn route_plan(route: &envoy_types::pb::envoy::config::route::v3::Route) -> Result<Route> {
-    let m = route.r#match.as_ref().ok_or("no match")?;
+    let m = route.r#match.as_ref().ok_or(Refusal::invalid("no match"))?;
     if !m.headers.is_empty() || !m.query_parameters.is_empty() {
-        return Err("header and query matches are not supported".to_owned());
+        return Err(Refusal::unsupported(
+            "header and query matches are not supported".to_owned(),
+        ));
     }
     let path = match &m.path_specifier {
         Some(route_match::PathSpecifier::Prefix(p)) => PathMatch::Prefix(p.clone()),
         Some(route_match::PathSpecifier::Path(p)) => PathMatch::Exact(p.clone()),
-        _ => return Err("only prefix and path matches are supported".to_owned()),
+        _ => {
+            return Err(Refusal::unsupported(
+                "only prefix and path matches are supported".to_owned(),
+            ));
+        }
     };
     let Some(route::Action::Route(action)) = &route.action else {
-        return Err("only route actions are supported".to_owned());
+        return Err(Refusal::unsupported(
+            "only route actions are supported".to_owned(),
+        ));
     };
     let clusters = match &action.cluster_specifier {
         Some(route_action::ClusterSpecifier::Cluster(c)) => vec![(c.clone(), 1)],
@@ -119,10 +127,16 @@ fn route_plan(route: &envoy_types::pb::envoy::config::route::v3::Route) -> Resul
             .iter()
             .map(|c| (c.name.clone(), c.weight.map_or(0, |w| w.value)))
             .collect(),
-        _ => return Err("needs a cluster or weighted clusters".to_owned()),
+        _ => {
+            return Err(Refusal::unsupported(
+                "needs a cluster or weighted clusters".to_owned(),
+            ));
+        }
     };
     if clusters.iter().all(|(_, w)| *w == 0) {
-        return Err("weighted clusters all have weight 0".to_owned());
+        return Err(Refusal::invalid(
+            "weighted clusters all have weight 0".to_owned(),
+        ));
     }
     let retry = action.retry_policy.as_ref().map(|r| {
         let on: Vec<&str> = r.retry_on.split(',').map(str::trim).collect();
@@ -181,7 +195,11 @@ fn route_plan(route: &envoy_types::pb::envoy::config::route::v3::Route) -> Resul
                         duration(Some(&fixed)).unwrap_or_default(),
                         percent(d.percentage.as_ref()),
                     )),
-                    _ => return Err("fault delay: only fixed delays are supported".to_owned()),
+                    _ => {
+                        return Err(Refusal::unsupported(
+                            "fault delay: only fixed delays are supported".to_owned(),
+                        ));
+                    }
                 },
             };
             let abort = match f.abort {
@@ -191,10 +209,16 @@ fn route_plan(route: &envoy_types::pb::envoy::config::route::v3::Route) -> Resul
                         let code = u16::try_from(code)
                             .ok()
                             .filter(|c| (200..600).contains(c))
-                            .ok_or(format!("fault abort: {code} is not an HTTP status"))?;
+                            .ok_or(Refusal::invalid(format!(
+                                "fault abort: {code} is not an HTTP status"
+                            )))?;
                         Some((code, percent(a.percentage.as_ref())))
                     }
-                    _ => return Err("fault abort: only HTTP statuses are supported".to_owned()),
+                    _ => {
+                        return Err(Refusal::unsupported(
+                            "fault abort: only HTTP statuses are supported".to_owned(),
+                        ));
+                    }
                 },
             };
             Some(FaultPlan { delay, abort })
