@@ -2,6 +2,10 @@
 //! needs a system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Without the services (rampart-plan's use), there is nothing to generate.
+    if std::env::var_os("CARGO_FEATURE_SERVICES").is_none() {
+        return Ok(());
+    }
     let protos = [
         "proto/rampart/ca/v1/ca.proto",
         "proto/rampart/admin/v1/admin.proto",

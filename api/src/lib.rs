@@ -14,38 +14,52 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+#[cfg(feature = "services")]
 mod channel;
+#[cfg(feature = "services")]
 pub mod duration;
+#[cfg(feature = "services")]
 pub mod http_serve;
+#[cfg(feature = "services")]
 pub mod image;
+#[cfg(feature = "services")]
 pub mod image_verifier;
+#[cfg(feature = "services")]
 pub mod inject;
 pub mod locality;
+#[cfg(feature = "services")]
 pub mod mesh;
+#[cfg(feature = "services")]
 pub mod oci;
+#[cfg(feature = "services")]
 pub mod policy;
 pub mod xds;
+#[cfg(feature = "services")]
 pub use channel::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, connect};
 
 /// The CA service (`rampart.ca.v1`).
+#[cfg(feature = "services")]
 pub mod ca {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("rampart.ca.v1");
 }
 
 /// The admin service (`rampart.admin.v1`).
+#[cfg(feature = "services")]
 pub mod admin {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("rampart.admin.v1");
 }
 
 /// The backend service of `meshctl demo` (`rampart.demo.v1`).
+#[cfg(feature = "services")]
 pub mod demo {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("rampart.demo.v1");
 }
 
 /// The SPIFFE Workload API. The spec gives it no proto package.
+#[cfg(feature = "services")]
 pub mod workload {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("_");
