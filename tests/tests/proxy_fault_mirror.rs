@@ -197,4 +197,11 @@ async fn faults_and_mirrors_are_carried_out_as_configured() {
     let answer = get_h1(&out, "shop", "/").await;
     assert!(matches!(answer, Ok((200, _))), "{answer:?}");
     assert!(started.elapsed() >= Duration::from_millis(400));
+    // The app answered, after a delay the fault injected: Envoy's `DI`.
+    let delayed = counter(
+        &client.metrics().await,
+        "rampart_proxy_requests_total",
+        &["response_code=\"200\"", "response_flags=\"DI\""],
+    );
+    assert!(delayed >= 2.0, "{delayed}");
 }

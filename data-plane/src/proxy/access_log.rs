@@ -24,7 +24,7 @@ use super::body::{Body, BoxError};
 use super::downstream::Downstream;
 use super::error::{DOWNSTREAM_GONE, Error, NO_FLAGS, VIA_UPSTREAM};
 use super::grpc_status::grpc_status_in_headers;
-use super::local_reply::local_reply;
+use super::local_reply::{local_reply, response_flags};
 
 /// Where a forwarded request went, for the log (set only when logging).
 #[derive(Clone)]
@@ -111,10 +111,9 @@ impl Entry {
             return response;
         };
         let (parts, body) = response.into_parts();
-        let (flags, details) = match local_reply(&parts.extensions) {
-            Some(error) => (error.response_flags(), error.details()),
-            None => (NO_FLAGS, VIA_UPSTREAM.to_owned()),
-        };
+        let flags = response_flags(&parts.extensions);
+        let details =
+            local_reply(&parts.extensions).map_or(VIA_UPSTREAM.to_owned(), Error::details);
         let grpc_status = grpc_status_in_headers(&parts.headers);
         let logged = Logged {
             inner: body,

@@ -6,7 +6,7 @@
 //! INTERNAL or UNKNOWN.
 
 use super::body::{Body, full};
-use super::error::Error;
+use super::error::{Error, NO_FLAGS};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
@@ -22,6 +22,22 @@ struct LocalReply {
 /// Why the proxy answered itself, if it did.
 pub fn local_reply(extensions: &http::Extensions) -> Option<&Error> {
     extensions.get::<LocalReply>().map(|r| &r.error)
+}
+
+/// Marks an upstream's answer to a request the route's fault filter
+/// delayed first.
+#[derive(Clone, Copy)]
+pub struct DelayInjected;
+
+/// A response's `%RESPONSE_FLAGS%`: its error's if the proxy answered
+/// itself, `DI` if a fault delayed the request the upstream answered, else
+/// `-`.
+pub fn response_flags(extensions: &http::Extensions) -> &'static str {
+    match local_reply(extensions) {
+        Some(error) => error.response_flags(),
+        None if extensions.get::<DelayInjected>().is_some() => "DI",
+        None => NO_FLAGS,
+    }
 }
 
 /// The proxy's own answer for `error`: its status, the reason in words,

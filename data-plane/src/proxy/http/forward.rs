@@ -18,9 +18,9 @@ use crate::proxy::Proxy;
 use crate::proxy::access_log::UpstreamInfo;
 use crate::proxy::body::Body;
 use crate::proxy::downstream::Downstream;
-use crate::proxy::error::{Error, NO_FLAGS};
+use crate::proxy::error::Error;
 use crate::proxy::grpc_status::GRPC_STATUS;
-use crate::proxy::local_reply::{for_grpc, local_reply, reply};
+use crate::proxy::local_reply::{DelayInjected, for_grpc, reply, response_flags};
 use crate::proxy::outgoing::Outgoing;
 use crate::proxy::upstream::ClusterState;
 
@@ -140,7 +140,7 @@ pub(super) async fn forward(
         destination_service: cluster_name,
         response_code: parts.status.as_u16(),
         grpc_status: grpc_status.unwrap_or_default(),
-        response_flags: local_reply(&parts.extensions).map_or(NO_FLAGS, Error::response_flags),
+        response_flags: response_flags(&parts.extensions),
     };
     // The response body keeps the connection busy until it ends.
     down.activity.begin();
@@ -165,12 +165,14 @@ pub(super) async fn send(
     authority: &Authority,
     forward_identity: bool,
 ) -> (Response<Body>, Upstream) {
+    let mut delayed = false;
     if let Some(f) = &route.fault {
         let roll = |percent: f64| rand::rng().random_range(0.0..100.0) < percent;
         if let Some((delay, p)) = f.delay
             && roll(p)
         {
             tokio::time::sleep(delay).await;
+            delayed = true;
         }
         if let Some((code, p)) = f.abort
             && roll(p)
@@ -207,7 +209,7 @@ pub(super) async fn send(
         }
     }
     let work = attempts(proxy, cluster, route, &mut out, authority);
-    match route.timeout {
+    let (mut response, upstream) = match route.timeout {
         None => work.await,
         Some(limit) => match tokio::time::timeout(limit, work).await {
             Ok(r) => r,
@@ -216,7 +218,11 @@ pub(super) async fn send(
                 (reply(timeout), Upstream::default())
             }
         },
+    };
+    if delayed {
+        response.extensions_mut().insert(DelayInjected);
     }
+    (response, upstream)
 }
 
 /// A mirrored request's authority: `-shadow` after the host, before any
