@@ -163,14 +163,6 @@ impl Refusal {
             Refusal::Invalid(what) => Refusal::Invalid(format!("{field}: {what}")),
         }
     }
-
-    /// `unsupported` or `invalid`, for logs and metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Refusal::Unsupported(_) => "unsupported",
-            Refusal::Invalid(_) => "invalid",
-        }
-    }
 }
 
 /// What compiling one resource gives: the compiled value or why not.
