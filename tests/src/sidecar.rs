@@ -94,8 +94,16 @@ impl SidecarBuilder<'_> {
         if let Some(ttl) = self.ttl {
             command.args(["--svid-ttl-seconds", &ttl.to_string()]);
         }
+        command.args(&self.args);
+        Sidecar::spawn(command, admin)
+    }
+}
+
+impl Sidecar {
+    /// Runs a rampart-proxy `command` (from [`proxy_to`]) with its admin
+    /// port at `admin`, its output captured; killed when dropped.
+    pub fn spawn(mut command: Command, admin: String) -> Sidecar {
         let mut child = command
-            .args(&self.args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -110,9 +118,7 @@ impl SidecarBuilder<'_> {
             stdout,
         }
     }
-}
 
-impl Sidecar {
     /// A sidecar with the identity `default/<service_account>` joining
     /// `cp`, its sockets in `dir`; see [`SidecarBuilder`].
     pub fn builder<'a>(

@@ -23,7 +23,7 @@ use envoy_types::pb::google::protobuf::Any;
 use envoy_types::util::pack_any;
 use rampart_api::xds::TypeUrl;
 use rampart_tests::scripted::{AdsStream, ScriptedControlPlane};
-use rampart_tests::{Logs, apps, bin, counter, free_port, http_get, proxy_to};
+use rampart_tests::{Sidecar, apps, bin, counter, free_port, http_get, proxy_to};
 
 const IDENTITY: &str = "spiffe://cluster.local/ns/default/sa/hello";
 
@@ -123,15 +123,9 @@ async fn a_refused_update_is_nacked_and_the_last_good_one_keeps_serving() {
         "rjt_scripted",
         &dir.path().join("hello.sock"),
     );
-    let mut child = KilledOnDrop(
-        command
-            .args(["--node-id", "hello-1"])
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("starting rampart-proxy"),
-    );
-    let logs = Logs::default();
-    logs.capture_public(child.0.stderr.take().unwrap());
+    command.args(["--node-id", "hello-1"]);
+    let proxy = Sidecar::spawn(command, admin);
+    let logs = &proxy.logs;
     let mut stream = cp.stream().await;
 
     // What a control plane sends first: the trust bundle, a cluster, and a
@@ -195,7 +189,7 @@ async fn a_refused_update_is_nacked_and_the_last_good_one_keeps_serving() {
         "the last good listener stopped serving\n{}",
         logs.text()
     );
-    let metrics = http_get(&admin, "/metrics")
+    let metrics = http_get(&proxy.admin, "/metrics")
         .await
         .map(|(_, b)| b)
         .unwrap_or_default();
@@ -235,14 +229,4 @@ async fn a_refused_update_is_nacked_and_the_last_good_one_keeps_serving() {
         "{}",
         logs.text()
     );
-}
-
-/// The proxy process, killed however the test ends.
-struct KilledOnDrop(std::process::Child);
-
-impl Drop for KilledOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
