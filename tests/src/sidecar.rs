@@ -9,11 +9,11 @@ use crate::{ControlPlane, Logs, apps, bin, envoy, eventually, free_port, http_ge
 /// A rampart-proxy command joining `cp` with `token`, serving the Workload
 /// API on `socket`, and the address of its admin port.
 pub fn proxy(cp: &ControlPlane, token: &str, socket: &Path) -> (Command, String) {
-    proxy_binary(&bin("rampart-proxy"), cp, token, socket)
+    proxy_joining(&bin("rampart-proxy"), cp, token, socket)
 }
 
-/// [`proxy`] with another build of rampart-proxy (the benchmark's baseline).
-pub fn proxy_binary(
+/// [`proxy`] with the build at `binary`.
+fn proxy_joining(
     binary: &Path,
     cp: &ControlPlane,
     token: &str,
@@ -90,7 +90,7 @@ impl SidecarBuilder<'_> {
         let socket = self
             .dir
             .join(format!("{}-{}.sock", self.service_account, free_port()));
-        let (mut command, admin) = proxy_binary(&self.binary, self.cp, &token, &socket);
+        let (mut command, admin) = proxy_joining(&self.binary, self.cp, &token, &socket);
         if let Some(ttl) = self.ttl {
             command.args(["--svid-ttl-seconds", &ttl.to_string()]);
         }
