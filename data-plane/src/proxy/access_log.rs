@@ -113,7 +113,7 @@ impl Entry {
         let (parts, body) = response.into_parts();
         let flags = response_flags(&parts.extensions);
         let details =
-            local_reply(&parts.extensions).map_or(VIA_UPSTREAM.to_owned(), Error::details);
+            local_reply(&parts.extensions).map_or_else(|| VIA_UPSTREAM.to_owned(), Error::details);
         let grpc_status = grpc_status_in_headers(&parts.headers);
         let logged = Logged {
             inner: body,
